@@ -1,0 +1,150 @@
+/* epd/types.h — the types every part of epd shares: status codes, enums and the
+ * group spec, as a plain C ABI.
+ *
+ * These values are part of the wire protocol and the client ABI: numbers are
+ * never reused or renumbered; new values are appended. The structs that callers
+ * fill carry `struct_size` (set it to sizeof) so they can grow without breaking
+ * old binaries.
+ *
+ * Thread-safety: everything here is plain data or a pure function.
+ */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define EPD_API __attribute__((visibility("default")))
+#else
+#define EPD_API
+#endif
+
+/* One status enum for the whole project. OK is 0, errors are negative. */
+typedef enum epd_status {
+  EPD_OK = 0,
+  EPD_ERR_INVALID_ARGUMENT = -1,     /* a call argument is invalid (message names it) */
+  EPD_ERR_INVALID_SPEC = -2,         /* a group spec field is invalid */
+  EPD_ERR_EXPERT_ID_OUT_OF_RANGE = -3, /* topk_ids outside [-1, num_experts) */
+  EPD_ERR_CAPACITY_EXCEEDED = -4,    /* n_tokens above max_tokens_per_rank */
+  EPD_ERR_FP8_ALIGNMENT = -5,        /* fp8 block quantisation needs hidden % 128 == 0 */
+  EPD_ERR_UNSUPPORTED = -6,          /* valid but not supported by this build/executor */
+  EPD_ERR_BAD_SLOT = -7,             /* slot outside [0, slots) */
+  EPD_ERR_NO_DISPATCH = -8,          /* combine/wait on a slot without a dispatch */
+  EPD_ERR_SPEC_MISMATCH = -9,        /* join spec differs from the group's */
+  EPD_ERR_DUPLICATE_RANK = -10,      /* rank already joined */
+  EPD_ERR_STALE_GENERATION = -11,    /* generation older than the group's */
+  EPD_ERR_UNKNOWN_GROUP = -12,       /* no such group */
+  EPD_ERR_VERSION_MISMATCH = -13,    /* protocol major version differs */
+  EPD_ERR_PROTOCOL = -14,            /* malformed or truncated message */
+  EPD_ERR_TIMEOUT = -15,             /* a deadline passed */
+  EPD_ERR_PEER_LOST = -16,           /* a rank of the group is gone */
+  EPD_ERR_DAEMON_LOST = -17,         /* the daemon connection is gone */
+  EPD_ERR_PERMISSION = -18,          /* credentials or join token refused */
+  EPD_ERR_NO_MEMORY = -19,           /* allocation failed */
+  EPD_ERR_SYSTEM = -20,              /* a system call failed (message names it) */
+  EPD_ERR_CUDA = -21,                /* a CUDA call failed (message names it) */
+  EPD_ERR_GPU_UNAVAILABLE = -22,     /* no usable CUDA driver or device */
+  EPD_ERR_SLOT_BUSY = -23,           /* slot still has an operation in flight */
+  EPD_ERR_SHUTTING_DOWN = -24,       /* the daemon is stopping */
+  EPD_ERR_NOT_JOINED = -25,          /* handle has no group */
+  EPD_ERR_BAD_WEIGHT_MODE = -26,     /* combine weight mode invalid for the layout */
+  EPD_ERR_RDMA = -27,                /* a verbs / rdma_cm call failed */
+  EPD_ERR_INTERNAL = -28,            /* an internal invariant broke (a bug) */
+  EPD_ERR_DEVICE_FAULT = -29,        /* a kernel set the fault word */
+  EPD_ERR_GROUP_CLOSED = -30,        /* the group was torn down */
+} epd_status_t;
+
+/* A static, human-readable name for a status ("EPD_ERR_PEER_LOST: ..."). Never NULL. */
+EPD_API const char* epd_status_string(epd_status_t status);
+
+typedef enum epd_dtype {
+  EPD_DTYPE_BF16 = 0,
+  EPD_DTYPE_FP16 = 1,
+  EPD_DTYPE_FP32 = 2,
+} epd_dtype_t;
+
+typedef enum epd_quant {
+  EPD_QUANT_NONE = 0,
+  EPD_QUANT_FP8_E4M3_BLOCK128 = 1, /* one fp32 scale (amax / 448) per 128 elements */
+} epd_quant_t;
+
+typedef enum epd_mode {
+  EPD_MODE_HIGH_THROUGHPUT = 0,
+  EPD_MODE_LOW_LATENCY = 1,
+} epd_mode_t;
+
+typedef enum epd_layout {
+  EPD_LAYOUT_RANK_MAJOR = 0,   /* one row per (token, destination rank) */
+  EPD_LAYOUT_EXPERT_MAJOR = 1, /* [local_experts][world_size * max_tokens] rows */
+} epd_layout_t;
+
+typedef enum epd_id_dtype {
+  EPD_ID_INT32 = 0,
+  EPD_ID_INT64 = 1,
+} epd_id_dtype_t;
+
+typedef enum epd_weight_mode {
+  EPD_WEIGHTS_APPLY = 0,           /* expert_major: multiply by the dispatch-time weight */
+  EPD_WEIGHTS_ALREADY_APPLIED = 1, /* expert outputs already weighted: plain sum */
+  EPD_WEIGHTS_ONES = 2,            /* router weight was applied on input: plain sum */
+} epd_weight_mode_t;
+
+/* Placement of one rank. gpu == EPD_GPU_HOST runs on the host executor. */
+#define EPD_GPU_HOST (-1)
+typedef struct epd_placement {
+  int32_t node; /* node index (0 on a single node) */
+  int32_t gpu;  /* local CUDA device ordinal, or EPD_GPU_HOST */
+} epd_placement_t;
+
+#define EPD_NAME_MAX 64
+#define EPD_MAX_WORLD_SIZE 1024
+#define EPD_MAX_EXPERTS 65536
+#define EPD_MAX_TOP_K 64
+#define EPD_MAX_SLOTS 8
+#define EPD_FP8_BLOCK 128
+
+/* The group spec: every rank of a group joins with the same values (except
+ * `rank`). Arrays are borrowed for the duration of the call that takes the spec. */
+typedef struct epd_group_spec {
+  uint32_t struct_size;            /* sizeof(epd_group_spec_t) */
+  char name[EPD_NAME_MAX];         /* NUL-terminated, [A-Za-z0-9._-]{1,63} */
+  uint64_t generation;             /* a restarted job bumps it */
+  int32_t world_size;              /* EP size, 1..EPD_MAX_WORLD_SIZE */
+  int32_t rank;                    /* this rank, [0, world_size) */
+  const epd_placement_t* placement; /* world_size entries; NULL = every rank on the host of node 0 */
+  int32_t num_experts;             /* global experts incl. redundant, world_size..EPD_MAX_EXPERTS */
+  int32_t top_k;                   /* 1..min(EPD_MAX_TOP_K, num_experts) */
+  const int32_t* expert_owner;     /* num_experts entries (expert -> rank); NULL = contiguous */
+  int32_t hidden;                  /* elements per row, >= 1 */
+  epd_dtype_t dtype;               /* activation dtype (inputs and combine) */
+  epd_quant_t dispatch_quant;      /* dispatch payload format */
+  int32_t max_tokens_per_rank;     /* capacity of one call, >= 1 */
+  epd_mode_t mode;
+  epd_layout_t layout;
+  int32_t slots;                   /* in-flight dispatch/combine pairs, 2..EPD_MAX_SLOTS */
+  uint32_t timeout_ms;             /* deadline for joins and waits; 0 = 30000 */
+  int32_t sm_budget;               /* GPU high_throughput: SMs to use, 0 = executor default */
+} epd_group_spec_t;
+
+/* Fill `spec` with defaults (struct_size set, 2 slots, bf16, rank_major,
+ * high_throughput, timeout 30 s, everything else zero / NULL). */
+EPD_API void epd_group_spec_init(epd_group_spec_t* spec);
+
+/* Check a spec. Returns EPD_OK or EPD_ERR_INVALID_SPEC / EPD_ERR_FP8_ALIGNMENT;
+ * when `msg` is not NULL it receives a NUL-terminated message naming the field
+ * and value (truncated to msg_len). */
+EPD_API epd_status_t epd_group_spec_validate(const epd_group_spec_t* spec, char* msg,
+                                             size_t msg_len);
+
+/* Exact bytes of workspace the group needs for `rank` (the sum over a GPU's ranks
+ * is that GPU's share). Returns EPD_OK and sets *bytes, or a spec error. */
+EPD_API epd_status_t epd_group_workspace_bytes(const epd_group_spec_t* spec, int32_t rank,
+                                               uint64_t* bytes);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif

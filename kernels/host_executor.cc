@@ -1,0 +1,320 @@
+// host_executor.cc — HostExecutor and input staging.
+#include "host_executor.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "numeric.h"
+
+namespace epd {
+
+namespace {
+
+int32_t load_once(const void* p) {
+  return reinterpret_cast<const std::atomic<int32_t>*>(p)->load(std::memory_order_acquire);
+}
+
+}  // namespace
+
+Status check_id_row(const GroupSpec& spec, const int32_t* ids, int32_t token, const char* where) {
+  const int32_t K = spec.top_k;
+  for (int32_t k = 0; k < K; ++k) {
+    const int32_t e = ids[k];
+    if (e < -1 || e >= spec.num_experts)
+      return make_status(EPD_ERR_EXPERT_ID_OUT_OF_RANGE, "%stopk_ids[%d][%d] = %d is outside [-1, %d)",
+                         where, token, k, e, spec.num_experts);
+    if (e < 0) continue;
+    for (int32_t j = 0; j < k; ++j)
+      if (ids[j] == e)
+        return make_status(EPD_ERR_INVALID_ARGUMENT,
+                           "%stopk_ids[%d] lists expert %d twice (k = %d and k = %d)", where,
+                           token, e, j, k);
+  }
+  return Status::ok();
+}
+
+Status stage_dispatch_inputs(const GroupSpec& spec, const RankLayout& layout, uint8_t* base,
+                             int32_t slot, const DispatchInputs& in) {
+  if (slot < 0 || slot >= spec.slots)
+    return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec.slots);
+  if (in.n_tokens < 0 || in.n_tokens > spec.max_tokens_per_rank)
+    return make_status(EPD_ERR_CAPACITY_EXCEEDED, "n_tokens = %d is outside [0, max_tokens_per_rank = %d]",
+                       in.n_tokens, spec.max_tokens_per_rank);
+  if (in.id_dtype != EPD_ID_INT32 && in.id_dtype != EPD_ID_INT64)
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "id_dtype = %d is neither int32 (0) nor int64 (1)",
+                       static_cast<int>(in.id_dtype));
+  const int64_t n = in.n_tokens, K = spec.top_k;
+  if (n > 0 && (!in.x || !in.topk_ids))
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "%s is NULL with n_tokens = %d",
+                       in.x ? "topk_ids" : "x", in.n_tokens);
+  const SlotOffsets& o = layout.slot[slot];
+  auto* ids = reinterpret_cast<int32_t*>(base + o.send_ids);
+  // Convert and check into a private row first so an error writes nothing.
+  std::vector<int32_t> row(static_cast<size_t>(K));
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t v = in.id_dtype == EPD_ID_INT32 ? static_cast<const int32_t*>(in.topk_ids)[t * K + k]
+                                              : static_cast<const int64_t*>(in.topk_ids)[t * K + k];
+      if (v < -1 || v >= spec.num_experts)
+        return make_status(EPD_ERR_EXPERT_ID_OUT_OF_RANGE, "topk_ids[%lld][%lld] = %lld is outside [-1, %d)",
+                           static_cast<long long>(t), static_cast<long long>(k),
+                           static_cast<long long>(v), spec.num_experts);
+      row[k] = static_cast<int32_t>(v);
+    }
+    EPD_RETURN_IF_ERROR(check_id_row(spec, row.data(), static_cast<int32_t>(t), ""));
+  }
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t k = 0; k < K; ++k)
+      ids[t * K + k] = in.id_dtype == EPD_ID_INT32
+                           ? static_cast<const int32_t*>(in.topk_ids)[t * K + k]
+                           : static_cast<int32_t>(static_cast<const int64_t*>(in.topk_ids)[t * K + k]);
+  auto* w = reinterpret_cast<float*>(base + o.send_weights);
+  if (in.topk_weights) {
+    if (n > 0) std::memcpy(w, in.topk_weights, static_cast<size_t>(n * K) * sizeof(float));
+  } else {
+    std::fill(w, w + n * K, 1.0f);
+  }
+  if (n > 0) std::memcpy(base + o.send_x, in.x, static_cast<size_t>(n) * layout.in_row_bytes);
+  reinterpret_cast<std::atomic<uint32_t>*>(base + o.send_hdr)
+      ->store(static_cast<uint32_t>(n), std::memory_order_release);
+  return Status::ok();
+}
+
+HostExecutor::HostExecutor(const GroupSpec& spec, std::vector<uint8_t*> rank_bases, ThreadPool* pool)
+    : spec_(spec),
+      layout_(GroupLayout::compute(spec)),
+      bases_(std::move(rank_bases)),
+      pool_(pool ? pool : &ThreadPool::shared()),
+      local_index_(spec.local_index()),
+      slots_(static_cast<size_t>(spec.slots)),
+      q_(static_cast<size_t>(spec.world_size)),
+      scales_(static_cast<size_t>(spec.world_size)) {}
+
+Status HostExecutor::read_and_check(int32_t slot, std::vector<std::vector<int32_t>>& ids,
+                                    std::vector<std::vector<float>>& weights) {
+  const int32_t W = spec_.world_size, K = spec_.top_k, M = spec_.max_tokens_per_rank;
+  SlotState& st = slots_[slot];
+  st.n.assign(static_cast<size_t>(W), 0);
+  std::vector<Status> errors(static_cast<size_t>(W));
+  const bool fp8 = spec_.dispatch_quant == EPD_QUANT_FP8_E4M3_BLOCK128;
+  pool_->parallel_for(W, [&](int64_t s) {
+    const RankLayout& l = layout_.ranks[s];
+    const SlotOffsets& o = l.slot[slot];
+    const int32_t n = load_once(at(static_cast<int32_t>(s), o.send_hdr));
+    if (n < 0 || n > M) {
+      errors[s] = make_status(EPD_ERR_CAPACITY_EXCEEDED,
+                              "rank %lld: n_tokens = %d is outside [0, max_tokens_per_rank = %d]",
+                              static_cast<long long>(s), n, M);
+      return;
+    }
+    st.n[s] = n;
+    const size_t nk = static_cast<size_t>(n) * K;
+    ids[s].resize(nk);
+    weights[s].resize(nk);
+    std::memcpy(ids[s].data(), at(static_cast<int32_t>(s), o.send_ids), nk * 4);
+    std::memcpy(weights[s].data(), at(static_cast<int32_t>(s), o.send_weights), nk * 4);
+    char where[32];
+    std::snprintf(where, sizeof where, "rank %lld: ", static_cast<long long>(s));
+    for (int32_t t = 0; t < n; ++t) {
+      Status c = check_id_row(spec_, ids[s].data() + static_cast<size_t>(t) * K, t, where);
+      if (!c) {
+        errors[s] = c;
+        return;
+      }
+    }
+    if (fp8) {
+      const int32_t H = spec_.hidden;
+      q_[s].resize(static_cast<size_t>(n) * H);
+      scales_[s].resize(static_cast<size_t>(n) * (H / EPD_FP8_BLOCK));
+      const uint8_t* x = at(static_cast<int32_t>(s), o.send_x);
+      for (int32_t t = 0; t < n; ++t)
+        quantize_row_fp8(x + static_cast<size_t>(t) * l.in_row_bytes, H, spec_.dtype,
+                         q_[s].data() + static_cast<size_t>(t) * H,
+                         scales_[s].data() + static_cast<size_t>(t) * (H / EPD_FP8_BLOCK));
+    }
+  });
+  for (auto& e : errors)
+    if (!e) return e;
+  return Status::ok();
+}
+
+Status HostExecutor::dispatch(int32_t slot) {
+  if (slot < 0 || slot >= spec_.slots)
+    return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
+  const int32_t W = spec_.world_size, K = spec_.top_k, M = spec_.max_tokens_per_rank;
+  SlotState& st = slots_[slot];
+  st.dispatched = false;
+  std::vector<std::vector<int32_t>> ids(static_cast<size_t>(W));
+  std::vector<std::vector<float>> weights(static_cast<size_t>(W));
+  EPD_RETURN_IF_ERROR(read_and_check(slot, ids, weights));
+
+  // Plan: row of every (source, token, k) at its destination, in (source, token, k) order.
+  const bool rank_major = spec_.layout == EPD_LAYOUT_RANK_MAJOR;
+  const int64_t WM = static_cast<int64_t>(W) * M;
+  st.route_rank.assign(static_cast<size_t>(W), {});
+  st.route_row.assign(static_cast<size_t>(W), {});
+  std::vector<int32_t> next_row(rank_major ? static_cast<size_t>(W) : static_cast<size_t>(spec_.num_experts), 0);
+  for (int32_t s = 0; s < W; ++s) {
+    const int32_t n = st.n[s];
+    auto& rr = st.route_rank[s];
+    auto& rw = st.route_row[s];
+    rr.assign(static_cast<size_t>(n) * K, -1);
+    rw.assign(static_cast<size_t>(n) * K, -1);
+    for (int32_t t = 0; t < n; ++t) {
+      for (int32_t k = 0; k < K; ++k) {
+        const int32_t e = ids[s][static_cast<size_t>(t) * K + k];
+        if (e < 0) continue;
+        const int32_t r = spec_.expert_owner[e];
+        rr[static_cast<size_t>(t) * K + k] = r;
+        if (rank_major) {
+          int32_t row = -1;
+          for (int32_t j = 0; j < k; ++j)
+            if (rr[static_cast<size_t>(t) * K + j] == r) row = rw[static_cast<size_t>(t) * K + j];
+          rw[static_cast<size_t>(t) * K + k] = row >= 0 ? row : next_row[r]++;
+        } else {
+          rw[static_cast<size_t>(t) * K + k] =
+              static_cast<int32_t>(local_index_[e] * WM + next_row[e]++);
+        }
+      }
+    }
+  }
+
+  // Write every destination's outputs.
+  const bool fp8 = spec_.dispatch_quant == EPD_QUANT_FP8_E4M3_BLOCK128;
+  const int32_t nb = fp8 ? spec_.hidden / EPD_FP8_BLOCK : 0;
+  pool_->parallel_for(W, [&](int64_t rr64) {
+    const int32_t r = static_cast<int32_t>(rr64);
+    const RankLayout& l = layout_.ranks[r];
+    const SlotOffsets& o = l.slot[slot];
+    const int32_t I = l.ids_per_row;
+    auto* rx = at(r, o.recv_x);
+    auto* rscale = reinterpret_cast<float*>(at(r, o.recv_scales));
+    auto* rid = reinterpret_cast<int32_t*>(at(r, o.recv_ids));
+    auto* rw = reinterpret_cast<float*>(at(r, o.recv_weights));
+    auto* rsrc = reinterpret_cast<int32_t*>(at(r, o.recv_src));
+    auto* counts = reinterpret_cast<int32_t*>(at(r, o.recv_counts));
+    std::vector<uint8_t> written(static_cast<size_t>(l.recv_rows), 0);
+    std::vector<int32_t> cnt(static_cast<size_t>(l.local_experts), 0);
+    int64_t total = 0;
+    for (int32_t s = 0; s < W; ++s) {
+      const uint8_t* sx = at(s, layout_.ranks[s].slot[slot].send_x);
+      for (int32_t t = 0; t < st.n[s]; ++t) {
+        for (int32_t k = 0; k < K; ++k) {
+          const size_t tk = static_cast<size_t>(t) * K + k;
+          if (st.route_rank[s][tk] != r) continue;
+          const int64_t row = st.route_row[s][tk];
+          const int32_t e = ids[s][tk];
+          cnt[local_index_[e]]++;
+          if (rank_major) {
+            if (!written[row]) {
+              written[row] = 1;
+              ++total;
+              for (int32_t j = 0; j < I; ++j) {
+                const int32_t ej = ids[s][static_cast<size_t>(t) * K + j];
+                const bool local = ej >= 0 && spec_.expert_owner[ej] == r;
+                rid[row * I + j] = local ? ej : -1;
+                rw[row * I + j] = local ? weights[s][static_cast<size_t>(t) * K + j] : 0.0f;
+              }
+            } else {
+              continue;  // payload already written by an earlier k of this token
+            }
+          } else {
+            written[row] = 1;
+            ++total;
+            rid[row] = e;
+            rw[row] = weights[s][tk];
+          }
+          rsrc[row * 2] = s;
+          rsrc[row * 2 + 1] = t;
+          if (fp8) {
+            std::memcpy(rx + row * l.recv_row_bytes, q_[s].data() + static_cast<size_t>(t) * spec_.hidden,
+                        static_cast<size_t>(spec_.hidden));
+            std::memcpy(rscale + row * nb, scales_[s].data() + static_cast<size_t>(t) * nb,
+                        static_cast<size_t>(nb) * 4);
+          } else {
+            std::memcpy(rx + row * l.recv_row_bytes, sx + static_cast<size_t>(t) * l.in_row_bytes,
+                        l.recv_row_bytes);
+          }
+        }
+      }
+    }
+    for (int64_t row = 0; row < l.recv_rows; ++row) {
+      if (written[row]) continue;
+      for (int32_t j = 0; j < I; ++j) {
+        rid[row * I + j] = -1;
+        rw[row * I + j] = 0.0f;
+      }
+      rsrc[row * 2] = -1;
+      rsrc[row * 2 + 1] = -1;
+    }
+    std::memcpy(counts, cnt.data(), cnt.size() * 4);
+    reinterpret_cast<std::atomic<int32_t>*>(at(r, o.recv_total))
+        ->store(static_cast<int32_t>(total), std::memory_order_release);
+  });
+  st.weight = std::move(weights);
+  st.dispatched = true;
+  return Status::ok();
+}
+
+Status HostExecutor::combine(int32_t slot, epd_weight_mode_t mode) {
+  if (slot < 0 || slot >= spec_.slots)
+    return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
+  const bool rank_major = spec_.layout == EPD_LAYOUT_RANK_MAJOR;
+  if (mode != EPD_WEIGHTS_APPLY && mode != EPD_WEIGHTS_ALREADY_APPLIED && mode != EPD_WEIGHTS_ONES)
+    return make_status(EPD_ERR_BAD_WEIGHT_MODE, "weight mode = %d is not a known epd_weight_mode_t",
+                       static_cast<int>(mode));
+  if (rank_major && mode == EPD_WEIGHTS_APPLY)
+    return make_status(EPD_ERR_BAD_WEIGHT_MODE,
+                       "weight mode 'apply' needs layout expert_major; rank_major rows are already "
+                       "reduced per rank (use already_applied or ones)");
+  SlotState& st = slots_[slot];
+  if (!st.dispatched)
+    return make_status(EPD_ERR_NO_DISPATCH, "combine on slot %d without a dispatch", slot);
+  st.dispatched = false;
+  const int32_t W = spec_.world_size, K = spec_.top_k, H = spec_.hidden;
+  const bool apply = mode == EPD_WEIGHTS_APPLY;
+  pool_->parallel_for(W, [&](int64_t s64) {
+    const int32_t s = static_cast<int32_t>(s64);
+    const RankLayout& l = layout_.ranks[s];
+    uint8_t* out = at(s, l.slot[slot].combine_out);
+    std::vector<float> acc(static_cast<size_t>(H));
+    std::vector<int32_t> dests;
+    for (int32_t t = 0; t < st.n[s]; ++t) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      const int32_t* rr = st.route_rank[s].data() + static_cast<size_t>(t) * K;
+      const int32_t* rw = st.route_row[s].data() + static_cast<size_t>(t) * K;
+      auto add_row = [&](int32_t r, int64_t row, float w) {
+        const RankLayout& dl = layout_.ranks[r];
+        const uint8_t* y = at(r, dl.slot[slot].combine_in) + row * dl.in_row_bytes;
+        for (int32_t i = 0; i < H; ++i) {
+          const float v = load_as_float(y, i, spec_.dtype);
+          acc[i] = acc[i] + (apply ? w * v : v);
+        }
+      };
+      if (rank_major) {
+        dests.clear();
+        for (int32_t k = 0; k < K; ++k)
+          if (rr[k] >= 0 && std::find(dests.begin(), dests.end(), rr[k]) == dests.end())
+            dests.push_back(rr[k]);
+        std::sort(dests.begin(), dests.end());
+        for (int32_t r : dests)
+          for (int32_t k = 0; k < K; ++k)
+            if (rr[k] == r) {
+              add_row(r, rw[k], 1.0f);
+              break;
+            }
+      } else {
+        for (int32_t k = 0; k < K; ++k) {
+          if (rr[k] < 0) continue;
+          add_row(rr[k], rw[k], st.weight[s][static_cast<size_t>(t) * K + k]);
+        }
+      }
+      uint8_t* o = out + static_cast<size_t>(t) * l.in_row_bytes;
+      for (int32_t i = 0; i < H; ++i) store_from_float(o, i, acc[i], spec_.dtype);
+    }
+  });
+  return Status::ok();
+}
+
+}  // namespace epd

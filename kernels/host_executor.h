@@ -1,0 +1,86 @@
+// host_executor.h — dispatch and combine for every rank of a group on host
+// memory: the embedded default executor and the reference for GPU results.
+//
+// The executor works on workspaces it does not own (rank_bases[r] points at
+// rank r's workspace, laid out by layout.h; host shared memory in the daemon,
+// plain memory in tests). It treats everything in them as untrusted: token
+// counts and ids are read once into private state, validated, then used; a bad
+// value fails the whole call with a status naming rank, token, k and value, and
+// nothing is written. Routing for combine is the private copy captured by the
+// dispatch of the same slot, never ids read again.
+//
+// Row order is deterministic (source rank, then source token, then k), and
+// combine sums in a fixed order with fp32 accumulation:
+//   rank_major:   out[t] = sum over destination ranks, ascending, of combine_in rows
+//   expert_major: out[t] = sum over k ascending of w[t][k] * y (apply) or y
+// (each product rounded to fp32 before the add: no fused multiply-add).
+// Thread-safety: one call at a time per executor (the daemon serialises per
+// group); internally parallel over the thread pool.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "epd/types.h"
+#include "layout.h"
+#include "spec.h"
+#include "status.h"
+#include "thread_pool.h"
+
+namespace epd {
+
+// One rank's dispatch inputs as a caller holds them.
+struct DispatchInputs {
+  const void* x = nullptr;             // [n][hidden] in spec.dtype
+  const void* topk_ids = nullptr;      // [n][top_k] int32 or int64
+  epd_id_dtype_t id_dtype = EPD_ID_INT32;
+  const float* topk_weights = nullptr; // [n][top_k]; may be NULL (weights 1)
+  int32_t n_tokens = 0;
+};
+
+// Checks one rank's inputs (n within capacity, ids in [-1, num_experts), no
+// expert twice in a token) and copies them into the rank's send slot. Pointers
+// may be NULL only when n_tokens == 0. Writes nothing on error.
+Status stage_dispatch_inputs(const GroupSpec& spec, const RankLayout& layout, uint8_t* base,
+                             int32_t slot, const DispatchInputs& in);
+
+// Checks one id row; `where` prefixes the message ("rank 3: ").
+Status check_id_row(const GroupSpec& spec, const int32_t* ids, int32_t token, const char* where);
+
+class HostExecutor {
+ public:
+  // spec must be valid; rank_bases has world_size entries, each 64-byte aligned.
+  HostExecutor(const GroupSpec& spec, std::vector<uint8_t*> rank_bases,
+               ThreadPool* pool = nullptr);
+
+  Status dispatch(int32_t slot);
+  Status combine(int32_t slot, epd_weight_mode_t mode);
+
+  const GroupLayout& layout() const { return layout_; }
+  const GroupSpec& spec() const { return spec_; }
+
+ private:
+  struct SlotState {
+    bool dispatched = false;
+    std::vector<int32_t> n;                      // per source rank
+    std::vector<std::vector<int32_t>> route_rank; // [src][t*K + k]
+    std::vector<std::vector<int32_t>> route_row;  // [src][t*K + k]
+    std::vector<std::vector<float>> weight;       // [src][t*K + k], private copy
+  };
+
+  Status read_and_check(int32_t slot, std::vector<std::vector<int32_t>>& ids,
+                        std::vector<std::vector<float>>& weights);
+  uint8_t* at(int32_t r, uint64_t off) const { return bases_[r] + off; }
+
+  GroupSpec spec_;
+  GroupLayout layout_;
+  std::vector<uint8_t*> bases_;
+  ThreadPool* pool_;
+  std::vector<int32_t> local_index_;
+  std::vector<SlotState> slots_;
+  // fp8 staging per source rank: quantised payload and scales
+  std::vector<std::vector<uint8_t>> q_;
+  std::vector<std::vector<float>> scales_;
+};
+
+}  // namespace epd
