@@ -1,0 +1,64 @@
+// config.h — the daemon's configuration: /etc/epd/epd.toml plus command-line
+// overrides (command line wins), and the effective config printed back as TOML.
+//
+// load_config never exits the process: --help / --version / --print-config are
+// reported through LoadOutcome so main() decides. Errors name the file, key
+// and value ("epd.toml: log.level = 'loud' is not one of: trace, debug, ...").
+// Thread-safety: value types and pure functions (reads files).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "spec.h"
+#include "status.h"
+
+namespace epd {
+
+struct DaemonConfig {
+  // [server]
+  std::string socket_path = "/run/epd/epd.sock";  // control socket (SOCK_SEQPACKET)
+  uint32_t socket_mode = 0660;                    // permissions of the socket file
+  std::string socket_group;                       // group owning the socket ("" = daemon's)
+  uint32_t max_sessions = 1024;
+  std::vector<uint32_t> allowed_uids;             // empty = any peer that can open the socket
+  uint32_t join_timeout_ms = 30000;               // default when a spec says 0
+  // [executor]
+  uint32_t host_threads = 0;                      // host executor threads, 0 = all cores
+  // [log]
+  std::string log_level = "info";                 // trace|debug|info|warn|error|critical|off
+  std::string log_target = "auto";                // auto (journal under systemd) | stderr | journal
+  // [[group]] tables: groups created at start-up so their memory exists before workers.
+  std::vector<GroupSpec> groups;
+  // [cluster] (daemon-to-daemon, later)
+  uint32_t node_id = 0;
+  std::string listen_address;                     // "" = no daemon-to-daemon listener
+  std::string cluster_secret;                     // never printed by print_config
+  std::vector<std::string> peers;                 // node addresses "host:port", index = node id
+  std::string transport = "tcp";                  // tcp | rdma
+  bool rdma_fallback_to_tcp = true;
+
+  std::string config_file;                        // the file that was read ("" = none)
+};
+
+enum class LoadOutcome { kRun, kHelp, kVersion, kPrintConfig };
+
+struct LoadedConfig {
+  DaemonConfig config;
+  LoadOutcome outcome = LoadOutcome::kRun;
+  std::string text;  // help/version text, or the effective config for kPrintConfig
+};
+
+// Parses argv: --config FILE (default /etc/epd/epd.toml; a missing default file
+// is fine, a missing named file is an error), overrides such as --socket PATH,
+// --log-level L, --log-target T, --host-threads N, --print-config, --help, --version.
+Result<LoadedConfig> load_config(int argc, const char* const* argv);
+
+// Parses TOML text (`origin` names it in messages).
+Result<DaemonConfig> parse_config_toml(const std::string& text, const std::string& origin);
+
+// The effective config as TOML (secrets redacted).
+std::string print_config(const DaemonConfig& c);
+
+}  // namespace epd
