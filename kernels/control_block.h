@@ -29,12 +29,19 @@ enum DeviceFaultKind : uint32_t {
 
 // Per slot: doorbell (client -> daemon), completion (daemon -> client), and the
 // token count the dispatch captured (combine uses it, never send_hdr again).
+// The armed executor (gpu_armed.h) added the fields after n_raw in place of
+// reserved words: all zero means "none", so version 1 readers are unaffected.
 struct ControlSlot {
-  uint32_t doorbell;
-  uint32_t completion;
+  uint32_t doorbell;     // kRing* bits, written by the client; kArmedAbortBit by the daemon
+  uint32_t completion;   // kDone* bits | status, written by the daemon (see completion_word)
   uint32_t n_captured;   // valid count read by the last dispatch of this slot
   uint32_t n_raw;        // the raw send_hdr.n_tokens that dispatch read
-  uint32_t reserved[12];
+  uint32_t weight_mode;  // epd_weight_mode_t of the next combine, written by the client before kRingCombine
+  uint32_t calls_done;   // armed executor: operations completed on this slot (wraps)
+  uint32_t last_fault;   // DeviceFaultKind behind the last failed completion, 0 if none
+  int32_t last_fault_rank, last_fault_token, last_fault_k;
+  int64_t last_fault_value;
+  uint32_t reserved[4];
 };
 static_assert(sizeof(ControlSlot) == 64, "ControlSlot is 64 bytes");
 
@@ -55,5 +62,26 @@ static_assert(sizeof(ControlBlock) <= kControlBytes, "control block fits its 4 K
 
 constexpr uint32_t kControlMagic = 0x45504443u;  // "EPDC"
 constexpr uint32_t kControlVersion = 1;
+
+// Armed-executor doorbell protocol (gpu_armed.h has the whole story). Values are
+// constants, so a client's enqueue is the same on every CUDA graph replay:
+// dispatch and combine strictly alternate per slot, the client rings
+// kRingDispatch / kRingCombine and waits (CU_STREAM_WAIT_VALUE_AND) for
+// kDoneDispatch / kDoneCombine; each ring overwrites the other bit, so nothing
+// needs resetting between calls. The daemon releases armed waits by writing
+// kRingDispatch | kRingCombine | kArmedAbortBit into the doorbells.
+constexpr uint32_t kRingDispatch = 1u;
+constexpr uint32_t kRingCombine = 2u;
+constexpr uint32_t kDoneDispatch = 1u;
+constexpr uint32_t kDoneCombine = 2u;
+constexpr uint32_t kArmedAbortBit = 0x80000000u;
+
+// Completion word: done bits | (-status) << 8 | abort bit. status is an epd_status_t (<= 0).
+constexpr uint32_t completion_word(uint32_t done_bits, int32_t status, bool aborted) {
+  return done_bits | (static_cast<uint32_t>(-status) & 0xffffu) << 8 | (aborted ? kArmedAbortBit : 0u);
+}
+constexpr epd_status_t completion_status(uint32_t word) {
+  return static_cast<epd_status_t>(-static_cast<int32_t>((word >> 8) & 0xffffu));
+}
 
 }  // namespace epd

@@ -3,7 +3,10 @@
 //
 // load_config never exits the process: --help / --version / --print-config are
 // reported through LoadOutcome so main() decides. Errors name the file, key
-// and value ("epd.toml: log.level = 'loud' is not one of: trace, debug, ...").
+// and value ("epd.toml:7: log.level = 'loud' is not one of: trace, debug, ...").
+// The file's keys (tables [server] [executor] [log] [cluster] [[group]]) are
+// documented in systemd/epd.toml.example; toml++ reads them (see
+// config_files_supported()), the printer needs no library.
 // Thread-safety: value types and pure functions (reads files).
 #pragma once
 
@@ -50,13 +53,25 @@ struct LoadedConfig {
   std::string text;  // help/version text, or the effective config for kPrintConfig
 };
 
+inline constexpr const char* kDefaultConfigFile = "/etc/epd/epd.toml";
+
 // Parses argv: --config FILE (default /etc/epd/epd.toml; a missing default file
-// is fine, a missing named file is an error), overrides such as --socket PATH,
-// --log-level L, --log-target T, --host-threads N, --print-config, --help, --version.
+// is fine, a missing named file is an error; --config '' reads no file), overrides
+// such as --socket PATH, --log-level L, --log-target T, --host-threads N,
+// --print-config, --help, --version (`epd --help` lists them all).
 Result<LoadedConfig> load_config(int argc, const char* const* argv);
 
-// Parses TOML text (`origin` names it in messages).
+// Parses TOML text (`origin` names it in messages). Unknown keys are errors.
+// Without toml++ in this build: EPD_ERR_UNSUPPORTED naming `origin`.
 Result<DaemonConfig> parse_config_toml(const std::string& text, const std::string& origin);
+
+// Checks every field and the relations between them (node_id < peers, unique
+// group names, ...); parse_config_toml and load_config call it. The message
+// names the key and the value; `origin` prefixes it.
+Status validate_config(const DaemonConfig& c, const std::string& origin);
+
+// Whether this build can read config files (toml++ was found at build time).
+bool config_files_supported();
 
 // The effective config as TOML (secrets redacted).
 std::string print_config(const DaemonConfig& c);

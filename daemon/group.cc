@@ -1,0 +1,152 @@
+// group.cc — group workspace, rendezvous bookkeeping and the worker thread.
+#include "group.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace epd {
+
+void publish(SharedRegion& shm, uint32_t index, int32_t slot, Op op, uint32_t seq, const Status& st) {
+  shm::Membership* m = shm::membership(shm.data(), index);
+  shm::SlotWords& w = m->slot[slot];
+  char* msg = op == Op::kDispatch ? w.dispatch_msg : w.combine_msg;
+  const std::string& text = st.message();
+  const size_t n = std::min(text.size(), static_cast<size_t>(shm::kMsgBytes - 1));
+  std::memcpy(msg, text.data(), n);
+  msg[n] = '\0';
+  uint32_t* done = op == Op::kDispatch ? &w.dispatch_done : &w.combine_done;
+  shm::word(op == Op::kDispatch ? w.dispatch_status : w.combine_status).store(st.code(), std::memory_order_relaxed);
+  shm::word(*done).store(seq, std::memory_order_seq_cst);
+  if (shm::word(w.waiters).load(std::memory_order_seq_cst) != 0) shm::futex_wake_all(done);
+}
+
+std::vector<uint64_t> rank_offsets(const GroupLayout& layout) {
+  std::vector<uint64_t> off;
+  uint64_t at = 0;
+  for (const RankLayout& r : layout.ranks) {
+    off.push_back(at);
+    at += r.bytes;
+  }
+  return off;
+}
+
+Result<std::unique_ptr<Group>> Group::create(uint64_t id, const GroupSpec& spec, ThreadPool* pool, CompletionSink sink) {
+  const GroupLayout layout = GroupLayout::compute(spec);
+  const std::string name = "epd-ws-" + spec.name;
+  auto ws = SharedRegion::create(name.c_str(), layout.total_bytes);
+  if (!ws) return ws.status();
+  return std::unique_ptr<Group>(new Group(id, spec, std::move(ws.value()), pool, std::move(sink)));
+}
+
+Group::Group(uint64_t id, GroupSpec spec, std::shared_ptr<SharedRegion> ws, ThreadPool* pool, CompletionSink sink)
+    : id_(id), spec_(std::move(spec)), layout_(GroupLayout::compute(spec_)), workspace_(std::move(ws)),
+      offsets_(rank_offsets(layout_)), sink_(std::move(sink)) {
+  std::vector<uint8_t*> bases;
+  for (uint64_t off : offsets_) bases.push_back(workspace_->data() + off);
+  executor_ = std::make_unique<HostExecutor>(spec_, bases, pool);
+  members_.resize(static_cast<size_t>(spec_.world_size));
+  lost_.resize(static_cast<size_t>(spec_.world_size));
+  slots_.resize(static_cast<size_t>(spec_.slots));
+  for (auto& s : slots_) s.rung.assign(static_cast<size_t>(spec_.world_size), 0);
+  const char* spin = std::getenv("EPD_WORKER_SPIN_US");
+  spin_ns_ = (spin && *spin ? std::atoll(spin) : 20) * 1000;
+  worker_ = std::thread([this] { worker_loop(); });
+}
+
+Group::~Group() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  worker_.join();
+}
+
+int32_t Group::present() const {
+  int32_t n = 0;
+  for (const auto& m : members_) n += m != nullptr;
+  return n;
+}
+
+int32_t Group::joined() const {
+  int32_t n = 0;
+  for (const auto& m : members_) n += m != nullptr && m->joined;
+  return n;
+}
+
+void Group::clear_rendezvous(int32_t slot) {
+  SlotRendezvous& s = slots_[static_cast<size_t>(slot)];
+  s.op = Op::kNone;
+  std::fill(s.rung.begin(), s.rung.end(), 0);
+  s.rung_count = 0;
+  s.first_ring_ns = 0;
+}
+
+int32_t Group::in_flight() const {
+  int32_t n = 0;
+  for (const auto& s : slots_) n += s.in_flight;
+  return n;
+}
+
+void Group::submit(int32_t slot, Op op, epd_weight_mode_t mode, std::vector<Target> targets) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    jobs_.push_back(Job{slot, op, mode, std::move(targets)});
+    queued_.fetch_add(1, std::memory_order_release);
+  }
+  cv_.notify_one();
+}
+
+void Group::worker_loop() {
+  for (;;) {
+    Job job;
+    if (spin_ns_ > 0) {
+      const int64_t until = shm::monotonic_ns() + spin_ns_;
+      while (queued_.load(std::memory_order_acquire) == 0 && shm::monotonic_ns() < until) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      }
+    }
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] { return stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;  // stop_ and drained
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+      queued_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    run_job(job);
+  }
+}
+
+void Group::run_job(Job& job) {
+  Completion c;
+  c.group_id = id_;
+  c.slot = job.slot;
+  c.op = job.op;
+  // The executor must not throw; anything thrown is a bug reported as INTERNAL
+  // rather than taking the daemon down.
+  try {
+    c.status = job.op == Op::kDispatch ? executor_->dispatch(job.slot) : executor_->combine(job.slot, job.mode);
+  } catch (const std::exception& e) {
+    c.status = make_status(EPD_ERR_INTERNAL, "executor threw: %s", e.what());
+  }
+  if (c.status.is_ok() && job.op == Op::kDispatch) {
+    // Counters from the executor's outputs (read once, clamped: shm is untrusted).
+    for (int32_t r = 0; r < spec_.world_size; ++r) {
+      const RankLayout& l = layout_.ranks[static_cast<size_t>(r)];
+      const uint8_t* base = workspace_->data() + offsets_[static_cast<size_t>(r)];
+      uint32_t n = 0;
+      int32_t total = 0;
+      std::memcpy(&n, base + l.slot[job.slot].send_hdr, 4);
+      std::memcpy(&total, base + l.slot[job.slot].recv_total, 4);
+      c.tokens_sent.push_back(static_cast<int32_t>(std::min<uint32_t>(n, static_cast<uint32_t>(spec_.max_tokens_per_rank))));
+      c.rows_received.push_back(std::max(0, total));
+    }
+  }
+  for (Target& t : job.targets) publish(*t.shm, t.index, job.slot, job.op, t.seq, c.status);
+  sink_(std::move(c));
+}
+
+}  // namespace epd

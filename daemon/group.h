@@ -1,0 +1,168 @@
+// group.h — one EP group inside the daemon: its spec, its workspace (one memfd
+// holding every rank's region at its offset), the host executor over it, the
+// members holding its ranks, per-slot rendezvous state, and the worker thread
+// that runs dispatch/combine off the control thread.
+//
+// Ownership: the Server owns Groups (by name) and Sessions; a Member is shared
+// between its Group (by rank) and its Session (by shm entry index).
+// Thread-safety: everything but the job queue is touched only by the control
+// thread. submit() is called by the control thread; the worker thread runs the
+// executor, publishes results into the members' session blocks (kept alive by
+// the job) and reports a Completion through the callback it was given.
+// After a job the worker polls for the next one for a short while
+// ($EPD_WORKER_SPIN_US, default 20 µs; 0 = never) before sleeping: a combine
+// follows its dispatch closely, and a thread wake-up costs more than that.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "host_executor.h"
+#include "layout.h"
+#include "shared_region.h"
+#include "shm_layout.h"
+#include "spec.h"
+#include "status.h"
+
+namespace epd {
+
+struct Session;
+class Group;
+
+enum class Op : uint8_t { kNone, kDispatch, kCombine };
+enum class Phase : uint8_t { kIdle, kDispatchRung, kDispatched, kCombineRung };
+
+// Writes status, message and completion sequence of one op into a session
+// block and wakes its futex waiters. Safe from any thread.
+void publish(SharedRegion& shm, uint32_t index, int32_t slot, Op op, uint32_t seq, const Status& st);
+
+// One rank of one group, held by one session.
+struct Member {
+  Session* session = nullptr;  // null once the session is gone
+  std::shared_ptr<SharedRegion> shm;
+  uint64_t session_id = 0;
+  int32_t pid = 0;
+  uint32_t uid = 0;
+  Group* group = nullptr;
+  int32_t rank = 0;
+  uint32_t index = 0;           // entry in the session block
+  bool joined = false;          // false while waiting for the other ranks
+  uint64_t join_request = 0;    // request id of the pending JOIN
+  int64_t join_deadline_ns = 0;
+  int64_t joined_at_ns = 0;
+  struct SlotState {
+    uint32_t dispatch_seen = 0, combine_seen = 0;  // last doorbell sequences taken
+    Phase phase = Phase::kIdle;
+    uint32_t seq = 0;           // sequence of the rung op
+    uint32_t mode = 0;          // weight mode of a rung combine
+    bool owe_peer_lost = false; // report PEER_LOST on the next op of this slot
+  };
+  std::array<SlotState, EPD_MAX_SLOTS> slots;
+  std::string peer_lost_msg;
+  shm::Counters counters{};     // the daemon's own copy (epctl reads this one)
+};
+
+struct Completion {
+  uint64_t group_id = 0;
+  int32_t slot = 0;
+  Op op = Op::kNone;
+  Status status;
+  std::vector<int32_t> tokens_sent;    // per rank (dispatch)
+  std::vector<int32_t> rows_received;  // per rank (dispatch)
+};
+
+class Group {
+ public:
+  using CompletionSink = std::function<void(Completion)>;
+
+  // pool runs the executor's parallel loops (null = the process-wide pool).
+  static Result<std::unique_ptr<Group>> create(uint64_t id, const GroupSpec& spec, ThreadPool* pool,
+                                               CompletionSink sink);
+  ~Group();  // stops the worker after the running job
+
+  uint64_t id() const { return id_; }
+  const GroupSpec& spec() const { return spec_; }
+  const GroupLayout& layout() const { return layout_; }
+  const SharedRegion& workspace() const { return *workspace_; }
+
+  // Member by rank (null: absent). Control thread only.
+  std::vector<std::shared_ptr<Member>>& members() { return members_; }
+  int32_t present() const;
+  int32_t joined() const;
+
+  struct LostRank {
+    bool lost = false;
+    int32_t pid = 0;
+    uint64_t session_id = 0;
+    int64_t since_ns = 0;
+    std::string reason;
+  };
+  std::vector<LostRank>& lost() { return lost_; }
+
+  struct SlotRendezvous {
+    Op op = Op::kNone;
+    std::vector<uint8_t> rung;  // per rank
+    int32_t rung_count = 0;
+    int64_t first_ring_ns = 0;
+    bool in_flight = false;
+  };
+  SlotRendezvous& rendezvous(int32_t slot) { return slots_[static_cast<size_t>(slot)]; }
+  void clear_rendezvous(int32_t slot);
+  int32_t in_flight() const;
+
+  struct Target {
+    std::shared_ptr<SharedRegion> shm;
+    uint32_t index = 0;
+    uint32_t seq = 0;
+  };
+  // Runs the op on the worker thread, then publishes to every target.
+  void submit(int32_t slot, Op op, epd_weight_mode_t mode, std::vector<Target> targets);
+
+  bool closed = false;  // replaced by a newer generation
+  bool pinned = false;  // declared in the config: kept while it has no members
+  int64_t created_ns = 0;
+
+ private:
+  Group(uint64_t id, GroupSpec spec, std::shared_ptr<SharedRegion> ws, ThreadPool* pool, CompletionSink sink);
+  struct Job {
+    int32_t slot;
+    Op op;
+    epd_weight_mode_t mode;
+    std::vector<Target> targets;
+  };
+  void worker_loop();
+  void run_job(Job& job);
+
+  uint64_t id_;
+  GroupSpec spec_;
+  GroupLayout layout_;
+  std::shared_ptr<SharedRegion> workspace_;
+  std::vector<uint64_t> offsets_;
+  std::unique_ptr<HostExecutor> executor_;
+  CompletionSink sink_;
+  std::vector<std::shared_ptr<Member>> members_;
+  std::vector<LostRank> lost_;
+  std::vector<SlotRendezvous> slots_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  std::atomic<uint32_t> queued_{0};  // jobs_.size(), readable without the lock
+  int64_t spin_ns_ = 0;              // after a job, poll for the next one this long before sleeping
+  bool stop_ = false;
+  std::thread worker_;
+};
+
+// Byte offset of every rank's region inside the group workspace.
+std::vector<uint64_t> rank_offsets(const GroupLayout& layout);
+
+}  // namespace epd

@@ -1,0 +1,47 @@
+// main.cc — the epd binary: configuration, logging, socket activation, then
+// the daemon core (server.h) until SIGTERM.
+#include <cstdio>
+
+#include "config.h"
+#include "logging.h"
+#include "sd_glue.h"
+#include "server.h"
+
+int main(int argc, char** argv) {
+  using namespace epd;
+  auto loaded = load_config(argc, argv);
+  if (!loaded) {
+    std::fprintf(stderr, "epd: %s\n", loaded.status().to_string().c_str());
+    return 2;
+  }
+  if (loaded->outcome != LoadOutcome::kRun) {
+    std::fputs(loaded->text.c_str(), stdout);
+    return 0;
+  }
+  const DaemonConfig& cfg = loaded->config;
+  auto level = parse_log_level(cfg.log_level);
+  if (!level) {
+    std::fprintf(stderr, "epd: %s\n", level.status().to_string().c_str());
+    return 2;
+  }
+  if (Status st = init_logging(level.value(), cfg.log_target); !st) {
+    std::fprintf(stderr, "epd: %s\n", st.to_string().c_str());
+    return 2;
+  }
+  Server::Options opts;
+  opts.config = cfg;
+  const std::vector<int> fds = listen_fds();
+  if (fds.size() > 1) log_message(LogLevel::kWarn, "socket activation passed several sockets; using the first");
+  if (!fds.empty()) opts.listen_fd = fds[0];
+  auto server = Server::create(std::move(opts));
+  if (!server) {
+    log_message(LogLevel::kCritical, "cannot start: " + server.status().to_string());
+    return 1;
+  }
+  Status st = server.value()->run();
+  if (!st) {
+    log_message(LogLevel::kCritical, "stopped on error: " + st.to_string());
+    return 1;
+  }
+  return 0;
+}

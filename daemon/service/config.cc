@@ -1,0 +1,754 @@
+// config.cc — epd.toml parsing (toml++), command-line overrides (CLI11) and the
+// effective config printed back as TOML. See config.h.
+//
+// The printer is hand-written (not toml++'s formatter) so --print-config works
+// in builds without toml++ and keeps a stable key order.
+#include "config.h"
+
+#include <sys/un.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <set>
+#include <sstream>
+#include <string_view>
+
+#include <CLI/CLI.hpp>
+
+#if EPD_HAVE_TOMLPLUSPLUS
+#if __has_include(<toml++/toml.hpp>)
+#include <toml++/toml.hpp>
+#else
+#include <toml++/toml.h>
+#endif
+#endif
+
+#include "logging.h"
+
+#ifndef EPD_VERSION_STRING
+#define EPD_VERSION_STRING "unknown"
+#endif
+
+namespace epd {
+namespace {
+
+// ---- field checks: each returns "" when valid, else the reason ("is not ...") --
+
+constexpr size_t kSunPathMax = sizeof(sockaddr_un{}.sun_path);  // incl. the NUL
+
+std::string why_one_of(const std::string& v, std::initializer_list<const char*> options) {
+  std::string list;
+  for (const char* o : options) {
+    if (v == o) return {};
+    list += list.empty() ? "" : ", ";
+    list += o;
+  }
+  return "is not one of: " + list;
+}
+
+std::string why_socket_path(const std::string& p) {
+  if (p.empty() || p[0] != '/') return "is not an absolute path";
+  if (p.size() >= kSunPathMax)
+    return "is " + std::to_string(p.size()) + " bytes long; a Unix socket path has at most " +
+           std::to_string(kSunPathMax - 1);
+  return {};
+}
+
+std::string why_log_level(const std::string& v) {
+  return why_one_of(v, {"trace", "debug", "info", "warn", "error", "critical", "off"});
+}
+std::string why_log_target(const std::string& v) {
+  return why_one_of(v, {"auto", "stderr", "journal"});
+}
+std::string why_transport(const std::string& v) { return why_one_of(v, {"tcp", "rdma"}); }
+
+// "host:port" or "[v6addr]:port", port in [1, 65535].
+std::string why_address(const std::string& a) {
+  const size_t colon = a.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == a.size())
+    return "is not of the form host:port";
+  const std::string host = a.substr(0, colon);
+  if (host.front() == '[' && host.back() != ']') return "has an unterminated '[' in its host";
+  unsigned port = 0;
+  const char* b = a.data() + colon + 1;
+  const char* e = a.data() + a.size();
+  auto [ptr, ec] = std::from_chars(b, e, port);
+  if (ec != std::errc() || ptr != e || port < 1 || port > 65535)
+    return "has a port outside [1, 65535]";
+  return {};
+}
+
+std::string why_listen_address(const std::string& a) { return a.empty() ? "" : why_address(a); }
+
+std::string quoted(const std::string& s) { return "'" + s + "'"; }
+
+// Parses an unsigned decimal within [lo, hi].
+bool parse_uint(const std::string& s, uint64_t lo, uint64_t hi, uint64_t* out) {
+  uint64_t v = 0;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size() || v < lo || v > hi)
+    return false;
+  *out = v;
+  return true;
+}
+
+// "0660", "660" or "0o660".
+bool parse_mode_text(std::string s, uint32_t* out) {
+  if (s.rfind("0o", 0) == 0) s = s.substr(2);
+  uint32_t v = 0;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v, 8);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size() || v > 0777) return false;
+  *out = v;
+  return true;
+}
+
+std::string placement_text(const epd_placement_t& p) {
+  return std::to_string(p.node) + ":" +
+         (p.gpu == EPD_GPU_HOST ? std::string("host") : std::to_string(p.gpu));
+}
+
+// "host", "<gpu>", "<node>:<gpu>", "<node>:host".
+[[maybe_unused]] bool parse_placement_text(const std::string& s, epd_placement_t* out) {
+  const size_t colon = s.find(':');
+  std::string node_text = colon == std::string::npos ? "0" : s.substr(0, colon);
+  std::string gpu_text = colon == std::string::npos ? s : s.substr(colon + 1);
+  uint64_t node = 0, gpu = 0;
+  if (!parse_uint(node_text, 0, INT32_MAX, &node)) return false;
+  if (gpu_text == "host") {
+    *out = {static_cast<int32_t>(node), EPD_GPU_HOST};
+    return true;
+  }
+  if (!parse_uint(gpu_text, 0, INT32_MAX, &gpu)) return false;
+  *out = {static_cast<int32_t>(node), static_cast<int32_t>(gpu)};
+  return true;
+}
+
+// Fills the defaults a config group may leave out (placement: every rank on the
+// host of node 0; expert_owner: contiguous). Leaves bad sizes for validate().
+[[maybe_unused]] void fill_group_defaults(GroupSpec* g) {
+  if (g->placement.empty() && g->world_size >= 1 && g->world_size <= EPD_MAX_WORLD_SIZE)
+    g->placement.assign(static_cast<size_t>(g->world_size), epd_placement_t{0, EPD_GPU_HOST});
+  if (g->expert_owner.empty() && g->num_experts >= g->world_size && g->world_size >= 1 &&
+      g->num_experts <= EPD_MAX_EXPERTS) {
+    g->expert_owner.resize(static_cast<size_t>(g->num_experts));
+    for (int32_t e = 0; e < g->num_experts; ++e)
+      g->expert_owner[e] = GroupSpec::contiguous_owner(e, g->num_experts, g->world_size);
+  }
+}
+
+bool owners_contiguous(const GroupSpec& g) {
+  for (int32_t e = 0; e < static_cast<int32_t>(g.expert_owner.size()); ++e)
+    if (g.expert_owner[e] != GroupSpec::contiguous_owner(e, g.num_experts, g.world_size))
+      return false;
+  return true;
+}
+
+bool placement_default(const GroupSpec& g) {
+  for (const auto& p : g.placement)
+    if (p.node != 0 || p.gpu != EPD_GPU_HOST) return false;
+  return true;
+}
+
+// ---- TOML output ------------------------------------------------------------
+
+std::string toml_string(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char ch : s) {
+    switch (ch) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\t': out += "\\t"; break;
+      case '\n': out += "\\n"; break;
+      case '\f': out += "\\f"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (ch < 0x20 || ch == 0x7f) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+          out += buf;
+        } else {
+          out += static_cast<char>(ch);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+template <typename T, typename F>
+std::string toml_array(const std::vector<T>& v, F&& item) {
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + item(v[i]);
+  return out + "]";
+}
+
+// ---- TOML input -----------------------------------------------------------------
+
+#if EPD_HAVE_TOMLPLUSPLUS
+
+// Reads typed values out of a parsed document. The first error is kept in
+// `error` and every later read is a no-op, so callers check once at the end.
+class TomlReader {
+ public:
+  explicit TomlReader(std::string origin) : origin_(std::move(origin)) {}
+
+  bool ok() const { return error.is_ok(); }
+  Status error;
+
+  std::string where(const toml::node& n) const {
+    const auto line = n.source().begin.line;
+    return line ? origin_ + ":" + std::to_string(line) : origin_;
+  }
+
+  void fail(const toml::node& n, const std::string& key, const std::string& why) {
+    if (ok())
+      error = make_status(EPD_ERR_INVALID_ARGUMENT, "%s: %s = %s %s", where(n).c_str(),
+                          key.c_str(), render(n).c_str(), why.c_str());
+  }
+  void fail_plain(const std::string& msg) {
+    if (ok()) error = Status(EPD_ERR_INVALID_ARGUMENT, msg);
+  }
+
+  static std::string render(const toml::node& n) {
+    if (const auto* s = n.as_string()) return quoted(s->get());
+    std::ostringstream os;
+    n.visit([&](const auto& v) { os << v; });
+    std::string text = os.str();
+    for (char& ch : text)
+      if (ch == '\n') ch = ' ';
+    if (text.size() > 80) text = text.substr(0, 77) + "...";
+    return text;
+  }
+
+  // Every key of `t` must be in `known`.
+  void check_keys(const toml::table& t, const std::string& prefix,
+                  std::initializer_list<std::string_view> known) {
+    for (auto&& [k, v] : t) {
+      bool found = false;
+      for (auto name : known) found = found || k.str() == name;
+      if (!found && ok())
+        error = make_status(EPD_ERR_INVALID_ARGUMENT, "%s: unknown key '%s%s' (known: %s)",
+                            where(v).c_str(), prefix.c_str(), std::string(k.str()).c_str(),
+                            join(known).c_str());
+    }
+  }
+
+  void read_string(const toml::table& t, const std::string& prefix, const char* key,
+                   std::string* out, std::string (*check)(const std::string&) = nullptr) {
+    const toml::node* n = t.get(key);
+    if (!n || !ok()) return;
+    const auto* s = n->as_string();
+    if (!s) return fail(*n, prefix + key, "is not a string");
+    if (check) {
+      std::string why = check(s->get());
+      if (!why.empty()) return fail(*n, prefix + key, why);
+    }
+    *out = s->get();
+  }
+
+  template <typename Int>
+  void read_int(const toml::table& t, const std::string& prefix, const char* key, Int* out,
+                int64_t lo, int64_t hi) {
+    const toml::node* n = t.get(key);
+    if (!n || !ok()) return;
+    int64_t v = 0;
+    if (!int_value(*n, prefix + key, lo, hi, &v)) return;
+    *out = static_cast<Int>(v);
+  }
+
+  bool int_value(const toml::node& n, const std::string& key, int64_t lo, int64_t hi,
+                 int64_t* out) {
+    const auto* i = n.as_integer();
+    if (!i) {
+      fail(n, key, "is not an integer");
+      return false;
+    }
+    if (i->get() < lo || i->get() > hi) {
+      fail(n, key, "is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+      return false;
+    }
+    *out = i->get();
+    return true;
+  }
+
+  void read_bool(const toml::table& t, const std::string& prefix, const char* key, bool* out) {
+    const toml::node* n = t.get(key);
+    if (!n || !ok()) return;
+    const auto* b = n->as_boolean();
+    if (!b) return fail(*n, prefix + key, "is not true or false");
+    *out = b->get();
+  }
+
+  const toml::array* array(const toml::table& t, const std::string& prefix, const char* key) {
+    const toml::node* n = t.get(key);
+    if (!n || !ok()) return nullptr;
+    const auto* a = n->as_array();
+    if (!a) fail(*n, prefix + key, "is not an array");
+    return a;
+  }
+
+  const toml::table* table(const toml::table& t, const char* key) {
+    const toml::node* n = t.get(key);
+    if (!n || !ok()) return nullptr;
+    const auto* tt = n->as_table();
+    if (!tt) fail(*n, key, "is not a table ([" + std::string(key) + "])");
+    return tt;
+  }
+
+  const std::string& origin() const { return origin_; }
+
+ private:
+  static std::string join(std::initializer_list<std::string_view> names) {
+    std::string s;
+    for (auto n : names) s += (s.empty() ? "" : ", ") + std::string(n);
+    return s;
+  }
+
+  std::string origin_;
+};
+
+void read_group(TomlReader& r, const toml::table& t, size_t index, uint32_t default_timeout,
+                GroupSpec* g) {
+  const std::string prefix = "group[" + std::to_string(index) + "].";
+  r.check_keys(t, prefix,
+               {"name", "generation", "world_size", "placement", "num_experts", "top_k",
+                "expert_owner", "hidden", "dtype", "dispatch_quant", "max_tokens_per_rank",
+                "mode", "layout", "slots", "timeout_ms", "sm_budget"});
+  for (const char* required :
+       {"name", "world_size", "num_experts", "top_k", "hidden", "max_tokens_per_rank"}) {
+    if (!t.get(required) && r.ok())
+      r.fail_plain(r.where(t) + ": " + prefix.substr(0, prefix.size() - 1) +
+                   " is missing the required key '" + required + "'");
+  }
+  g->rank = 0;
+  g->timeout_ms = default_timeout;
+  r.read_string(t, prefix, "name", &g->name);
+  r.read_int(t, prefix, "generation", &g->generation, 0, INT64_MAX);
+  r.read_int(t, prefix, "world_size", &g->world_size, INT32_MIN, INT32_MAX);
+  r.read_int(t, prefix, "num_experts", &g->num_experts, INT32_MIN, INT32_MAX);
+  r.read_int(t, prefix, "top_k", &g->top_k, INT32_MIN, INT32_MAX);
+  r.read_int(t, prefix, "hidden", &g->hidden, INT32_MIN, INT32_MAX);
+  r.read_int(t, prefix, "max_tokens_per_rank", &g->max_tokens_per_rank, INT32_MIN, INT32_MAX);
+  r.read_int(t, prefix, "slots", &g->slots, INT32_MIN, INT32_MAX);
+  r.read_int(t, prefix, "timeout_ms", &g->timeout_ms, 1, UINT32_MAX);
+  r.read_int(t, prefix, "sm_budget", &g->sm_budget, 0, INT32_MAX);
+
+  // Enumerations, through the core's name parsers.
+  const auto read_enum = [&](const char* key, auto parse, auto* out) {
+    std::string text;
+    const bool present = t.get(key) != nullptr;
+    r.read_string(t, prefix, key, &text);
+    if (!present || !r.ok()) return;
+    auto v = parse(text);
+    if (!v.is_ok())
+      return r.fail(*t.get(key), prefix + key, v.status().message().substr(v.status().message().find(" is ") + 1));
+    *out = *v;
+  };
+  read_enum("dtype", parse_dtype, &g->dtype);
+  read_enum("dispatch_quant", parse_quant, &g->dispatch_quant);
+  read_enum("mode", parse_mode, &g->mode);
+  read_enum("layout", parse_layout, &g->layout);
+
+  if (const toml::array* a = r.array(t, prefix, "placement")) {
+    for (size_t i = 0; i < a->size() && r.ok(); ++i) {
+      const toml::node& el = *a->get(i);
+      const std::string key = prefix + "placement[" + std::to_string(i) + "]";
+      epd_placement_t p{};
+      if (const auto* s = el.as_string()) {
+        if (!parse_placement_text(s->get(), &p))
+          return r.fail(el, key, "is not 'host', '<gpu>', '<node>:<gpu>' or '<node>:host'");
+      } else if (el.as_integer()) {
+        int64_t gpu = 0;
+        if (!r.int_value(el, key, 0, INT32_MAX, &gpu)) return;
+        p = {0, static_cast<int32_t>(gpu)};
+      } else {
+        return r.fail(el, key, "is neither a string nor a GPU ordinal");
+      }
+      g->placement.push_back(p);
+    }
+  }
+  if (const toml::array* a = r.array(t, prefix, "expert_owner")) {
+    for (size_t i = 0; i < a->size() && r.ok(); ++i) {
+      int64_t owner = 0;
+      if (!r.int_value(*a->get(i), prefix + "expert_owner[" + std::to_string(i) + "]", 0,
+                       INT32_MAX, &owner))
+        return;
+      g->expert_owner.push_back(static_cast<int32_t>(owner));
+    }
+  }
+  if (!r.ok()) return;
+  fill_group_defaults(g);
+  Status st = g->validate();
+  if (!st.is_ok())
+    r.error = Status(st.code() == EPD_ERR_FP8_ALIGNMENT ? st.code() : EPD_ERR_INVALID_ARGUMENT,
+                     r.where(t) + ": group[" + std::to_string(index) + "] ('" + g->name +
+                         "'): " + st.message());
+}
+
+Result<DaemonConfig> parse_toml_document(const std::string& text, const std::string& origin) {
+  toml::table doc;
+  try {
+    doc = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "%s:%u:%u: %s", origin.c_str(),
+                       e.source().begin.line, e.source().begin.column,
+                       std::string(e.description()).c_str());
+  }
+  DaemonConfig c;
+  TomlReader r(origin);
+  r.check_keys(doc, "", {"server", "executor", "log", "group", "cluster"});
+  if (const toml::table* s = r.table(doc, "server")) {
+    r.check_keys(*s, "server.",
+                 {"socket_path", "socket_mode", "socket_group", "max_sessions", "allowed_uids",
+                  "join_timeout_ms"});
+    r.read_string(*s, "server.", "socket_path", &c.socket_path, why_socket_path);
+    if (const toml::node* n = s->get("socket_mode"); n && r.ok()) {
+      if (const auto* str = n->as_string()) {
+        if (!parse_mode_text(str->get(), &c.socket_mode))
+          r.fail(*n, "server.socket_mode", "is not an octal mode up to 0777");
+      } else {
+        r.read_int(*s, "server.", "socket_mode", &c.socket_mode, 0, 0777);
+      }
+    }
+    r.read_string(*s, "server.", "socket_group", &c.socket_group);
+    r.read_int(*s, "server.", "max_sessions", &c.max_sessions, 1, UINT32_MAX);
+    if (const toml::array* a = r.array(*s, "server.", "allowed_uids")) {
+      for (size_t i = 0; i < a->size() && r.ok(); ++i) {
+        int64_t uid = 0;
+        if (r.int_value(*a->get(i), "server.allowed_uids[" + std::to_string(i) + "]", 0,
+                        UINT32_MAX - 1, &uid))
+          c.allowed_uids.push_back(static_cast<uint32_t>(uid));
+      }
+    }
+    r.read_int(*s, "server.", "join_timeout_ms", &c.join_timeout_ms, 1, UINT32_MAX);
+  }
+  if (const toml::table* e = r.table(doc, "executor")) {
+    r.check_keys(*e, "executor.", {"host_threads"});
+    r.read_int(*e, "executor.", "host_threads", &c.host_threads, 0, 4096);
+  }
+  if (const toml::table* l = r.table(doc, "log")) {
+    r.check_keys(*l, "log.", {"level", "target"});
+    r.read_string(*l, "log.", "level", &c.log_level, why_log_level);
+    r.read_string(*l, "log.", "target", &c.log_target, why_log_target);
+  }
+  if (const toml::table* k = r.table(doc, "cluster")) {
+    r.check_keys(*k, "cluster.",
+                 {"node_id", "listen_address", "secret", "peers", "transport",
+                  "rdma_fallback_to_tcp"});
+    r.read_int(*k, "cluster.", "node_id", &c.node_id, 0, EPD_MAX_WORLD_SIZE - 1);
+    r.read_string(*k, "cluster.", "listen_address", &c.listen_address, why_listen_address);
+    r.read_string(*k, "cluster.", "secret", &c.cluster_secret);
+    if (const toml::array* a = r.array(*k, "cluster.", "peers")) {
+      for (size_t i = 0; i < a->size() && r.ok(); ++i) {
+        const toml::node& el = *a->get(i);
+        const std::string key = "cluster.peers[" + std::to_string(i) + "]";
+        const auto* s = el.as_string();
+        if (!s) {
+          r.fail(el, key, "is not a string");
+        } else if (std::string why = why_address(s->get()); !why.empty()) {
+          r.fail(el, key, why);
+        } else {
+          c.peers.push_back(s->get());
+        }
+      }
+    }
+    r.read_string(*k, "cluster.", "transport", &c.transport, why_transport);
+    r.read_bool(*k, "cluster.", "rdma_fallback_to_tcp", &c.rdma_fallback_to_tcp);
+  }
+  if (const toml::node* g = doc.get("group"); g && r.ok()) {
+    const toml::array* a = g->as_array();
+    if (!a || !a->is_array_of_tables()) {
+      r.fail(*g, "group", "is not an array of tables (write each group as [[group]])");
+    } else {
+      for (size_t i = 0; i < a->size() && r.ok(); ++i) {
+        GroupSpec spec;
+        read_group(r, *a->get(i)->as_table(), i, c.join_timeout_ms, &spec);
+        if (r.ok()) c.groups.push_back(std::move(spec));
+      }
+    }
+  }
+  if (!r.ok()) return r.error;
+  return c;
+}
+
+#endif  // EPD_HAVE_TOMLPLUSPLUS
+
+// ---- command line -------------------------------------------------------------------
+
+struct CliValues {
+  std::string config = kDefaultConfigFile;
+  std::string socket_path, socket_mode, socket_group, max_sessions, join_timeout_ms;
+  std::string host_threads, log_level, log_target, node_id, listen_address, transport;
+  bool print_config = false;
+};
+
+Status read_file(const std::string& path, bool named, std::string* text, bool* missing) {
+  *missing = false;
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (!f) {
+    const int err = errno;
+    if (err == ENOENT && !named) {
+      *missing = true;
+      return Status::ok();
+    }
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "config file '%s': %s", path.c_str(),
+                       std::strerror(err));
+  }
+  char buf[65536];
+  size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text->append(buf, n);
+  const bool failed = std::ferror(f) != 0;
+  const int err = errno;
+  std::fclose(f);
+  if (failed)
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "config file '%s': %s", path.c_str(),
+                       std::strerror(err));
+  return Status::ok();
+}
+
+Status cli_error(const char* flag, const std::string& value, const std::string& why) {
+  return make_status(EPD_ERR_INVALID_ARGUMENT, "command line: %s = %s %s", flag,
+                     quoted(value).c_str(), why.c_str());
+}
+
+Status apply_string(const CLI::App& app, const char* flag, const std::string& value,
+                    std::string* out, std::string (*check)(const std::string&)) {
+  if (app.count(flag) == 0) return Status::ok();
+  if (check) {
+    std::string why = check(value);
+    if (!why.empty()) return cli_error(flag, value, why);
+  }
+  *out = value;
+  return Status::ok();
+}
+
+Status apply_uint(const CLI::App& app, const char* flag, const std::string& value, uint64_t lo,
+                  uint64_t hi, uint32_t* out) {
+  if (app.count(flag) == 0) return Status::ok();
+  uint64_t v = 0;
+  if (!parse_uint(value, lo, hi, &v))
+    return cli_error(flag, value,
+                     "is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  *out = static_cast<uint32_t>(v);
+  return Status::ok();
+}
+
+Status apply_overrides(const CLI::App& app, const CliValues& v, DaemonConfig* c) {
+  EPD_RETURN_IF_ERROR(apply_string(app, "--socket", v.socket_path, &c->socket_path, why_socket_path));
+  if (app.count("--socket-mode") && !parse_mode_text(v.socket_mode, &c->socket_mode))
+    return cli_error("--socket-mode", v.socket_mode, "is not an octal mode up to 0777");
+  EPD_RETURN_IF_ERROR(apply_string(app, "--socket-group", v.socket_group, &c->socket_group, nullptr));
+  EPD_RETURN_IF_ERROR(apply_uint(app, "--max-sessions", v.max_sessions, 1, UINT32_MAX, &c->max_sessions));
+  EPD_RETURN_IF_ERROR(
+      apply_uint(app, "--join-timeout-ms", v.join_timeout_ms, 1, UINT32_MAX, &c->join_timeout_ms));
+  EPD_RETURN_IF_ERROR(apply_uint(app, "--host-threads", v.host_threads, 0, 4096, &c->host_threads));
+  EPD_RETURN_IF_ERROR(apply_string(app, "--log-level", v.log_level, &c->log_level, why_log_level));
+  EPD_RETURN_IF_ERROR(apply_string(app, "--log-target", v.log_target, &c->log_target, why_log_target));
+  EPD_RETURN_IF_ERROR(
+      apply_uint(app, "--node-id", v.node_id, 0, EPD_MAX_WORLD_SIZE - 1, &c->node_id));
+  EPD_RETURN_IF_ERROR(apply_string(app, "--listen-address", v.listen_address, &c->listen_address,
+                                   why_listen_address));
+  EPD_RETURN_IF_ERROR(apply_string(app, "--transport", v.transport, &c->transport, why_transport));
+  return Status::ok();
+}
+
+}  // namespace
+
+bool config_files_supported() { return EPD_HAVE_TOMLPLUSPLUS != 0; }
+
+Status validate_config(const DaemonConfig& c, const std::string& origin) {
+  const auto bad = [&](const std::string& key, const std::string& value, const std::string& why) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "%s: %s = %s %s", origin.c_str(), key.c_str(),
+                       value.c_str(), why.c_str());
+  };
+  std::string why;
+  if (!(why = why_socket_path(c.socket_path)).empty())
+    return bad("server.socket_path", quoted(c.socket_path), why);
+  if (c.socket_mode > 0777) {
+    char mode[16];
+    std::snprintf(mode, sizeof mode, "0o%o", c.socket_mode);
+    return bad("server.socket_mode", mode, "is above 0o777");
+  }
+  if (c.max_sessions < 1) return bad("server.max_sessions", "0", "is outside [1, 4294967295]");
+  for (size_t i = 0; i < c.allowed_uids.size(); ++i)
+    if (c.allowed_uids[i] == UINT32_MAX)
+      return bad("server.allowed_uids[" + std::to_string(i) + "]", std::to_string(UINT32_MAX),
+                 "is not a valid uid");
+  if (c.join_timeout_ms < 1) return bad("server.join_timeout_ms", "0", "is outside [1, 4294967295]");
+  if (c.host_threads > 4096)
+    return bad("executor.host_threads", std::to_string(c.host_threads), "is outside [0, 4096]");
+  if (!(why = why_log_level(c.log_level)).empty()) return bad("log.level", quoted(c.log_level), why);
+  if (!(why = why_log_target(c.log_target)).empty())
+    return bad("log.target", quoted(c.log_target), why);
+  if (!(why = why_listen_address(c.listen_address)).empty())
+    return bad("cluster.listen_address", quoted(c.listen_address), why);
+  for (size_t i = 0; i < c.peers.size(); ++i)
+    if (!(why = why_address(c.peers[i])).empty())
+      return bad("cluster.peers[" + std::to_string(i) + "]", quoted(c.peers[i]), why);
+  if (!c.peers.empty() && c.node_id >= c.peers.size())
+    return bad("cluster.node_id", std::to_string(c.node_id),
+               "is not an index into cluster.peers (" + std::to_string(c.peers.size()) +
+                   " entries)");
+  if (!(why = why_transport(c.transport)).empty())
+    return bad("cluster.transport", quoted(c.transport), why);
+  std::set<std::string> names;
+  for (size_t i = 0; i < c.groups.size(); ++i) {
+    const std::string key = "group[" + std::to_string(i) + "]";
+    Status st = c.groups[i].validate();
+    if (!st.is_ok())
+      return Status(st.code(), origin + ": " + key + " ('" + c.groups[i].name + "'): " + st.message());
+    if (!names.insert(c.groups[i].name).second)
+      return bad(key + ".name", quoted(c.groups[i].name), "is already the name of another group");
+  }
+  return Status::ok();
+}
+
+Result<DaemonConfig> parse_config_toml(const std::string& text, const std::string& origin) {
+#if EPD_HAVE_TOMLPLUSPLUS
+  Result<DaemonConfig> c = [&]() -> Result<DaemonConfig> {
+    try {
+      return parse_toml_document(text, origin);
+    } catch (const std::exception& e) {
+      return make_status(EPD_ERR_INVALID_ARGUMENT, "%s: %s", origin.c_str(), e.what());
+    }
+  }();
+  if (!c.is_ok()) return c;
+  EPD_RETURN_IF_ERROR(validate_config(*c, origin));
+  return c;
+#else
+  (void)text;
+  return make_status(EPD_ERR_UNSUPPORTED,
+                     "%s: config files need toml++, and this build of epd has none (install "
+                     "libtomlplusplus-dev or configure with -DEPD_TOMLPLUSPLUS_INCLUDE_DIR=DIR, "
+                     "then rebuild); run with --config '' and command-line options instead",
+                     origin.c_str());
+#endif
+}
+
+std::string print_config(const DaemonConfig& c) {
+  std::ostringstream o;
+  o << "# epd effective configuration";
+  if (!c.config_file.empty()) o << " (file " << c.config_file << " plus command line)";
+  o << "\n\n[server]\n";
+  o << "socket_path = " << toml_string(c.socket_path) << "\n";
+  char mode[16];
+  std::snprintf(mode, sizeof mode, "0o%o", c.socket_mode);
+  o << "socket_mode = " << mode << "\n";
+  o << "socket_group = " << toml_string(c.socket_group) << "\n";
+  o << "max_sessions = " << c.max_sessions << "\n";
+  o << "allowed_uids = "
+    << toml_array(c.allowed_uids, [](uint32_t u) { return std::to_string(u); }) << "\n";
+  o << "join_timeout_ms = " << c.join_timeout_ms << "\n";
+  o << "\n[executor]\nhost_threads = " << c.host_threads << "\n";
+  o << "\n[log]\nlevel = " << toml_string(c.log_level) << "\n";
+  o << "target = " << toml_string(c.log_target) << "\n";
+  o << "\n[cluster]\nnode_id = " << c.node_id << "\n";
+  o << "listen_address = " << toml_string(c.listen_address) << "\n";
+  o << (c.cluster_secret.empty() ? "# secret: not set\n" : "# secret: set (redacted)\n");
+  o << "peers = " << toml_array(c.peers, toml_string) << "\n";
+  o << "transport = " << toml_string(c.transport) << "\n";
+  o << "rdma_fallback_to_tcp = " << (c.rdma_fallback_to_tcp ? "true" : "false") << "\n";
+  for (const GroupSpec& g : c.groups) {
+    o << "\n[[group]]\n";
+    o << "name = " << toml_string(g.name) << "\n";
+    o << "generation = " << g.generation << "\n";
+    o << "world_size = " << g.world_size << "\n";
+    if (!placement_default(g))
+      o << "placement = "
+        << toml_array(g.placement, [](const epd_placement_t& p) { return toml_string(placement_text(p)); })
+        << "\n";
+    o << "num_experts = " << g.num_experts << "\n";
+    o << "top_k = " << g.top_k << "\n";
+    if (!owners_contiguous(g))
+      o << "expert_owner = "
+        << toml_array(g.expert_owner, [](int32_t r) { return std::to_string(r); }) << "\n";
+    o << "hidden = " << g.hidden << "\n";
+    o << "dtype = " << toml_string(dtype_name(g.dtype)) << "\n";
+    o << "dispatch_quant = " << toml_string(quant_name(g.dispatch_quant)) << "\n";
+    o << "max_tokens_per_rank = " << g.max_tokens_per_rank << "\n";
+    o << "mode = " << toml_string(mode_name(g.mode)) << "\n";
+    o << "layout = " << toml_string(layout_name(g.layout)) << "\n";
+    o << "slots = " << g.slots << "\n";
+    o << "timeout_ms = " << g.timeout_ms << "\n";
+    o << "sm_budget = " << g.sm_budget << "\n";
+  }
+  return o.str();
+}
+
+Result<LoadedConfig> load_config(int argc, const char* const* argv) {
+  CliValues v;
+  CLI::App app("epd: expert-parallel dispatch daemon (one per node)", "epd");
+  app.set_version_flag("--version", std::string("epd ") + EPD_VERSION_STRING);
+  app.add_option("-c,--config", v.config,
+                 "TOML config file (default /etc/epd/epd.toml, ignored when missing; '' = none)")
+      ->type_name("FILE");
+  app.add_option("--socket", v.socket_path, "control socket path (server.socket_path)")
+      ->type_name("PATH");
+  app.add_option("--socket-mode", v.socket_mode, "control socket permissions, octal (server.socket_mode)")
+      ->type_name("MODE");
+  app.add_option("--socket-group", v.socket_group, "group owning the control socket (server.socket_group)")
+      ->type_name("GROUP");
+  app.add_option("--max-sessions", v.max_sessions, "client session limit (server.max_sessions)")
+      ->type_name("N");
+  app.add_option("--join-timeout-ms", v.join_timeout_ms, "default join deadline (server.join_timeout_ms)")
+      ->type_name("MS");
+  app.add_option("--host-threads", v.host_threads, "host executor threads, 0 = all cores (executor.host_threads)")
+      ->type_name("N");
+  app.add_option("--log-level", v.log_level, "trace|debug|info|warn|error|critical|off (log.level)")
+      ->type_name("LEVEL");
+  app.add_option("--log-target", v.log_target, "auto|stderr|journal (log.target)")->type_name("TARGET");
+  app.add_option("--node-id", v.node_id, "this node's index in cluster.peers (cluster.node_id)")
+      ->type_name("N");
+  app.add_option("--listen-address", v.listen_address, "daemon-to-daemon listener (cluster.listen_address)")
+      ->type_name("HOST:PORT");
+  app.add_option("--transport", v.transport, "tcp|rdma (cluster.transport)")->type_name("NAME");
+  app.add_flag("--print-config", v.print_config, "print the effective config as TOML and exit");
+
+  LoadedConfig out;
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    out.outcome = LoadOutcome::kHelp;
+    out.text = app.help();
+    return out;
+  } catch (const CLI::CallForAllHelp&) {
+    out.outcome = LoadOutcome::kHelp;
+    out.text = app.help("", CLI::AppFormatMode::All);
+    return out;
+  } catch (const CLI::CallForVersion& e) {
+    out.outcome = LoadOutcome::kVersion;
+    out.text = std::string(e.what()) + "\n";
+    return out;
+  } catch (const CLI::ParseError& e) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "command line: %s (see epd --help)", e.what());
+  } catch (const std::exception& e) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "command line: %s", e.what());
+  }
+
+  const bool named = app.count("--config") > 0;
+  if (!v.config.empty()) {
+    std::string text;
+    bool missing = false;
+    EPD_RETURN_IF_ERROR(read_file(v.config, named, &text, &missing));
+    if (!missing) {
+      Result<DaemonConfig> parsed = parse_config_toml(text, v.config);
+      if (!parsed.is_ok()) return parsed.status();
+      out.config = std::move(*parsed);
+      out.config.config_file = v.config;
+    }
+  }
+  EPD_RETURN_IF_ERROR(apply_overrides(app, v, &out.config));
+  EPD_RETURN_IF_ERROR(validate_config(
+      out.config, out.config.config_file.empty() ? std::string("command line")
+                                                 : out.config.config_file + " with command line"));
+  if (v.print_config) {
+    out.outcome = LoadOutcome::kPrintConfig;
+    out.text = print_config(out.config);
+  }
+  return out;
+}
+
+}  // namespace epd

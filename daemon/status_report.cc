@@ -1,0 +1,159 @@
+// status_report.cc — JSON and text rendering of the daemon snapshot for epctl.
+#include "status_report.h"
+
+#include <cstdarg>
+#include <cstdio>
+
+namespace epd {
+
+std::string json_quote(const std::string& s) {
+  std::string o = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      o += '\\';
+      o += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", c);
+      o += b;
+    } else {
+      o += static_cast<char>(c);
+    }
+  }
+  return o + "\"";
+}
+
+namespace {
+
+std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char* f, ...) {
+  char b[512];
+  va_list ap;
+  va_start(ap, f);
+  std::vsnprintf(b, sizeof b, f, ap);
+  va_end(ap);
+  return b;
+}
+
+std::string lost_list(const std::vector<int32_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s;
+}
+
+std::string json_status(const StatusSnapshot& s) {
+  return fmt("{\"pid\":%d,\"uptime_s\":%.3f,\"version\":%s,\"executor\":%s,\"socket\":%s,\"log_target\":%s,"
+             "\"sessions\":%u,\"groups\":%zu,\"shutting_down\":%s}",
+             s.pid, s.uptime_s, json_quote(s.version).c_str(), json_quote(s.executor).c_str(),
+             json_quote(s.socket_path).c_str(), json_quote(s.log_target).c_str(), s.sessions, s.groups.size(),
+             s.shutting_down ? "true" : "false");
+}
+
+std::string json_groups(const StatusSnapshot& s) {
+  std::string o = "[";
+  for (size_t i = 0; i < s.groups.size(); ++i) {
+    const auto& g = s.groups[i];
+    o += fmt("%s{\"name\":%s,\"id\":%llu,\"generation\":%llu,\"state\":%s,\"world_size\":%d,\"joined\":%d,"
+             "\"joining\":%d,\"lost\":[%s],\"num_experts\":%d,\"top_k\":%d,\"hidden\":%d,\"dtype\":%s,",
+             i ? "," : "", json_quote(g.name).c_str(), static_cast<unsigned long long>(g.id),
+             static_cast<unsigned long long>(g.generation), json_quote(g.state).c_str(), g.world_size, g.joined,
+             g.joining, lost_list(g.lost).c_str(), g.num_experts, g.top_k, g.hidden, json_quote(g.dtype).c_str());
+    o += fmt("\"dispatch_quant\":%s,\"layout\":%s,\"mode\":%s,\"max_tokens_per_rank\":%d,\"slots\":%d,"
+             "\"timeout_ms\":%u,\"workspace_bytes\":%llu}",
+             json_quote(g.quant).c_str(), json_quote(g.layout).c_str(), json_quote(g.mode).c_str(), g.max_tokens,
+             g.slots, g.timeout_ms, static_cast<unsigned long long>(g.workspace_bytes));
+  }
+  return o + "]";
+}
+
+std::string json_ranks(const StatusSnapshot& s, bool counters) {
+  std::string o = "[";
+  for (size_t i = 0; i < s.ranks.size(); ++i) {
+    const auto& r = s.ranks[i];
+    o += fmt("%s{\"group\":%s,\"generation\":%llu,\"rank\":%d,\"state\":%s,\"session\":%llu,\"pid\":%d,\"uid\":%u,"
+             "\"last_progress_age_s\":%.3f",
+             i ? "," : "", json_quote(r.group).c_str(), static_cast<unsigned long long>(r.generation), r.rank,
+             json_quote(r.state).c_str(), static_cast<unsigned long long>(r.session), r.pid, r.uid,
+             r.last_progress_age_s);
+    if (counters) {
+      const auto& c = r.counters;
+      o += fmt(",\"dispatch_calls\":%llu,\"combine_calls\":%llu,\"tokens_sent\":%llu,\"rows_received\":%llu,"
+               "\"bytes_sent\":%llu,\"bytes_received\":%llu,\"last_progress_ns\":%llu",
+               static_cast<unsigned long long>(c.dispatch_calls), static_cast<unsigned long long>(c.combine_calls),
+               static_cast<unsigned long long>(c.tokens_sent), static_cast<unsigned long long>(c.rows_received),
+               static_cast<unsigned long long>(c.bytes_sent), static_cast<unsigned long long>(c.bytes_received),
+               static_cast<unsigned long long>(c.last_progress_ns));
+    }
+    o += "}";
+  }
+  return o + "]";
+}
+
+std::string age(double s) { return s < 0 ? "never" : fmt("%.1fs ago", s); }
+
+std::string text_status(const StatusSnapshot& s) {
+  return fmt("epd %s  pid %d  up %.1fs  executor %s  socket %s  log %s\nsessions %u  groups %zu%s\n",
+             s.version.c_str(), s.pid, s.uptime_s, s.executor.c_str(), s.socket_path.c_str(), s.log_target.c_str(),
+             s.sessions, s.groups.size(), s.shutting_down ? "  (shutting down)" : "");
+}
+
+std::string text_groups(const StatusSnapshot& s) {
+  std::string o = fmt("%-20s %5s %-9s %7s %6s %5s %6s %-5s %-12s %-15s %5s %6s %s\n", "GROUP", "GEN", "STATE", "RANKS",
+                      "EXPERTS", "TOPK", "HIDDEN", "DTYPE", "LAYOUT", "MODE", "SLOTS", "MAXTOK", "LOST");
+  for (const auto& g : s.groups)
+    o += fmt("%-20s %5llu %-9s %3d/%-3d %6d %5d %6d %-5s %-12s %-15s %5d %6d %s\n", g.name.c_str(),
+             static_cast<unsigned long long>(g.generation), g.state.c_str(), g.joined, g.world_size, g.num_experts,
+             g.top_k, g.hidden, g.dtype.c_str(), g.layout.c_str(), g.mode.c_str(), g.slots, g.max_tokens,
+             g.lost.empty() ? "-" : lost_list(g.lost).c_str());
+  return o;
+}
+
+std::string text_ranks(const StatusSnapshot& s) {
+  std::string o = fmt("%-20s %5s %4s %-8s %8s %8s %6s %s\n", "GROUP", "GEN", "RANK", "STATE", "SESSION", "PID", "UID",
+                      "LAST PROGRESS");
+  for (const auto& r : s.ranks)
+    o += fmt("%-20s %5llu %4d %-8s %8llu %8d %6u %s\n", r.group.c_str(), static_cast<unsigned long long>(r.generation),
+             r.rank, r.state.c_str(), static_cast<unsigned long long>(r.session), r.pid, r.uid,
+             age(r.last_progress_age_s).c_str());
+  return o;
+}
+
+std::string text_counters(const StatusSnapshot& s) {
+  std::string o = fmt("%-20s %4s %10s %10s %12s %12s %14s %14s %s\n", "GROUP", "RANK", "DISPATCH", "COMBINE", "TOKENS",
+                      "ROWS_RECV", "BYTES_SENT", "BYTES_RECV", "LAST PROGRESS");
+  for (const auto& r : s.ranks) {
+    const auto& c = r.counters;
+    o += fmt("%-20s %4d %10llu %10llu %12llu %12llu %14llu %14llu %s\n", r.group.c_str(), r.rank,
+             static_cast<unsigned long long>(c.dispatch_calls), static_cast<unsigned long long>(c.combine_calls),
+             static_cast<unsigned long long>(c.tokens_sent), static_cast<unsigned long long>(c.rows_received),
+             static_cast<unsigned long long>(c.bytes_sent), static_cast<unsigned long long>(c.bytes_received),
+             age(r.last_progress_age_s).c_str());
+  }
+  return o;
+}
+
+}  // namespace
+
+std::string render_status(const StatusSnapshot& s, proto::StatusWhat what, bool json) {
+  using W = proto::StatusWhat;
+  if (json) {
+    switch (what) {
+      case W::kStatus: return json_status(s);
+      case W::kGroups: return json_groups(s);
+      case W::kRanks: return json_ranks(s, false);
+      case W::kCounters: return json_ranks(s, true);
+      case W::kAll:
+        return "{\"daemon\":" + json_status(s) + ",\"groups\":" + json_groups(s) + ",\"ranks\":" + json_ranks(s, true) + "}";
+    }
+  }
+  switch (what) {
+    case W::kStatus: return text_status(s);
+    case W::kGroups: return text_groups(s);
+    case W::kRanks: return text_ranks(s);
+    case W::kCounters: return text_counters(s);
+    case W::kAll: return text_status(s) + "\n" + text_groups(s) + "\n" + text_ranks(s) + "\n" + text_counters(s);
+  }
+  return {};
+}
+
+}  // namespace epd

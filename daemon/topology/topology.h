@@ -1,0 +1,180 @@
+// topology.h — the node's GPUs, RDMA NICs and NUMA nodes (from hwloc), and the
+// NIC each GPU should use for inter-node traffic.
+//
+// A Topology is built once, from the live machine or from an hwloc XML file or
+// string (tests, or a saved `lstopo --of xml` of another machine), and is
+// immutable afterwards. It owns its hwloc topology; it is move-only and frees
+// hwloc's state when destroyed. Thread-safety: every method is const and may be
+// called from any number of threads at once (hwloc allows concurrent reads, and
+// binding does not modify the topology).
+//
+// Usage (daemon start-up, then one RDMA proxy thread per GPU):
+//
+//   epd::Result<epd::Topology> topo = epd::Topology::load_live();
+//   if (!topo) { log(topo.status().to_string()); /* run without pinning */ }
+//   for (const std::string& note : topo->notes()) log(note);  // "no RDMA NIC found ..."
+//   // cuDeviceGetPCIBusId() / NVML give the GPU's bus id, in any case or domain width:
+//   epd::Result<epd::NicChoice> nic = topo->nic_for_gpu("00000000:18:00.0");
+//   // on the proxy thread of that GPU:
+//   epd::Status s = topo->pin_current_thread_near(nic->nic);  // hwloc_set_cpubind(THREAD)
+//   epd::Result<int> numa = topo->numa_for_nic(nic->nic);     // for host staging memory
+//   // epctl topology:
+//   nlohmann::json j = topo->to_json();   // needs <nlohmann/json.hpp> at the call site
+//   std::string table = topo->to_table();
+//
+// GPUs are PCI devices with NVIDIA's vendor id (0x10de) and class 0x0300 (VGA)
+// or 0x0302 (3D), plus any PCI device carrying a CUDA or NVML OS device. RDMA
+// NICs are OpenFabrics OS devices ("mlx5_0", "rxe0"). Devices are identified by
+// PCI bus id, never by CUDA ordinal: `cuda_index` is only what hwloc saw with
+// the daemon's own CUDA_VISIBLE_DEVICES.
+//
+// The library exists only where pkg-config finds hwloc; its users see
+// EPD_HAVE_HWLOC defined (to 1) when they link epd_topology.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "status.h"
+
+namespace epd {
+
+// How close a NIC is to a GPU: the deepest object on both of their paths to the
+// root of the hwloc tree. Lower is closer; the numbers order the classes.
+enum class Locality : int {
+  kPcieSwitch = 0,  // a shared PCI-to-PCI bridge (switch) or device: peer traffic stays below the host
+  kHostBridge = 1,  // the same PCI host bridge (root complex), different switches / root ports
+  kNuma = 2,        // different host bridges, one NUMA node
+  kPackage = 3,     // one package (socket), different NUMA nodes (sub-NUMA clustering)
+  kSystem = 4,      // across sockets / the whole machine
+};
+
+// "pcie_switch", "host_bridge", "numa", "package", "system".
+const char* locality_name(Locality locality);
+
+struct NumaNodeInfo {
+  int os_index = -1;
+  std::vector<int> cpus;            // OS indexes of the PUs local to this node, ascending
+  uint64_t local_memory_bytes = 0;  // 0 when hwloc does not know
+};
+
+struct GpuInfo {
+  std::string pci_busid;                // canonical "0000:18:00.0"
+  uint16_t vendor_id = 0;
+  uint16_t device_id = 0;
+  uint16_t pci_class = 0;               // 0x0302, 0x0300, ...
+  std::vector<std::string> os_devices;  // "cuda0", "nvml0", "card1", ... as hwloc names them
+  int cuda_index = -1;                  // N of a "cudaN" OS device, -1 without one
+  std::vector<int> numa_nodes;          // NUMA nodes of the GPU's locality (os indexes)
+  std::vector<int> cpus;                // PUs of the GPU's locality (os indexes)
+};
+
+struct NicInfo {
+  std::string name;                  // OpenFabrics device name, "mlx5_0"
+  std::string pci_busid;             // canonical bus id; "" for a device without PCI (soft-RoCE)
+  std::vector<std::string> netdevs;  // network interfaces of the same PCI function ("ibp25s0")
+  std::vector<int> numa_nodes;       // NUMA nodes of the NIC's locality (os indexes)
+  std::vector<int> cpus;             // PUs of the NIC's locality (os indexes)
+};
+
+// The NIC chosen for one GPU.
+struct NicChoice {
+  std::string gpu_pci_busid;
+  std::string nic;
+  Locality locality = Locality::kSystem;
+};
+
+struct XmlLoadOptions {
+  // Assert that the XML describes the machine this process runs on, so that
+  // pin_current_thread_near() really binds (HWLOC_TOPOLOGY_FLAG_IS_THISSYSTEM).
+  // Without it, pinning with an XML topology is refused with EPD_ERR_UNSUPPORTED.
+  bool is_this_system = false;
+};
+
+class Topology {
+ public:
+  // The machine this process runs on, with I/O devices (HWLOC_TYPE_FILTER_KEEP_IMPORTANT).
+  // EPD_ERR_SYSTEM when hwloc cannot discover it.
+  static Result<Topology> load_live();
+  // An hwloc 2.x XML file. EPD_ERR_SYSTEM (naming the path) when it cannot be
+  // read; EPD_ERR_INVALID_ARGUMENT (naming the path) when hwloc rejects it.
+  static Result<Topology> load_xml_file(const std::string& path, const XmlLoadOptions& options = {});
+  // The same from memory; `origin` names the source in messages and output.
+  static Result<Topology> load_xml_string(std::string_view xml, std::string_view origin = "<xml string>",
+                                          const XmlLoadOptions& options = {});
+
+  Topology(Topology&&) noexcept;
+  Topology& operator=(Topology&&) noexcept;
+  Topology(const Topology&) = delete;
+  Topology& operator=(const Topology&) = delete;
+  ~Topology();
+
+  // "live" or the XML file path / origin given to load_xml_string.
+  const std::string& origin() const;
+  // Whether binding acts on this machine (live, or XML with is_this_system).
+  bool is_this_system() const;
+
+  const std::vector<NumaNodeInfo>& numa_nodes() const;  // by os index
+  const std::vector<GpuInfo>& gpus() const;             // by PCI bus id
+  const std::vector<NicInfo>& nics() const;             // by name, digit runs compared as numbers
+  // One entry per GPU (same order as gpus()) when there is at least one NIC,
+  // else empty. For each GPU the closest NICs are those of the lowest
+  // Locality, and within it the deepest shared ancestor. Among equally close
+  // NICs the choice spreads GPUs over NICs: the largest number of GPUs gets a
+  // NIC of its own, then the busiest NIC serves as few GPUs as possible (a
+  // matching, not a greedy pass), then the lowest name wins.
+  const std::vector<NicChoice>& pick_nics() const;
+  // Human-readable remarks: no GPU, no NIC, devices without PCI locality.
+  const std::vector<std::string>& notes() const;
+
+  // The choice for one GPU. Accepts "0000:18:00.0", "00000000:18:00.0" (NVML)
+  // and "18:00.0", in any case. EPD_ERR_INVALID_ARGUMENT for a malformed or
+  // unknown bus id; EPD_ERR_UNSUPPORTED when the machine has no RDMA NIC.
+  Result<NicChoice> nic_for_gpu(std::string_view pci_busid) const;
+  // The NUMA node of the NIC's locality; when that spans several nodes, the
+  // lowest. EPD_ERR_INVALID_ARGUMENT for an unknown NIC.
+  Result<int> numa_for_nic(std::string_view nic) const;
+  // The PUs (OS indexes) of the NIC's locality. EPD_ERR_INVALID_ARGUMENT for an unknown NIC.
+  Result<std::vector<int>> cpuset_for_nic(std::string_view nic) const;
+  // Binds the calling thread to the NIC's cpuset (hwloc_set_cpubind,
+  // HWLOC_CPUBIND_THREAD). EPD_ERR_INVALID_ARGUMENT for an unknown NIC,
+  // EPD_ERR_UNSUPPORTED when the topology is not this machine, EPD_ERR_SYSTEM
+  // when the OS refuses (message names the CPUs and the error).
+  Status pin_current_thread_near(std::string_view nic) const;
+
+  // {"origin", "this_system", "numa_nodes": [{os_index, cpus, local_memory_bytes}],
+  //  "gpus": [{pci_busid, vendor_id, device_id, pci_class, os_devices, cuda_index, numa_nodes, cpus}],
+  //  "nics": [{name, pci_busid, netdevs, numa_nodes, cpus}],
+  //  "pairs": [{gpu, nic, distance}], "notes": [...]}; cpus as a list string "0-3,8-11".
+  nlohmann::json to_json() const;
+  // Aligned text tables (NUMA nodes, GPUs with their NIC, NICs, notes) for epctl.
+  std::string to_table() const;
+
+  struct Impl;  // hwloc state; defined in topology.cc
+
+ private:
+  explicit Topology(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// "0000:18:00.0" from "0000:18:00.0", "00000000:18:00.0" or "18:00.0" (any
+// case). EPD_ERR_INVALID_ARGUMENT naming the input when it is not a bus id.
+Result<std::string> normalize_pci_busid(std::string_view busid);
+
+// "0-3,8-11" from {0,1,2,3,8,9,10,11} (sorted or not); "" for none.
+std::string format_cpu_list(const std::vector<int>& cpus);
+
+// NIC order: names compared with digit runs as numbers ("mlx5_2" < "mlx5_10").
+bool nic_name_less(std::string_view a, std::string_view b);
+
+// The spreading step of pick_nics(), exposed for tests: `candidates[g]` lists
+// the NIC indexes equally closest to GPU g, and NIC indexes are in name order.
+// Returns the chosen NIC index per GPU (-1 where `candidates[g]` is empty).
+std::vector<int> spread_gpus_over_nics(const std::vector<std::vector<int>>& candidates, int num_nics);
+
+}  // namespace epd

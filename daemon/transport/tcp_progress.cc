@@ -1,0 +1,603 @@
+// tcp_progress.cc — the TCP transport's progress thread: accept, connect
+// completion, framing, handshakes, callbacks, send-queue draining, heartbeats
+// and silence detection (see tcp_transport_impl.h).
+#include <exception>
+
+#include "tcp_transport_impl.h"
+
+namespace epd::transport::tcp_detail {
+
+template <typename F>
+void TcpTransport::deliver(const char* what, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    transport_log(cfg_, LogSeverity::kError, std::string(what) + " callback threw: " + e.what());
+  } catch (...) {
+    transport_log(cfg_, LogSeverity::kError, std::string(what) + " callback threw a non-std exception");
+  }
+}
+
+NodeId TcpTransport::peer_of(const ConnPtr& c) const {
+  if (c->peer != kUnknownNode) return c->peer;
+  if (c->hs && c->hs->peer_node()) return *c->hs->peer_node();
+  return c->dialed ? c->expected : kUnknownNode;
+}
+
+void TcpTransport::set_socket_options(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  const long long timeout_ms = cfg_.peer_timeout.count();
+  int idle = static_cast<int>(std::max<long long>(1, timeout_ms / 2000));
+  int intvl = 1;
+  int cnt = static_cast<int>(std::max<long long>(1, timeout_ms / 2000));
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+  // Unacknowledged data older than peer_timeout (a link gone down) aborts the connection.
+  unsigned user_timeout = static_cast<unsigned>(timeout_ms);
+  setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
+}
+
+void TcpTransport::run() {
+  tls_progress_owner = this;
+  if (cfg_.on_progress_thread_start) deliver("on_progress_thread_start", cfg_.on_progress_thread_start);
+  const int tick_ms = static_cast<int>(std::clamp<long long>(cfg_.heartbeat_interval.count() / 4, 1, 250));
+  epoll_event evs[64];
+  while (!stopping_) {
+    int n = epoll_wait(epoll_fd_, evs, 64, tick_ms);
+    if (n < 0 && errno != EINTR) {
+      transport_log(cfg_, LogSeverity::kError, errno_status("epoll_wait", errno).to_string());
+      break;
+    }
+    for (int i = 0; i < n; ++i) {
+      const uint64_t key = evs[i].data.u64;
+      if (key == kListenKey) {
+        on_accept();
+      } else if (key == kWakeKey) {
+        uint64_t v;
+        ssize_t r = ::read(wake_fd_, &v, sizeof(v));
+        (void)r;
+      } else {
+        ConnPtr c;
+        {
+          std::lock_guard<std::mutex> l(mu_);
+          auto it = conns_.find(key);
+          if (it != conns_.end()) c = it->second;
+        }
+        if (c) on_event(c, evs[i].events);
+      }
+    }
+    tick();
+  }
+  tls_progress_owner = nullptr;
+}
+
+void TcpTransport::on_accept() {
+  for (int i = 0; i < 64; ++i) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        transport_log(cfg_, LogSeverity::kWarn, errno_status("accept4", errno).to_string());
+      }
+      return;
+    }
+    auto c = std::make_shared<Conn>();
+    c->fd = fd;
+    c->remote = sockaddr_string(ss);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      int pending = 0;
+      for (auto& [k, other] : conns_) pending += other->established ? 0 : 1;
+      if (pending >= kMaxPendingHandshakes) {
+        ::close(fd);
+        transport_log(cfg_, LogSeverity::kWarn,
+                      "node " + std::to_string(cfg_.node_id) + ": refused connection from " + c->remote +
+                          ": " + std::to_string(pending) + " handshakes already pending");
+        continue;
+      }
+      c->key = next_key_++;
+      conns_[c->key] = c;
+    }
+    set_socket_options(fd);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = c->key;
+    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+    start_handshake(c, std::nullopt);
+  }
+}
+
+void TcpTransport::start_handshake(const ConnPtr& c, std::optional<NodeId> expected) {
+  HandshakeParams p;
+  p.my_node = cfg_.node_id;
+  p.major = cfg_.protocol_major;
+  p.minor = cfg_.protocol_minor;
+  p.secret = cfg_.cluster_secret;
+  p.expected_peer = expected;
+  p.is_known_peer = [this](uint32_t n) {
+    std::lock_guard<std::mutex> l(mu_);
+    return cfg_.peers.count(n) > 0;
+  };
+  p.local_regions = [this] {
+    std::lock_guard<std::mutex> l(mu_);
+    return region_advert();
+  };
+  p.remote = c->remote;
+  c->hs.emplace(std::move(p));
+  c->rx.resize(kRxBufBytes);
+  c->last_rx = Clock::now();
+  push_control(c, c->hs->hello_frame());
+}
+
+void TcpTransport::on_connected(const ConnPtr& c) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err != 0) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      c->transient = true;
+      c->reported = true;
+      c->outcome = make_status(EPD_ERR_PEER_LOST, "connect to node %u (%s): %s", c->expected,
+                               c->remote.c_str(), strerror(err));
+    }
+    state_cv_.notify_all();
+    close_now(c);
+    return;
+  }
+  set_socket_options(c->fd);
+  {
+    std::lock_guard<std::mutex> l(c->tx_mu);
+    c->connecting = false;
+  }
+  start_handshake(c, c->expected);
+}
+
+void TcpTransport::on_event(const ConnPtr& c, uint32_t events) {
+  if (c->fd < 0) return;
+  if (c->connecting) {
+    if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) on_connected(c);
+    return;
+  }
+  if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+    if (!read_some(c)) return;
+  }
+  if (events & EPOLLOUT) drain_tx(c);
+}
+
+void TcpTransport::drain_tx(const ConnPtr& c) {
+  Status err;
+  {
+    std::lock_guard<std::mutex> l(c->tx_mu);
+    if (c->writer_active) return;  // a caller is mid-frame; it queues what it leaves
+    for (int round = 0; round < 64 && !c->txq.empty() && c->fd >= 0; ++round) {
+      iovec iov[64];
+      int cnt = 0;
+      size_t off = c->tx_off;
+      for (auto it = c->txq.begin(); it != c->txq.end() && cnt < 64; ++it, ++cnt) {
+        iov[cnt].iov_base = it->data() + off;
+        iov[cnt].iov_len = it->size() - off;
+        off = 0;
+      }
+      msghdr mh{};
+      mh.msg_iov = iov;
+      mh.msg_iovlen = static_cast<size_t>(cnt);
+      ssize_t n = ::sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+          err = make_status(errno == ETIMEDOUT ? EPD_ERR_TIMEOUT : EPD_ERR_PEER_LOST,
+                            "send to %s: %s", label(c).c_str(), strerror(errno));
+        }
+        break;
+      }
+      c->last_tx = Clock::now();
+      size_t left = static_cast<size_t>(n);
+      c->queued -= left;
+      while (left > 0) {
+        size_t in_front = c->txq.front().size() - c->tx_off;
+        if (left >= in_front) {
+          left -= in_front;
+          c->txq.pop_front();
+          c->tx_off = 0;
+        } else {
+          c->tx_off += left;
+          left = 0;
+        }
+      }
+    }
+    if (c->txq.empty()) {
+      set_epollout(c, false);
+      if (c->shut_wr_after_drain && c->fd >= 0) ::shutdown(c->fd, SHUT_WR);
+    }
+    c->tx_cv.notify_all();
+  }
+  if (!err.is_ok()) fail(c, err, false, false);
+}
+
+bool TcpTransport::read_some(const ConnPtr& c) {
+  for (int i = 0; i < 16; ++i) {
+    if (c->fd < 0) return false;
+    ssize_t n;
+    // Large payloads go straight to their destination (the region, or the
+    // message buffer) once the staging buffer is empty: no extra copy.
+    const bool rx_empty = c->rx_begin == c->rx_end && !c->closing;
+    const bool direct = c->write_left > 0 && rx_empty;
+    const bool direct_body = !direct && rx_empty && c->have_header && c->cur.length - c->body_got >= kDirectWriteMin;
+    if (direct) {
+      n = ::recv(c->fd, c->write_dst, c->write_left, MSG_DONTWAIT);
+    } else if (direct_body) {
+      n = ::recv(c->fd, c->body.get() + c->body_got, c->cur.length - c->body_got, MSG_DONTWAIT);
+    } else {
+      if (c->rx_begin == c->rx_end) {
+        c->rx_begin = c->rx_end = 0;
+      } else if (c->rx_end == c->rx.size()) {
+        std::memmove(c->rx.data(), c->rx.data() + c->rx_begin, c->rx_end - c->rx_begin);
+        c->rx_end -= c->rx_begin;
+        c->rx_begin = 0;
+      }
+      n = ::recv(c->fd, c->rx.data() + c->rx_end, c->rx.size() - c->rx_end, MSG_DONTWAIT);
+    }
+    if (n > 0) {
+      c->last_rx = Clock::now();
+      if (c->closing) {
+        c->rx_begin = c->rx_end = 0;
+        continue;
+      }
+      if (direct) {
+        c->write_dst += n;
+        c->write_left -= static_cast<size_t>(n);
+        if (c->write_left == 0) {
+          const NodeId peer = c->peer;
+          const FrameHeader h = c->cur;
+          deliver("on_write", [&] { if (cb_.on_write) cb_.on_write(peer, h.imm, h.length); });
+        }
+        continue;
+      }
+      if (direct_body) {
+        c->body_got += static_cast<size_t>(n);
+        if (c->body_got < c->cur.length) continue;
+        c->have_header = false;
+        Status s = on_frame(c, c->cur, c->body.get());
+        if (!s) {
+          fail(c, s, true, true);
+          return false;
+        }
+        if (c->fd < 0 || c->closing) return false;
+        continue;
+      }
+      c->rx_end += static_cast<size_t>(n);
+      Status s = parse(c);
+      if (!s) {
+        fail(c, s, true, true);
+        return false;
+      }
+      if (c->fd < 0 || c->closing) return false;
+      continue;
+    }
+    if (n == 0) {
+      if (c->closing) {
+        close_now(c);
+      } else {
+        fail(c, make_status(EPD_ERR_PEER_LOST, "%s closed the connection", label(c).c_str()), false, false);
+      }
+      return false;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+    if (errno == EINTR) continue;
+    const int e = errno;
+    if (c->closing) {
+      close_now(c);
+    } else if (e == ETIMEDOUT) {
+      fail(c, make_status(EPD_ERR_TIMEOUT, "%s: no acknowledgement within %lld ms (TCP keepalive / user timeout)",
+                          label(c).c_str(), static_cast<long long>(cfg_.peer_timeout.count())),
+           false, false);
+    } else {
+      fail(c, make_status(EPD_ERR_PEER_LOST, "%s: %s", label(c).c_str(), strerror(e)), false, false);
+    }
+    return false;
+  }
+  return true;
+}
+
+Status TcpTransport::parse(const ConnPtr& c) {
+  // Each pass consumes at least one byte or returns: bounded by the buffer size.
+  for (size_t guard = 0; guard <= kRxBufBytes; ++guard) {
+    if (c->fd < 0 || c->closing) return Status::ok();
+    const size_t avail = c->rx_end - c->rx_begin;
+    uint8_t* p = c->rx.data() + c->rx_begin;
+    if (avail == 0) return Status::ok();
+    if (c->write_left > 0) {
+      size_t take = std::min(avail, c->write_left);
+      std::memcpy(c->write_dst, p, take);
+      c->write_dst += take;
+      c->write_left -= take;
+      c->rx_begin += take;
+      if (c->write_left == 0) {
+        const NodeId peer = c->peer;
+        const FrameHeader h = c->cur;
+        deliver("on_write", [&] { if (cb_.on_write) cb_.on_write(peer, h.imm, h.length); });
+      }
+      continue;
+    }
+    if (c->have_header) {
+      size_t take = std::min(avail, c->cur.length - c->body_got);
+      std::memcpy(c->body.get() + c->body_got, p, take);
+      c->body_got += take;
+      c->rx_begin += take;
+      if (c->body_got < c->cur.length) return Status::ok();
+      c->have_header = false;
+      EPD_RETURN_IF_ERROR(on_frame(c, c->cur, c->body.get()));
+      continue;
+    }
+    if (avail < kHeaderBytes) return Status::ok();
+    Result<FrameHeader> h = decode_header(p, limits_, label(c));
+    if (!h) return h.status();
+    c->rx_begin += kHeaderBytes;
+    if (h->type == FrameType::kWrite) {
+      EPD_RETURN_IF_ERROR(begin_write(c, *h));
+      continue;
+    }
+    if (avail - kHeaderBytes >= h->length) {
+      c->rx_begin += h->length;
+      EPD_RETURN_IF_ERROR(on_frame(c, *h, p + kHeaderBytes));
+      continue;
+    }
+    c->cur = *h;
+    c->have_header = true;
+    if (c->body_cap < h->length) {  // bounded by max_message_bytes (checked in decode_header)
+      c->body.reset(new uint8_t[h->length]);
+      c->body_cap = h->length;
+    }
+    c->body_got = 0;
+  }
+  return make_status(EPD_ERR_INTERNAL, "%s: frame parser did not make progress", label(c).c_str());
+}
+
+Status TcpTransport::begin_write(const ConnPtr& c, const FrameHeader& h) {
+  if (!c->established) {
+    return make_status(EPD_ERR_PROTOCOL, "%s sent a WRITE frame before the handshake completed",
+                       label(c).c_str());
+  }
+  Region r;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = regions_.find(h.a);
+    if (it == regions_.end()) {
+      return make_status(EPD_ERR_PROTOCOL, "%s wrote to region %u, which node %u has not registered",
+                         label(c).c_str(), h.a, cfg_.node_id);
+    }
+    r = it->second;
+  }
+  if (h.offset > r.bytes || h.length > r.bytes - h.offset) {
+    return make_status(EPD_ERR_PROTOCOL, "%s wrote %llu bytes at offset %llu of region %u (%zu bytes)",
+                       label(c).c_str(), static_cast<unsigned long long>(h.length),
+                       static_cast<unsigned long long>(h.offset), h.a, r.bytes);
+  }
+  c->cur = h;
+  c->write_dst = r.addr + h.offset;
+  c->write_left = h.length;
+  if (h.length == 0) {
+    const NodeId peer = c->peer;
+    deliver("on_write", [&] { if (cb_.on_write) cb_.on_write(peer, h.imm, 0); });
+  }
+  return Status::ok();
+}
+
+Status TcpTransport::on_frame(const ConnPtr& c, const FrameHeader& h, const uint8_t* payload) {
+  if (!c->established) {
+    std::vector<std::vector<uint8_t>> out;
+    Status s = c->hs->on_frame(h, payload, &out);
+    for (auto& f : out) push_control(c, std::move(f));
+    if (!s) {
+      fail(c, s, true, false);  // a REJECT, if any, is queued already
+      return Status::ok();
+    }
+    if (c->hs->done()) promote(c);
+    return Status::ok();
+  }
+  switch (h.type) {
+    case FrameType::kMessage: {
+      const NodeId peer = c->peer;
+      deliver("on_message", [&] { if (cb_.on_message) cb_.on_message(peer, h.a, payload, h.length); });
+      return Status::ok();
+    }
+    case FrameType::kRegions: {
+      Result<std::vector<RegionInfo>> regions = decode_regions(payload, h.length, label(c));
+      if (!regions) return regions.status();
+      std::lock_guard<std::mutex> l(c->tx_mu);
+      for (const RegionInfo& r : *regions) c->peer_regions[r.id] = r;
+      return Status::ok();
+    }
+    case FrameType::kHeartbeat:
+      return Status::ok();
+    case FrameType::kBye:
+      fail(c, make_status(EPD_ERR_PEER_LOST, "%s closed the connection (shut down or disconnected)",
+                          label(c).c_str()),
+           false, false);
+      return Status::ok();
+    case FrameType::kReject:
+      fail(c, decode_reject(payload, h.length, label(c)), false, false);
+      return Status::ok();
+    default:
+      return make_status(EPD_ERR_PROTOCOL, "%s sent a %s frame after the handshake", label(c).c_str(),
+                         frame_type_name(h.type));
+  }
+}
+
+void TcpTransport::promote(const ConnPtr& c) {
+  const NodeId peer = *c->hs->peer_node();
+  ConnPtr old;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    c->peer = peer;
+    c->established = true;
+    c->outcome = Status::ok();
+    auto it = by_peer_.find(peer);
+    if (it != by_peer_.end() && it->second != c) old = it->second;
+    by_peer_[peer] = c;
+    last_error_.erase(peer);
+    refusal_.erase(peer);
+    {
+      std::lock_guard<std::mutex> tl(c->tx_mu);
+      for (const RegionInfo& r : c->hs->peer_regions()) c->peer_regions[r.id] = r;
+    }
+  }
+  state_cv_.notify_all();
+  if (old) {
+    fail(old, make_status(EPD_ERR_PEER_LOST, "node %u: connection replaced by a new one from %s", peer,
+                          c->remote.c_str()),
+         false, false);
+  }
+  transport_log(cfg_, LogSeverity::kInfo,
+                "node " + std::to_string(cfg_.node_id) + " connected to " + label(c) + " (authenticated)");
+  deliver("on_peer_state", [&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, Status::ok()); });
+}
+
+void TcpTransport::fail(const ConnPtr& c, const Status& s, bool linger, bool send_reject) {
+  const NodeId peer = peer_of(c);
+  bool first = false;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    first = !c->reported;
+    c->reported = true;
+    c->failed = true;
+    if (first) {
+      if (!c->outcome) c->outcome = s;
+      if (peer != kUnknownNode) {
+        auto it = by_peer_.find(peer);
+        if (it != by_peer_.end() && it->second == c) by_peer_.erase(it);
+        if (!by_peer_.count(peer)) {
+          last_error_[peer] = s;
+          ++error_seq_[peer];
+          const bool refused = s.code() == EPD_ERR_PERMISSION || s.code() == EPD_ERR_VERSION_MISMATCH ||
+                               s.code() == EPD_ERR_PROTOCOL;
+          if (!c->established && refused) refusal_[peer] = s;
+        }
+      }
+    }
+  }
+  state_cv_.notify_all();
+  if (linger && send_reject) {
+    std::vector<uint8_t> body = encode_reject(s.code(), s.message());
+    FrameHeader h;
+    h.type = FrameType::kReject;
+    push_control(c, make_frame(h, body.data(), body.size()));
+  }
+  {
+    std::lock_guard<std::mutex> l(c->tx_mu);
+    if (!c->dead) {
+      c->dead = true;
+      c->dead_status = s;
+    }
+    if (linger) {
+      c->shut_wr_after_drain = true;
+      set_epollout(c, true);
+    }
+    c->tx_cv.notify_all();
+  }
+  if (linger) {
+    c->closing = true;
+    c->close_by = Clock::now() + std::min<milliseconds>(cfg_.peer_timeout, milliseconds(2000));
+  } else {
+    close_now(c);
+  }
+  if (first) {
+    const bool refused = s.code() == EPD_ERR_PERMISSION || s.code() == EPD_ERR_VERSION_MISMATCH ||
+                         s.code() == EPD_ERR_PROTOCOL;
+    transport_log(cfg_, refused ? LogSeverity::kError : LogSeverity::kWarn,
+                  "node " + std::to_string(cfg_.node_id) + ": " + s.to_string());
+    deliver("on_peer_state", [&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, s); });
+  }
+}
+
+void TcpTransport::close_now(const ConnPtr& c) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    conns_.erase(c->key);
+    auto it = by_peer_.find(c->peer);
+    if (it != by_peer_.end() && it->second == c) by_peer_.erase(it);
+  }
+  std::lock_guard<std::mutex> l(c->tx_mu);
+  if (c->fd >= 0) {
+    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->fd, nullptr);
+    ::close(c->fd);
+    c->fd = -1;
+  }
+  if (!c->dead) {
+    c->dead = true;
+    c->dead_status = make_status(EPD_ERR_PEER_LOST, "%s: connection closed", c->remote.c_str());
+  }
+  c->txq.clear();
+  c->queued = 0;
+  c->tx_cv.notify_all();
+}
+
+void TcpTransport::tick() {
+  std::vector<ConnPtr> all;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    all.reserve(conns_.size());
+    for (auto& [k, c] : conns_) all.push_back(c);
+  }
+  const auto now = Clock::now();
+  for (const ConnPtr& c : all) {
+    if (c->fd < 0) continue;
+    bool close_requested, failed, reported;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      close_requested = c->close_requested;
+      failed = c->failed;
+      reported = c->reported;
+    }
+    if (c->closing) {
+      if (now >= c->close_by) close_now(c);
+      continue;
+    }
+    if (close_requested) {  // disconnect(): BYE queued; linger until the peer's EOF
+      c->closing = true;
+      c->close_by = now + std::min<milliseconds>(cfg_.peer_timeout, milliseconds(2000));
+      std::lock_guard<std::mutex> l(c->tx_mu);
+      set_epollout(c, true);
+      continue;
+    }
+    if (failed && !reported) {  // a dial given up by its caller
+      fail(c, make_status(EPD_ERR_TIMEOUT, "%s: connection attempt abandoned at the caller's deadline",
+                          label(c).c_str()),
+           false, false);
+      continue;
+    }
+    if (c->connecting) {
+      if (now - c->created > cfg_.peer_timeout) {
+        fail(c, make_status(EPD_ERR_TIMEOUT, "connect to %s: no answer within %lld ms", label(c).c_str(),
+                            static_cast<long long>(cfg_.peer_timeout.count())),
+             false, false);
+      }
+      continue;
+    }
+    if (now - c->last_rx > cfg_.peer_timeout) {
+      const long long silent = std::chrono::duration_cast<milliseconds>(now - c->last_rx).count();
+      fail(c, make_status(EPD_ERR_TIMEOUT, "%s sent nothing for %lld ms (peer_timeout %lld ms)%s",
+                          label(c).c_str(), silent, static_cast<long long>(cfg_.peer_timeout.count()),
+                          c->established ? "" : " during the handshake"),
+           false, false);
+      continue;
+    }
+    if (c->established) {
+      std::lock_guard<std::mutex> l(c->tx_mu);
+      if (c->txq.empty() && !c->writer_active && now - c->last_tx >= cfg_.heartbeat_interval && !c->dead) {
+        FrameHeader h;
+        h.type = FrameType::kHeartbeat;
+        c->txq.push_back(make_frame(h, nullptr, 0));
+        c->queued += kHeaderBytes;
+        set_epollout(c, true);
+      }
+    }
+  }
+}
+
+}  // namespace epd::transport::tcp_detail

@@ -1,0 +1,375 @@
+// tcp_transport.cc — the TCP transport's caller-facing methods (see
+// tcp_transport_impl.h for the design and locking, tcp_progress.cc for the
+// progress thread).
+#include "tcp_transport_impl.h"
+
+namespace epd::transport {
+namespace tcp_detail {
+
+std::string TcpTransport::label(const ConnPtr& c) const {
+  NodeId p = c->peer;
+  if (p == kUnknownNode && c->hs && c->hs->peer_node()) p = *c->hs->peer_node();
+  if (p == kUnknownNode) return c->remote;
+  return "node " + std::to_string(p) + " (" + c->remote + ")";
+}
+
+Status TcpTransport::start() {
+  EPD_RETURN_IF_ERROR(validate_config(cfg_));
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  EPD_RETURN_IF_ERROR(resolve(cfg_.listen_address, &ss, &len));
+  listen_fd_ = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) return errno_status("socket", errno);
+  int one = 1;
+  setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    int e = errno;
+    return make_status(EPD_ERR_SYSTEM, "node %u: bind to %s: %s", cfg_.node_id,
+                       cfg_.listen_address.c_str(), strerror(e));
+  }
+  if (::listen(listen_fd_, 128) != 0) return errno_status("listen", errno);
+  sockaddr_storage bound{};
+  socklen_t blen = sizeof(bound);
+  getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound), &blen);
+  bound_address_ = sockaddr_string(bound);
+
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) return errno_status("epoll_create1", errno);
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) return errno_status("eventfd", errno);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenKey;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev) != 0) return errno_status("epoll_ctl", errno);
+  ev.data.u64 = kWakeKey;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev) != 0) return errno_status("epoll_ctl", errno);
+  thread_ = std::thread([this] { run(); });
+  return Status::ok();
+}
+
+void TcpTransport::wake() {
+  uint64_t one = 1;
+  ssize_t n = ::write(wake_fd_, &one, sizeof(one));
+  (void)n;  // EAGAIN: the counter is already non-zero, the thread will wake
+}
+
+std::vector<RegionInfo> TcpTransport::region_advert() {
+  std::vector<RegionInfo> out;
+  for (const auto& [id, r] : regions_) out.push_back(RegionInfo{id, 0, 0, r.bytes});
+  return out;
+}
+
+Status TcpTransport::register_region(uint32_t region_id, void* addr, size_t bytes) {
+  if (addr == nullptr || bytes == 0) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "region %u: address %p / %zu bytes is empty",
+                       region_id, addr, bytes);
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  if (regions_.count(region_id)) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "region %u is already registered", region_id);
+  }
+  regions_[region_id] = Region{static_cast<uint8_t*>(addr), bytes};
+  std::vector<uint8_t> adv = encode_regions(region_advert());
+  FrameHeader h;
+  h.type = FrameType::kRegions;
+  for (auto& [peer, c] : by_peer_) push_control(c, make_frame(h, adv.data(), adv.size()));
+  return Status::ok();
+}
+
+Result<ConnPtr> TcpTransport::established(NodeId peer) const {
+  std::lock_guard<std::mutex> l(mu_);
+  if (shut_down_) return make_status(EPD_ERR_SHUTTING_DOWN, "node %u: transport is shut down", cfg_.node_id);
+  auto it = by_peer_.find(peer);
+  if (it != by_peer_.end()) return it->second;
+  auto e = last_error_.find(peer);
+  if (e != last_error_.end()) return e->second;
+  return make_status(EPD_ERR_PEER_LOST, "node %u is not connected to node %u", peer, cfg_.node_id);
+}
+
+Status TcpTransport::peer_status(NodeId peer) const {
+  Result<ConnPtr> c = established(peer);
+  return c ? Status::ok() : c.status();
+}
+
+void TcpTransport::set_epollout(const ConnPtr& c, bool on) {
+  if (c->want_out == on || c->fd < 0) return;
+  c->want_out = on;
+  epoll_event ev{};
+  ev.events = EPOLLIN | (on ? EPOLLOUT : 0u);
+  ev.data.u64 = c->key;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+void TcpTransport::push_control(const ConnPtr& c, std::vector<uint8_t> frame) {
+  std::lock_guard<std::mutex> l(c->tx_mu);
+  if (c->dead) return;
+  c->queued += frame.size();
+  c->txq.push_back(std::move(frame));
+  if (!c->connecting) set_epollout(c, true);
+}
+
+Status TcpTransport::enqueue(NodeId peer, FrameHeader h, const void* data, size_t bytes, Deadline d,
+                             const uint32_t* region_id) {
+  Result<ConnPtr> rc = established(peer);
+  if (!rc) return rc.status();
+  ConnPtr c = *rc;
+  const bool on_progress = tls_progress_owner == this;
+  std::unique_lock<std::mutex> l(c->tx_mu);
+  if (region_id) {
+    auto it = c->peer_regions.find(*region_id);
+    if (it == c->peer_regions.end()) {
+      return make_status(EPD_ERR_INVALID_ARGUMENT, "write to node %u: it has no region %u", peer,
+                         *region_id);
+    }
+    if (h.offset > it->second.bytes || bytes > it->second.bytes - h.offset) {
+      return make_status(EPD_ERR_INVALID_ARGUMENT,
+                         "write to node %u: %zu bytes at offset %llu exceed region %u (%llu bytes)",
+                         peer, bytes, static_cast<unsigned long long>(h.offset), *region_id,
+                         static_cast<unsigned long long>(it->second.bytes));
+    }
+  }
+  const size_t total = kHeaderBytes + bytes;
+  while (!c->dead && (c->writer_active || (c->queued > 0 && c->queued + total > cfg_.max_queued_bytes))) {
+    if (on_progress || c->tx_cv.wait_until(l, d) == std::cv_status::timeout) {
+      if (c->dead) break;
+      if (!c->writer_active && c->queued > 0 && c->queued + total > cfg_.max_queued_bytes) {
+        return make_status(EPD_ERR_TIMEOUT,
+                           "send to node %u: its queue (%zu of %zu bytes) did not drain before the deadline",
+                           peer, c->queued, cfg_.max_queued_bytes);
+      }
+      if (c->writer_active) {
+        return make_status(EPD_ERR_TIMEOUT, "send to node %u: another sender held the connection past the deadline",
+                           peer);
+      }
+    }
+  }
+  if (c->dead) return c->dead_status;
+  h.length = bytes;
+  uint8_t hdr[kHeaderBytes];
+  encode_header(h, hdr);
+  size_t sent = 0;
+  if (c->txq.empty()) {
+    iovec iov[2] = {{hdr, kHeaderBytes}, {const_cast<void*>(data), bytes}};
+    msghdr mh{};
+    mh.msg_iov = iov;
+    mh.msg_iovlen = bytes > 0 ? 2 : 1;
+    c->writer_active = true;
+    Status err;
+    // Bounded: each pass sends bytes or waits <= 5 ms; the deadline ends the waiting.
+    for (size_t pass = 0; sent < total && pass < (size_t(1) << 30); ++pass) {
+      ssize_t n = ::sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        // Small rests are cheaper to queue; the progress thread never waits.
+        if (on_progress || total - sent < kDirectWriteMin || Clock::now() >= d) break;
+        const int fd = c->fd;
+        l.unlock();
+        pollfd pfd{fd, POLLOUT, 0};
+        ::poll(&pfd, 1, static_cast<int>(std::clamp<long long>(ms_until(d), 0, 5)));
+        l.lock();
+        if (c->dead || c->fd < 0) break;
+        continue;
+      }
+      if (n < 0) {
+        err = make_status(EPD_ERR_PEER_LOST, "send to node %u: %s", peer, strerror(errno));
+        break;
+      }
+      sent += static_cast<size_t>(n);
+      size_t adv = static_cast<size_t>(n);
+      while (adv > 0 && mh.msg_iovlen > 0) {
+        size_t take = std::min(adv, mh.msg_iov[0].iov_len);
+        mh.msg_iov[0].iov_base = static_cast<uint8_t*>(mh.msg_iov[0].iov_base) + take;
+        mh.msg_iov[0].iov_len -= take;
+        adv -= take;
+        if (mh.msg_iov[0].iov_len == 0) {
+          ++mh.msg_iov;
+          --mh.msg_iovlen;
+        }
+      }
+    }
+    c->writer_active = false;
+    c->tx_cv.notify_all();
+    if (sent > 0) c->last_tx = Clock::now();
+    if (!err.is_ok() && !c->dead) {
+      c->dead = true;
+      c->dead_status = err;
+      wake();  // the progress thread sees the error on the socket and reports it
+    }
+    if (c->dead) return c->dead_status;
+    if (sent == total) return Status::ok();
+  }
+  std::vector<uint8_t> rest(total - sent);
+  size_t pos = 0;
+  if (sent < kHeaderBytes) {
+    std::memcpy(rest.data(), hdr + sent, kHeaderBytes - sent);
+    pos = kHeaderBytes - sent;
+  }
+  size_t data_off = sent > kHeaderBytes ? sent - kHeaderBytes : 0;
+  if (bytes > data_off) std::memcpy(rest.data() + pos, static_cast<const uint8_t*>(data) + data_off, bytes - data_off);
+  c->queued += rest.size();
+  c->txq.push_back(std::move(rest));
+  set_epollout(c, true);
+  return Status::ok();
+}
+
+Status TcpTransport::flush(NodeId peer, Deadline d) {
+  Result<ConnPtr> rc = established(peer);
+  if (!rc) return rc.status();
+  ConnPtr c = *rc;
+  std::unique_lock<std::mutex> l(c->tx_mu);
+  if (!c->tx_cv.wait_until(l, d, [&] { return c->dead || (c->queued == 0 && !c->writer_active); })) {
+    return make_status(EPD_ERR_TIMEOUT, "flush to node %u: %zu bytes still queued at the deadline",
+                       peer, c->queued);
+  }
+  return c->dead ? c->dead_status : Status::ok();
+}
+
+Status TcpTransport::connect(NodeId peer, Deadline d) {
+  std::unique_lock<std::mutex> l(mu_);
+  if (peer == cfg_.node_id) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "node %u cannot connect to itself", peer);
+  }
+  auto addr_it = cfg_.peers.find(peer);
+  if (addr_it == cfg_.peers.end()) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "node %u has no address for peer node %u",
+                       cfg_.node_id, peer);
+  }
+  const std::string addr = addr_it->second;
+  if (cfg_.node_id > peer) {  // the lower id dials; wait for it
+    if (by_peer_.count(peer)) return Status::ok();
+    auto refused = refusal_.find(peer);
+    if (refused != refusal_.end()) return refused->second;
+    const uint64_t seq0 = error_seq_[peer];
+    bool ok = state_cv_.wait_until(l, d, [&] {
+      return shut_down_ || by_peer_.count(peer) || error_seq_[peer] != seq0;
+    });
+    if (shut_down_) return make_status(EPD_ERR_SHUTTING_DOWN, "node %u: transport is shut down", cfg_.node_id);
+    if (by_peer_.count(peer)) return Status::ok();
+    if (ok) return last_error_[peer];
+    return make_status(EPD_ERR_TIMEOUT,
+                       "node %u (%s) did not connect to node %u before the deadline", peer,
+                       addr.c_str(), cfg_.node_id);
+  }
+  Status last = make_status(EPD_ERR_TIMEOUT, "connect to node %u (%s): deadline passed", peer, addr.c_str());
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  l.unlock();  // name resolution may take a while; the progress thread needs mu_
+  Status resolved = resolve(addr, &ss, &len);
+  l.lock();
+  if (!resolved) {
+    return make_status(resolved.code(), "node %u: %s", peer, resolved.message().c_str());
+  }
+  for (int attempt = 0; attempt < 100000; ++attempt) {
+    if (shut_down_) return make_status(EPD_ERR_SHUTTING_DOWN, "node %u: transport is shut down", cfg_.node_id);
+    if (by_peer_.count(peer)) return Status::ok();
+    if (Clock::now() >= d) return last;
+    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errno_status("socket", errno);
+    auto c = std::make_shared<Conn>();
+    c->fd = fd;
+    c->key = next_key_++;
+    c->remote = addr;
+    c->dialed = true;
+    c->peer = kUnknownNode;
+    c->connecting = true;
+    c->expected = peer;
+    int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len);
+    if (rc != 0 && errno != EINPROGRESS) {
+      int e = errno;
+      ::close(fd);
+      return make_status(EPD_ERR_PEER_LOST, "connect to node %u (%s): %s", peer, addr.c_str(), strerror(e));
+    }
+    conns_[c->key] = c;
+    epoll_event ev{};
+    ev.events = EPOLLOUT | EPOLLIN;
+    ev.data.u64 = c->key;
+    c->want_out = true;
+    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+    state_cv_.wait_until(l, d, [&] { return shut_down_ || c->outcome.has_value(); });
+    if (!c->outcome) {
+      c->failed = true;  // the progress thread closes it
+      wake();
+      return make_status(EPD_ERR_TIMEOUT, "connect to node %u (%s): no authenticated connection before the deadline",
+                         peer, addr.c_str());
+    }
+    if (c->outcome->is_ok()) return Status::ok();
+    last = *c->outcome;
+    if (!c->transient) return last;
+    // Not listening yet (or reset before a byte): retry until the deadline.
+    state_cv_.wait_until(l, std::min(d, Clock::now() + milliseconds(20 + 10 * std::min(attempt, 20))),
+                         [&] { return shut_down_; });
+  }
+  return last;
+}
+
+void TcpTransport::disconnect(NodeId peer) {
+  ConnPtr c;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = by_peer_.find(peer);
+    if (it == by_peer_.end()) return;
+    c = it->second;
+    FrameHeader h;
+    h.type = FrameType::kBye;
+    push_control(c, make_frame(h, nullptr, 0));
+    by_peer_.erase(it);
+    last_error_[peer] = make_status(EPD_ERR_PEER_LOST, "node %u disconnected from node %u", cfg_.node_id, peer);
+    ++error_seq_[peer];
+    c->close_requested = true;
+    c->reported = true;
+  }
+  {
+    std::lock_guard<std::mutex> l(c->tx_mu);
+    c->shut_wr_after_drain = true;
+  }
+  wake();
+}
+
+void TcpTransport::shutdown() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+    FrameHeader h;
+    h.type = FrameType::kBye;
+    for (auto& [peer, c] : by_peer_) {
+      std::lock_guard<std::mutex> tl(c->tx_mu);
+      uint8_t hdr[kHeaderBytes];
+      encode_header(h, hdr);
+      if (c->txq.empty()) (void)::send(c->fd, hdr, sizeof(hdr), MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+  }
+  state_cv_.notify_all();
+  stopping_ = true;
+  if (thread_.joinable()) {
+    wake();
+    thread_.join();
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto& [key, c] : conns_) {
+    std::lock_guard<std::mutex> tl(c->tx_mu);
+    c->dead = true;
+    c->dead_status = make_status(EPD_ERR_SHUTTING_DOWN, "node %u: transport is shut down", cfg_.node_id);
+    c->tx_cv.notify_all();
+    if (c->fd >= 0) ::close(c->fd);
+    c->fd = -1;
+  }
+  conns_.clear();
+  by_peer_.clear();
+  for (int* fd : {&listen_fd_, &epoll_fd_, &wake_fd_}) {
+    if (*fd >= 0) ::close(*fd);
+    *fd = -1;
+  }
+}
+
+}  // namespace tcp_detail
+
+Result<std::unique_ptr<Transport>> create_tcp_transport(const TransportConfig& config,
+                                                        TransportCallbacks callbacks) {
+  auto t = std::make_unique<tcp_detail::TcpTransport>(config, std::move(callbacks));
+  Status s = t->start();
+  if (!s) return s;
+  return std::unique_ptr<Transport>(std::move(t));
+}
+
+}  // namespace epd::transport

@@ -1,0 +1,129 @@
+// transport.cc — config checks, address parsing, the make_transport policy.
+#include "transport.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace epd::transport {
+
+void transport_log(const TransportConfig& config, LogSeverity sev, const std::string& msg) {
+  if (config.log) {
+    config.log(sev, msg);
+    return;
+  }
+  const char* lvl = sev == LogSeverity::kError ? "error" : sev == LogSeverity::kWarn ? "warn" : "info";
+  std::fprintf(stderr, "[epd transport %s] %s\n", lvl, msg.c_str());
+}
+
+Status split_host_port(const std::string& s, std::string* host, uint16_t* port) {
+  size_t colon = s.rfind(':');
+  if (s.empty() || colon == std::string::npos || colon == 0 || colon + 1 == s.size()) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "address '%s' is not host:port", s.c_str());
+  }
+  std::string h = s.substr(0, colon);
+  if (h.front() == '[') {
+    if (h.size() < 3 || h.back() != ']') {
+      return make_status(EPD_ERR_INVALID_ARGUMENT, "address '%s' has an unterminated [ipv6] host",
+                         s.c_str());
+    }
+    h = h.substr(1, h.size() - 2);
+  }
+  const std::string p = s.substr(colon + 1);
+  char* end = nullptr;
+  unsigned long v = std::strtoul(p.c_str(), &end, 10);
+  if (end == p.c_str() || *end != '\0' || v > 65535) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "address '%s': port '%s' is not in [0, 65535]",
+                       s.c_str(), p.c_str());
+  }
+  *host = h;
+  *port = static_cast<uint16_t>(v);
+  return Status::ok();
+}
+
+Status validate_config(const TransportConfig& c) {
+  if (c.node_id == kUnknownNode) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "node_id %u is reserved", c.node_id);
+  }
+  if (c.cluster_secret.size() < 16) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT,
+                       "cluster secret is %zu bytes; at least 16 are required", c.cluster_secret.size());
+  }
+  if (c.listen_address.empty()) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT,
+                       "listen_address is empty (give host:port; all interfaces only when written as "
+                       "0.0.0.0:port)");
+  }
+  std::string host;
+  uint16_t port = 0;
+  EPD_RETURN_IF_ERROR(split_host_port(c.listen_address, &host, &port));
+  for (const auto& [node, addr] : c.peers) {
+    if (node == c.node_id) {
+      return make_status(EPD_ERR_INVALID_ARGUMENT, "peer list contains this node's own id %u", node);
+    }
+    Status s = split_host_port(addr, &host, &port);
+    if (!s) return make_status(EPD_ERR_INVALID_ARGUMENT, "peer node %u: %s", node, s.message().c_str());
+  }
+  if (c.heartbeat_interval.count() <= 0 || c.peer_timeout <= c.heartbeat_interval) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT,
+                       "heartbeat_interval %lld ms must be > 0 and below peer_timeout %lld ms",
+                       static_cast<long long>(c.heartbeat_interval.count()),
+                       static_cast<long long>(c.peer_timeout.count()));
+  }
+  if (c.max_message_bytes == 0 || c.max_queued_bytes < c.max_message_bytes) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT,
+                       "max_queued_bytes %zu must be >= max_message_bytes %zu (> 0)",
+                       c.max_queued_bytes, c.max_message_bytes);
+  }
+  return Status::ok();
+}
+
+Result<std::unique_ptr<Transport>> make_transport(const TransportConfig& config,
+                                                  TransportCallbacks callbacks) {
+  if (config.kind == "tcp") {
+    Result<std::unique_ptr<Transport>> t = create_tcp_transport(config, std::move(callbacks));
+    if (t) {
+      transport_log(config, LogSeverity::kInfo,
+                    "node " + std::to_string(config.node_id) + ": daemon-to-daemon transport tcp on " +
+                        (*t)->listen_address());
+    }
+    return t;
+  }
+  if (config.kind != "rdma") {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "transport kind '%s' is not 'tcp' or 'rdma'",
+                       config.kind.c_str());
+  }
+  Result<std::unique_ptr<Transport>> r = create_rdma_transport(config, callbacks);
+  if (r) {
+    transport_log(config, LogSeverity::kInfo,
+                  "node " + std::to_string(config.node_id) + ": daemon-to-daemon transport rdma on " +
+                      (*r)->listen_address());
+    return r;
+  }
+  if (!config.rdma_fallback_to_tcp) {
+    transport_log(config, LogSeverity::kError,
+                  "rdma transport requested and unavailable, refusing to start (set "
+                  "rdma_fallback_to_tcp to use tcp): " + r.status().to_string());
+    return r.status();
+  }
+  transport_log(config, LogSeverity::kWarn,
+                "rdma transport unavailable, falling back to tcp: " + r.status().to_string());
+  Result<std::unique_ptr<Transport>> t = create_tcp_transport(config, std::move(callbacks));
+  if (t) {
+    transport_log(config, LogSeverity::kInfo,
+                  "node " + std::to_string(config.node_id) +
+                      ": daemon-to-daemon transport tcp (fallback from rdma) on " + (*t)->listen_address());
+  }
+  return t;
+}
+
+#ifndef EPD_HAVE_RDMA
+Result<std::unique_ptr<Transport>> create_rdma_transport(const TransportConfig& config,
+                                                         TransportCallbacks) {
+  return make_status(EPD_ERR_UNSUPPORTED,
+                     "node %u: this build has no RDMA verbs transport (libibverbs/librdmacm were not "
+                     "found at configure time)",
+                     config.node_id);
+}
+#endif
+
+}  // namespace epd::transport

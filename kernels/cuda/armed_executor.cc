@@ -1,0 +1,348 @@
+// armed_executor.cc — ArmedExecutor (gpu_armed.h): per-slot armed streams,
+// the re-arm thread, the abort (deadline) path and reset.
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "armed_kernels.h"
+#include "control_block.h"
+#include "cuda_status.h"
+#include "gpu_armed.h"
+#include "gpu_executor.h"
+
+namespace epd {
+
+namespace {
+
+struct MemOps {
+  decltype(&cuStreamWaitValue32) wait32 = nullptr;
+  decltype(&cuStreamWriteValue32) write32 = nullptr;
+  decltype(&cuGetErrorName) error_name = nullptr;
+  Status status;
+};
+
+template <typename F>
+Status resolve(const char* name, F* fn) {
+  void* p = nullptr;
+  cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+  const cudaError_t e = cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &q);
+  if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !p)
+    return make_status(EPD_ERR_GPU_UNAVAILABLE, "CUDA driver entry point %s unavailable: %s", name,
+                       e != cudaSuccess ? cudaGetErrorName(e) : "symbol not found");
+  *fn = reinterpret_cast<F>(p);
+  return Status::ok();
+}
+
+const MemOps& memops() {
+  static MemOps m;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    auto count = gpu_device_count();
+    if (!count) {
+      m.status = count.status();
+      return;
+    }
+    Status s = resolve("cuStreamWaitValue32", &m.wait32);
+    if (s) s = resolve("cuStreamWriteValue32", &m.write32);
+    if (s) s = resolve("cuGetErrorName", &m.error_name);
+    m.status = s;
+  });
+  return m;
+}
+
+Status cu_status(CUresult r, const char* what, int line) {
+  const char* name = "?";
+  if (memops().error_name) memops().error_name(r, &name);
+  return make_status(EPD_ERR_CUDA, "%s: %s at %s:%d", what, name, __FILE__, line);
+}
+
+#define EPD_CU_RETURN(expr)                                                          \
+  do {                                                                               \
+    const CUresult epd_cu_err_ = (expr);                                             \
+    if (epd_cu_err_ != CUDA_SUCCESS) return cu_status(epd_cu_err_, #expr, __LINE__); \
+  } while (0)
+
+constexpr uint32_t kAbortRing = kRingDispatch | kRingCombine | kArmedAbortBit;
+
+}  // namespace
+
+void armed_prepare_environment(int32_t connections) {
+  const std::string v = std::to_string(connections);
+  setenv("CUDA_DEVICE_MAX_CONNECTIONS", v.c_str(), 0);  // 0: an operator's setting wins
+}
+
+struct ArmedExecutor::Impl {
+  GroupSpec spec;
+  int32_t device = 0;
+  ArmedOptions opt;
+  std::vector<uint8_t*> bases;
+  std::unique_ptr<GpuExecutor> ex;
+  std::vector<cudaStream_t> streams;  // one per slot
+  cudaStream_t abort_stream = nullptr;
+  uint8_t** d_bases = nullptr;
+  uint32_t* d_abort = nullptr;
+  uint32_t* d_saved = nullptr;  // [slots][world]
+  gpu::ArmedProgress* h_progress = nullptr;
+  gpu::ArmedProgress* d_progress = nullptr;
+
+  mutable std::mutex mu;  // guards armed, health, stop, and every enqueue on the armed streams
+  std::condition_variable cv;
+  std::vector<uint32_t> armed;  // per slot: sequence number of the last armed operation (0 = none)
+  Status health_status;
+  bool stop = false;
+  bool running = false;
+  std::thread thread;
+
+  ~Impl() {
+    for (cudaStream_t s : streams) cudaStreamDestroy(s);
+    if (abort_stream) cudaStreamDestroy(abort_stream);
+    ex.reset();
+    if (d_bases) cudaFree(d_bases);
+    if (d_abort) cudaFree(d_abort);
+    if (d_saved) cudaFree(d_saved);
+    if (h_progress) cudaFreeHost(h_progress);
+  }
+
+  uint32_t done(int32_t s) const {
+    return *const_cast<const volatile uint32_t*>(&h_progress[s].seq);
+  }
+  CUdeviceptr word(int32_t r, int32_t s, size_t field) const {
+    return reinterpret_cast<CUdeviceptr>(bases[r] + offsetof(ControlBlock, slot) + sizeof(ControlSlot) * s + field);
+  }
+  gpu::ArmedParams params(int32_t s, uint32_t op, uint32_t seq) const {
+    gpu::ArmedParams p;
+    p.bases = d_bases;
+    p.world = spec.world_size;
+    p.slot = s;
+    p.op = op;
+    p.expert_major = spec.layout == EPD_LAYOUT_EXPERT_MAJOR;
+    p.abort_word = d_abort;
+    p.saved_n = d_saved + static_cast<size_t>(s) * spec.world_size;
+    p.progress = d_progress + s;
+    p.seq = seq;
+    return p;
+  }
+
+  // Enqueues the next operation of slot s (caller holds mu). Operations are
+  // numbered from 1; odd = dispatch, even = combine.
+  Status arm_one(int32_t s) {
+    const uint32_t seq = armed[s] + 1;
+    const bool dispatch = seq % 2 == 1;
+    cudaStream_t st = streams[s];
+    const MemOps& m = memops();
+    const uint32_t ring = dispatch ? kRingDispatch : kRingCombine;
+    for (int32_t r = 0; r < spec.world_size; ++r)
+      EPD_CU_RETURN(m.wait32(reinterpret_cast<CUstream>(st), word(r, s, offsetof(ControlSlot, doorbell)), ring,
+                             CU_STREAM_WAIT_VALUE_AND));
+    gpu::ArmedParams p = params(s, dispatch ? kDoneDispatch : kDoneCombine, seq);
+    if (dispatch) {
+      EPD_RETURN_IF_ERROR(ex->dispatch(s, st));
+    } else if (spec.layout == EPD_LAYOUT_RANK_MAJOR) {
+      EPD_RETURN_IF_ERROR(ex->combine(s, EPD_WEIGHTS_ALREADY_APPLIED, st));  // ones: the same plain sum
+    } else {
+      EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_gate(p, 0, st)));
+      EPD_RETURN_IF_ERROR(ex->combine(s, EPD_WEIGHTS_APPLY, st));
+      EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_gate(p, 1, st)));
+      EPD_RETURN_IF_ERROR(ex->combine(s, EPD_WEIGHTS_ONES, st));
+    }
+    EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_complete(p, st)));
+    armed[s] = seq;
+    return Status::ok();
+  }
+
+  // Keeps 2 * depth operations armed per slot (caller holds mu).
+  Status top_up() {
+    EPD_CUDA_RETURN(cudaSetDevice(device));
+    for (int32_t s = 0; s < spec.slots; ++s)
+      while (armed[s] - done(s) < static_cast<uint32_t>(2 * opt.depth)) EPD_RETURN_IF_ERROR(arm_one(s));
+    return Status::ok();
+  }
+
+  bool drained() const {
+    for (int32_t s = 0; s < spec.slots; ++s)
+      if (done(s) != armed[s]) return false;
+    return true;
+  }
+
+  Status write_abort(epd_status_t reason) {
+    const MemOps& m = memops();
+    const auto st = reinterpret_cast<CUstream>(abort_stream);
+    EPD_CU_RETURN(m.write32(st, reinterpret_cast<CUdeviceptr>(d_abort), static_cast<uint32_t>(-reason), 0));
+    for (int32_t s = 0; s < spec.slots; ++s)
+      for (int32_t r = 0; r < spec.world_size; ++r)
+        EPD_CU_RETURN(m.write32(st, word(r, s, offsetof(ControlSlot, doorbell)), kAbortRing, 0));
+    return Status::ok();
+  }
+};
+
+ArmedExecutor::ArmedExecutor() = default;
+
+Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& spec, std::vector<uint8_t*> rank_bases,
+                                                             int32_t device, const ArmedOptions& options) {
+  EPD_RETURN_IF_ERROR(memops().status);
+  if (options.depth < 2 || options.depth > 1024)
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "armed depth = %d is outside [2, 1024]", options.depth);
+  std::unique_ptr<ArmedExecutor> a(new ArmedExecutor());
+  a->impl_ = std::make_unique<Impl>();
+  Impl& im = *a->impl_;
+  im.spec = spec;
+  im.device = device;
+  im.opt = options;
+  im.bases = rank_bases;
+  auto ex = GpuExecutor::create(spec, std::move(rank_bases), device);
+  if (!ex) return ex.status();
+  im.ex = std::move(ex.value());
+  EPD_CUDA_RETURN(cudaSetDevice(device));
+  const int32_t W = spec.world_size, S = spec.slots;
+  for (int32_t s = 0; s < S; ++s) {
+    cudaStream_t st = nullptr;
+    EPD_CUDA_RETURN(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    im.streams.push_back(st);
+  }
+  // The abort stream gets the highest priority: it must run while armed streams block.
+  int lo = 0, hi = 0;
+  EPD_CUDA_RETURN(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+  EPD_CUDA_RETURN(cudaStreamCreateWithPriority(&im.abort_stream, cudaStreamNonBlocking, hi));
+  EPD_CUDA_RETURN(cudaMalloc(reinterpret_cast<void**>(&im.d_bases), sizeof(uint8_t*) * W));
+  EPD_CUDA_RETURN(cudaMemcpy(im.d_bases, im.bases.data(), sizeof(uint8_t*) * W, cudaMemcpyHostToDevice));
+  EPD_CUDA_RETURN(cudaMalloc(reinterpret_cast<void**>(&im.d_abort), sizeof(uint32_t)));
+  EPD_CUDA_RETURN(cudaMemset(im.d_abort, 0, sizeof(uint32_t)));
+  EPD_CUDA_RETURN(cudaMalloc(reinterpret_cast<void**>(&im.d_saved), sizeof(uint32_t) * W * S));
+  EPD_CUDA_RETURN(cudaMemset(im.d_saved, 0, sizeof(uint32_t) * W * S));
+  EPD_CUDA_RETURN(cudaHostAlloc(reinterpret_cast<void**>(&im.h_progress), sizeof(gpu::ArmedProgress) * S,
+                                cudaHostAllocMapped | cudaHostAllocPortable));
+  std::memset(im.h_progress, 0, sizeof(gpu::ArmedProgress) * S);
+  EPD_CUDA_RETURN(cudaHostGetDevicePointer(reinterpret_cast<void**>(&im.d_progress), im.h_progress, 0));
+  im.armed.assign(static_cast<size_t>(S), 0);
+  EPD_CUDA_RETURN(cudaDeviceSynchronize());
+  return a;
+}
+
+ArmedExecutor::~ArmedExecutor() {
+  if (!impl_) return;
+  Impl& im = *impl_;
+  if (im.running && !aborted()) (void)abort(EPD_ERR_SHUTTING_DOWN, im.spec.timeout_ms);
+  {
+    std::lock_guard<std::mutex> l(im.mu);
+    im.stop = true;
+  }
+  im.cv.notify_all();
+  if (im.thread.joinable()) im.thread.join();
+}
+
+Status ArmedExecutor::start() {
+  Impl& im = *impl_;
+  {
+    std::lock_guard<std::mutex> l(im.mu);
+    if (im.running) return make_status(EPD_ERR_INVALID_ARGUMENT, "armed executor already started");
+    EPD_RETURN_IF_ERROR(im.top_up());
+    im.running = true;
+  }
+  im.thread = std::thread([this] {
+    Impl& m = *impl_;
+    std::unique_lock<std::mutex> l(m.mu);
+    while (!m.stop) {
+      bool timed_out = false;
+      if (!aborted() && m.health_status) {
+        Status s = m.top_up();
+        if (!s) m.health_status = s;
+        for (int32_t sl = 0; sl < m.spec.slots; ++sl)
+          timed_out |= *const_cast<const volatile int32_t*>(&m.h_progress[sl].status) == EPD_ERR_TIMEOUT;
+      }
+      if (timed_out) {  // a kernel passed its deadline: its barrier state needs a host reset
+        m.health_status = make_status(EPD_ERR_TIMEOUT, "a GPU kernel passed its deadline; aborting the armed streams");
+        l.unlock();
+        (void)abort(EPD_ERR_TIMEOUT, m.spec.timeout_ms);
+        l.lock();
+        continue;
+      }
+      m.cv.wait_for(l, std::chrono::microseconds(m.opt.poll_us));
+    }
+  });
+  return Status::ok();
+}
+
+Status ArmedExecutor::abort(epd_status_t reason, uint32_t deadline_ms) {
+  Impl& im = *impl_;
+  if (reason == EPD_OK) reason = EPD_ERR_SHUTTING_DOWN;
+  {
+    std::lock_guard<std::mutex> l(im.mu);  // no operation is being armed past this point
+    aborted_.store(true, std::memory_order_release);
+  }
+  EPD_CUDA_RETURN(cudaSetDevice(im.device));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(deadline_ms);
+  EPD_RETURN_IF_ERROR(im.write_abort(reason));
+  auto rewrite_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> l(im.mu);
+      if (im.drained()) return Status::ok();
+    }
+    if (std::chrono::steady_clock::now() > deadline) break;
+    // A live client of another rank may have rung over the abort bits: write them again (each ms).
+    if (std::chrono::steady_clock::now() > rewrite_at && cudaStreamQuery(im.abort_stream) == cudaSuccess) {
+      EPD_RETURN_IF_ERROR(im.write_abort(reason));
+      rewrite_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+    }
+    std::this_thread::yield();
+  }
+  std::lock_guard<std::mutex> l(im.mu);
+  std::string left;
+  for (int32_t s = 0; s < im.spec.slots; ++s)
+    left += " slot " + std::to_string(s) + ": " + std::to_string(im.done(s)) + "/" + std::to_string(im.armed[s]);
+  return make_status(EPD_ERR_TIMEOUT, "armed streams did not drain within %u ms after abort (completed/armed:%s)",
+                     deadline_ms, left.c_str());
+}
+
+Status ArmedExecutor::reset() {
+  Impl& im = *impl_;
+  std::lock_guard<std::mutex> l(im.mu);
+  if (!aborted()) return make_status(EPD_ERR_INVALID_ARGUMENT, "reset() needs a drained abort() first");
+  if (!im.drained()) return make_status(EPD_ERR_SLOT_BUSY, "reset(): armed operations are still pending");
+  EPD_CUDA_RETURN(cudaSetDevice(im.device));
+  for (cudaStream_t s : im.streams) EPD_CUDA_RETURN(cudaStreamSynchronize(s));
+  (void)im.ex->check_fault(im.abort_stream);  // clears fault words and the kernels' barrier state
+  EPD_CUDA_RETURN(cudaMemsetAsync(im.d_abort, 0, sizeof(uint32_t), im.abort_stream));
+  for (int32_t r = 0; r < im.spec.world_size; ++r)
+    for (int32_t s = 0; s < im.spec.slots; ++s)
+      EPD_CUDA_RETURN(cudaMemsetAsync(reinterpret_cast<void*>(im.word(r, s, 0)), 0, 2 * sizeof(uint32_t),
+                                      im.abort_stream));  // doorbell, completion
+  EPD_CUDA_RETURN(cudaStreamSynchronize(im.abort_stream));
+  std::memset(im.h_progress, 0, sizeof(gpu::ArmedProgress) * im.spec.slots);
+  for (auto& a : im.armed) a = 0;
+  im.health_status = Status::ok();
+  aborted_.store(false, std::memory_order_release);
+  if (im.running) return im.top_up();
+  return Status::ok();
+}
+
+uint64_t ArmedExecutor::completed(int32_t slot) const {
+  if (slot < 0 || slot >= impl_->spec.slots) return 0;
+  return impl_->done(slot);
+}
+
+Status ArmedExecutor::health() const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  return impl_->health_status;
+}
+
+std::string ArmedExecutor::describe() const {
+  const Impl& im = *impl_;
+  const char* conn = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
+  char b[160];
+  std::snprintf(b, sizeof b, "armed: GPU %d, %d ranks, %d slots, depth %d, CUDA_DEVICE_MAX_CONNECTIONS=%s; ",
+                im.device, im.spec.world_size, im.spec.slots, im.opt.depth, conn ? conn : "unset (8)");
+  return b + im.ex->describe_launch();
+}
+
+const GpuExecutor& ArmedExecutor::executor() const { return *impl_->ex; }
+
+}  // namespace epd

@@ -1,0 +1,127 @@
+// armed_kernels.cu — gate and completion kernels of the armed executor
+// (armed_kernels.h). One block each; the work is a few words per rank.
+#include <cuda_runtime.h>
+
+#include "armed_kernels.h"
+#include "control_block.h"
+
+namespace epd::gpu {
+namespace {
+
+constexpr int kArmedThreads = 256;
+
+__device__ ControlBlock* ctl(const ArmedParams& p, int r) { return reinterpret_cast<ControlBlock*>(p.bases[r]); }
+
+template <typename T>
+__device__ T load_volatile(const T* p) {
+  return *const_cast<const volatile T*>(p);
+}
+template <typename T>
+__device__ void store_volatile(T* p, T v) {
+  *const_cast<volatile T*>(p) = v;
+}
+
+__device__ int32_t fault_to_status(uint32_t fault) {
+  switch (fault) {
+    case kFaultExpertId: return EPD_ERR_EXPERT_ID_OUT_OF_RANGE;
+    case kFaultDuplicate: return EPD_ERR_INVALID_ARGUMENT;
+    case kFaultCapacity: return EPD_ERR_CAPACITY_EXCEEDED;
+    case kFaultTimeout: return EPD_ERR_TIMEOUT;
+    default: return EPD_ERR_DEVICE_FAULT;
+  }
+}
+
+__global__ void __launch_bounds__(kArmedThreads) armed_gate(ArmedParams p, int phase) {
+  const uint32_t mode = load_volatile(&ctl(p, 0)->slot[p.slot].weight_mode);
+  const bool apply = mode == EPD_WEIGHTS_APPLY;
+  for (int r = threadIdx.x; r < p.world; r += blockDim.x) {
+    uint32_t* n = &ctl(p, r)->slot[p.slot].n_captured;
+    if (phase == 0) {
+      p.saved_n[r] = load_volatile(n);
+      if (!apply) store_volatile(n, 0u);
+    } else {
+      store_volatile(n, apply ? 0u : p.saved_n[r]);
+    }
+  }
+  __threadfence();
+}
+
+__global__ void __launch_bounds__(kArmedThreads) armed_complete(ArmedParams p) {
+  __shared__ int first_fault;  // lowest rank with a fault word
+  __shared__ int bad_mode;
+  if (threadIdx.x == 0) {
+    first_fault = p.world;
+    bad_mode = 0;
+  }
+  __syncthreads();
+  const bool combine = p.op == kDoneCombine;
+  const uint32_t mode0 = load_volatile(&ctl(p, 0)->slot[p.slot].weight_mode);
+  for (int r = threadIdx.x; r < p.world; r += blockDim.x) {
+    ControlBlock* cb = ctl(p, r);
+    if (combine && p.expert_major) store_volatile(&cb->slot[p.slot].n_captured, p.saved_n[r]);
+    if (load_volatile(&cb->fault) != kFaultNone) atomicMin(&first_fault, r);
+    if (combine) {
+      const uint32_t m = load_volatile(&cb->slot[p.slot].weight_mode);
+      const bool valid = m == EPD_WEIGHTS_ALREADY_APPLIED || m == EPD_WEIGHTS_ONES ||
+                         (m == EPD_WEIGHTS_APPLY && p.expert_major);
+      if (!valid || m != mode0) bad_mode = 1;
+    }
+  }
+  __syncthreads();
+  const uint32_t abort_code = load_volatile(p.abort_word);
+  int32_t status = EPD_OK;
+  uint32_t fault = kFaultNone;
+  int32_t f_rank = -1, f_token = -1, f_k = -1;
+  int64_t f_value = 0;
+  if (abort_code != 0) {
+    status = -static_cast<int32_t>(abort_code);
+  } else if (first_fault < p.world) {
+    const ControlBlock* cb = ctl(p, first_fault);
+    fault = load_volatile(&cb->fault);
+    f_rank = load_volatile(&cb->fault_rank);
+    f_token = load_volatile(&cb->fault_token);
+    f_k = load_volatile(&cb->fault_k);
+    f_value = load_volatile(&cb->fault_value);
+    status = fault_to_status(fault);
+  } else if (bad_mode) {
+    status = EPD_ERR_BAD_WEIGHT_MODE;
+  }
+  __syncthreads();  // every thread has read the fault words before any is cleared
+  const uint32_t word = p.op | (static_cast<uint32_t>(-status) & 0xffffu) << 8 | (abort_code ? kArmedAbortBit : 0u);
+  for (int r = threadIdx.x; r < p.world; r += blockDim.x) {
+    ControlBlock* cb = ctl(p, r);
+    ControlSlot* s = &cb->slot[p.slot];
+    if (abort_code == 0 && load_volatile(&cb->fault) != kFaultNone && load_volatile(&cb->fault) != kFaultTimeout)
+      store_volatile(&cb->fault, static_cast<uint32_t>(kFaultNone));
+    store_volatile(&s->last_fault, fault);
+    store_volatile(&s->last_fault_rank, f_rank);
+    store_volatile(&s->last_fault_token, f_token);
+    store_volatile(&s->last_fault_k, f_k);
+    store_volatile(&s->last_fault_value, f_value);
+    store_volatile(&s->calls_done, p.seq);
+    __threadfence_system();
+    store_volatile(&s->completion, word);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence_system();
+    store_volatile(&p.progress->status, status);
+    __threadfence_system();
+    store_volatile(&p.progress->seq, p.seq);
+    __threadfence_system();
+  }
+}
+
+}  // namespace
+
+int launch_armed_gate(const ArmedParams& p, int phase, void* stream) {
+  armed_gate<<<1, kArmedThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, phase);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int launch_armed_complete(const ArmedParams& p, void* stream) {
+  armed_complete<<<1, kArmedThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace epd::gpu

@@ -1,0 +1,17 @@
+// cuda_status.h — CUDA runtime and driver errors turned into epd::Status right
+// at the call, with the library's own error name and file:line.
+// Thread-safety: stateless macros.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "status.h"
+
+#define EPD_CUDA_RETURN(expr)                                                              \
+  do {                                                                                     \
+    const cudaError_t epd_cuda_err_ = (expr);                                              \
+    if (epd_cuda_err_ != cudaSuccess)                                                      \
+      return ::epd::make_status(EPD_ERR_CUDA, "%s: %s (%s) at %s:%d", #expr,               \
+                                cudaGetErrorName(epd_cuda_err_),                           \
+                                cudaGetErrorString(epd_cuda_err_), __FILE__, __LINE__);    \
+  } while (0)

@@ -1,0 +1,89 @@
+// device_params.h — the plain structs the GPU executor hands to the kernels:
+// per (slot, rank) workspace addresses and per-slot scratch of the routing
+// scheme. Shared by the host side (gpu_executor.cc, g++) and the kernels (nvcc),
+// so it holds no CUDA types. Every pointer is a device address owned by the
+// GpuExecutor (scratch, tables) or by the workspace allocator (rank bases).
+// Thread-safety: plain data.
+#pragma once
+
+#include <cstdint>
+
+namespace epd::gpu {
+
+// One rank's regions for one slot, as device pointers (base + layout offset).
+struct DevRank {
+  uint8_t* ctl;          // ControlBlock at the workspace base
+  const uint8_t* send_hdr;
+  const uint8_t* send_x;
+  const int32_t* send_ids;
+  const float* send_weights;
+  int32_t* route_rank;
+  int32_t* route_row;
+  int32_t* recv_total;
+  int32_t* recv_counts;
+  uint8_t* recv_x;
+  float* recv_scales;
+  int32_t* recv_ids;
+  float* recv_weights;
+  int32_t* recv_src;
+  const uint8_t* combine_in;
+  uint8_t* combine_out;
+  int64_t recv_rows;
+};
+
+// Routing scratch of one slot (executor-owned device memory). The destination
+// space has D = E (+ W for rank_major) entries: experts first, then ranks.
+struct SlotScratch {
+  uint32_t* bitmaps;               // [W][chunks][D]: bit t%32 set if token t of the chunk goes to d
+  int32_t* offsets;                // [W][chunks][D]: rows before this chunk at d (exclusive prefix)
+  int32_t* totals;                 // [D]
+  unsigned long long* fault_key;   // min over faulting (rank, token, k, kind); ~0 = none
+  uint32_t* abort;                 // 1 when the current dispatch found a fault
+  uint32_t* barrier;               // [2]: arrivals, generation (low_latency grid barrier)
+};
+
+struct DispatchParams {
+  const DevRank* ranks;            // [W] for this slot
+  const int32_t* owner;            // [E] expert -> rank
+  const int32_t* local_index;      // [E] expert -> index among its owner's experts
+  SlotScratch scratch;
+  int32_t world, experts, top_k, hidden, max_tokens;
+  int32_t dests;                   // D
+  int32_t chunks;                  // ceil(max_tokens / 32)
+  int32_t rank_major;              // 1 rank_major, 0 expert_major
+  int32_t dtype;                   // epd_dtype_t
+  int32_t fp8;                     // 1 with fp8-e4m3 block-128 quantisation
+  int32_t slot;
+  int32_t parts;                   // warps per token in scatter (each a slice of the row)
+  uint64_t in_row_bytes, recv_row_bytes;
+  uint64_t timeout_ns;             // deadline of every spin-wait
+};
+
+struct CombineParams {
+  const DevRank* ranks;
+  int32_t world, top_k, hidden, max_tokens, rank_major, dtype, apply, slot;
+  int32_t parts;                   // warps per token (each a slice of the row)
+  uint64_t in_row_bytes;
+};
+
+// Launchers (dispatch.cu, combine.cu). `stream` is a cudaStream_t. They return
+// a cudaError_t as int (0 = success) so this header stays CUDA-free.
+struct LaunchShape {
+  int32_t count_blocks, prefix_blocks, scatter_blocks;  // high_throughput grids
+  int32_t fused_blocks;                                 // low_latency cooperative grid
+  int32_t combine_blocks;
+  int32_t low_latency;                                  // 1: one fused cooperative launch
+};
+
+int launch_dispatch(const DispatchParams& p, const LaunchShape& shape, void* stream);
+int launch_combine(const CombineParams& p, const LaunchShape& shape, void* stream);
+// Shared memory the dispatch kernels need per block (for the caller's checks).
+uint64_t dispatch_smem_bytes(const DispatchParams& p);
+int prepare_dispatch_kernels(const DispatchParams& p);  // raises smem limits; cudaError_t
+// Co-resident blocks per SM of the low_latency (cooperative) dispatch kernel.
+int fused_blocks_per_sm(const DispatchParams& p, int* blocks);  // cudaError_t
+
+constexpr int kThreads = 256;     // threads per block of every kernel
+constexpr int kWarps = kThreads / 32;
+
+}  // namespace epd::gpu

@@ -1,0 +1,153 @@
+// gpu_workspace.cc — GpuWorkspace: device workspaces from cuMemCreate, mapped
+// with cuMemMap and exportable as POSIX file descriptors. The driver API is
+// resolved at run time through the static runtime's
+// cudaGetDriverEntryPointByVersion, so nothing links libcuda and a machine
+// without a driver gets EPD_ERR_GPU_UNAVAILABLE instead of a loader error.
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include <mutex>
+
+#include "cuda_status.h"
+#include "gpu_executor.h"
+
+namespace epd {
+
+namespace {
+
+struct Driver {
+  decltype(&cuMemCreate) mem_create = nullptr;
+  decltype(&cuMemRelease) mem_release = nullptr;
+  decltype(&cuMemAddressReserve) address_reserve = nullptr;
+  decltype(&cuMemAddressFree) address_free = nullptr;
+  decltype(&cuMemMap) mem_map = nullptr;
+  decltype(&cuMemUnmap) mem_unmap = nullptr;
+  decltype(&cuMemSetAccess) set_access = nullptr;
+  decltype(&cuMemGetAllocationGranularity) granularity = nullptr;
+  decltype(&cuMemExportToShareableHandle) export_handle = nullptr;
+  decltype(&cuGetErrorName) error_name = nullptr;
+  Status status;
+};
+
+template <typename F>
+Status resolve(const char* name, F* fn) {
+  void* p = nullptr;
+  cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+  const cudaError_t e = cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &q);
+  if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !p)
+    return make_status(EPD_ERR_GPU_UNAVAILABLE, "CUDA driver entry point %s unavailable: %s", name,
+                       e != cudaSuccess ? cudaGetErrorName(e) : "symbol not found");
+  *fn = reinterpret_cast<F>(p);
+  return Status::ok();
+}
+
+const Driver& driver() {
+  static Driver d;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    auto count = gpu_device_count();  // initialises the runtime, which loads libcuda.so.1
+    if (!count) {
+      d.status = count.status();
+      return;
+    }
+    Status s;
+    if (s) s = resolve("cuMemCreate", &d.mem_create);
+    if (s) s = resolve("cuMemRelease", &d.mem_release);
+    if (s) s = resolve("cuMemAddressReserve", &d.address_reserve);
+    if (s) s = resolve("cuMemAddressFree", &d.address_free);
+    if (s) s = resolve("cuMemMap", &d.mem_map);
+    if (s) s = resolve("cuMemUnmap", &d.mem_unmap);
+    if (s) s = resolve("cuMemSetAccess", &d.set_access);
+    if (s) s = resolve("cuMemGetAllocationGranularity", &d.granularity);
+    if (s) s = resolve("cuMemExportToShareableHandle", &d.export_handle);
+    if (s) s = resolve("cuGetErrorName", &d.error_name);
+    d.status = s;
+  });
+  return d;
+}
+
+Status cu_status(const Driver& d, CUresult r, const char* what, int line) {
+  const char* name = "?";
+  if (d.error_name) d.error_name(r, &name);
+  return make_status(EPD_ERR_CUDA, "%s: %s at %s:%d", what, name, __FILE__, line);
+}
+
+#define EPD_CU_RETURN(d, expr)                                    \
+  do {                                                            \
+    const CUresult epd_cu_err_ = (expr);                          \
+    if (epd_cu_err_ != CUDA_SUCCESS) return cu_status(d, epd_cu_err_, #expr, __LINE__); \
+  } while (0)
+
+CUmemAllocationProp allocation_prop(int32_t device) {
+  CUmemAllocationProp prop = {};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = device;
+  prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+  return prop;
+}
+
+}  // namespace
+
+GpuWorkspace::~GpuWorkspace() {
+  const Driver& d = driver();
+  if (!d.status || !ptr_) return;
+  const auto va = reinterpret_cast<CUdeviceptr>(ptr_);
+  d.mem_unmap(va, mapped_);
+  d.address_free(va, mapped_);
+  d.mem_release(handle_);
+}
+
+Result<std::unique_ptr<GpuWorkspace>> GpuWorkspace::create(uint64_t bytes, int32_t device) {
+  const Driver& d = driver();
+  if (!d.status) return d.status;
+  EPD_CUDA_RETURN(cudaSetDevice(device));
+  EPD_CUDA_RETURN(cudaFree(nullptr));  // makes the primary context current
+  const CUmemAllocationProp prop = allocation_prop(device);
+  size_t gran = 0;
+  EPD_CU_RETURN(d, d.granularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED));
+  std::unique_ptr<GpuWorkspace> w(new GpuWorkspace());
+  w->bytes_ = bytes;
+  w->mapped_ = (bytes + gran - 1) / gran * gran;
+  w->device_ = device;
+  CUmemGenericAllocationHandle h = 0;
+  EPD_CU_RETURN(d, d.mem_create(&h, w->mapped_, &prop, 0));
+  CUdeviceptr va = 0;
+  if (CUresult r = d.address_reserve(&va, w->mapped_, gran, 0, 0); r != CUDA_SUCCESS) {
+    d.mem_release(h);
+    return cu_status(d, r, "cuMemAddressReserve", __LINE__);
+  }
+  if (CUresult r = d.mem_map(va, w->mapped_, 0, h, 0); r != CUDA_SUCCESS) {
+    d.address_free(va, w->mapped_);
+    d.mem_release(h);
+    return cu_status(d, r, "cuMemMap", __LINE__);
+  }
+  w->ptr_ = reinterpret_cast<uint8_t*>(va);
+  w->handle_ = h;
+  CUmemAccessDesc access = {};
+  access.location = prop.location;
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  EPD_CU_RETURN(d, d.set_access(va, w->mapped_, &access, 1));  // w's destructor unmaps on error
+  return w;
+}
+
+Result<int> GpuWorkspace::export_fd() const {
+  const Driver& d = driver();
+  if (!d.status) return d.status;
+  int fd = -1;
+  EPD_CU_RETURN(d, d.export_handle(&fd, handle_, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0));
+  return fd;
+}
+
+Result<std::vector<std::unique_ptr<GpuWorkspace>>> allocate_gpu_workspaces(const GroupSpec& spec,
+                                                                           int32_t device) {
+  std::vector<std::unique_ptr<GpuWorkspace>> out;
+  for (int32_t r = 0; r < spec.world_size; ++r) {
+    auto w = GpuWorkspace::create(workspace_bytes(spec, r), device);
+    if (!w) return w.status();
+    out.push_back(std::move(w.value()));
+  }
+  return out;
+}
+
+}  // namespace epd

@@ -1,0 +1,108 @@
+// gpu_armed.h — the daemon's armed GPU executor: for one group on one GPU, one
+// CUDA stream per slot kept armed ahead of time, so no CPU is on a call's
+// critical path; plus MPS detection and the CUDA environment the daemon needs.
+//
+// Per slot the armed stream holds, for each operation ahead of time:
+//   cuStreamWaitValue32(doorbell of every rank, kRingDispatch | kRingCombine, AND)
+//   GpuExecutor::dispatch (or combine, with the weight mode from the ranks' control words)
+//   a completion kernel: the kernels' fault words (or the abort reason) become a
+//   status, written with kDoneDispatch / kDoneCombine into every rank's
+//   completion word and into a host-mapped progress word for the re-arm thread.
+// Dispatch and combine strictly alternate per slot (dispatch first), so the
+// daemon knows which one comes next without being told; the doorbell values
+// are constants, which makes the client's enqueue replayable in a CUDA graph
+// (control_block.h defines the words and values). A re-arm thread keeps
+// `depth` operations armed per slot as earlier ones complete.
+//
+// Deadline path: abort(reason) sets a device abort word and writes
+// kRingDispatch | kRingCombine | kArmedAbortBit into every doorbell from a
+// separate stream, so every armed wait is released and the streams drain (the
+// kernels run on stale inputs, bounded by their own deadlines); each drained
+// operation completes with `reason` (EPD_ERR_PEER_LOST / EPD_ERR_SHUTTING_DOWN).
+// reset() then clears doorbells, completions and faults and re-arms for the
+// next client generation.
+//
+// CUDA-free header (implementation in kernels/cuda/armed_*.cc, target epd_cuda).
+// Ownership: the executor owns its GpuExecutor, streams and scratch; it does not
+// own the workspaces (rank_bases), which must outlive it.
+// Thread-safety: abort(), aborted(), completed() and describe() may be called
+// from any thread; start(), reset() and destruction from one owner thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "epd/types.h"
+#include "spec.h"
+#include "status.h"
+
+namespace epd {
+
+// Sets CUDA_DEVICE_MAX_CONNECTIONS to `connections` (default 32) unless the
+// environment already sets it. Must run before anything initialises CUDA in the
+// process (the daemon's main, first thing): armed streams block at a wait, and
+// streams beyond the connection count share a hardware queue, so a blocked
+// wait would stall the streams behind it (the abort stream included).
+void armed_prepare_environment(int32_t connections = 32);
+
+// Whether CUDA MPS serves contexts on `device`, and a one-line description for
+// the log and status ("MPS active on GPU 0 (CU_DEVICE_ATTRIBUTE_MPS_ENABLED)",
+// "MPS not active: no control pipe at /tmp/nvidia-mps/control", ...).
+struct MpsState {
+  bool active = false;
+  std::string description;
+};
+MpsState detect_mps(int32_t device);
+
+struct ArmedOptions {
+  int32_t depth = 8;        // operations armed ahead per slot (>= 2)
+  uint32_t poll_us = 20;    // re-arm thread poll period; off the critical path while depth > 0 remain
+};
+
+class GpuExecutor;
+
+class ArmedExecutor {
+ public:
+  ~ArmedExecutor();  // abort(EPD_ERR_SHUTTING_DOWN), drain, join the re-arm thread
+  ArmedExecutor(const ArmedExecutor&) = delete;
+  ArmedExecutor& operator=(const ArmedExecutor&) = delete;
+
+  // spec must be valid; rank_bases as for GpuExecutor::create (every rank of
+  // the group, reachable from `device`). Initialises the control blocks.
+  static Result<std::unique_ptr<ArmedExecutor>> create(const GroupSpec& spec, std::vector<uint8_t*> rank_bases,
+                                                       int32_t device, const ArmedOptions& options = {});
+
+  // Arms `depth` operations per slot and starts the re-arm thread.
+  Status start();
+
+  // Releases every armed wait with `reason` (EPD_ERR_PEER_LOST, EPD_ERR_SHUTTING_DOWN,
+  // EPD_ERR_TIMEOUT, ...) and waits until every armed operation has completed,
+  // at most `deadline_ms`. OK once drained; EPD_ERR_TIMEOUT when the deadline passed.
+  // Idempotent; stops re-arming until reset().
+  Status abort(epd_status_t reason, uint32_t deadline_ms);
+
+  // After a drained abort: clears every rank's doorbells, completions and
+  // fault words and the abort word, then re-arms. Clients must start their
+  // slot state afresh (a re-join).
+  Status reset();
+
+  bool aborted() const { return aborted_.load(std::memory_order_acquire); }
+  // Operations (dispatches plus combines) completed on `slot` since the last reset.
+  uint64_t completed(int32_t slot) const;
+  // The first error the re-arm thread hit (a CUDA error, or a kernel timeout
+  // fault, after which it aborts itself with EPD_ERR_TIMEOUT); OK otherwise.
+  Status health() const;
+  std::string describe() const;
+  const GpuExecutor& executor() const;
+
+ private:
+  struct Impl;
+  ArmedExecutor();
+  std::atomic<bool> aborted_{false};
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace epd

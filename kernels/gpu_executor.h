@@ -1,0 +1,120 @@
+// gpu_executor.h — dispatch and combine on NVIDIA GPUs for every rank of a
+// group whose workspaces one device reaches by load/store (all on that GPU, or
+// on peers with CUDA peer access), plus the cuMem allocator of those workspaces.
+//
+// CUDA-free on purpose: streams are `void*` (a cudaStream_t, nullptr = the
+// legacy default stream) and device addresses are `uint8_t*`, so the daemon and
+// tests include this with the host compiler. Implemented in kernels/cuda/
+// (target epd_cuda). The CUDA runtime is linked statically and the driver API is
+// reached through cudaGetDriverEntryPointByVersion, so a binary starts on a
+// machine without a driver; every entry point then returns
+// EPD_ERR_GPU_UNAVAILABLE with the reason.
+//
+// Contract: the same as HostExecutor (host_executor.h), bit for bit: rows
+// ordered by (source rank, source token), fp8 block-128 quantisation, padding
+// rows with ids -1 / weights 0 / source {-1,-1}, counts and totals, combine
+// sums in the fixed order with fp32 accumulation and no FMA. Calls are
+// stream-ordered and enqueue fixed-size grids whose token counts come from the
+// send slots' SendHeader in device memory, so they can be captured in a CUDA
+// graph. Faults found by the kernels (bad expert id, duplicate id, count above
+// capacity, a spin-wait past its deadline, a corrupt route) are recorded in the
+// offending rank's ControlBlock (control_block.h); check_fault() turns the
+// first into a Status and clears them, and the next call works.
+// Thread-safety: one thread at a time per executor (the daemon serialises per
+// group); different executors are independent.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "epd/types.h"
+#include "layout.h"
+#include "spec.h"
+#include "status.h"
+
+namespace epd {
+
+// Number of usable CUDA devices, or EPD_ERR_GPU_UNAVAILABLE saying why none
+// (no driver, no device, driver too old).
+Result<int32_t> gpu_device_count();
+
+// One rank's device workspace: physical memory from cuMemCreate (exportable as
+// a POSIX file descriptor), mapped read/write for its device. Owns the memory;
+// unmapped and released on destruction.
+class GpuWorkspace {
+ public:
+  ~GpuWorkspace();
+  GpuWorkspace(const GpuWorkspace&) = delete;
+  GpuWorkspace& operator=(const GpuWorkspace&) = delete;
+
+  // Allocates `bytes` (rounded up to the allocation granularity) on `device`.
+  static Result<std::unique_ptr<GpuWorkspace>> create(uint64_t bytes, int32_t device);
+
+  uint8_t* device_ptr() const { return ptr_; }
+  uint64_t bytes() const { return bytes_; }     // requested bytes
+  uint64_t mapped_bytes() const { return mapped_; }
+  int32_t device() const { return device_; }
+  // A new file descriptor for the allocation (cuMemExportToShareableHandle);
+  // the caller owns and closes it.
+  Result<int> export_fd() const;
+
+ private:
+  GpuWorkspace() = default;
+  uint8_t* ptr_ = nullptr;
+  uint64_t bytes_ = 0, mapped_ = 0;
+  unsigned long long handle_ = 0;  // CUmemGenericAllocationHandle
+  int32_t device_ = 0;
+};
+
+// One workspace per rank of `spec` (spec order), each workspace_bytes(spec, r) long.
+Result<std::vector<std::unique_ptr<GpuWorkspace>>> allocate_gpu_workspaces(const GroupSpec& spec,
+                                                                           int32_t device);
+
+// Launch tuning; a zero field keeps the executor's own choice. For benchmarks.
+struct GpuTuning {
+  int32_t parts = 0;                // warps per token row in the dispatch scatter, 1..8
+  int32_t combine_parts = 0;        // warps per token row in combine, 1..8
+  int32_t fused_blocks_per_sm = 0;  // low_latency cooperative grid, blocks per SM
+};
+
+class GpuExecutor {
+ public:
+  ~GpuExecutor();
+  GpuExecutor(const GpuExecutor&) = delete;
+  GpuExecutor& operator=(const GpuExecutor&) = delete;
+
+  // spec must be valid; rank_bases[r] is rank r's workspace (device address
+  // usable on `device`). Initialises every rank's control block.
+  static Result<std::unique_ptr<GpuExecutor>> create(const GroupSpec& spec,
+                                                     std::vector<uint8_t*> rank_bases,
+                                                     int32_t device, const GpuTuning& tuning = {});
+
+  // Enqueue on `stream`. Errors returned here are argument or launch errors;
+  // faults in the data come from check_fault().
+  Status dispatch(int32_t slot, void* stream);
+  Status combine(int32_t slot, epd_weight_mode_t mode, void* stream);
+
+  // Waits for `stream` (nullptr: the last stream this executor used), then
+  // returns the first recorded fault (lowest rank) as a Status naming rank,
+  // token, k and value, and clears all fault words. OK when none.
+  Status check_fault(void* stream = nullptr);
+
+  const GroupLayout& layout() const { return layout_; }
+  const GroupSpec& spec() const { return spec_; }
+  // Device scratch this executor allocated beside the workspaces (bytes).
+  uint64_t scratch_bytes() const { return scratch_bytes_; }
+  // The launch shape chosen: "parts=8 combine_parts=8 fused_blocks=396 ...".
+  std::string describe_launch() const;
+
+ private:
+  struct Impl;
+  GpuExecutor() = default;
+  GroupSpec spec_;
+  GroupLayout layout_;
+  uint64_t scratch_bytes_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace epd

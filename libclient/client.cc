@@ -1,0 +1,541 @@
+// client.cc — libepd-client: the C ABI of epd/epd.h over the control protocol
+// (protocol.h) and the shared session block (shm_layout.h).
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "epd/epd.h"
+#include "host_executor.h"
+#include "layout.h"
+#include "protocol.h"
+#include "shm_layout.h"
+
+namespace {
+
+using epd::Result;
+using epd::Status;
+using epd::make_status;
+namespace proto = epd::proto;
+namespace shm = epd::shm;
+
+constexpr uint32_t kClientMagic = 0x43445045;  // "EPDC"
+constexpr uint32_t kGroupMagic = 0x47445045;   // "EPDG"
+constexpr int64_t kSpinNs = 20000;             // spin before sleeping on the futex
+constexpr int64_t kSliceNs = 100 * 1000000LL;  // futex slice: the connection is checked between slices
+constexpr int64_t kRequestNs = 10 * 1000000000LL;
+
+thread_local std::string tls_connect_error;
+thread_local std::string tls_returned;
+
+struct Handle {
+  explicit Handle(uint32_t m) : magic(m) {}
+  uint32_t magic;
+  std::mutex err_mu;
+  std::string last_error;
+  epd_status_t fail(const Status& st) {
+    std::lock_guard<std::mutex> lk(err_mu);
+    last_error = st.to_string();
+    return st.code();
+  }
+};
+
+struct Connection {
+  int sock = -1;
+  int doorbell = -1;
+  void* shm = nullptr;
+  std::mutex mu;  // one request at a time
+  uint64_t next_rid = 1;
+  proto::HelloReply hello;
+  std::atomic<bool> lost{false};
+  std::atomic<bool> shutdown_seen{false};
+  ~Connection() {
+    if (shm) munmap(shm, shm::kTotalBytes);
+    if (doorbell >= 0) close(doorbell);
+    if (sock >= 0) close(sock);
+  }
+  bool shutting_down() const {
+    return shutdown_seen.load() ||
+           shm::word(shm::header(shm)->daemon_state).load(std::memory_order_acquire) == shm::kShuttingDown;
+  }
+  Status lost_status() const {
+    if (shutting_down()) return make_status(EPD_ERR_SHUTTING_DOWN, "the epd daemon (pid %u) is shutting down", hello.daemon_pid);
+    return make_status(EPD_ERR_DAEMON_LOST, "the epd daemon (pid %u) closed the connection", hello.daemon_pid);
+  }
+  // Sends a request and waits for the record answering it (or an ERROR with its id).
+  Result<proto::Received> call(const std::vector<uint8_t>& rec, uint64_t rid, int64_t timeout_ns);
+};
+
+struct epd_client_impl : Handle {
+  epd_client_impl() : Handle(kClientMagic) {}
+  std::shared_ptr<Connection> conn;
+};
+
+enum class Phase : int { kIdle, kDispatching, kDispatched, kCombining };
+
+struct epd_group_impl : Handle {
+  epd_group_impl() : Handle(kGroupMagic) {}
+  std::shared_ptr<Connection> conn;
+  epd::GroupSpec spec;
+  epd::GroupLayout layout;
+  uint8_t* ws = nullptr;
+  uint64_t ws_bytes = 0;
+  uint8_t* mine = nullptr;  // this rank's region
+  uint32_t index = 0;
+  uint64_t group_id = 0;
+  shm::Membership* entry = nullptr;
+  struct Slot {
+    std::atomic<Phase> phase{Phase::kIdle};
+    uint32_t dispatch_seq = 0, combine_seq = 0;
+    int32_t n_tokens = 0;
+  };
+  Slot slots[EPD_MAX_SLOTS];
+  ~epd_group_impl() {
+    if (ws) munmap(ws, ws_bytes);
+  }
+};
+
+Result<proto::Received> Connection::call(const std::vector<uint8_t>& rec, uint64_t rid, int64_t timeout_ns) {
+  if (lost.load()) return lost_status();
+  int rc = proto::send_record(sock, rec, nullptr, 0, false);
+  if (rc != 0) {
+    lost = true;
+    if (rc == -EAGAIN) return make_status(EPD_ERR_TIMEOUT, "epd did not take a request within 10 s");
+    return rc == -EPIPE || rc == -ECONNRESET ? lost_status() : epd::errno_status("sendmsg to epd", -rc);
+  }
+  const int64_t deadline = shm::monotonic_ns() + timeout_ns;
+  for (;;) {
+    const int64_t left = deadline - shm::monotonic_ns();
+    if (left <= 0)
+      return make_status(EPD_ERR_TIMEOUT, "no reply from epd within %lld ms", static_cast<long long>(timeout_ns / 1000000));
+    pollfd p{sock, POLLIN, 0};
+    const int n = poll(&p, 1, static_cast<int>(std::min<int64_t>(left / 1000000 + 1, 1000)));
+    if (n < 0 && errno != EINTR) return epd::errno_status("poll", errno);
+    if (n <= 0) continue;
+    proto::Received rx;
+    rc = proto::recv_record(sock, rx, false);
+    if (rc < 0 || rx.eof) {
+      for (int fd : rx.fds) close(fd);
+      lost = true;
+      return lost_status();
+    }
+    auto f = proto::decode_frame(rx.data.data(), rx.data.size());
+    if (!f) {
+      for (int fd : rx.fds) close(fd);
+      return f.status();
+    }
+    if (f->header.type == proto::MsgType::kShutdown) {
+      shutdown_seen = true;
+      continue;
+    }
+    if (f->header.request_id != rid) {
+      for (int fd : rx.fds) close(fd);
+      continue;  // a late answer to a request that timed out
+    }
+    return rx;
+  }
+}
+
+// The status carried by an ERROR record, or OK when `f` is not one.
+Status error_of(const proto::Frame& f) {
+  if (f.header.type != proto::MsgType::kError) return Status::ok();
+  auto r = proto::decode_reply(f);
+  if (!r) return r.status();
+  return Status(static_cast<epd_status_t>(r->status), r->message);
+}
+
+void close_all(std::vector<int>& fds) {
+  for (int fd : fds) close(fd);
+  fds.clear();
+}
+
+epd_client_impl* as_client(epd_client_t* c) {
+  auto* h = reinterpret_cast<epd_client_impl*>(c);
+  return h && h->magic == kClientMagic ? h : nullptr;
+}
+epd_group_impl* as_group(epd_group_t* g) {
+  auto* h = reinterpret_cast<epd_group_impl*>(g);
+  return h && h->magic == kGroupMagic ? h : nullptr;
+}
+
+Status check_slot(const epd_group_impl& g, int32_t slot) {
+  if (slot < 0 || slot >= g.spec.slots)
+    return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, g.spec.slots);
+  return Status::ok();
+}
+
+Status check_live(const epd_group_impl& g) {
+  if (g.conn->lost.load() || g.conn->shutting_down()) return g.conn->lost_status();
+  const int32_t fault = shm::word(shm::header(g.conn->shm)->fault_word).load(std::memory_order_acquire);
+  if (fault != 0)
+    return make_status(EPD_ERR_DEVICE_FAULT, "the daemon set the fault word to %d (%s)", fault,
+                       epd_status_string(static_cast<epd_status_t>(fault)));
+  return Status::ok();
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+void ring(const epd_group_impl& g) {
+  const uint64_t one = 1;
+  if (write(g.conn->doorbell, &one, sizeof one) < 0) {
+    // EAGAIN: the counter is already non-zero, the daemon will look anyway.
+  }
+}
+
+// Waits until *word reaches seq, with the deadline and the liveness checks of epd.h.
+Status wait_seq(epd_group_impl& g, uint32_t* word, uint32_t seq, uint32_t* waiters, uint32_t timeout_ms,
+                const char* what, int32_t slot) {
+  auto done = [&] { return static_cast<int32_t>(shm::word(*word).load(std::memory_order_acquire) - seq) >= 0; };
+  const int64_t start = shm::monotonic_ns();
+  const int64_t limit_ms = timeout_ms ? timeout_ms : g.spec.timeout_ms;
+  const int64_t deadline = start + limit_ms * 1000000LL;
+  while (shm::monotonic_ns() - start < kSpinNs)
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return Status::ok();
+      cpu_relax();
+    }
+  for (;;) {
+    if (done()) return Status::ok();
+    if (g.conn->lost.load()) return g.conn->lost_status();
+    pollfd p{g.conn->sock, POLLRDHUP, 0};
+    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR))) {
+      if (done()) return Status::ok();
+      g.conn->lost = true;
+      return g.conn->lost_status();
+    }
+    const int64_t now = shm::monotonic_ns();
+    if (now >= deadline)
+      return make_status(EPD_ERR_TIMEOUT, "%s_wait on slot %d: not finished within %lld ms (still in flight; "
+                         "'epctl ranks' shows which rank is behind)", what, slot, static_cast<long long>(limit_ms));
+    shm::word(*waiters).fetch_add(1, std::memory_order_seq_cst);
+    const uint32_t v = shm::word(*word).load(std::memory_order_seq_cst);
+    if (static_cast<int32_t>(v - seq) < 0) shm::futex_wait(word, v, std::min(kSliceNs, deadline - now));
+    shm::word(*waiters).fetch_sub(1, std::memory_order_seq_cst);
+  }
+}
+
+}  // namespace
+
+struct epd_client : epd_client_impl {};
+struct epd_group : epd_group_impl {};
+
+extern "C" {
+
+EPD_API epd_status_t epd_client_connect(const char* socket_path, epd_client_t** out) {
+  auto fail = [](const Status& st) {
+    tls_connect_error = st.to_string();
+    return st.code();
+  };
+  if (!out) return fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL"));
+  const char* path = socket_path ? socket_path : getenv("EPD_SOCKET");
+  if (!path || !*path) path = EPD_DEFAULT_SOCKET;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof addr.sun_path)
+    return fail(make_status(EPD_ERR_INVALID_ARGUMENT, "socket path '%s' is longer than %zu bytes", path,
+                            sizeof addr.sun_path - 1));
+  std::strcpy(addr.sun_path, path);
+  auto conn = std::make_shared<Connection>();
+  conn->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (conn->sock < 0) return fail(epd::errno_status("socket(AF_UNIX, SOCK_SEQPACKET)", errno));
+  // Requests are small; a send that cannot complete in 10 s means a daemon that does not read.
+  const timeval send_limit{10, 0};
+  setsockopt(conn->sock, SOL_SOCKET, SO_SNDTIMEO, &send_limit, sizeof send_limit);
+  if (connect(conn->sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    const int e = errno;
+    return fail(make_status(e == EACCES ? EPD_ERR_PERMISSION : EPD_ERR_DAEMON_LOST, "connect(%s): %s", path, strerror(e)));
+  }
+  proto::Hello h;
+  h.client_pid = static_cast<uint32_t>(getpid());
+  h.client_name = "libepd-client";
+  const uint64_t rid = conn->next_rid++;
+  auto rx = conn->call(proto::encode(h, rid), rid, kRequestNs);
+  if (!rx) return fail(rx.status());
+  auto f = proto::decode_frame(rx->data.data(), rx->data.size());
+  Status st = f ? error_of(*f) : f.status();
+  Result<proto::HelloReply> hr = st ? proto::decode_hello_reply(*f) : Result<proto::HelloReply>(st);
+  if (!hr) {
+    close_all(rx->fds);
+    return fail(hr.status());
+  }
+  if (hr->status != EPD_OK || rx->fds.size() != 2) {
+    close_all(rx->fds);
+    return fail(hr->status != EPD_OK ? Status(static_cast<epd_status_t>(hr->status), hr->message)
+                                     : make_status(EPD_ERR_PROTOCOL, "HELLO_REPLY carried %zu file descriptors, expected 2",
+                                                   rx->fds.size()));
+  }
+  struct stat sb;
+  if (fstat(rx->fds[0], &sb) != 0 || static_cast<uint64_t>(sb.st_size) < shm::kTotalBytes ||
+      hr->shm_bytes != shm::kTotalBytes) {
+    close_all(rx->fds);
+    return fail(make_status(EPD_ERR_PROTOCOL, "session block of %u bytes, this library expects %u (layout version %u)",
+                            hr->shm_bytes, shm::kTotalBytes, shm::kLayoutVersion));
+  }
+  void* p = mmap(nullptr, shm::kTotalBytes, PROT_READ | PROT_WRITE, MAP_SHARED, rx->fds[0], 0);
+  close(rx->fds[0]);
+  conn->doorbell = rx->fds[1];
+  if (p == MAP_FAILED) return fail(epd::errno_status("mmap(session block)", errno));
+  conn->shm = p;
+  const shm::Header* hdr = shm::header(p);
+  if (hdr->magic != shm::kMagic || hdr->layout_version != shm::kLayoutVersion ||
+      hdr->membership_offset != shm::kMembershipOffset || hdr->membership_stride != sizeof(shm::Membership) ||
+      hdr->max_memberships != shm::kMaxMemberships)
+    return fail(make_status(EPD_ERR_VERSION_MISMATCH, "session block layout version %u (magic 0x%08x), this library speaks %u",
+                            hdr->layout_version, hdr->magic, shm::kLayoutVersion));
+  conn->hello = std::move(hr.value());
+  auto* c = new epd_client();
+  c->conn = std::move(conn);
+  *out = c;
+  return EPD_OK;
+}
+
+EPD_API void epd_client_disconnect(epd_client_t* client) {
+  epd_client_impl* c = as_client(client);
+  if (!c) return;
+  c->magic = 0;
+  shutdown(c->conn->sock, SHUT_RDWR);
+  c->conn->lost = true;
+  delete static_cast<epd_client*>(client);
+}
+
+EPD_API epd_status_t epd_client_query(epd_client_t* client, epd_client_info_t* out) {
+  epd_client_impl* c = as_client(client);
+  if (!c) return EPD_ERR_INVALID_ARGUMENT;
+  if (!out || out->struct_size < sizeof(epd_client_info_t))
+    return c->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL or its struct_size = %u is below %zu",
+                               out ? out->struct_size : 0, sizeof(epd_client_info_t)));
+  const proto::HelloReply& h = c->conn->hello;
+  out->protocol_major = proto::kMajor;
+  out->protocol_minor = proto::kMinor;
+  out->daemon_pid = static_cast<int32_t>(h.daemon_pid);
+  out->capabilities = h.capabilities;
+  out->session_id = h.session_id;
+  std::snprintf(out->daemon_version, sizeof out->daemon_version, "%s", h.daemon_version.c_str());
+  return EPD_OK;
+}
+
+EPD_API epd_status_t epd_group_join(epd_client_t* client, const epd_group_spec_t* cspec, epd_group_t** out) {
+  epd_client_impl* c = as_client(client);
+  if (!c) return EPD_ERR_INVALID_ARGUMENT;
+  if (!cspec || !out) return c->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "%s is NULL", cspec ? "out" : "spec"));
+  auto spec = epd::GroupSpec::from_c(*cspec);
+  if (!spec) return c->fail(spec.status());
+  if (Status st = spec->validate(); !st) return c->fail(st);
+  Connection& conn = *c->conn;
+  std::lock_guard<std::mutex> lk(conn.mu);
+  const uint64_t rid = conn.next_rid++;
+  proto::Join j{spec.value()};
+  auto rx = conn.call(proto::encode(j, rid), rid, static_cast<int64_t>(spec->timeout_ms) * 1000000LL + kRequestNs);
+  if (!rx) return c->fail(rx.status());
+  auto f = proto::decode_frame(rx->data.data(), rx->data.size());
+  Status st = f ? error_of(*f) : f.status();
+  Result<proto::JoinReply> jr = st ? proto::decode_join_reply(*f) : Result<proto::JoinReply>(st);
+  if (!jr) {
+    close_all(rx->fds);
+    return c->fail(jr.status());
+  }
+  if (jr->status != EPD_OK) {
+    close_all(rx->fds);
+    return c->fail(Status(static_cast<epd_status_t>(jr->status), jr->message));
+  }
+  auto g = std::make_unique<epd_group>();
+  g->conn = c->conn;
+  g->spec = std::move(spec.value());
+  g->layout = epd::GroupLayout::compute(g->spec);
+  struct stat sb;
+  if (rx->fds.size() != 1 || jr->member_index >= shm::kMaxMemberships || jr->workspace_bytes != g->layout.total_bytes ||
+      fstat(rx->fds[0], &sb) != 0 || static_cast<uint64_t>(sb.st_size) != jr->workspace_bytes) {
+    close_all(rx->fds);
+    return c->fail(make_status(EPD_ERR_PROTOCOL, "JOIN_REPLY: workspace of %llu bytes (layout needs %llu), member index %u",
+                               static_cast<unsigned long long>(jr->workspace_bytes),
+                               static_cast<unsigned long long>(g->layout.total_bytes), jr->member_index));
+  }
+  void* p = mmap(nullptr, jr->workspace_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, rx->fds[0], 0);
+  close(rx->fds[0]);
+  if (p == MAP_FAILED) return c->fail(epd::errno_status("mmap(group workspace)", errno));
+  g->ws = static_cast<uint8_t*>(p);
+  g->ws_bytes = jr->workspace_bytes;
+  uint64_t off = 0;
+  for (int32_t r = 0; r < g->spec.rank; ++r) off += g->layout.ranks[static_cast<size_t>(r)].bytes;
+  g->mine = g->ws + off;
+  g->index = jr->member_index;
+  g->group_id = jr->group_id;
+  g->entry = shm::membership(conn.shm, g->index);
+  *out = g.release();
+  return EPD_OK;
+}
+
+EPD_API epd_status_t epd_group_leave(epd_group_t* group) {
+  if (!group) return EPD_OK;
+  epd_group_impl* g = as_group(group);
+  if (!g) return EPD_ERR_INVALID_ARGUMENT;
+  epd_status_t rc = EPD_OK;
+  Connection& conn = *g->conn;
+  if (!conn.lost.load()) {
+    std::lock_guard<std::mutex> lk(conn.mu);
+    const uint64_t rid = conn.next_rid++;
+    auto rx = conn.call(proto::encode(proto::Leave{g->index}, rid), rid, kRequestNs);
+    if (rx) close_all(rx->fds);
+    else if (rx.status().code() != EPD_ERR_DAEMON_LOST && rx.status().code() != EPD_ERR_SHUTTING_DOWN)
+      rc = rx.status().code();
+  }
+  g->magic = 0;
+  delete static_cast<epd_group*>(group);
+  return rc;
+}
+
+EPD_API epd_status_t epd_dispatch(epd_group_t* group, int32_t slot, const epd_dispatch_args_t* args) {
+  epd_group_impl* g = as_group(group);
+  if (!g) return EPD_ERR_INVALID_ARGUMENT;
+  if (Status st = check_slot(*g, slot); !st) return g->fail(st);
+  if (!args || args->struct_size < offsetof(epd_dispatch_args_t, n_tokens) + sizeof(int32_t))
+    return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "args is NULL or its struct_size = %u is too small",
+                               args ? args->struct_size : 0));
+  if (Status st = check_live(*g); !st) return g->fail(st);
+  auto& s = g->slots[slot];
+  if (s.phase.load() != Phase::kIdle)
+    return g->fail(make_status(EPD_ERR_SLOT_BUSY, "dispatch on slot %d: its previous dispatch has no finished combine yet", slot));
+  epd::DispatchInputs in;
+  in.x = args->x;
+  in.topk_ids = args->topk_ids;
+  in.id_dtype = args->id_dtype;
+  in.topk_weights = args->topk_weights;
+  in.n_tokens = args->n_tokens;
+  const epd::RankLayout& l = g->layout.ranks[static_cast<size_t>(g->spec.rank)];
+  if (Status st = epd::stage_dispatch_inputs(g->spec, l, g->mine, slot, in); !st) return g->fail(st);
+  s.n_tokens = args->n_tokens;
+  s.phase = Phase::kDispatching;
+  shm::word(g->entry->slot[slot].dispatch_req).store(++s.dispatch_seq, std::memory_order_release);
+  ring(*g);
+  return EPD_OK;
+}
+
+EPD_API epd_status_t epd_dispatch_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms, epd_dispatch_result_t* out) {
+  epd_group_impl* g = as_group(group);
+  if (!g) return EPD_ERR_INVALID_ARGUMENT;
+  if (Status st = check_slot(*g, slot); !st) return g->fail(st);
+  if (!out || out->struct_size < sizeof(epd_dispatch_result_t))
+    return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL or its struct_size = %u is below %zu",
+                               out ? out->struct_size : 0, sizeof(epd_dispatch_result_t)));
+  auto& s = g->slots[slot];
+  const Phase ph = s.phase.load();
+  if (ph != Phase::kDispatching && ph != Phase::kDispatched)
+    return g->fail(make_status(EPD_ERR_NO_DISPATCH, "dispatch_wait on slot %d without a dispatch", slot));
+  shm::SlotWords& w = g->entry->slot[slot];
+  if (ph == Phase::kDispatching) {
+    if (Status st = wait_seq(*g, &w.dispatch_done, s.dispatch_seq, &w.waiters, timeout_ms, "dispatch", slot); !st) {
+      if (st.code() != EPD_ERR_TIMEOUT) s.phase = Phase::kIdle;
+      return g->fail(st);
+    }
+    const auto code = static_cast<epd_status_t>(shm::word(w.dispatch_status).load(std::memory_order_acquire));
+    if (code != EPD_OK) {
+      s.phase = Phase::kIdle;
+      return g->fail(Status(code, std::string(w.dispatch_msg, strnlen(w.dispatch_msg, shm::kMsgBytes))));
+    }
+    s.phase = Phase::kDispatched;
+  }
+  const epd::RankLayout& l = g->layout.ranks[static_cast<size_t>(g->spec.rank)];
+  const epd::SlotOffsets& o = l.slot[slot];
+  int32_t total = 0;
+  std::memcpy(&total, g->mine + o.recv_total, 4);
+  out->total_rows = static_cast<int32_t>(std::clamp<int64_t>(total, 0, l.recv_rows));
+  out->capacity_rows = l.recv_rows;
+  out->ids_per_row = l.ids_per_row;
+  out->num_local_experts = l.local_experts;
+  out->x = g->mine + o.recv_x;
+  out->scales = l.scale_blocks ? reinterpret_cast<const float*>(g->mine + o.recv_scales) : nullptr;
+  out->ids = reinterpret_cast<const int32_t*>(g->mine + o.recv_ids);
+  out->weights = reinterpret_cast<const float*>(g->mine + o.recv_weights);
+  out->src = reinterpret_cast<const epd_src_t*>(g->mine + o.recv_src);
+  out->counts = reinterpret_cast<const int32_t*>(g->mine + o.recv_counts);
+  out->combine_in = g->mine + o.combine_in;
+  out->x_row_bytes = l.recv_row_bytes;
+  out->combine_row_bytes = l.in_row_bytes;
+  return EPD_OK;
+}
+
+EPD_API epd_status_t epd_combine(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode) {
+  epd_group_impl* g = as_group(group);
+  if (!g) return EPD_ERR_INVALID_ARGUMENT;
+  if (Status st = check_slot(*g, slot); !st) return g->fail(st);
+  if (weight_mode != EPD_WEIGHTS_APPLY && weight_mode != EPD_WEIGHTS_ALREADY_APPLIED && weight_mode != EPD_WEIGHTS_ONES)
+    return g->fail(make_status(EPD_ERR_BAD_WEIGHT_MODE, "weight_mode = %d is not an epd_weight_mode_t", weight_mode));
+  if (g->spec.layout == EPD_LAYOUT_RANK_MAJOR && weight_mode == EPD_WEIGHTS_APPLY)
+    return g->fail(make_status(EPD_ERR_BAD_WEIGHT_MODE,
+                               "weight_mode 'apply' needs layout expert_major; rank_major rows are already reduced "
+                               "per rank (use already_applied or ones)"));
+  if (Status st = check_live(*g); !st) return g->fail(st);
+  auto& s = g->slots[slot];
+  if (s.phase.load() != Phase::kDispatched)
+    return g->fail(make_status(EPD_ERR_NO_DISPATCH, "combine on slot %d without a finished dispatch_wait", slot));
+  shm::SlotWords& w = g->entry->slot[slot];
+  shm::word(w.combine_mode).store(static_cast<uint32_t>(weight_mode), std::memory_order_relaxed);
+  s.phase = Phase::kCombining;
+  shm::word(w.combine_req).store(++s.combine_seq, std::memory_order_release);
+  ring(*g);
+  return EPD_OK;
+}
+
+EPD_API epd_status_t epd_combine_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms, const void** out) {
+  epd_group_impl* g = as_group(group);
+  if (!g) return EPD_ERR_INVALID_ARGUMENT;
+  if (Status st = check_slot(*g, slot); !st) return g->fail(st);
+  if (!out) return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL"));
+  auto& s = g->slots[slot];
+  if (s.phase.load() != Phase::kCombining)
+    return g->fail(make_status(EPD_ERR_NO_DISPATCH, "combine_wait on slot %d without a combine", slot));
+  shm::SlotWords& w = g->entry->slot[slot];
+  if (Status st = wait_seq(*g, &w.combine_done, s.combine_seq, &w.waiters, timeout_ms, "combine", slot); !st) {
+    if (st.code() != EPD_ERR_TIMEOUT) s.phase = Phase::kIdle;
+    return g->fail(st);
+  }
+  s.phase = Phase::kIdle;
+  const auto code = static_cast<epd_status_t>(shm::word(w.combine_status).load(std::memory_order_acquire));
+  if (code != EPD_OK) return g->fail(Status(code, std::string(w.combine_msg, strnlen(w.combine_msg, shm::kMsgBytes))));
+  const epd::RankLayout& l = g->layout.ranks[static_cast<size_t>(g->spec.rank)];
+  *out = g->mine + l.slot[slot].combine_out;
+  return EPD_OK;
+}
+
+EPD_API epd_status_t epd_workspace_bytes(const epd_group_spec_t* cspec, int32_t node, int32_t gpu, uint64_t* bytes) {
+  if (!cspec || !bytes) return EPD_ERR_INVALID_ARGUMENT;
+  auto spec = epd::GroupSpec::from_c(*cspec);
+  if (!spec) return spec.status().code();
+  if (Status st = spec->validate(); !st) return st.code();
+  *bytes = epd::GroupLayout::compute(spec.value()).bytes_on(spec.value(), node, gpu);
+  return EPD_OK;
+}
+
+EPD_API const char* epd_last_error(const void* handle) {
+  if (!handle) {
+    tls_returned = tls_connect_error;
+    return tls_returned.c_str();
+  }
+  auto* h = static_cast<Handle*>(const_cast<void*>(handle));
+  // Both handle kinds start with Handle; anything else gets a fixed answer.
+  if (h->magic != kClientMagic && h->magic != kGroupMagic) return "not an epd handle";
+  std::lock_guard<std::mutex> lk(h->err_mu);
+  tls_returned = h->last_error;
+  return tls_returned.c_str();
+}
+
+}  // extern "C"

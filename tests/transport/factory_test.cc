@@ -1,0 +1,90 @@
+// factory_test.cc — make_transport's policy: tcp; rdma without a device (or
+// without RDMA in the build) refuses or falls back to tcp as configured, and
+// logs which transport runs. Label: unit.
+#include <gtest/gtest.h>
+
+#include <mutex>
+#include <vector>
+
+#include "transport.h"
+
+namespace epd::transport {
+namespace {
+
+struct Log {
+  std::mutex mu;
+  std::vector<std::string> lines;
+  std::string all() {
+    std::lock_guard<std::mutex> l(mu);
+    std::string s;
+    for (auto& x : lines) s += x + "\n";
+    return s;
+  }
+};
+
+TransportConfig config(Log* log) {
+  TransportConfig c;
+  c.node_id = 1;
+  c.listen_address = "127.0.0.1:0";
+  c.cluster_secret = "factory-test-secret-0123";
+  c.log = [log](LogSeverity, const std::string& m) {
+    std::lock_guard<std::mutex> l(log->mu);
+    log->lines.push_back(m);
+  };
+  return c;
+}
+
+TEST(MakeTransport, TcpLogsWhichRuns) {
+  Log log;
+  auto t = make_transport(config(&log), {});
+  ASSERT_TRUE(t) << t.status().to_string();
+  EXPECT_STREQ((*t)->name(), "tcp");
+  EXPECT_NE(log.all().find("transport tcp on 127.0.0.1:"), std::string::npos) << log.all();
+}
+
+TEST(MakeTransport, UnknownKindRefused) {
+  Log log;
+  TransportConfig c = config(&log);
+  c.kind = "carrier-pigeon";
+  auto t = make_transport(c, {});
+  ASSERT_FALSE(t);
+  EXPECT_NE(t.status().message().find("carrier-pigeon"), std::string::npos);
+}
+
+bool rdma_available() {
+  Log log;
+  TransportConfig c = config(&log);
+  return create_rdma_transport(c, {}).is_ok();
+}
+
+TEST(MakeTransport, RdmaWithoutDeviceRefusesOrFallsBack) {
+  if (rdma_available()) GTEST_SKIP() << "an RDMA device is present; this test covers its absence";
+  Log log;
+  TransportConfig c = config(&log);
+  c.kind = "rdma";
+  c.rdma_fallback_to_tcp = false;
+  auto refused = make_transport(c, {});
+  ASSERT_FALSE(refused);
+#ifdef EPD_TEST_HAVE_RDMA
+  EXPECT_EQ(refused.status().code(), EPD_ERR_RDMA) << refused.status().to_string();
+  EXPECT_NE(refused.status().message().find("no RDMA device found (ibv_get_device_list returned 0 devices)"),
+            std::string::npos)
+      << refused.status().message();
+#else
+  EXPECT_EQ(refused.status().code(), EPD_ERR_UNSUPPORTED) << refused.status().to_string();
+#endif
+  EXPECT_NE(log.all().find("refusing to start"), std::string::npos) << log.all();
+
+  Log log2;
+  TransportConfig c2 = config(&log2);
+  c2.kind = "rdma";
+  c2.rdma_fallback_to_tcp = true;
+  auto fell_back = make_transport(c2, {});
+  ASSERT_TRUE(fell_back) << fell_back.status().to_string();
+  EXPECT_STREQ((*fell_back)->name(), "tcp");
+  EXPECT_NE(log2.all().find("falling back to tcp"), std::string::npos) << log2.all();
+  EXPECT_NE(log2.all().find("transport tcp (fallback from rdma)"), std::string::npos) << log2.all();
+}
+
+}  // namespace
+}  // namespace epd::transport

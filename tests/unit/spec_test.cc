@@ -1,0 +1,366 @@
+// spec_test.cc — the group spec contract: every invalid field gets its own
+// status and a message naming the value, through the C entry point and
+// GroupSpec; comparison names the field and both values; status strings.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+#include <set>
+#include <string>
+
+#include "epd/types.h"
+#include "spec.h"
+
+namespace {
+
+epd_group_spec_t valid_spec() {
+  epd_group_spec_t s;
+  epd_group_spec_init(&s);
+  std::strcpy(s.name, "deepseek-v3.ep_8");
+  s.generation = 3;
+  s.world_size = 4;
+  s.rank = 1;
+  s.num_experts = 16;
+  s.top_k = 4;
+  s.hidden = 256;
+  s.dtype = EPD_DTYPE_BF16;
+  s.max_tokens_per_rank = 64;
+  return s;
+}
+
+struct Validated {
+  epd_status_t code;
+  std::string message;
+};
+
+Validated validate(const epd_group_spec_t& s) {
+  char msg[512];
+  std::memset(msg, 'x', sizeof msg);
+  Validated v;
+  v.code = epd_group_spec_validate(&s, msg, sizeof msg);
+  EXPECT_NE(std::memchr(msg, 0, sizeof msg), nullptr) << "message not NUL-terminated";
+  v.message = msg;
+  return v;
+}
+
+TEST(SpecValidate, DefaultsAndAValidSpecPass) {
+  epd_group_spec_t s;
+  std::memset(&s, 0x5a, sizeof s);
+  epd_group_spec_init(&s);
+  EXPECT_EQ(s.struct_size, sizeof(epd_group_spec_t));
+  EXPECT_EQ(s.slots, 2);
+  EXPECT_EQ(s.dtype, EPD_DTYPE_BF16);
+  EXPECT_EQ(s.layout, EPD_LAYOUT_RANK_MAJOR);
+  EXPECT_EQ(s.mode, EPD_MODE_HIGH_THROUGHPUT);
+  EXPECT_EQ(s.timeout_ms, 30000u);
+  EXPECT_EQ(s.placement, nullptr);
+  EXPECT_EQ(s.expert_owner, nullptr);
+  EXPECT_EQ(s.world_size, 0);
+
+  const Validated v = validate(valid_spec());
+  EXPECT_EQ(v.code, EPD_OK) << v.message;
+  EXPECT_EQ(v.message, "");
+}
+
+struct BadField {
+  const char* what;
+  std::function<void(epd_group_spec_t&)> edit;
+  epd_status_t code;
+  const char* needle;  // the message must contain this (names the field and value)
+};
+
+TEST(SpecValidate, EveryInvalidFieldHasItsStatusAndNamesTheValue) {
+  static const int32_t owner_out_of_range[16] = {0, 0, 4, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
+  static const int32_t owner_negative[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, -1, 2, 3, 3, 3, 3};
+  static const int32_t owner_rank2_empty[16] = {0, 0, 0, 0, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3};
+  static const epd_placement_t placement_bad_node[4] = {{0, 0}, {0, 1}, {-2, 0}, {0, 3}};
+  static const epd_placement_t placement_bad_gpu[4] = {{0, 0}, {0, -3}, {0, 2}, {0, 3}};
+  const BadField cases[] = {
+      {"world_size 0", [](auto& s) { s.world_size = 0; }, EPD_ERR_INVALID_SPEC, "world_size = 0"},
+      {"world_size negative", [](auto& s) { s.world_size = -4; }, EPD_ERR_INVALID_SPEC, "world_size = -4"},
+      {"world_size too large", [](auto& s) { s.world_size = EPD_MAX_WORLD_SIZE + 1; s.num_experts = 4096; },
+       EPD_ERR_INVALID_SPEC, "world_size = 1025"},
+      {"rank = world_size", [](auto& s) { s.rank = 4; }, EPD_ERR_INVALID_SPEC, "rank = 4"},
+      {"rank negative", [](auto& s) { s.rank = -1; }, EPD_ERR_INVALID_SPEC, "rank = -1"},
+      {"num_experts < world_size", [](auto& s) { s.num_experts = 3; s.top_k = 2; }, EPD_ERR_INVALID_SPEC,
+       "num_experts = 3"},
+      {"num_experts 0", [](auto& s) { s.num_experts = 0; }, EPD_ERR_INVALID_SPEC, "num_experts = 0"},
+      {"num_experts too large", [](auto& s) { s.num_experts = EPD_MAX_EXPERTS + 1; }, EPD_ERR_INVALID_SPEC,
+       "num_experts = 65537"},
+      {"top_k 0", [](auto& s) { s.top_k = 0; }, EPD_ERR_INVALID_SPEC, "top_k = 0"},
+      {"top_k > num_experts", [](auto& s) { s.top_k = 17; }, EPD_ERR_INVALID_SPEC, "top_k = 17"},
+      {"top_k > EPD_MAX_TOP_K", [](auto& s) { s.num_experts = 128; s.top_k = 65; }, EPD_ERR_INVALID_SPEC,
+       "top_k = 65"},
+      {"hidden 0", [](auto& s) { s.hidden = 0; }, EPD_ERR_INVALID_SPEC, "hidden = 0"},
+      {"hidden negative", [](auto& s) { s.hidden = -128; }, EPD_ERR_INVALID_SPEC, "hidden = -128"},
+      {"fp8 with hidden 100", [](auto& s) { s.hidden = 100; s.dispatch_quant = EPD_QUANT_FP8_E4M3_BLOCK128; },
+       EPD_ERR_FP8_ALIGNMENT, "hidden = 100"},
+      {"fp8 with hidden 7000", [](auto& s) { s.hidden = 7000; s.dispatch_quant = EPD_QUANT_FP8_E4M3_BLOCK128; },
+       EPD_ERR_FP8_ALIGNMENT, "hidden = 7000"},
+      {"bad dtype", [](auto& s) { s.dtype = static_cast<epd_dtype_t>(7); }, EPD_ERR_INVALID_SPEC, "dtype = 7"},
+      {"bad dispatch_quant", [](auto& s) { s.dispatch_quant = static_cast<epd_quant_t>(9); },
+       EPD_ERR_INVALID_SPEC, "dispatch_quant = 9"},
+      {"bad mode", [](auto& s) { s.mode = static_cast<epd_mode_t>(5); }, EPD_ERR_INVALID_SPEC, "mode = 5"},
+      {"bad layout", [](auto& s) { s.layout = static_cast<epd_layout_t>(3); }, EPD_ERR_INVALID_SPEC,
+       "layout = 3"},
+      {"slots 1", [](auto& s) { s.slots = 1; }, EPD_ERR_INVALID_SPEC, "slots = 1"},
+      {"slots 0", [](auto& s) { s.slots = 0; }, EPD_ERR_INVALID_SPEC, "slots = 0"},
+      {"slots 9", [](auto& s) { s.slots = EPD_MAX_SLOTS + 1; }, EPD_ERR_INVALID_SPEC, "slots = 9"},
+      {"max_tokens 0", [](auto& s) { s.max_tokens_per_rank = 0; }, EPD_ERR_INVALID_SPEC,
+       "max_tokens_per_rank = 0"},
+      {"sm_budget negative", [](auto& s) { s.sm_budget = -2; }, EPD_ERR_INVALID_SPEC, "sm_budget = -2"},
+      {"expert_owner out of range", [](auto& s) { s.expert_owner = owner_out_of_range; }, EPD_ERR_INVALID_SPEC,
+       "expert_owner[2] = 4"},
+      {"expert_owner negative", [](auto& s) { s.expert_owner = owner_negative; }, EPD_ERR_INVALID_SPEC,
+       "expert_owner[10] = -1"},
+      {"a rank owning no expert", [](auto& s) { s.expert_owner = owner_rank2_empty; }, EPD_ERR_INVALID_SPEC,
+       "rank 2 owns no expert"},
+      {"placement node negative", [](auto& s) { s.placement = placement_bad_node; }, EPD_ERR_INVALID_SPEC,
+       "placement[2].node = -2"},
+      {"placement gpu below host", [](auto& s) { s.placement = placement_bad_gpu; }, EPD_ERR_INVALID_SPEC,
+       "placement[1].gpu = -3"},
+      {"name with a space", [](auto& s) { std::strcpy(s.name, "my group"); }, EPD_ERR_INVALID_SPEC,
+       "name 'my group'"},
+      {"name with a slash", [](auto& s) { std::strcpy(s.name, "a/b"); }, EPD_ERR_INVALID_SPEC, "'/'"},
+      {"empty name", [](auto& s) { s.name[0] = 0; }, EPD_ERR_INVALID_SPEC, "name ''"},
+      {"name without NUL", [](auto& s) { std::memset(s.name, 'a', EPD_NAME_MAX); }, EPD_ERR_INVALID_SPEC,
+       "not NUL-terminated"},
+      // The struct's size is an ABI argument, not a spec field.
+      {"struct_size too small", [](auto& s) { s.struct_size = 8; }, EPD_ERR_INVALID_ARGUMENT,
+       "struct_size = 8"},
+  };
+  for (const BadField& c : cases) {
+    SCOPED_TRACE(c.what);
+    epd_group_spec_t s = valid_spec();
+    c.edit(s);
+    const Validated v = validate(s);
+    EXPECT_EQ(v.code, c.code) << epd_status_string(v.code) << ": " << v.message;
+    EXPECT_NE(v.message.find(c.needle), std::string::npos) << "message '" << v.message << "' lacks '" << c.needle << "'";
+    // The same through GroupSpec, when the C struct converts at all.
+    auto g = epd::GroupSpec::from_c(s);
+    const epd::Status st = g ? g->validate() : g.status();
+    EXPECT_EQ(st.code(), c.code);
+    EXPECT_EQ(st.message(), v.message);
+    // And workspace sizing refuses the spec with the same status.
+    uint64_t bytes = 12345;
+    EXPECT_EQ(epd_group_workspace_bytes(&s, 0, &bytes), c.code);
+    EXPECT_EQ(bytes, 12345u) << "output written on error";
+  }
+}
+
+TEST(SpecValidate, NameCharacters) {
+  for (const char* ok : {"a", "A.b_c-9", "0123456789", "x.y.z"}) {
+    epd_group_spec_t s = valid_spec();
+    std::strcpy(s.name, ok);
+    EXPECT_EQ(validate(s).code, EPD_OK) << ok;
+  }
+  epd_group_spec_t s = valid_spec();
+  std::memset(s.name, 'n', EPD_NAME_MAX - 1);
+  s.name[EPD_NAME_MAX - 1] = 0;
+  EXPECT_EQ(validate(s).code, EPD_OK) << "63 characters is the maximum";
+  for (char bad : {' ', '/', ':', '*', '\t', '\x7f', '\xc3'}) {
+    s = valid_spec();
+    s.name[2] = bad;
+    EXPECT_EQ(validate(s).code, EPD_ERR_INVALID_SPEC) << "character code " << static_cast<int>(bad);
+  }
+}
+
+TEST(SpecValidate, NullArgumentsAndTruncatedMessages) {
+  char msg[64];
+  EXPECT_EQ(epd_group_spec_validate(nullptr, msg, sizeof msg), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(msg).find("NULL"), std::string::npos) << msg;
+  epd_group_spec_t s = valid_spec();
+  s.top_k = 0;
+  EXPECT_EQ(epd_group_spec_validate(&s, nullptr, 0), EPD_ERR_INVALID_SPEC) << "msg may be NULL";
+  char small[8];
+  std::memset(small, 'x', sizeof small);
+  EXPECT_EQ(epd_group_spec_validate(&s, small, sizeof small), EPD_ERR_INVALID_SPEC);
+  EXPECT_EQ(small[7], '\0') << "a truncated message is still NUL-terminated";
+  EXPECT_EQ(std::string(small), "top_k =");
+  uint64_t bytes = 0;
+  EXPECT_EQ(epd_group_workspace_bytes(nullptr, 0, &bytes), EPD_ERR_INVALID_ARGUMENT);
+  s = valid_spec();
+  EXPECT_EQ(epd_group_workspace_bytes(&s, 0, nullptr), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_group_workspace_bytes(&s, 4, &bytes), EPD_ERR_INVALID_ARGUMENT) << "rank past world_size";
+  EXPECT_EQ(epd_group_workspace_bytes(&s, -1, &bytes), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_group_workspace_bytes(&s, 3, &bytes), EPD_OK);
+  EXPECT_GT(bytes, 0u);
+}
+
+TEST(SpecFromC, FillsDefaultsAndCopiesArrays) {
+  epd_group_spec_t s = valid_spec();
+  s.timeout_ms = 0;
+  auto g = epd::GroupSpec::from_c(s);
+  ASSERT_TRUE(g.is_ok()) << g.status().to_string();
+  EXPECT_EQ(g->name, "deepseek-v3.ep_8");
+  EXPECT_EQ(g->timeout_ms, 30000u) << "0 means the default";
+  ASSERT_EQ(g->placement.size(), 4u);
+  for (const auto& p : g->placement) {
+    EXPECT_EQ(p.node, 0);
+    EXPECT_EQ(p.gpu, EPD_GPU_HOST);
+  }
+  ASSERT_EQ(g->expert_owner.size(), 16u);
+  for (int32_t e = 0; e < 16; ++e) EXPECT_EQ(g->expert_owner[e], e / 4) << "contiguous: e / (E / W)";
+
+  int32_t owner[16];
+  for (int32_t e = 0; e < 16; ++e) owner[e] = (e * 7) % 4;
+  s.expert_owner = owner;
+  g = epd::GroupSpec::from_c(s);
+  ASSERT_TRUE(g.is_ok());
+  owner[0] = 3;  // the GroupSpec owns its copy
+  EXPECT_EQ(g->expert_owner[0], 0);
+  EXPECT_TRUE(g->validate().is_ok());
+  // Local experts ascending, local index their position.
+  const auto idx = g->local_index();
+  for (int32_t r = 0; r < 4; ++r) {
+    const auto local = g->local_experts(r);
+    int32_t want = 0;
+    for (int32_t e = 0; e < 16; ++e)
+      if ((e * 7) % 4 == r) {
+        ASSERT_LT(static_cast<size_t>(want), local.size());
+        EXPECT_EQ(local[want], e);
+        EXPECT_EQ(idx[e], want);
+        ++want;
+      }
+    EXPECT_EQ(local.size(), static_cast<size_t>(want));
+  }
+  // Round trip through the C view.
+  const epd_group_spec_t c = g->to_c();
+  auto back = epd::GroupSpec::from_c(c);
+  ASSERT_TRUE(back.is_ok());
+  EXPECT_TRUE(back->compare(*g).is_ok()) << back->compare(*g).to_string();
+  EXPECT_EQ(back->rank, g->rank);
+  EXPECT_EQ(back->generation, g->generation);
+}
+
+TEST(SpecFromC, ContiguousDefaultWithUnevenCounts) {
+  for (int32_t W = 1; W <= 16; ++W) {
+    for (int32_t E = W; E <= 70; ++E) {
+      std::vector<int32_t> count(static_cast<size_t>(W), 0);
+      int32_t prev = 0;
+      for (int32_t e = 0; e < E; ++e) {
+        const int32_t r = epd::GroupSpec::contiguous_owner(e, E, W);
+        ASSERT_TRUE(r == prev || r == prev + 1) << "not contiguous: E=" << E << " W=" << W << " e=" << e;
+        prev = r;
+        count[r]++;
+      }
+      for (int32_t r = 0; r < W; ++r) {
+        // balanced: floor or ceil, the larger shares first
+        const int32_t want = E / W + (r < E % W ? 1 : 0);
+        ASSERT_EQ(count[r], want) << "E=" << E << " W=" << W << " r=" << r;
+      }
+      if (E % W == 0) {
+        for (int32_t e = 0; e < E; ++e) ASSERT_EQ(epd::GroupSpec::contiguous_owner(e, E, W), e / (E / W));
+      }
+    }
+  }
+}
+
+TEST(SpecCompare, NamesFieldAndBothValues) {
+  auto base = epd::GroupSpec::from_c(valid_spec());
+  ASSERT_TRUE(base.is_ok());
+  struct Diff {
+    std::function<void(epd::GroupSpec&)> edit;
+    const char* needle;
+  };
+  const Diff diffs[] = {
+      {[](auto& g) { g.name = "other"; }, "name: group has 'deepseek-v3.ep_8', join has 'other'"},
+      {[](auto& g) { g.world_size = 8; }, "world_size: group has 4, join has 8"},
+      {[](auto& g) { g.num_experts = 32; }, "num_experts: group has 16, join has 32"},
+      {[](auto& g) { g.top_k = 2; }, "top_k: group has 4, join has 2"},
+      {[](auto& g) { g.hidden = 7168; }, "hidden: group has 256, join has 7168"},
+      {[](auto& g) { g.dtype = EPD_DTYPE_FP16; }, "dtype: group has bf16, join has fp16"},
+      {[](auto& g) { g.dispatch_quant = EPD_QUANT_FP8_E4M3_BLOCK128; }, "dispatch_quant: group has none, join has fp8_e4m3"},
+      {[](auto& g) { g.max_tokens_per_rank = 4096; }, "max_tokens_per_rank: group has 64, join has 4096"},
+      {[](auto& g) { g.mode = EPD_MODE_LOW_LATENCY; }, "mode: group has high_throughput, join has low_latency"},
+      {[](auto& g) { g.layout = EPD_LAYOUT_EXPERT_MAJOR; }, "layout: group has rank_major, join has expert_major"},
+      {[](auto& g) { g.slots = 3; }, "slots: group has 2, join has 3"},
+      {[](auto& g) { g.timeout_ms = 5000; }, "timeout_ms: group has 30000, join has 5000"},
+      {[](auto& g) { g.sm_budget = 20; }, "sm_budget: group has 0, join has 20"},
+      {[](auto& g) { g.placement[2] = {1, 5}; }, "placement[2]: group has node 0 gpu -1, join has node 1 gpu 5"},
+      {[](auto& g) { g.expert_owner[5] = 3; }, "expert_owner[5]: group has 1, join has 3"},
+  };
+  for (const Diff& d : diffs) {
+    epd::GroupSpec other = base.value();
+    d.edit(other);
+    const epd::Status st = base->compare(other);
+    EXPECT_EQ(st.code(), EPD_ERR_SPEC_MISMATCH) << d.needle;
+    EXPECT_NE(st.message().find(d.needle), std::string::npos) << "'" << st.message() << "' lacks '" << d.needle << "'";
+  }
+  epd::GroupSpec other = base.value();
+  other.rank = 3;
+  other.generation = 99;
+  EXPECT_TRUE(base->compare(other).is_ok()) << "rank and generation are not compared";
+}
+
+TEST(SpecNames, ParseAndPrintRoundTrip) {
+  for (epd_dtype_t d : {EPD_DTYPE_BF16, EPD_DTYPE_FP16, EPD_DTYPE_FP32}) {
+    auto p = epd::parse_dtype(epd::dtype_name(d));
+    ASSERT_TRUE(p.is_ok());
+    EXPECT_EQ(p.value(), d);
+  }
+  for (epd_layout_t l : {EPD_LAYOUT_RANK_MAJOR, EPD_LAYOUT_EXPERT_MAJOR}) {
+    auto p = epd::parse_layout(epd::layout_name(l));
+    ASSERT_TRUE(p.is_ok());
+    EXPECT_EQ(p.value(), l);
+  }
+  for (epd_weight_mode_t w : {EPD_WEIGHTS_APPLY, EPD_WEIGHTS_ALREADY_APPLIED, EPD_WEIGHTS_ONES}) {
+    auto p = epd::parse_weight_mode(epd::weight_mode_name(w));
+    ASSERT_TRUE(p.is_ok());
+    EXPECT_EQ(p.value(), w);
+  }
+  EXPECT_EQ(epd::parse_mode("low_latency").value(), EPD_MODE_LOW_LATENCY);
+  EXPECT_EQ(epd::parse_quant("fp8_e4m3").value(), EPD_QUANT_FP8_E4M3_BLOCK128);
+  auto bad = epd::parse_layout("column_major");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_EQ(bad.status().code(), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(bad.status().message().find("'column_major'"), std::string::npos) << bad.status().message();
+  EXPECT_NE(bad.status().message().find("rank_major"), std::string::npos) << "lists the options";
+  EXPECT_EQ(epd::dtype_bytes(EPD_DTYPE_BF16), 2u);
+  EXPECT_EQ(epd::dtype_bytes(EPD_DTYPE_FP16), 2u);
+  EXPECT_EQ(epd::dtype_bytes(EPD_DTYPE_FP32), 4u);
+}
+
+TEST(StatusString, DistinctNamedAndNeverNull) {
+#define EPD_STATUS_CASE(x) {x, #x}
+  const struct {
+    epd_status_t code;
+    const char* name;
+  } all[] = {
+      EPD_STATUS_CASE(EPD_OK), EPD_STATUS_CASE(EPD_ERR_INVALID_ARGUMENT), EPD_STATUS_CASE(EPD_ERR_INVALID_SPEC),
+      EPD_STATUS_CASE(EPD_ERR_EXPERT_ID_OUT_OF_RANGE), EPD_STATUS_CASE(EPD_ERR_CAPACITY_EXCEEDED),
+      EPD_STATUS_CASE(EPD_ERR_FP8_ALIGNMENT), EPD_STATUS_CASE(EPD_ERR_UNSUPPORTED), EPD_STATUS_CASE(EPD_ERR_BAD_SLOT),
+      EPD_STATUS_CASE(EPD_ERR_NO_DISPATCH), EPD_STATUS_CASE(EPD_ERR_SPEC_MISMATCH),
+      EPD_STATUS_CASE(EPD_ERR_DUPLICATE_RANK), EPD_STATUS_CASE(EPD_ERR_STALE_GENERATION),
+      EPD_STATUS_CASE(EPD_ERR_UNKNOWN_GROUP), EPD_STATUS_CASE(EPD_ERR_VERSION_MISMATCH),
+      EPD_STATUS_CASE(EPD_ERR_PROTOCOL), EPD_STATUS_CASE(EPD_ERR_TIMEOUT), EPD_STATUS_CASE(EPD_ERR_PEER_LOST),
+      EPD_STATUS_CASE(EPD_ERR_DAEMON_LOST), EPD_STATUS_CASE(EPD_ERR_PERMISSION), EPD_STATUS_CASE(EPD_ERR_NO_MEMORY),
+      EPD_STATUS_CASE(EPD_ERR_SYSTEM), EPD_STATUS_CASE(EPD_ERR_CUDA), EPD_STATUS_CASE(EPD_ERR_GPU_UNAVAILABLE),
+      EPD_STATUS_CASE(EPD_ERR_SLOT_BUSY), EPD_STATUS_CASE(EPD_ERR_SHUTTING_DOWN), EPD_STATUS_CASE(EPD_ERR_NOT_JOINED),
+      EPD_STATUS_CASE(EPD_ERR_BAD_WEIGHT_MODE), EPD_STATUS_CASE(EPD_ERR_RDMA), EPD_STATUS_CASE(EPD_ERR_INTERNAL),
+      EPD_STATUS_CASE(EPD_ERR_DEVICE_FAULT), EPD_STATUS_CASE(EPD_ERR_GROUP_CLOSED),
+  };
+#undef EPD_STATUS_CASE
+  std::set<std::string> seen;
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; ++i) {
+    EXPECT_EQ(all[i].code, -static_cast<int>(i)) << "codes are stable: OK = 0, then -1, -2, ...";
+    const char* s = epd_status_string(all[i].code);
+    ASSERT_NE(s, nullptr) << all[i].name;
+    const std::string str(s);
+    EXPECT_EQ(str.rfind(std::string(all[i].name) + ":", 0), 0u) << "'" << str << "' does not start with its name";
+    EXPECT_TRUE(seen.insert(str).second) << "duplicate string " << str;
+  }
+  for (int unknown : {1, -31, 31}) {
+    const char* s = epd_status_string(static_cast<epd_status_t>(unknown));
+    ASSERT_NE(s, nullptr);
+    EXPECT_EQ(seen.count(s), 0u) << "unknown code " << unknown << " reuses a known string";
+  }
+  const epd::Status st(EPD_ERR_TIMEOUT, "waited 30000 ms");
+  EXPECT_EQ(st.to_string(), std::string(epd_status_string(EPD_ERR_TIMEOUT)) + " (waited 30000 ms)");
+  const epd::Status made = epd::make_status(EPD_ERR_BAD_SLOT, "slot = %d", 9);
+  EXPECT_EQ(made.code(), EPD_ERR_BAD_SLOT);
+  EXPECT_EQ(made.message(), "slot = 9");
+  EXPECT_TRUE(epd::Status::ok().is_ok());
+}
+
+}  // namespace

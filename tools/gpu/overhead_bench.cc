@@ -1,0 +1,238 @@
+// overhead_bench.cc — per-call overhead of an empty (n = 0) dispatch + combine
+// round trip: (a) GpuExecutor launched in process + stream sync, (b) through
+// the armed executor from a client in a separate process (doorbell and
+// completion words in the daemon's cuMem workspaces, imported over
+// SCM_RIGHTS). LL group shape (top-8 of 256 experts, hidden 7168, 128 tokens
+// per rank, low_latency, rank_major) with 1 and 8 ranks on GPU 0.
+// Usage: epd_overhead_bench [--iters N] [--label TEXT]. Prints one line per
+// measurement (µs per round trip: median, mean, p99). Run it once without and
+// once with an MPS server started before it (tools/gpu/overhead_run does both).
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "../../tests/gpu/armed_ipc.h"
+#include "gpu_armed.h"
+#include "gpu_executor.h"
+#include "gpu_ops.h"
+#include "layout.h"
+#include "spec.h"
+
+namespace epd {
+namespace {
+
+constexpr int kWarmup = 300;
+
+GroupSpec bench_spec(int32_t world) {
+  GroupSpec s;
+  s.name = "overhead";
+  s.world_size = world;
+  s.placement.assign(static_cast<size_t>(world), epd_placement_t{0, 0});
+  s.num_experts = 256;
+  s.top_k = 8;
+  s.expert_owner.resize(256);
+  for (int32_t e = 0; e < 256; ++e) s.expert_owner[e] = GroupSpec::contiguous_owner(e, 256, world);
+  s.hidden = 7168;
+  s.dtype = EPD_DTYPE_BF16;
+  s.max_tokens_per_rank = 128;
+  s.mode = EPD_MODE_LOW_LATENCY;
+  s.layout = EPD_LAYOUT_RANK_MAJOR;
+  s.slots = 2;
+  s.timeout_ms = 5000;
+  return s;
+}
+
+struct Stats {
+  double median = 0, mean = 0, p99 = 0;
+};
+Stats stats(std::vector<double> v) {
+  Stats s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.median = v[v.size() / 2];
+  s.mean = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+  s.p99 = v[std::min(v.size() - 1, v.size() * 99 / 100)];
+  return s;
+}
+
+struct Order {
+  int32_t world, iters;
+  uint64_t mapped_bytes[8];
+};
+struct Report {
+  int32_t ok;
+  double median, mean, p99;
+  char message[200];
+};
+
+double now_us() {
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// The client role: imports the workspaces and times round trips on its stream.
+int client_main(int sock) {
+  Order o{};
+  std::vector<int> fds;
+  Report rep{};
+  if (!test::recv_msg(sock, &o, sizeof o, 30000, &fds) || static_cast<int32_t>(fds.size()) != o.world) return 2;
+  auto fail = [&](const Status& s) {
+    std::snprintf(rep.message, sizeof rep.message, "%s", s.message().c_str());
+    test::send_msg(sock, &rep, sizeof rep);
+    return 1;
+  };
+  auto drv = cu::GpuDriver::get();
+  if (!drv) return fail(drv.status());
+  const GroupSpec spec = bench_spec(o.world);
+  std::vector<std::unique_ptr<GpuWorkspaceMapping>> maps;
+  std::vector<std::unique_ptr<GpuRankOps>> ops;
+  for (int32_t r = 0; r < o.world; ++r) {
+    auto m = GpuWorkspaceMapping::import(**drv, fds[r], o.mapped_bytes[r], 0);
+    if (!m) return fail(m.status());
+    ::close(fds[r]);
+    ops.push_back(std::make_unique<GpuRankOps>(**drv, spec, r, (*m)->base()));
+    maps.push_back(std::move(m.value()));
+  }
+  cu::CUstream st = nullptr;
+  if ((*drv)->stream_create(&st, cu::CU_STREAM_NON_BLOCKING) != 0) return fail(make_status(EPD_ERR_CUDA, "stream"));
+  std::vector<double> us;
+  for (int i = 0; i < kWarmup + o.iters; ++i) {
+    const int32_t slot = i % 2;
+    const double t0 = now_us();
+    for (auto& op : ops) {
+      GpuDispatchArgs a;
+      a.n_tokens_host = 0;
+      if (Status s = op->dispatch(slot, a, st); !s) return fail(s);
+    }
+    for (auto& op : ops)
+      if (Status s = op->dispatch_wait(slot, st); !s) return fail(s);
+    for (auto& op : ops)
+      if (Status s = op->combine(slot, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, st); !s) return fail(s);
+    for (auto& op : ops)
+      if (Status s = op->combine_wait(slot, st); !s) return fail(s);
+    if ((*drv)->stream_synchronize(st) != 0) return fail(make_status(EPD_ERR_CUDA, "cuStreamSynchronize"));
+    if (i >= kWarmup) us.push_back(now_us() - t0);
+  }
+  for (auto& op : ops)
+    for (int32_t s = 0; s < 2; ++s)
+      if (Status q = op->query(s); !q) return fail(q);
+  const Stats s = stats(us);
+  rep.ok = 1;
+  rep.median = s.median;
+  rep.mean = s.mean;
+  rep.p99 = s.p99;
+  test::send_msg(sock, &rep, sizeof rep);
+  return 0;
+}
+
+int run(int iters, const std::string& label) {
+  auto count = gpu_device_count();
+  if (!count) {
+    std::printf("no GPU: %s\n", count.status().message().c_str());
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  const MpsState mps = detect_mps(0);
+  std::printf("overhead [%s] device %s; %s\n", label.c_str(), prop.name, mps.description.c_str());
+  for (int32_t world : {1, 8}) {
+    const GroupSpec spec = bench_spec(world);
+    auto ws = allocate_gpu_workspaces(spec, 0);
+    if (!ws) {
+      std::printf("allocate: %s\n", ws.status().message().c_str());
+      return 1;
+    }
+    std::vector<uint8_t*> bases;
+    for (auto& w : *ws) {
+      bases.push_back(w->device_ptr());
+      cudaMemset(w->device_ptr(), 0, w->bytes());  // n = 0 in every send header
+    }
+    {  // (a) in process
+      auto ex = GpuExecutor::create(spec, bases, 0);
+      if (!ex) {
+        std::printf("GpuExecutor: %s\n", ex.status().message().c_str());
+        return 1;
+      }
+      cudaStream_t st = nullptr;
+      cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+      std::vector<double> us;
+      for (int i = 0; i < kWarmup + iters; ++i) {
+        const int32_t slot = i % 2;
+        const double t0 = now_us();
+        Status s = (*ex)->dispatch(slot, st);
+        if (s) s = (*ex)->combine(slot, EPD_WEIGHTS_ALREADY_APPLIED, st);
+        if (!s || cudaStreamSynchronize(st) != cudaSuccess) {
+          std::printf("in-process: %s\n", s.message().c_str());
+          return 1;
+        }
+        if (i >= kWarmup) us.push_back(now_us() - t0);
+      }
+      const Status f = (*ex)->check_fault(st);
+      const Stats r = stats(us);
+      std::printf("overhead [%s] ranks=%d in-process launch+sync       : median %7.2f us  mean %7.2f  p99 %7.2f  (%d iters)%s\n",
+                  label.c_str(), world, r.median, r.mean, r.p99, iters, f ? "" : " FAULT");
+      cudaStreamDestroy(st);
+    }
+    {  // (b) armed, client in another process
+      auto armed = ArmedExecutor::create(spec, bases, 0, ArmedOptions{64, 10});
+      if (!armed || !(*armed)->start()) {
+        std::printf("armed: %s\n", armed ? "start failed" : armed.status().message().c_str());
+        return 1;
+      }
+      int sock = -1;
+      const pid_t pid = test::spawn_self({}, &sock);
+      Order o{};
+      o.world = world;
+      o.iters = iters;
+      std::vector<int> fds;
+      for (int32_t r = 0; r < world; ++r) {
+        o.mapped_bytes[r] = (*ws)[r]->mapped_bytes();
+        auto fd = (*ws)[r]->export_fd();
+        if (!fd) {
+          std::printf("export: %s\n", fd.status().message().c_str());
+          return 1;
+        }
+        fds.push_back(*fd);
+      }
+      const bool sent = test::send_msg(sock, &o, sizeof o, fds);
+      for (int fd : fds) ::close(fd);
+      Report rep{};
+      const bool got = sent && test::recv_msg(sock, &rep, sizeof rep, 120000);
+      const int st = test::reap(pid, 30000);
+      ::close(sock);
+      if (!got || !rep.ok || st != 0) {
+        std::printf("armed client failed (got %d, exit %d): %s\n", got, st, rep.message);
+        (void)(*armed)->abort(EPD_ERR_SHUTTING_DOWN, 2000);
+        return 1;
+      }
+      std::printf("overhead [%s] ranks=%d armed, client process, dev  : median %7.2f us  mean %7.2f  p99 %7.2f  (%d iters)%s\n",
+                  label.c_str(), world, rep.median, rep.mean, rep.p99, iters,
+                  (*armed)->health() ? "" : " UNHEALTHY");
+      const Status ab = (*armed)->abort(EPD_ERR_SHUTTING_DOWN, 2000);
+      if (!ab) std::printf("abort: %s\n", ab.message().c_str());
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace epd
+
+int main(int argc, char** argv) {
+  epd::armed_prepare_environment();
+  if (const int fd = epd::test::client_role_fd(); fd >= 0) return epd::client_main(fd);
+  int iters = 3000;
+  std::string label = "default";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--label") == 0) label = argv[i + 1];
+  }
+  return epd::run(iters, label);
+}
