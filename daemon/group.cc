@@ -49,7 +49,7 @@ Group::Group(uint64_t id, GroupSpec spec, std::shared_ptr<SharedRegion> ws, Thre
   slots_.resize(static_cast<size_t>(spec_.slots));
   for (auto& s : slots_) s.rung.assign(static_cast<size_t>(spec_.world_size), 0);
   const char* spin = std::getenv("EPD_WORKER_SPIN_US");
-  spin_ns_ = (spin && *spin ? std::atoll(spin) : 20) * 1000;
+  spin_ns_ = (spin && *spin ? std::atoll(spin) : 0) * 1000;
   worker_ = std::thread([this] { worker_loop(); });
 }
 
@@ -116,7 +116,19 @@ void Group::worker_loop() {
       jobs_.pop_front();
       queued_.fetch_sub(1, std::memory_order_relaxed);
     }
-    run_job(job);
+    try {
+      run_job(job);
+    } catch (...) {
+      // Only allocation can throw here; tell the ranks instead of leaving them waiting.
+      const Status st = make_status(EPD_ERR_NO_MEMORY, "daemon out of memory while finishing slot %d", job.slot);
+      for (Target& t : job.targets) publish(*t.shm, t.index, job.slot, job.op, t.seq, st);
+      Completion c;
+      c.group_id = id_;
+      c.slot = job.slot;
+      c.op = job.op;
+      c.status = st;
+      sink_(std::move(c));
+    }
   }
 }
 

@@ -9,9 +9,10 @@
 // thread. submit() is called by the control thread; the worker thread runs the
 // executor, publishes results into the members' session blocks (kept alive by
 // the job) and reports a Completion through the callback it was given.
-// After a job the worker polls for the next one for a short while
-// ($EPD_WORKER_SPIN_US, default 20 µs; 0 = never) before sleeping: a combine
-// follows its dispatch closely, and a thread wake-up costs more than that.
+// After a job the worker may poll for the next one for a short while before
+// sleeping ($EPD_WORKER_SPIN_US, default 0 = never): a combine follows its
+// dispatch closely and a wake-up costs several µs, but on a small machine the
+// spinning thread steals the CPU the clients need (measured: worse on 2 cores).
 #pragma once
 
 #include <array>

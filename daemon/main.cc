@@ -1,6 +1,7 @@
 // main.cc — the epd binary: configuration, logging, socket activation, then
 // the daemon core (server.h) until SIGTERM.
 #include <cstdio>
+#include <exception>
 
 #include "config.h"
 #include "logging.h"
@@ -38,7 +39,12 @@ int main(int argc, char** argv) {
     log_message(LogLevel::kCritical, "cannot start: " + server.status().to_string());
     return 1;
   }
-  Status st = server.value()->run();
+  Status st;
+  try {
+    st = server.value()->run();
+  } catch (const std::exception& e) {
+    st = make_status(EPD_ERR_INTERNAL, "control thread: %s", e.what());
+  }
   if (!st) {
     log_message(LogLevel::kCritical, "stopped on error: " + st.to_string());
     return 1;

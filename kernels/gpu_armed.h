@@ -60,6 +60,11 @@ MpsState detect_mps(int32_t device);
 struct ArmedOptions {
   int32_t depth = 8;        // operations armed ahead per slot (>= 2)
   uint32_t poll_us = 20;    // re-arm thread poll period; off the critical path while depth > 0 remain
+  // low_latency groups run the high_throughput kernels here unless this is set
+  // (same bytes: the contract is mode-independent). Seen on an H100, driver
+  // 580: enqueueing the cooperative low_latency launch behind an armed wait
+  // did not return to the host, so the re-arm thread stalled.
+  bool allow_cooperative = false;
 };
 
 class GpuExecutor;

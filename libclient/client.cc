@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <mutex>
 #include <string>
 
@@ -233,6 +234,18 @@ Status wait_seq(epd_group_impl& g, uint32_t* word, uint32_t seq, uint32_t* waite
   }
 }
 
+// No exception crosses the C ABI: allocation failures become NO_MEMORY.
+template <typename F>
+epd_status_t guarded(F&& f) noexcept {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return EPD_ERR_NO_MEMORY;
+  } catch (...) {
+    return EPD_ERR_INTERNAL;
+  }
+}
+
 }  // namespace
 
 struct epd_client : epd_client_impl {};
@@ -241,75 +254,77 @@ struct epd_group : epd_group_impl {};
 extern "C" {
 
 EPD_API epd_status_t epd_client_connect(const char* socket_path, epd_client_t** out) {
-  auto fail = [](const Status& st) {
-    tls_connect_error = st.to_string();
-    return st.code();
-  };
-  if (!out) return fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL"));
-  const char* path = socket_path ? socket_path : getenv("EPD_SOCKET");
-  if (!path || !*path) path = EPD_DEFAULT_SOCKET;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (strlen(path) >= sizeof addr.sun_path)
-    return fail(make_status(EPD_ERR_INVALID_ARGUMENT, "socket path '%s' is longer than %zu bytes", path,
-                            sizeof addr.sun_path - 1));
-  std::strcpy(addr.sun_path, path);
-  auto conn = std::make_shared<Connection>();
-  conn->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  if (conn->sock < 0) return fail(epd::errno_status("socket(AF_UNIX, SOCK_SEQPACKET)", errno));
-  // Requests are small; a send that cannot complete in 10 s means a daemon that does not read.
-  const timeval send_limit{10, 0};
-  setsockopt(conn->sock, SOL_SOCKET, SO_SNDTIMEO, &send_limit, sizeof send_limit);
-  if (connect(conn->sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    const int e = errno;
-    return fail(make_status(e == EACCES ? EPD_ERR_PERMISSION : EPD_ERR_DAEMON_LOST, "connect(%s): %s", path, strerror(e)));
-  }
-  proto::Hello h;
-  h.client_pid = static_cast<uint32_t>(getpid());
-  h.client_name = "libepd-client";
-  const uint64_t rid = conn->next_rid++;
-  auto rx = conn->call(proto::encode(h, rid), rid, kRequestNs);
-  if (!rx) return fail(rx.status());
-  auto f = proto::decode_frame(rx->data.data(), rx->data.size());
-  Status st = f ? error_of(*f) : f.status();
-  Result<proto::HelloReply> hr = st ? proto::decode_hello_reply(*f) : Result<proto::HelloReply>(st);
-  if (!hr) {
-    close_all(rx->fds);
-    return fail(hr.status());
-  }
-  if (hr->status != EPD_OK || rx->fds.size() != 2) {
-    close_all(rx->fds);
-    return fail(hr->status != EPD_OK ? Status(static_cast<epd_status_t>(hr->status), hr->message)
-                                     : make_status(EPD_ERR_PROTOCOL, "HELLO_REPLY carried %zu file descriptors, expected 2",
-                                                   rx->fds.size()));
-  }
-  struct stat sb;
-  if (fstat(rx->fds[0], &sb) != 0 || static_cast<uint64_t>(sb.st_size) < shm::kTotalBytes ||
-      hr->shm_bytes != shm::kTotalBytes) {
-    close_all(rx->fds);
-    return fail(make_status(EPD_ERR_PROTOCOL, "session block of %u bytes, this library expects %u (layout version %u)",
-                            hr->shm_bytes, shm::kTotalBytes, shm::kLayoutVersion));
-  }
-  void* p = mmap(nullptr, shm::kTotalBytes, PROT_READ | PROT_WRITE, MAP_SHARED, rx->fds[0], 0);
-  close(rx->fds[0]);
-  conn->doorbell = rx->fds[1];
-  if (p == MAP_FAILED) return fail(epd::errno_status("mmap(session block)", errno));
-  conn->shm = p;
-  const shm::Header* hdr = shm::header(p);
-  if (hdr->magic != shm::kMagic || hdr->layout_version != shm::kLayoutVersion ||
-      hdr->membership_offset != shm::kMembershipOffset || hdr->membership_stride != sizeof(shm::Membership) ||
-      hdr->max_memberships != shm::kMaxMemberships)
-    return fail(make_status(EPD_ERR_VERSION_MISMATCH, "session block layout version %u (magic 0x%08x), this library speaks %u",
-                            hdr->layout_version, hdr->magic, shm::kLayoutVersion));
-  conn->hello = std::move(hr.value());
-  auto* c = new epd_client();
-  c->conn = std::move(conn);
-  *out = c;
-  return EPD_OK;
+  return guarded([&]() -> epd_status_t {
+    auto fail = [](const Status& st) {
+      tls_connect_error = st.to_string();
+      return st.code();
+    };
+    if (!out) return fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL"));
+    const char* path = socket_path ? socket_path : getenv("EPD_SOCKET");
+    if (!path || !*path) path = EPD_DEFAULT_SOCKET;
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof addr.sun_path)
+      return fail(make_status(EPD_ERR_INVALID_ARGUMENT, "socket path '%s' is longer than %zu bytes", path,
+                              sizeof addr.sun_path - 1));
+    std::strcpy(addr.sun_path, path);
+    auto conn = std::make_shared<Connection>();
+    conn->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (conn->sock < 0) return fail(epd::errno_status("socket(AF_UNIX, SOCK_SEQPACKET)", errno));
+    // Requests are small; a send that cannot complete in 10 s means a daemon that does not read.
+    const timeval send_limit{10, 0};
+    setsockopt(conn->sock, SOL_SOCKET, SO_SNDTIMEO, &send_limit, sizeof send_limit);
+    if (connect(conn->sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      const int e = errno;
+      return fail(make_status(e == EACCES ? EPD_ERR_PERMISSION : EPD_ERR_DAEMON_LOST, "connect(%s): %s", path, strerror(e)));
+    }
+    proto::Hello h;
+    h.client_pid = static_cast<uint32_t>(getpid());
+    h.client_name = "libepd-client";
+    const uint64_t rid = conn->next_rid++;
+    auto rx = conn->call(proto::encode(h, rid), rid, kRequestNs);
+    if (!rx) return fail(rx.status());
+    auto f = proto::decode_frame(rx->data.data(), rx->data.size());
+    Status st = f ? error_of(*f) : f.status();
+    Result<proto::HelloReply> hr = st ? proto::decode_hello_reply(*f) : Result<proto::HelloReply>(st);
+    if (!hr) {
+      close_all(rx->fds);
+      return fail(hr.status());
+    }
+    if (hr->status != EPD_OK || rx->fds.size() != 2) {
+      close_all(rx->fds);
+      return fail(hr->status != EPD_OK ? Status(static_cast<epd_status_t>(hr->status), hr->message)
+                                       : make_status(EPD_ERR_PROTOCOL, "HELLO_REPLY carried %zu file descriptors, expected 2",
+                                                     rx->fds.size()));
+    }
+    struct stat sb;
+    if (fstat(rx->fds[0], &sb) != 0 || static_cast<uint64_t>(sb.st_size) < shm::kTotalBytes ||
+        hr->shm_bytes != shm::kTotalBytes) {
+      close_all(rx->fds);
+      return fail(make_status(EPD_ERR_PROTOCOL, "session block of %u bytes, this library expects %u (layout version %u)",
+                              hr->shm_bytes, shm::kTotalBytes, shm::kLayoutVersion));
+    }
+    void* p = mmap(nullptr, shm::kTotalBytes, PROT_READ | PROT_WRITE, MAP_SHARED, rx->fds[0], 0);
+    close(rx->fds[0]);
+    conn->doorbell = rx->fds[1];
+    if (p == MAP_FAILED) return fail(epd::errno_status("mmap(session block)", errno));
+    conn->shm = p;
+    const shm::Header* hdr = shm::header(p);
+    if (hdr->magic != shm::kMagic || hdr->layout_version != shm::kLayoutVersion ||
+        hdr->membership_offset != shm::kMembershipOffset || hdr->membership_stride != sizeof(shm::Membership) ||
+        hdr->max_memberships != shm::kMaxMemberships)
+      return fail(make_status(EPD_ERR_VERSION_MISMATCH, "session block layout version %u (magic 0x%08x), this library speaks %u",
+                              hdr->layout_version, hdr->magic, shm::kLayoutVersion));
+    conn->hello = std::move(hr.value());
+    auto* c = new epd_client();
+    c->conn = std::move(conn);
+    *out = c;
+    return EPD_OK;
+  });
 }
 
 EPD_API void epd_client_disconnect(epd_client_t* client) {
-  epd_client_impl* c = as_client(client);
+  epd_client_impl* c = as_client(client);  // nothing below allocates
   if (!c) return;
   c->magic = 0;
   shutdown(c->conn->sock, SHUT_RDWR);
@@ -318,223 +333,247 @@ EPD_API void epd_client_disconnect(epd_client_t* client) {
 }
 
 EPD_API epd_status_t epd_client_query(epd_client_t* client, epd_client_info_t* out) {
-  epd_client_impl* c = as_client(client);
-  if (!c) return EPD_ERR_INVALID_ARGUMENT;
-  if (!out || out->struct_size < sizeof(epd_client_info_t))
-    return c->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL or its struct_size = %u is below %zu",
-                               out ? out->struct_size : 0, sizeof(epd_client_info_t)));
-  const proto::HelloReply& h = c->conn->hello;
-  out->protocol_major = proto::kMajor;
-  out->protocol_minor = proto::kMinor;
-  out->daemon_pid = static_cast<int32_t>(h.daemon_pid);
-  out->capabilities = h.capabilities;
-  out->session_id = h.session_id;
-  std::snprintf(out->daemon_version, sizeof out->daemon_version, "%s", h.daemon_version.c_str());
-  return EPD_OK;
+  return guarded([&]() -> epd_status_t {
+    epd_client_impl* c = as_client(client);
+    if (!c) return EPD_ERR_INVALID_ARGUMENT;
+    if (!out || out->struct_size < sizeof(epd_client_info_t))
+      return c->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL or its struct_size = %u is below %zu",
+                                 out ? out->struct_size : 0, sizeof(epd_client_info_t)));
+    const proto::HelloReply& h = c->conn->hello;
+    out->protocol_major = proto::kMajor;
+    out->protocol_minor = proto::kMinor;
+    out->daemon_pid = static_cast<int32_t>(h.daemon_pid);
+    out->capabilities = h.capabilities;
+    out->session_id = h.session_id;
+    std::snprintf(out->daemon_version, sizeof out->daemon_version, "%s", h.daemon_version.c_str());
+    return EPD_OK;
+  });
 }
 
 EPD_API epd_status_t epd_group_join(epd_client_t* client, const epd_group_spec_t* cspec, epd_group_t** out) {
-  epd_client_impl* c = as_client(client);
-  if (!c) return EPD_ERR_INVALID_ARGUMENT;
-  if (!cspec || !out) return c->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "%s is NULL", cspec ? "out" : "spec"));
-  auto spec = epd::GroupSpec::from_c(*cspec);
-  if (!spec) return c->fail(spec.status());
-  if (Status st = spec->validate(); !st) return c->fail(st);
-  Connection& conn = *c->conn;
-  std::lock_guard<std::mutex> lk(conn.mu);
-  const uint64_t rid = conn.next_rid++;
-  proto::Join j{spec.value()};
-  auto rx = conn.call(proto::encode(j, rid), rid, static_cast<int64_t>(spec->timeout_ms) * 1000000LL + kRequestNs);
-  if (!rx) return c->fail(rx.status());
-  auto f = proto::decode_frame(rx->data.data(), rx->data.size());
-  Status st = f ? error_of(*f) : f.status();
-  Result<proto::JoinReply> jr = st ? proto::decode_join_reply(*f) : Result<proto::JoinReply>(st);
-  if (!jr) {
-    close_all(rx->fds);
-    return c->fail(jr.status());
-  }
-  if (jr->status != EPD_OK) {
-    close_all(rx->fds);
-    return c->fail(Status(static_cast<epd_status_t>(jr->status), jr->message));
-  }
-  auto g = std::make_unique<epd_group>();
-  g->conn = c->conn;
-  g->spec = std::move(spec.value());
-  g->layout = epd::GroupLayout::compute(g->spec);
-  struct stat sb;
-  if (rx->fds.size() != 1 || jr->member_index >= shm::kMaxMemberships || jr->workspace_bytes != g->layout.total_bytes ||
-      fstat(rx->fds[0], &sb) != 0 || static_cast<uint64_t>(sb.st_size) != jr->workspace_bytes) {
-    close_all(rx->fds);
-    return c->fail(make_status(EPD_ERR_PROTOCOL, "JOIN_REPLY: workspace of %llu bytes (layout needs %llu), member index %u",
-                               static_cast<unsigned long long>(jr->workspace_bytes),
-                               static_cast<unsigned long long>(g->layout.total_bytes), jr->member_index));
-  }
-  void* p = mmap(nullptr, jr->workspace_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, rx->fds[0], 0);
-  close(rx->fds[0]);
-  if (p == MAP_FAILED) return c->fail(epd::errno_status("mmap(group workspace)", errno));
-  g->ws = static_cast<uint8_t*>(p);
-  g->ws_bytes = jr->workspace_bytes;
-  uint64_t off = 0;
-  for (int32_t r = 0; r < g->spec.rank; ++r) off += g->layout.ranks[static_cast<size_t>(r)].bytes;
-  g->mine = g->ws + off;
-  g->index = jr->member_index;
-  g->group_id = jr->group_id;
-  g->entry = shm::membership(conn.shm, g->index);
-  *out = g.release();
-  return EPD_OK;
+  return guarded([&]() -> epd_status_t {
+    epd_client_impl* c = as_client(client);
+    if (!c) return EPD_ERR_INVALID_ARGUMENT;
+    if (!cspec || !out) return c->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "%s is NULL", cspec ? "out" : "spec"));
+    auto spec = epd::GroupSpec::from_c(*cspec);
+    if (!spec) return c->fail(spec.status());
+    if (Status st = spec->validate(); !st) return c->fail(st);
+    Connection& conn = *c->conn;
+    std::lock_guard<std::mutex> lk(conn.mu);
+    const uint64_t rid = conn.next_rid++;
+    proto::Join j{spec.value()};
+    auto rx = conn.call(proto::encode(j, rid), rid, static_cast<int64_t>(spec->timeout_ms) * 1000000LL + kRequestNs);
+    if (!rx) return c->fail(rx.status());
+    auto f = proto::decode_frame(rx->data.data(), rx->data.size());
+    Status st = f ? error_of(*f) : f.status();
+    Result<proto::JoinReply> jr = st ? proto::decode_join_reply(*f) : Result<proto::JoinReply>(st);
+    if (!jr) {
+      close_all(rx->fds);
+      return c->fail(jr.status());
+    }
+    if (jr->status != EPD_OK) {
+      close_all(rx->fds);
+      return c->fail(Status(static_cast<epd_status_t>(jr->status), jr->message));
+    }
+    auto g = std::make_unique<epd_group>();
+    g->conn = c->conn;
+    g->spec = std::move(spec.value());
+    g->layout = epd::GroupLayout::compute(g->spec);
+    struct stat sb;
+    if (rx->fds.size() != 1 || jr->member_index >= shm::kMaxMemberships || jr->workspace_bytes != g->layout.total_bytes ||
+        fstat(rx->fds[0], &sb) != 0 || static_cast<uint64_t>(sb.st_size) != jr->workspace_bytes) {
+      close_all(rx->fds);
+      return c->fail(make_status(EPD_ERR_PROTOCOL, "JOIN_REPLY: workspace of %llu bytes (layout needs %llu), member index %u",
+                                 static_cast<unsigned long long>(jr->workspace_bytes),
+                                 static_cast<unsigned long long>(g->layout.total_bytes), jr->member_index));
+    }
+    void* p = mmap(nullptr, jr->workspace_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, rx->fds[0], 0);
+    close(rx->fds[0]);
+    if (p == MAP_FAILED) return c->fail(epd::errno_status("mmap(group workspace)", errno));
+    g->ws = static_cast<uint8_t*>(p);
+    g->ws_bytes = jr->workspace_bytes;
+    uint64_t off = 0;
+    for (int32_t r = 0; r < g->spec.rank; ++r) off += g->layout.ranks[static_cast<size_t>(r)].bytes;
+    g->mine = g->ws + off;
+    g->index = jr->member_index;
+    g->group_id = jr->group_id;
+    g->entry = shm::membership(conn.shm, g->index);
+    *out = g.release();
+    return EPD_OK;
+  });
 }
 
 EPD_API epd_status_t epd_group_leave(epd_group_t* group) {
-  if (!group) return EPD_OK;
-  epd_group_impl* g = as_group(group);
-  if (!g) return EPD_ERR_INVALID_ARGUMENT;
-  epd_status_t rc = EPD_OK;
-  Connection& conn = *g->conn;
-  if (!conn.lost.load()) {
-    std::lock_guard<std::mutex> lk(conn.mu);
-    const uint64_t rid = conn.next_rid++;
-    auto rx = conn.call(proto::encode(proto::Leave{g->index}, rid), rid, kRequestNs);
-    if (rx) close_all(rx->fds);
-    else if (rx.status().code() != EPD_ERR_DAEMON_LOST && rx.status().code() != EPD_ERR_SHUTTING_DOWN)
-      rc = rx.status().code();
-  }
-  g->magic = 0;
-  delete static_cast<epd_group*>(group);
-  return rc;
+  return guarded([&]() -> epd_status_t {
+    if (!group) return EPD_OK;
+    epd_group_impl* g = as_group(group);
+    if (!g) return EPD_ERR_INVALID_ARGUMENT;
+    epd_status_t rc = EPD_OK;
+    Connection& conn = *g->conn;
+    if (!conn.lost.load()) {
+      std::lock_guard<std::mutex> lk(conn.mu);
+      const uint64_t rid = conn.next_rid++;
+      auto rx = conn.call(proto::encode(proto::Leave{g->index}, rid), rid, kRequestNs);
+      if (rx) close_all(rx->fds);
+      else if (rx.status().code() != EPD_ERR_DAEMON_LOST && rx.status().code() != EPD_ERR_SHUTTING_DOWN)
+        rc = rx.status().code();
+    }
+    g->magic = 0;
+    delete static_cast<epd_group*>(group);
+    return rc;
+  });
 }
 
 EPD_API epd_status_t epd_dispatch(epd_group_t* group, int32_t slot, const epd_dispatch_args_t* args) {
-  epd_group_impl* g = as_group(group);
-  if (!g) return EPD_ERR_INVALID_ARGUMENT;
-  if (Status st = check_slot(*g, slot); !st) return g->fail(st);
-  if (!args || args->struct_size < offsetof(epd_dispatch_args_t, n_tokens) + sizeof(int32_t))
-    return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "args is NULL or its struct_size = %u is too small",
-                               args ? args->struct_size : 0));
-  if (Status st = check_live(*g); !st) return g->fail(st);
-  auto& s = g->slots[slot];
-  if (s.phase.load() != Phase::kIdle)
-    return g->fail(make_status(EPD_ERR_SLOT_BUSY, "dispatch on slot %d: its previous dispatch has no finished combine yet", slot));
-  epd::DispatchInputs in;
-  in.x = args->x;
-  in.topk_ids = args->topk_ids;
-  in.id_dtype = args->id_dtype;
-  in.topk_weights = args->topk_weights;
-  in.n_tokens = args->n_tokens;
-  const epd::RankLayout& l = g->layout.ranks[static_cast<size_t>(g->spec.rank)];
-  if (Status st = epd::stage_dispatch_inputs(g->spec, l, g->mine, slot, in); !st) return g->fail(st);
-  s.n_tokens = args->n_tokens;
-  s.phase = Phase::kDispatching;
-  shm::word(g->entry->slot[slot].dispatch_req).store(++s.dispatch_seq, std::memory_order_release);
-  ring(*g);
-  return EPD_OK;
+  return guarded([&]() -> epd_status_t {
+    epd_group_impl* g = as_group(group);
+    if (!g) return EPD_ERR_INVALID_ARGUMENT;
+    if (Status st = check_slot(*g, slot); !st) return g->fail(st);
+    if (!args || args->struct_size < offsetof(epd_dispatch_args_t, n_tokens) + sizeof(int32_t))
+      return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "args is NULL or its struct_size = %u is too small",
+                                 args ? args->struct_size : 0));
+    if (Status st = check_live(*g); !st) return g->fail(st);
+    auto& s = g->slots[slot];
+    if (s.phase.load() != Phase::kIdle)
+      return g->fail(make_status(EPD_ERR_SLOT_BUSY, "dispatch on slot %d: its previous dispatch has no finished combine yet", slot));
+    epd::DispatchInputs in;
+    in.x = args->x;
+    in.topk_ids = args->topk_ids;
+    in.id_dtype = args->id_dtype;
+    in.topk_weights = args->topk_weights;
+    in.n_tokens = args->n_tokens;
+    const epd::RankLayout& l = g->layout.ranks[static_cast<size_t>(g->spec.rank)];
+    if (Status st = epd::stage_dispatch_inputs(g->spec, l, g->mine, slot, in); !st) return g->fail(st);
+    s.n_tokens = args->n_tokens;
+    s.phase = Phase::kDispatching;
+    shm::word(g->entry->slot[slot].dispatch_req).store(++s.dispatch_seq, std::memory_order_release);
+    ring(*g);
+    return EPD_OK;
+  });
 }
 
 EPD_API epd_status_t epd_dispatch_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms, epd_dispatch_result_t* out) {
-  epd_group_impl* g = as_group(group);
-  if (!g) return EPD_ERR_INVALID_ARGUMENT;
-  if (Status st = check_slot(*g, slot); !st) return g->fail(st);
-  if (!out || out->struct_size < sizeof(epd_dispatch_result_t))
-    return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL or its struct_size = %u is below %zu",
-                               out ? out->struct_size : 0, sizeof(epd_dispatch_result_t)));
-  auto& s = g->slots[slot];
-  const Phase ph = s.phase.load();
-  if (ph != Phase::kDispatching && ph != Phase::kDispatched)
-    return g->fail(make_status(EPD_ERR_NO_DISPATCH, "dispatch_wait on slot %d without a dispatch", slot));
-  shm::SlotWords& w = g->entry->slot[slot];
-  if (ph == Phase::kDispatching) {
-    if (Status st = wait_seq(*g, &w.dispatch_done, s.dispatch_seq, &w.waiters, timeout_ms, "dispatch", slot); !st) {
-      if (st.code() != EPD_ERR_TIMEOUT) s.phase = Phase::kIdle;
-      return g->fail(st);
+  return guarded([&]() -> epd_status_t {
+    epd_group_impl* g = as_group(group);
+    if (!g) return EPD_ERR_INVALID_ARGUMENT;
+    if (Status st = check_slot(*g, slot); !st) return g->fail(st);
+    if (!out || out->struct_size < sizeof(epd_dispatch_result_t))
+      return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL or its struct_size = %u is below %zu",
+                                 out ? out->struct_size : 0, sizeof(epd_dispatch_result_t)));
+    auto& s = g->slots[slot];
+    const Phase ph = s.phase.load();
+    if (ph != Phase::kDispatching && ph != Phase::kDispatched)
+      return g->fail(make_status(EPD_ERR_NO_DISPATCH, "dispatch_wait on slot %d without a dispatch", slot));
+    shm::SlotWords& w = g->entry->slot[slot];
+    if (ph == Phase::kDispatching) {
+      if (Status st = wait_seq(*g, &w.dispatch_done, s.dispatch_seq, &w.waiters, timeout_ms, "dispatch", slot); !st) {
+        if (st.code() != EPD_ERR_TIMEOUT) s.phase = Phase::kIdle;
+        return g->fail(st);
+      }
+      const auto code = static_cast<epd_status_t>(shm::word(w.dispatch_status).load(std::memory_order_acquire));
+      if (code != EPD_OK) {
+        s.phase = Phase::kIdle;
+        return g->fail(Status(code, std::string(w.dispatch_msg, strnlen(w.dispatch_msg, shm::kMsgBytes))));
+      }
+      s.phase = Phase::kDispatched;
     }
-    const auto code = static_cast<epd_status_t>(shm::word(w.dispatch_status).load(std::memory_order_acquire));
-    if (code != EPD_OK) {
-      s.phase = Phase::kIdle;
-      return g->fail(Status(code, std::string(w.dispatch_msg, strnlen(w.dispatch_msg, shm::kMsgBytes))));
-    }
-    s.phase = Phase::kDispatched;
-  }
-  const epd::RankLayout& l = g->layout.ranks[static_cast<size_t>(g->spec.rank)];
-  const epd::SlotOffsets& o = l.slot[slot];
-  int32_t total = 0;
-  std::memcpy(&total, g->mine + o.recv_total, 4);
-  out->total_rows = static_cast<int32_t>(std::clamp<int64_t>(total, 0, l.recv_rows));
-  out->capacity_rows = l.recv_rows;
-  out->ids_per_row = l.ids_per_row;
-  out->num_local_experts = l.local_experts;
-  out->x = g->mine + o.recv_x;
-  out->scales = l.scale_blocks ? reinterpret_cast<const float*>(g->mine + o.recv_scales) : nullptr;
-  out->ids = reinterpret_cast<const int32_t*>(g->mine + o.recv_ids);
-  out->weights = reinterpret_cast<const float*>(g->mine + o.recv_weights);
-  out->src = reinterpret_cast<const epd_src_t*>(g->mine + o.recv_src);
-  out->counts = reinterpret_cast<const int32_t*>(g->mine + o.recv_counts);
-  out->combine_in = g->mine + o.combine_in;
-  out->x_row_bytes = l.recv_row_bytes;
-  out->combine_row_bytes = l.in_row_bytes;
-  return EPD_OK;
+    const epd::RankLayout& l = g->layout.ranks[static_cast<size_t>(g->spec.rank)];
+    const epd::SlotOffsets& o = l.slot[slot];
+    int32_t total = 0;
+    std::memcpy(&total, g->mine + o.recv_total, 4);
+    out->total_rows = static_cast<int32_t>(std::clamp<int64_t>(total, 0, l.recv_rows));
+    out->capacity_rows = l.recv_rows;
+    out->ids_per_row = l.ids_per_row;
+    out->num_local_experts = l.local_experts;
+    out->x = g->mine + o.recv_x;
+    out->scales = l.scale_blocks ? reinterpret_cast<const float*>(g->mine + o.recv_scales) : nullptr;
+    out->ids = reinterpret_cast<const int32_t*>(g->mine + o.recv_ids);
+    out->weights = reinterpret_cast<const float*>(g->mine + o.recv_weights);
+    out->src = reinterpret_cast<const epd_src_t*>(g->mine + o.recv_src);
+    out->counts = reinterpret_cast<const int32_t*>(g->mine + o.recv_counts);
+    out->combine_in = g->mine + o.combine_in;
+    out->x_row_bytes = l.recv_row_bytes;
+    out->combine_row_bytes = l.in_row_bytes;
+    return EPD_OK;
+  });
 }
 
 EPD_API epd_status_t epd_combine(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode) {
-  epd_group_impl* g = as_group(group);
-  if (!g) return EPD_ERR_INVALID_ARGUMENT;
-  if (Status st = check_slot(*g, slot); !st) return g->fail(st);
-  if (weight_mode != EPD_WEIGHTS_APPLY && weight_mode != EPD_WEIGHTS_ALREADY_APPLIED && weight_mode != EPD_WEIGHTS_ONES)
-    return g->fail(make_status(EPD_ERR_BAD_WEIGHT_MODE, "weight_mode = %d is not an epd_weight_mode_t", weight_mode));
-  if (g->spec.layout == EPD_LAYOUT_RANK_MAJOR && weight_mode == EPD_WEIGHTS_APPLY)
-    return g->fail(make_status(EPD_ERR_BAD_WEIGHT_MODE,
-                               "weight_mode 'apply' needs layout expert_major; rank_major rows are already reduced "
-                               "per rank (use already_applied or ones)"));
-  if (Status st = check_live(*g); !st) return g->fail(st);
-  auto& s = g->slots[slot];
-  if (s.phase.load() != Phase::kDispatched)
-    return g->fail(make_status(EPD_ERR_NO_DISPATCH, "combine on slot %d without a finished dispatch_wait", slot));
-  shm::SlotWords& w = g->entry->slot[slot];
-  shm::word(w.combine_mode).store(static_cast<uint32_t>(weight_mode), std::memory_order_relaxed);
-  s.phase = Phase::kCombining;
-  shm::word(w.combine_req).store(++s.combine_seq, std::memory_order_release);
-  ring(*g);
-  return EPD_OK;
+  return guarded([&]() -> epd_status_t {
+    epd_group_impl* g = as_group(group);
+    if (!g) return EPD_ERR_INVALID_ARGUMENT;
+    if (Status st = check_slot(*g, slot); !st) return g->fail(st);
+    if (weight_mode != EPD_WEIGHTS_APPLY && weight_mode != EPD_WEIGHTS_ALREADY_APPLIED && weight_mode != EPD_WEIGHTS_ONES)
+      return g->fail(make_status(EPD_ERR_BAD_WEIGHT_MODE, "weight_mode = %d is not an epd_weight_mode_t", weight_mode));
+    if (g->spec.layout == EPD_LAYOUT_RANK_MAJOR && weight_mode == EPD_WEIGHTS_APPLY)
+      return g->fail(make_status(EPD_ERR_BAD_WEIGHT_MODE,
+                                 "weight_mode 'apply' needs layout expert_major; rank_major rows are already reduced "
+                                 "per rank (use already_applied or ones)"));
+    if (Status st = check_live(*g); !st) return g->fail(st);
+    auto& s = g->slots[slot];
+    if (s.phase.load() != Phase::kDispatched)
+      return g->fail(make_status(EPD_ERR_NO_DISPATCH, "combine on slot %d without a finished dispatch_wait", slot));
+    shm::SlotWords& w = g->entry->slot[slot];
+    shm::word(w.combine_mode).store(static_cast<uint32_t>(weight_mode), std::memory_order_relaxed);
+    s.phase = Phase::kCombining;
+    shm::word(w.combine_req).store(++s.combine_seq, std::memory_order_release);
+    ring(*g);
+    return EPD_OK;
+  });
 }
 
 EPD_API epd_status_t epd_combine_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms, const void** out) {
-  epd_group_impl* g = as_group(group);
-  if (!g) return EPD_ERR_INVALID_ARGUMENT;
-  if (Status st = check_slot(*g, slot); !st) return g->fail(st);
-  if (!out) return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL"));
-  auto& s = g->slots[slot];
-  if (s.phase.load() != Phase::kCombining)
-    return g->fail(make_status(EPD_ERR_NO_DISPATCH, "combine_wait on slot %d without a combine", slot));
-  shm::SlotWords& w = g->entry->slot[slot];
-  if (Status st = wait_seq(*g, &w.combine_done, s.combine_seq, &w.waiters, timeout_ms, "combine", slot); !st) {
-    if (st.code() != EPD_ERR_TIMEOUT) s.phase = Phase::kIdle;
-    return g->fail(st);
-  }
-  s.phase = Phase::kIdle;
-  const auto code = static_cast<epd_status_t>(shm::word(w.combine_status).load(std::memory_order_acquire));
-  if (code != EPD_OK) return g->fail(Status(code, std::string(w.combine_msg, strnlen(w.combine_msg, shm::kMsgBytes))));
-  const epd::RankLayout& l = g->layout.ranks[static_cast<size_t>(g->spec.rank)];
-  *out = g->mine + l.slot[slot].combine_out;
-  return EPD_OK;
+  return guarded([&]() -> epd_status_t {
+    epd_group_impl* g = as_group(group);
+    if (!g) return EPD_ERR_INVALID_ARGUMENT;
+    if (Status st = check_slot(*g, slot); !st) return g->fail(st);
+    if (!out) return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL"));
+    auto& s = g->slots[slot];
+    if (s.phase.load() != Phase::kCombining)
+      return g->fail(make_status(EPD_ERR_NO_DISPATCH, "combine_wait on slot %d without a combine", slot));
+    shm::SlotWords& w = g->entry->slot[slot];
+    if (Status st = wait_seq(*g, &w.combine_done, s.combine_seq, &w.waiters, timeout_ms, "combine", slot); !st) {
+      if (st.code() != EPD_ERR_TIMEOUT) s.phase = Phase::kIdle;
+      return g->fail(st);
+    }
+    s.phase = Phase::kIdle;
+    const auto code = static_cast<epd_status_t>(shm::word(w.combine_status).load(std::memory_order_acquire));
+    if (code != EPD_OK) return g->fail(Status(code, std::string(w.combine_msg, strnlen(w.combine_msg, shm::kMsgBytes))));
+    const epd::RankLayout& l = g->layout.ranks[static_cast<size_t>(g->spec.rank)];
+    *out = g->mine + l.slot[slot].combine_out;
+    return EPD_OK;
+  });
 }
 
 EPD_API epd_status_t epd_workspace_bytes(const epd_group_spec_t* cspec, int32_t node, int32_t gpu, uint64_t* bytes) {
-  if (!cspec || !bytes) return EPD_ERR_INVALID_ARGUMENT;
-  auto spec = epd::GroupSpec::from_c(*cspec);
-  if (!spec) return spec.status().code();
-  if (Status st = spec->validate(); !st) return st.code();
-  *bytes = epd::GroupLayout::compute(spec.value()).bytes_on(spec.value(), node, gpu);
-  return EPD_OK;
+  return guarded([&]() -> epd_status_t {
+    if (!cspec || !bytes) return EPD_ERR_INVALID_ARGUMENT;
+    auto spec = epd::GroupSpec::from_c(*cspec);
+    if (!spec) return spec.status().code();
+    if (Status st = spec->validate(); !st) return st.code();
+    *bytes = epd::GroupLayout::compute(spec.value()).bytes_on(spec.value(), node, gpu);
+    return EPD_OK;
+  });
 }
 
 EPD_API const char* epd_last_error(const void* handle) {
   if (!handle) {
-    tls_returned = tls_connect_error;
+    try {
+      tls_returned = tls_connect_error;
+    } catch (...) {
+      return "out of memory";
+    }
     return tls_returned.c_str();
   }
   auto* h = static_cast<Handle*>(const_cast<void*>(handle));
   // Both handle kinds start with Handle; anything else gets a fixed answer.
   if (h->magic != kClientMagic && h->magic != kGroupMagic) return "not an epd handle";
   std::lock_guard<std::mutex> lk(h->err_mu);
-  tls_returned = h->last_error;
+  try {
+    tls_returned = h->last_error;
+  } catch (...) {
+    return "out of memory";
+  }
   return tls_returned.c_str();
 }
 

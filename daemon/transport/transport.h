@@ -113,8 +113,9 @@ class Transport {
   // OK while connected; else why not (never connected, lost, refused).
   virtual Status peer_status(NodeId peer) const = 0;
 
-  // Queues a message; `data` may be reused when this returns. Blocks only while
-  // the peer's queue is full, until `deadline` (then EPD_ERR_TIMEOUT).
+  // Sends a message; `data` may be reused when this returns. Blocks only while
+  // the connection cannot take more (socket and the max_queued_bytes queue
+  // full, or no RDMA credit), at most until `deadline` (then EPD_ERR_TIMEOUT).
   virtual Status send(NodeId peer, uint32_t tag, const void* data, size_t bytes,
                       Deadline deadline) = 0;
   // Writes `bytes` at `offset` of the peer's region `region_id`; the peer's

@@ -134,7 +134,9 @@ typedef struct epd_group_spec {
  * high_throughput, timeout 30 s, everything else zero / NULL). */
 EPD_API void epd_group_spec_init(epd_group_spec_t* spec);
 
-/* Check a spec. Returns EPD_OK or EPD_ERR_INVALID_SPEC / EPD_ERR_FP8_ALIGNMENT;
+/* Check a spec. Returns EPD_OK, EPD_ERR_INVALID_SPEC / EPD_ERR_FP8_ALIGNMENT for
+ * a bad field, or EPD_ERR_INVALID_ARGUMENT for a NULL spec or a struct_size
+ * smaller than this library's;
  * when `msg` is not NULL it receives a NUL-terminated message naming the field
  * and value (truncated to msg_len). */
 EPD_API epd_status_t epd_group_spec_validate(const epd_group_spec_t* spec, char* msg,

@@ -197,7 +197,9 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
   im.device = device;
   im.opt = options;
   im.bases = rank_bases;
-  auto ex = GpuExecutor::create(spec, std::move(rank_bases), device);
+  GroupSpec exec_spec = spec;
+  if (!options.allow_cooperative) exec_spec.mode = EPD_MODE_HIGH_THROUGHPUT;  // see ArmedOptions
+  auto ex = GpuExecutor::create(exec_spec, std::move(rank_bases), device);
   if (!ex) return ex.status();
   im.ex = std::move(ex.value());
   EPD_CUDA_RETURN(cudaSetDevice(device));

@@ -58,7 +58,7 @@ TEST_P(ExecutorErrors, StagingRejectsIdsOutOfRangeAndWritesNothing) {
     RankInput r = in_[1];
     r.id_dtype = b.dtype;
     r.o.ids[3 * kK + 2] = b.value;
-    sync_ids(r, kK);
+    sync_ids(r);
     g_->snapshot();
     const epd::Status st = epd::stage_dispatch_inputs(g_->spec(), g_->layout(1), g_->base(1), 0, r.view());
     expect_error(st, EPD_ERR_EXPERT_ID_OUT_OF_RANGE, "topk_ids[3][2] = " + std::to_string(b.value));
@@ -72,13 +72,13 @@ TEST_P(ExecutorErrors, StagingRejectsAnExpertTwiceInOneToken) {
   r.o.ids[2 * kK + 1] = -1;
   r.o.ids[2 * kK + 2] = -1;  // several masked k are fine
   r.o.ids[2 * kK + 3] = 5;
-  sync_ids(r, kK);
+  sync_ids(r);
   g_->snapshot();
   const epd::Status st = epd::stage_dispatch_inputs(g_->spec(), g_->layout(0), g_->base(0), 0, r.view());
   expect_error(st, EPD_ERR_INVALID_ARGUMENT, "topk_ids[2] lists expert 5 twice");
   EXPECT_EQ(g_->changed_anywhere(), "");
   r.o.ids[2 * kK + 3] = 6;
-  sync_ids(r, kK);
+  sync_ids(r);
   EXPECT_TRUE(epd::stage_dispatch_inputs(g_->spec(), g_->layout(0), g_->base(0), 0, r.view()).is_ok());
 }
 
@@ -93,7 +93,7 @@ TEST_P(ExecutorErrors, StagingRejectsCapacitySlotPointersAndIdDtype) {
   big.o.x.resize(static_cast<size_t>(kM + 1) * kH * 2, 0);
   big.o.ids.resize(static_cast<size_t>(kM + 1) * kK, -1);
   big.o.weights.resize(static_cast<size_t>(kM + 1) * kK, 0.5f);
-  sync_ids(big, kK);
+  sync_ids(big);
   expect_error(stage_one(big.view(), 0), EPD_ERR_CAPACITY_EXCEEDED, "n_tokens = 9");
   epd::DispatchInputs v = in_[2].view();
   v.n_tokens = -1;
@@ -118,7 +118,7 @@ TEST_P(ExecutorErrors, StagingRejectsCapacitySlotPointersAndIdDtype) {
 TEST_P(ExecutorErrors, DispatchRejectsIdsCorruptedInTheSendSlotNamingTheRank) {
   const int64_t token1[kK] = {4, 9, -1, 12};
   std::copy(token1, token1 + kK, in_[2].o.ids.begin() + kK);
-  sync_ids(in_[2], kK);
+  sync_ids(in_[2]);
   stage(1);
   ASSERT_TRUE(g_->exec().dispatch(1).is_ok());
   struct Corrupt {

@@ -185,7 +185,7 @@ uint64_t RankInput::hash() const {
   return fnv1a(o.weights.data(), o.weights.size() * 4, h);
 }
 
-void sync_ids(RankInput& in, int32_t) {
+void sync_ids(RankInput& in) {
   in.ids32.clear();
   in.ids64.clear();
   for (int64_t v : in.o.ids) {
@@ -295,7 +295,7 @@ std::vector<RankInput> random_inputs(std::mt19937_64& rng, const OracleSpec& s, 
         w = coin(rng, 0.1) ? -std::uniform_real_distribution<float>(0.0f, 1.0f)(rng)
                            : std::uniform_real_distribution<float>(0.0f, 1.5f)(rng);
     }
-    sync_ids(ri, K);
+    sync_ids(ri);
   }
   return in;
 }

@@ -68,7 +68,7 @@ struct RankInput {
 std::vector<RankInput> random_inputs(std::mt19937_64& rng, const OracleSpec& s, Routing routing,
                                      int32_t force_n = -1);
 // Rebuilds the executor-facing buffers from o (after a test edits o.ids).
-void sync_ids(RankInput& in, int32_t top_k);
+void sync_ids(RankInput& in);
 std::vector<OracleInput> oracle_inputs(const std::vector<RankInput>& in);
 
 // Per-expert coefficients of the test's expert function y = a_e * x + b_e.

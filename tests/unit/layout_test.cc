@@ -187,7 +187,7 @@ TEST(Layout, ExpertMajorRowsAsDocumented) {
   in[1].o.ids = {0, 2};
   for (auto& r : in) {
     r.o.x.assign(static_cast<size_t>(r.o.n) * 4, 0x11);
-    sync_ids(r, 2);
+    sync_ids(r);
   }
   ASSERT_TRUE(stage_all(g, 1, in).is_ok());
   ASSERT_TRUE(g.exec().dispatch(1).is_ok());
@@ -208,7 +208,7 @@ TEST(Layout, RankMajorRowsAsDocumented) {
   in[1].o.ids = {2, -1, 3};
   for (auto& r : in) {
     r.o.x.assign(static_cast<size_t>(r.o.n) * 4, 0x22);
-    sync_ids(r, 3);
+    sync_ids(r);
   }
   ASSERT_TRUE(stage_all(g, 0, in).is_ok());
   ASSERT_TRUE(g.exec().dispatch(0).is_ok());

@@ -181,7 +181,11 @@ int run(int iters, const std::string& label) {
       cudaStreamDestroy(st);
     }
     {  // (b) armed, client in another process
-      auto armed = ArmedExecutor::create(spec, bases, 0, ArmedOptions{64, 10});
+      ArmedOptions opt;
+      opt.depth = 64;
+      opt.poll_us = 10;
+      opt.allow_cooperative = std::getenv("EPD_ARMED_COOPERATIVE") != nullptr;  // diagnosis only
+      auto armed = ArmedExecutor::create(spec, bases, 0, opt);
       if (!armed || !(*armed)->start()) {
         std::printf("armed: %s\n", armed ? "start failed" : armed.status().message().c_str());
         return 1;
