@@ -680,6 +680,18 @@ StatusSnapshot Server::snapshot() const {
   };
   for (const auto& [n, g] : groups_) add(*g);
   for (const auto& g : retired_) add(*g);
+  const int64_t now = shm::monotonic_ns();
+  for (const auto& [sid, ss] : sessions_) {
+    StatusSnapshot::SessionRow row;
+    row.id = sid;
+    row.pid = ss->pid;
+    row.uid = ss->uid;
+    row.gid = ss->gid;
+    row.name = ss->name;
+    for (const auto& m : ss->members) row.memberships += m != nullptr;
+    row.connected_s = static_cast<double>(now - ss->connected_ns) / 1e9;
+    s.sessions_list.push_back(row);
+  }
   return s;
 }
 

@@ -89,6 +89,27 @@ std::string json_ranks(const StatusSnapshot& s, bool counters) {
   return o + "]";
 }
 
+std::string json_sessions(const StatusSnapshot& s) {
+  std::string o = "[";
+  for (size_t i = 0; i < s.sessions_list.size(); ++i) {
+    const auto& x = s.sessions_list[i];
+    o += fmt("%s{\"session\":%llu,\"pid\":%d,\"uid\":%u,\"gid\":%u,\"name\":%s,\"memberships\":%u,"
+             "\"connected_s\":%.3f}",
+             i ? "," : "", static_cast<unsigned long long>(x.id), x.pid, x.uid, x.gid, json_quote(x.name).c_str(),
+             x.memberships, x.connected_s);
+  }
+  return o + "]";
+}
+
+std::string text_sessions(const StatusSnapshot& s) {
+  std::string o = fmt("%8s %8s %6s %6s %-20s %11s %s\n", "SESSION", "PID", "UID", "GID", "CLIENT", "MEMBERSHIPS",
+                      "CONNECTED");
+  for (const auto& x : s.sessions_list)
+    o += fmt("%8llu %8d %6u %6u %-20s %11u %.1fs\n", static_cast<unsigned long long>(x.id), x.pid, x.uid, x.gid,
+             x.name.c_str(), x.memberships, x.connected_s);
+  return o;
+}
+
 std::string age(double s) { return s < 0 ? "never" : fmt("%.1fs ago", s); }
 
 std::string text_status(const StatusSnapshot& s) {
@@ -142,8 +163,10 @@ std::string render_status(const StatusSnapshot& s, proto::StatusWhat what, bool 
       case W::kGroups: return json_groups(s);
       case W::kRanks: return json_ranks(s, false);
       case W::kCounters: return json_ranks(s, true);
+      case W::kSessions: return json_sessions(s);
       case W::kAll:
-        return "{\"daemon\":" + json_status(s) + ",\"groups\":" + json_groups(s) + ",\"ranks\":" + json_ranks(s, true) + "}";
+        return "{\"daemon\":" + json_status(s) + ",\"groups\":" + json_groups(s) + ",\"ranks\":" + json_ranks(s, true) +
+               ",\"sessions\":" + json_sessions(s) + "}";
     }
   }
   switch (what) {
@@ -151,7 +174,9 @@ std::string render_status(const StatusSnapshot& s, proto::StatusWhat what, bool 
     case W::kGroups: return text_groups(s);
     case W::kRanks: return text_ranks(s);
     case W::kCounters: return text_counters(s);
-    case W::kAll: return text_status(s) + "\n" + text_groups(s) + "\n" + text_ranks(s) + "\n" + text_counters(s);
+    case W::kSessions: return text_sessions(s);
+    case W::kAll: return text_status(s) + "\n" + text_groups(s) + "\n" + text_ranks(s) + "\n" + text_counters(s) + "\n" +
+                         text_sessions(s);
   }
   return {};
 }

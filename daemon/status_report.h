@@ -36,8 +36,17 @@ struct StatusSnapshot {
     double last_progress_age_s = -1;  // -1: never
     shm::Counters counters{};
   };
+  struct SessionRow {
+    uint64_t id = 0;
+    int32_t pid = 0;
+    uint32_t uid = 0, gid = 0;
+    std::string name;
+    uint32_t memberships = 0;
+    double connected_s = 0;
+  };
   std::vector<GroupRow> groups;
   std::vector<RankRow> ranks;
+  std::vector<SessionRow> sessions_list;
 };
 
 std::string render_status(const StatusSnapshot& s, proto::StatusWhat what, bool json);

@@ -41,11 +41,17 @@
 
 namespace epd {
 
-// Sets CUDA_DEVICE_MAX_CONNECTIONS to `connections` (default 32) unless the
-// environment already sets it. Must run before anything initialises CUDA in the
-// process (the daemon's main, first thing): armed streams block at a wait, and
-// streams beyond the connection count share a hardware queue, so a blocked
-// wait would stall the streams behind it (the abort stream included).
+// Prepares the process environment for armed streams. Must run before
+// anything initialises CUDA in the process (the daemon's main, first thing):
+//  - CUDA_DEVICE_MAX_CONNECTIONS = `connections` (default 32) unless already
+//    set: armed streams block at a wait, and streams beyond the connection
+//    count share a hardware queue, so a blocked wait would stall the streams
+//    behind it (the abort stream included);
+//  - CUDA_MODULE_LOADING = EAGER (always): with lazy loading (the default
+//    since CUDA 12.2) the first launch of a kernel may synchronise the
+//    context, which never completes while a wait is armed; seen on an H100
+//    (driver 580) as a hang in the first arming. ArmedExecutor::create
+//    refuses to run under lazy loading.
 void armed_prepare_environment(int32_t connections = 32);
 
 // Whether CUDA MPS serves contexts on `device`, and a one-line description for

@@ -7,6 +7,7 @@
 // Thread-safety: pure functions.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -86,24 +87,26 @@ inline float fp8_e4m3_to_float(uint8_t v) {
 }
 
 inline uint8_t float_to_fp8_e4m3(float f) {
-  const uint8_t sign = (float_bits(f) >> 24) & 0x80u;
-  if (std::isnan(f)) return static_cast<uint8_t>(sign | 0x7fu);
-  const float a = std::fabs(f);
-  if (a >= 448.0f) return static_cast<uint8_t>(sign | 0x7eu);
-  if (a < 0.015625f) {  // below 2^-6: subnormals in units of 2^-9
-    const uint32_t q = static_cast<uint32_t>(std::nearbyint(a * 512.0f));  // 8 -> min normal 0x08
-    return static_cast<uint8_t>(sign | q);
-  }
-  int e;
-  const float m = std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
-  uint32_t q = static_cast<uint32_t>(std::nearbyint(std::ldexp(m, 4)));  // 4 significant bits: [8, 16]
-  int32_t exp = e - 1 + 7;
-  if (q == 16) {
-    q = 8;
-    ++exp;
-  }
-  if (exp > 15 || (exp == 15 && q - 8 > 6)) return static_cast<uint8_t>(sign | 0x7eu);
-  return static_cast<uint8_t>(sign | (exp << 3) | (q - 8));
+  // Bit-level round to nearest even of the 23-bit mantissa to 3 bits; the
+  // exponent is rebiased from 127 to 7 by subtracting 120 << 3 from the
+  // (exponent, mantissa) field, so a mantissa carry bumps the exponent.
+  // Branch-free (selects only) so row loops vectorise.
+  const uint32_t u = float_bits(f);
+  const uint32_t sign = (u >> 24) & 0x80u;
+  const uint32_t a = u & 0x7fffffffu;
+  const uint32_t r = a + 0x7ffffu + ((a >> 20) & 1u);
+  const uint32_t normal = (r >> 20) - (120u << 3);
+  // Below 2^-6: subnormal codes in units of 2^-9. a * 512 is exact; adding
+  // 2^23 rounds it to an integer, ties to even (8 is the min normal code).
+  const float t = bits_float(a) * 512.0f + 8388608.0f;
+  const uint32_t sub = float_bits(t) - 0x4b000000u;
+  const uint32_t is_sub = 0u - static_cast<uint32_t>(a < 0x3c800000u);
+  const uint32_t is_big = 0u - static_cast<uint32_t>(a >= 0x43e00000u);  // >= 448, inf: saturate
+  const uint32_t is_nan = 0u - static_cast<uint32_t>(a > 0x7f800000u);
+  uint32_t code = (sub & is_sub) | (normal & ~is_sub);
+  code = (0x7eu & is_big) | (code & ~is_big);
+  code = (0x7fu & is_nan) | (code & ~is_nan);
+  return static_cast<uint8_t>(sign | code);
 }
 
 // Element i of a row in `dtype` as fp32.
@@ -129,16 +132,25 @@ inline void store_from_float(void* row, int64_t i, float v, epd_dtype_t dtype) {
 // an all-zero block has scale 0 and encodes zeros.
 inline void quantize_row_fp8(const void* row, int32_t hidden, epd_dtype_t dtype, uint8_t* q,
                              float* scales) {
+  float v[EPD_FP8_BLOCK];
   for (int32_t b = 0; b < hidden / EPD_FP8_BLOCK; ++b) {
+    const int64_t base = static_cast<int64_t>(b) * EPD_FP8_BLOCK;
+    if (dtype == EPD_DTYPE_BF16) {
+      const uint16_t* p = static_cast<const uint16_t*>(row) + base;
+      for (int32_t i = 0; i < EPD_FP8_BLOCK; ++i) v[i] = bits_float(static_cast<uint32_t>(p[i]) << 16);
+    } else {
+      for (int32_t i = 0; i < EPD_FP8_BLOCK; ++i) v[i] = load_as_float(row, base + i, dtype);
+    }
     float amax = 0.0f;
-    for (int32_t i = 0; i < EPD_FP8_BLOCK; ++i)
-      amax = std::fmax(amax, std::fabs(load_as_float(row, b * EPD_FP8_BLOCK + i, dtype)));
+    for (int32_t i = 0; i < EPD_FP8_BLOCK; ++i) amax = std::max(amax, std::fabs(v[i]));  // NaN ignored, as fmaxf
     const float scale = amax / 448.0f;
     scales[b] = scale;
-    for (int32_t i = 0; i < EPD_FP8_BLOCK; ++i) {
-      const int32_t j = b * EPD_FP8_BLOCK + i;
-      q[j] = scale == 0.0f ? 0 : float_to_fp8_e4m3(load_as_float(row, j, dtype) / scale);
+    uint8_t* out = q + base;
+    if (scale == 0.0f) {
+      for (int32_t i = 0; i < EPD_FP8_BLOCK; ++i) out[i] = 0;
+      continue;
     }
+    for (int32_t i = 0; i < EPD_FP8_BLOCK; ++i) out[i] = float_to_fp8_e4m3(v[i] / scale);
   }
 }
 

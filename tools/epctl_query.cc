@@ -54,9 +54,10 @@ epd_status_t query_daemon_status(const std::string& socket, const std::string& w
   else if (what == "ranks") q.what = proto::StatusWhat::kRanks;
   else if (what == "counters") q.what = proto::StatusWhat::kCounters;
   else if (what == "all") q.what = proto::StatusWhat::kAll;
+  else if (what == "sessions" || what == "clients") q.what = proto::StatusWhat::kSessions;
   else
     return fail(body, make_status(EPD_ERR_INVALID_ARGUMENT,
-                                  "'%s' is not one of: status, groups, ranks, counters, all", what.c_str()));
+                                  "'%s' is not one of: status, groups, ranks, counters, sessions, all", what.c_str()));
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (socket.size() >= sizeof addr.sun_path)

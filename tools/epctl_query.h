@@ -9,7 +9,7 @@
 
 namespace epd {
 
-// what: status | groups | ranks | counters | all. On error `body` holds the message.
+// what: status | groups | ranks | counters | sessions (alias clients) | all. On error `body` holds the message.
 epd_status_t query_daemon_status(const std::string& socket, const std::string& what, bool json, std::string& body);
 
 }  // namespace epd

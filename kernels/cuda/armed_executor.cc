@@ -23,6 +23,7 @@ namespace epd {
 namespace {
 
 struct MemOps {
+  decltype(&cuModuleGetLoadingMode) loading_mode = nullptr;
   decltype(&cuStreamWaitValue32) wait32 = nullptr;
   decltype(&cuStreamWriteValue32) write32 = nullptr;
   decltype(&cuGetErrorName) error_name = nullptr;
@@ -50,7 +51,8 @@ const MemOps& memops() {
       m.status = count.status();
       return;
     }
-    Status s = resolve("cuStreamWaitValue32", &m.wait32);
+    Status s = resolve("cuModuleGetLoadingMode", &m.loading_mode);
+    if (s) s = resolve("cuStreamWaitValue32", &m.wait32);
     if (s) s = resolve("cuStreamWriteValue32", &m.write32);
     if (s) s = resolve("cuGetErrorName", &m.error_name);
     m.status = s;
@@ -77,6 +79,7 @@ constexpr uint32_t kAbortRing = kRingDispatch | kRingCombine | kArmedAbortBit;
 void armed_prepare_environment(int32_t connections) {
   const std::string v = std::to_string(connections);
   setenv("CUDA_DEVICE_MAX_CONNECTIONS", v.c_str(), 0);  // 0: an operator's setting wins
+  setenv("CUDA_MODULE_LOADING", "EAGER", 1);            // 1: lazy loading deadlocks armed streams
 }
 
 struct ArmedExecutor::Impl {
@@ -188,6 +191,13 @@ ArmedExecutor::ArmedExecutor() = default;
 Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& spec, std::vector<uint8_t*> rank_bases,
                                                              int32_t device, const ArmedOptions& options) {
   EPD_RETURN_IF_ERROR(memops().status);
+  CUmoduleLoadingMode loading = CU_MODULE_LAZY_LOADING;
+  EPD_CU_RETURN(memops().loading_mode(&loading));
+  if (loading != CU_MODULE_EAGER_LOADING)
+    return make_status(EPD_ERR_UNSUPPORTED,
+                       "armed GPU executor needs CUDA_MODULE_LOADING=EAGER (call armed_prepare_environment() "
+                       "before CUDA initialises): a lazily loaded kernel synchronises the context, which an "
+                       "armed wait never lets finish");
   if (options.depth < 2 || options.depth > 1024)
     return make_status(EPD_ERR_INVALID_ARGUMENT, "armed depth = %d is outside [2, 1024]", options.depth);
   std::unique_ptr<ArmedExecutor> a(new ArmedExecutor());

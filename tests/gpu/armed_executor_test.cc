@@ -241,13 +241,18 @@ void run_in_process(epd_layout_t layout, epd_mode_t mode, const std::vector<epd_
   cudaFree(n_dev);
 }
 
+// Line-buffered output so a failure is visible even if the process is then killed.
+const bool kLineBuffered = (std::setvbuf(stdout, nullptr, _IOLBF, 0), true);
+
 TEST(ArmedExecutor, InProcessRankMajorLowLatencyMatchesHost) {
   SKIP_WITHOUT_GPU();
+  const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);
   run_in_process(EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, {EPD_WEIGHTS_ALREADY_APPLIED, EPD_WEIGHTS_ONES}, 11);
 }
 
 TEST(ArmedExecutor, InProcessExpertMajorHighThroughputAllWeightModesMatchHost) {
   SKIP_WITHOUT_GPU();
+  const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);
   run_in_process(EPD_LAYOUT_EXPERT_MAJOR, EPD_MODE_HIGH_THROUGHPUT,
                  {EPD_WEIGHTS_APPLY, EPD_WEIGHTS_ONES, EPD_WEIGHTS_APPLY}, 12);
 }
@@ -276,6 +281,7 @@ std::vector<std::vector<std::vector<int32_t>>> rank_major_prefix_rows(Group& g, 
 
 TEST(ArmedExecutor, GraphOfTenPairsReplayedThousandTimesWithDeviceCounts) {
   SKIP_WITHOUT_GPU();
+  const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);
   const uint64_t seed = 21;
   std::mt19937_64 rng(seed);
   constexpr int32_t M = 32, kReplays = 1000, kPairs = 10;
@@ -400,6 +406,7 @@ struct ClientReport {
 TEST(ArmedClientRole, Run) {
   const int sock = client_role_fd();
   if (sock < 0) GTEST_SKIP() << "client role of the two-process tests (spawned by them)";
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   ClientOrder o{};
   std::vector<int> fds;
   ASSERT_TRUE(recv_msg(sock, &o, sizeof o, kDeadlineMs, &fds));
@@ -532,6 +539,7 @@ struct DaemonRole {
 
 TEST(ArmedExecutor, ClientInAnotherProcessImportsWorkspacesAndMatchesHost) {
   SKIP_WITHOUT_GPU();
+  const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);
   for (epd_layout_t layout : {EPD_LAYOUT_RANK_MAJOR, EPD_LAYOUT_EXPERT_MAJOR}) {
     DaemonRole d(layout, EPD_MODE_LOW_LATENCY, 31 + layout);
     d.setup();
@@ -544,6 +552,7 @@ TEST(ArmedExecutor, ClientInAnotherProcessImportsWorkspacesAndMatchesHost) {
 
 TEST(ArmedExecutor, KilledClientWithArmedWaitsIsAbortedAndANewClientContinues) {
   SKIP_WITHOUT_GPU();
+  const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);
   DaemonRole d(EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, 41);
   d.setup();
   if (HasFatalFailure()) return;
@@ -592,6 +601,7 @@ TEST(ArmedExecutor, KilledClientWithArmedWaitsIsAbortedAndANewClientContinues) {
 // have waits armed: neither may wait for the device to go idle (it never does).
 TEST(ArmedExecutor, SecondGroupCreatedAndDestroyedWhileFirstIsArmed) {
   SKIP_WITHOUT_GPU();
+  const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);
   DaemonRole first(EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, 51);
   first.setup();
   if (HasFatalFailure()) return;
@@ -635,6 +645,7 @@ TEST(ArmedExecutor, SecondGroupCreatedAndDestroyedWhileFirstIsArmed) {
 
 TEST(ArmedExecutor, MpsDetectionDescribesItself) {
   SKIP_WITHOUT_GPU();
+  const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);
   const MpsState m = detect_mps(0);
   std::printf("%s\n", m.description.c_str());
   EXPECT_FALSE(m.description.empty());

@@ -14,7 +14,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <mutex>
+#include <thread>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -115,5 +119,40 @@ inline int reap(pid_t pid, int deadline_ms) {
     ::poll(nullptr, 0, 1);  // 1 ms between checks of a bounded wait
   }
 }
+
+// Per-test deadlock watchdog: if the scope is still alive after `seconds`, it
+// prints what was running and ends the process (a hung GPU wait must fail the
+// test run loudly, not eat the ctest timeout silently).
+class Watchdog {
+ public:
+  Watchdog(const char* what, int seconds) : what_(what) {
+    thread_ = std::thread([this, seconds] {
+      std::unique_lock<std::mutex> l(mu_);
+      if (!cv_.wait_for(l, std::chrono::seconds(seconds), [this] { return done_; })) {
+        std::fprintf(stderr, "WATCHDOG: %s still running after %d s; exiting\n", what_, seconds);
+        std::fflush(stdout);
+        std::fflush(stderr);
+        std::_Exit(86);
+      }
+    });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+ private:
+  const char* what_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
 
 }  // namespace epd::test

@@ -262,6 +262,8 @@ TEST_F(IntegrationTest, EpctlShowsGroupsRanksAndCounters) {
   EXPECT_NE(counters.find("\"dispatch_calls\":1"), std::string::npos) << counters;
   EXPECT_NE(counters.find("\"combine_calls\":1"), std::string::npos) << counters;
   EXPECT_NE(counters.find("\"tokens_sent\":3"), std::string::npos) << counters;
+  const std::string sessions = run({"--json", "sessions"});
+  EXPECT_NE(sessions.find("\"name\":\"libepd-client\",\"memberships\":1"), std::string::npos) << sessions;
   const std::string status = run({"status"});
   EXPECT_NE(status.find("pid " + std::to_string(daemon().child().pid())), std::string::npos) << status;
   epd_group_leave(g);

@@ -1,0 +1,169 @@
+// cluster.h — one EP group spanning several nodes: the daemon-to-daemon layer
+// on top of the transport (transport/transport.h). Each node's daemon keeps a
+// mirror of the whole group workspace (every rank's region at its layout
+// offset); this module
+//   - agrees on the group with the other nodes: it announces (spec, generation,
+//     mirror region, present local ranks) to every node the placement names and
+//     compares their announcements with its own spec (a mismatch names the field
+//     and both values);
+//   - ships, once every local rank rang an op of a slot, the local ranks' send
+//     regions (dispatch: header and used rows) or combine_in rows (combine) into
+//     every other node's mirror with Transport::write, followed by an OP_DONE
+//     message; the receiving daemon then counts that node's ranks as rung;
+//   - reports lost / (re)connected nodes.
+// Every node then runs the same deterministic HostExecutor over its mirror.
+//
+// Ownership: ClusterLink owns the Transport and a connector thread. Registered
+// mirrors are kept alive (keepalive) until the ClusterLink is destroyed — the
+// transport has no deregistration, so a peer could still write into one.
+// Thread-safety: the public methods are for the daemon's control thread, but
+// are safe from any thread (one mutex). Transport callbacks run on its
+// progress thread; they only update state under the mutex and signal
+// event_fd(), which the control thread polls and then calls take_events().
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "layout.h"
+#include "spec.h"
+#include "status.h"
+#include "transport.h"
+
+namespace epd::cluster {
+
+using transport::NodeId;
+
+enum class OpKind : uint8_t { kDispatch = 1, kCombine = 2 };
+const char* op_kind_name(OpKind op);
+
+// Message tags on the transport (the transport's own frames are separate).
+constexpr uint32_t kTagGroupState = 0x45504401;  // a node's view of one group
+constexpr uint32_t kTagOpDone = 0x45504402;      // a node's regions for (slot, op) are written
+
+struct Event {
+  enum class Kind { kArrival, kGroupState, kPeerState };
+  Kind kind = Kind::kGroupState;
+  std::string group;        // kArrival / kGroupState
+  uint64_t generation = 0;
+  NodeId node = 0;
+  int32_t slot = -1;        // kArrival
+  Status status;            // kPeerState: OK (connected) or why the node is lost
+};
+
+// The ranks of `spec` placed on `node`, ascending.
+std::vector<int32_t> ranks_on_node(const GroupSpec& spec, int32_t node);
+// The nodes `spec` places ranks on, other than `self`, ascending.
+std::vector<NodeId> other_nodes(const GroupSpec& spec, NodeId self);
+// "ranks 2, 3 (node 1)"-style list.
+std::string rank_list(const std::vector<int32_t>& ranks);
+
+// The (offset, bytes) ranges of rank `r`'s region that an op ships to the
+// other nodes, relative to the rank's workspace base. Counts are read once from
+// `rank_base` and clamped to the layout (the memory is shared with clients).
+std::vector<std::pair<uint64_t, uint64_t>> op_ranges(const GroupSpec& spec, const RankLayout& l,
+                                                     const uint8_t* rank_base, int32_t slot, OpKind op);
+
+class ClusterLink {
+ public:
+  // Starts the transport (make_transport: logs which one runs) and the
+  // connector thread. config.peers / node_id / secret come from the daemon config.
+  static Result<std::unique_ptr<ClusterLink>> create(transport::TransportConfig config);
+  ~ClusterLink();
+  ClusterLink(const ClusterLink&) = delete;
+  ClusterLink& operator=(const ClusterLink&) = delete;
+
+  NodeId node_id() const { return cfg_.node_id; }
+  const char* transport_name() const { return transport_->name(); }
+  std::string listen_address() const { return transport_->listen_address(); }
+  // Adds or changes a node's address (tests that listen on port 0).
+  void set_peer_address(NodeId node, const std::string& host_port);
+  // Readable (eventfd) when take_events() has something.
+  int event_fd() const { return event_fd_; }
+  std::vector<Event> take_events();
+
+  // A group of this node whose placement names other nodes: registers its
+  // mirror (base, bytes; kept alive by `keepalive`), connects to those nodes
+  // and announces it. A group already attached (same name and generation) is OK.
+  Status attach(const GroupSpec& spec, uint8_t* base, uint64_t bytes, std::shared_ptr<void> keepalive);
+  // The group is gone here: stop announcing it (peers see no ranks present).
+  void detach(const std::string& name, uint64_t generation);
+  // The local ranks present (joining or joined); announced to the other nodes.
+  void set_present(const std::string& name, uint64_t generation, const std::vector<int32_t>& ranks);
+
+  // What the other nodes said about the group: `present[r]` is 1 for every
+  // rank of another node that node reports present. Returns the agreement
+  // error (EPD_ERR_SPEC_MISMATCH naming the node, field and both values) if any.
+  Status remote_present(const std::string& name, uint64_t generation, std::vector<uint8_t>* present) const;
+
+  // Writes the local ranks' regions for (slot, op) into every other node's
+  // mirror, then OP_DONE. Errors name the node (EPD_ERR_PEER_LOST when it is
+  // not connected or has not announced the group).
+  Status send_op(const std::string& name, uint64_t generation, int32_t slot, OpKind op);
+
+  // Arrivals not yet consumed, per (group, node, slot), in arrival order.
+  std::optional<OpKind> peek_arrival(const std::string& name, uint64_t generation, NodeId node, int32_t slot) const;
+  void pop_arrival(const std::string& name, uint64_t generation, NodeId node, int32_t slot);
+
+ private:
+  struct Remote {
+    bool announced = false;
+    uint32_t region_id = 0;
+    uint64_t region_bytes = 0;
+    std::vector<int32_t> present;
+    Status error;  // spec mismatch
+    std::map<int32_t, std::deque<OpKind>> arrivals;  // by slot
+  };
+  struct Attached {
+    GroupSpec spec;
+    GroupLayout layout;
+    std::vector<uint64_t> offsets;
+    uint8_t* base = nullptr;
+    uint64_t bytes = 0;
+    uint32_t region_id = 0;
+    std::vector<int32_t> present;
+    std::vector<NodeId> nodes;
+    std::map<NodeId, Remote> remotes;
+  };
+  // The latest announcement per (group name, node), attached or not.
+  struct Announcement {
+    GroupSpec spec;
+    uint32_t region_id = 0;
+    uint64_t region_bytes = 0;
+    std::vector<int32_t> present;
+  };
+
+  explicit ClusterLink(transport::TransportConfig cfg) : cfg_(std::move(cfg)) {}
+  void on_message(NodeId peer, uint32_t tag, const void* data, size_t bytes);
+  void on_peer_state(NodeId peer, const Status& st);
+  void push_event(Event e);  // under mu_
+  void announce(const Attached& g, NodeId peer);  // under mu_
+  void apply_announcement(Attached& g, NodeId peer, const Announcement& a);  // under mu_
+  void connector_loop();
+  std::vector<uint8_t> encode_state(const Attached& g) const;
+
+  transport::TransportConfig cfg_;
+  int event_fd_ = -1;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::map<std::pair<std::string, uint64_t>, Attached> groups_;
+  std::map<std::pair<std::string, NodeId>, std::pair<uint64_t, Announcement>> announcements_;
+  std::set<NodeId> connected_;
+  std::vector<std::shared_ptr<void>> keepalive_;
+  uint32_t next_region_id_ = 1;
+  std::vector<Event> events_;
+  std::thread connector_;
+  std::unique_ptr<transport::Transport> transport_;  // last: stopped first in the destructor
+};
+
+}  // namespace epd::cluster
