@@ -141,24 +141,31 @@ Status HostExecutor::read_and_check(int32_t slot, std::vector<std::vector<int32_
   const int32_t W = spec_.world_size, K = spec_.top_k, M = spec_.max_tokens_per_rank;
   SlotState& st = slots_[slot];
   st.n.assign(static_cast<size_t>(W), 0);
+  // Token counts first, each read once; they also size the work, which decides
+  // whether the pool is worth waking (an empty or tiny call runs inline).
+  int64_t elements = 0;
+  for (int32_t s = 0; s < W; ++s) {
+    const int32_t n = load_once(at(s, layout_.ranks[s].slot[slot].send_hdr));
+    if (n < 0 || n > M)
+      return make_status(EPD_ERR_CAPACITY_EXCEEDED,
+                         "rank %d: n_tokens = %d is outside [0, max_tokens_per_rank = %d]", s, n, M);
+    st.n[s] = n;
+    elements += static_cast<int64_t>(n) * spec_.hidden * K;
+  }
+  inline_ = st.inline_work = elements < kInlineElements;
   std::vector<Status> errors(static_cast<size_t>(W));
   const bool fp8 = spec_.dispatch_quant == EPD_QUANT_FP8_E4M3_BLOCK128;
-  pool_->parallel_for(W, [&](int64_t s) {
+  for_each_rank([&](int64_t s) {
     const RankLayout& l = layout_.ranks[s];
     const SlotOffsets& o = l.slot[slot];
-    const int32_t n = load_once(at(static_cast<int32_t>(s), o.send_hdr));
-    if (n < 0 || n > M) {
-      errors[s] = make_status(EPD_ERR_CAPACITY_EXCEEDED,
-                              "rank %lld: n_tokens = %d is outside [0, max_tokens_per_rank = %d]",
-                              static_cast<long long>(s), n, M);
-      return;
-    }
-    st.n[s] = n;
+    const int32_t n = st.n[s];
     const size_t nk = static_cast<size_t>(n) * K;
     ids[s].resize(nk);
     weights[s].resize(nk);
-    std::memcpy(ids[s].data(), at(static_cast<int32_t>(s), o.send_ids), nk * 4);
-    std::memcpy(weights[s].data(), at(static_cast<int32_t>(s), o.send_weights), nk * 4);
+    if (nk > 0) {
+      std::memcpy(ids[s].data(), at(static_cast<int32_t>(s), o.send_ids), nk * 4);
+      std::memcpy(weights[s].data(), at(static_cast<int32_t>(s), o.send_weights), nk * 4);
+    }
     char where[32];
     std::snprintf(where, sizeof where, "rank %lld: ", static_cast<long long>(s));
     for (int32_t t = 0; t < n; ++t) {
@@ -182,6 +189,14 @@ Status HostExecutor::read_and_check(int32_t slot, std::vector<std::vector<int32_
   for (auto& e : errors)
     if (!e) return e;
   return Status::ok();
+}
+
+void HostExecutor::for_each_rank(const std::function<void(int64_t)>& fn) {
+  if (inline_) {
+    for (int64_t r = 0; r < spec_.world_size; ++r) fn(r);
+  } else {
+    pool_->parallel_for(spec_.world_size, fn);
+  }
 }
 
 Status HostExecutor::dispatch(int32_t slot) {
@@ -228,7 +243,7 @@ Status HostExecutor::dispatch(int32_t slot) {
   // Write every destination's outputs.
   const bool fp8 = spec_.dispatch_quant == EPD_QUANT_FP8_E4M3_BLOCK128;
   const int32_t nb = fp8 ? spec_.hidden / EPD_FP8_BLOCK : 0;
-  pool_->parallel_for(W, [&](int64_t rr64) {
+  for_each_rank([&](int64_t rr64) {
     const int32_t r = static_cast<int32_t>(rr64);
     const RankLayout& l = layout_.ranks[r];
     const SlotOffsets& o = l.slot[slot];
@@ -317,9 +332,10 @@ Status HostExecutor::combine(int32_t slot, epd_weight_mode_t mode) {
   if (!st.dispatched)
     return make_status(EPD_ERR_NO_DISPATCH, "combine on slot %d without a dispatch", slot);
   st.dispatched = false;
-  const int32_t W = spec_.world_size, K = spec_.top_k, H = spec_.hidden;
+  inline_ = st.inline_work;
+  const int32_t K = spec_.top_k, H = spec_.hidden;
   const bool apply = mode == EPD_WEIGHTS_APPLY;
-  pool_->parallel_for(W, [&](int64_t s64) {
+  for_each_rank([&](int64_t s64) {
     const int32_t s = static_cast<int32_t>(s64);
     const RankLayout& l = layout_.ranks[s];
     uint8_t* out = at(s, l.slot[slot].combine_out);

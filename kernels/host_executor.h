@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "epd/types.h"
@@ -66,11 +67,19 @@ class HostExecutor {
     std::vector<std::vector<int32_t>> route_rank; // [src][t*K + k]
     std::vector<std::vector<int32_t>> route_row;  // [src][t*K + k]
     std::vector<std::vector<float>> weight;       // [src][t*K + k], private copy
+    bool inline_work = false;                     // small call: no pool
   };
 
   Status read_and_check(int32_t slot, std::vector<std::vector<int32_t>>& ids,
                         std::vector<std::vector<float>>& weights);
   uint8_t* at(int32_t r, uint64_t off) const { return bases_[r] + off; }
+  // Runs fn(0..world_size-1): inline for a small call, else on the pool.
+  void for_each_rank(const std::function<void(int64_t)>& fn);
+
+  // Below this many (token x hidden x k) elements a call runs on the calling
+  // thread: waking the pool costs more than the copies.
+  static constexpr int64_t kInlineElements = 1 << 16;
+  bool inline_ = false;  // for the call in progress (from its slot's dispatch)
 
   GroupSpec spec_;
   GroupLayout layout_;

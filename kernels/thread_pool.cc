@@ -1,6 +1,8 @@
 // thread_pool.cc — ThreadPool implementation.
 #include "thread_pool.h"
 
+#include <algorithm>
+
 namespace epd {
 
 ThreadPool::ThreadPool(unsigned threads) {
@@ -62,7 +64,14 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& fn)
     finished_ = 0;
     ++epoch_;
   }
-  wake_.notify_all();
+  // The caller takes items too: wake only as many workers as there are items
+  // beyond its own (a worker that wakes late finds nothing left and sleeps).
+  const int64_t helpers = std::min<int64_t>(n - 1, static_cast<int64_t>(workers_.size()));
+  if (helpers >= static_cast<int64_t>(workers_.size())) {
+    wake_.notify_all();
+  } else {
+    for (int64_t i = 0; i < helpers; ++i) wake_.notify_one();
+  }
   run_items();
   std::unique_lock<std::mutex> lk(mu_);
   done_.wait(lk, [&] { return finished_ == n_; });
