@@ -321,13 +321,7 @@ Status HostExecutor::combine(int32_t slot, epd_weight_mode_t mode) {
   if (slot < 0 || slot >= spec_.slots)
     return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
   const bool rank_major = spec_.layout == EPD_LAYOUT_RANK_MAJOR;
-  if (mode != EPD_WEIGHTS_APPLY && mode != EPD_WEIGHTS_ALREADY_APPLIED && mode != EPD_WEIGHTS_ONES)
-    return make_status(EPD_ERR_BAD_WEIGHT_MODE, "weight mode = %d is not a known epd_weight_mode_t",
-                       static_cast<int>(mode));
-  if (rank_major && mode == EPD_WEIGHTS_APPLY)
-    return make_status(EPD_ERR_BAD_WEIGHT_MODE,
-                       "weight mode 'apply' needs layout expert_major; rank_major rows are already "
-                       "reduced per rank (use already_applied or ones)");
+  EPD_RETURN_IF_ERROR(check_weight_mode(spec_, mode));
   SlotState& st = slots_[slot];
   if (!st.dispatched)
     return make_status(EPD_ERR_NO_DISPATCH, "combine on slot %d without a dispatch", slot);

@@ -79,6 +79,17 @@ Result<epd_weight_mode_t> parse_weight_mode(const std::string& s) {
   return parse_enum(kWeightModes, s, "weight mode");
 }
 
+Status check_weight_mode(const GroupSpec& spec, epd_weight_mode_t mode) {
+  if (!known(kWeightModes, mode))
+    return make_status(EPD_ERR_BAD_WEIGHT_MODE, "weight mode = %d is not a known epd_weight_mode_t",
+                       static_cast<int>(mode));
+  if (spec.layout == EPD_LAYOUT_RANK_MAJOR && mode == EPD_WEIGHTS_APPLY)
+    return make_status(EPD_ERR_BAD_WEIGHT_MODE,
+                       "weight mode 'apply' needs layout expert_major; rank_major rows are already "
+                       "reduced per rank (use already_applied or ones)");
+  return Status::ok();
+}
+
 size_t dtype_bytes(epd_dtype_t d) {
   switch (d) {
     case EPD_DTYPE_BF16:

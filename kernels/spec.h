@@ -59,6 +59,11 @@ struct GroupSpec {
   bool on_host(int32_t r) const { return placement[r].gpu == EPD_GPU_HOST; }
 };
 
+// A combine weight mode valid for the spec's layout: rank_major rows are
+// already reduced per rank, so only already_applied / ones; expert_major takes
+// all three. EPD_ERR_BAD_WEIGHT_MODE naming the value otherwise.
+Status check_weight_mode(const GroupSpec& spec, epd_weight_mode_t mode);
+
 const char* dtype_name(epd_dtype_t d);
 const char* quant_name(epd_quant_t q);
 const char* mode_name(epd_mode_t m);

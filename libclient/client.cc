@@ -503,12 +503,7 @@ EPD_API epd_status_t epd_combine(epd_group_t* group, int32_t slot, epd_weight_mo
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
     if (Status st = check_slot(*g, slot); !st) return g->fail(st);
-    if (weight_mode != EPD_WEIGHTS_APPLY && weight_mode != EPD_WEIGHTS_ALREADY_APPLIED && weight_mode != EPD_WEIGHTS_ONES)
-      return g->fail(make_status(EPD_ERR_BAD_WEIGHT_MODE, "weight_mode = %d is not an epd_weight_mode_t", weight_mode));
-    if (g->spec.layout == EPD_LAYOUT_RANK_MAJOR && weight_mode == EPD_WEIGHTS_APPLY)
-      return g->fail(make_status(EPD_ERR_BAD_WEIGHT_MODE,
-                                 "weight_mode 'apply' needs layout expert_major; rank_major rows are already reduced "
-                                 "per rank (use already_applied or ones)"));
+    if (Status st = check_weight_mode(g->spec, weight_mode); !st) return g->fail(st);
     if (Status st = check_live(*g); !st) return g->fail(st);
     auto& s = g->slots[slot];
     if (s.phase.load() != Phase::kDispatched)

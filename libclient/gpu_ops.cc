@@ -119,13 +119,7 @@ Status GpuRankOps::combine(int32_t slot, epd_weight_mode_t mode, const void* exp
   if (slot >= 0 && slot < spec_.slots && phase_[slot] == Phase::kIdle)
     return make_status(EPD_ERR_NO_DISPATCH, "rank %d: combine on slot %d without a dispatch", rank_, slot);
   EPD_RETURN_IF_ERROR(check_slot(slot, Phase::kDispatchWaited, "combine"));
-  const bool rank_major = spec_.layout == EPD_LAYOUT_RANK_MAJOR;
-  if (mode != EPD_WEIGHTS_APPLY && mode != EPD_WEIGHTS_ALREADY_APPLIED && mode != EPD_WEIGHTS_ONES)
-    return make_status(EPD_ERR_BAD_WEIGHT_MODE, "weight mode = %d is not a known epd_weight_mode_t",
-                       static_cast<int>(mode));
-  if (rank_major && mode == EPD_WEIGHTS_APPLY)
-    return make_status(EPD_ERR_BAD_WEIGHT_MODE,
-                       "weight mode 'apply' needs layout expert_major; rank_major rows are already reduced per rank");
+  EPD_RETURN_IF_ERROR(check_weight_mode(spec_, mode));
   if (rows < 0 || rows > layout_.recv_rows)
     return make_status(EPD_ERR_INVALID_ARGUMENT, "rank %d: expert_out rows = %lld is outside [0, %lld]", rank_,
                        static_cast<long long>(rows), static_cast<long long>(layout_.recv_rows));
