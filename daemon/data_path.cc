@@ -113,23 +113,31 @@ void Server::on_ring(Member& m, int32_t slot, Op op, uint32_t seq, uint32_t mode
 void Server::try_submit(Group& g, int32_t slot) {
   Group::SlotRendezvous& rv = g.rendezvous(slot);
   const int32_t W = g.spec().world_size;
-  if (rv.in_flight || rv.rung_count != W) return;
+  if (rv.in_flight) return;
+  if (!ship_if_ready(g, slot)) return;
+  if (rv.rung_count != W) return;
   // Every rank rang the same op (phases guarantee it); combine modes must agree.
   std::vector<Group::Target> targets;
   uint32_t mode = 0;
+  int32_t first = -1;
   for (int32_t r = 0; r < W; ++r) {
+    if (!is_local(g, r)) continue;  // another node's rank: its node checks it
     Member& m = *g.members()[static_cast<size_t>(r)];
     const Member::SlotState& ss = m.slots[static_cast<size_t>(slot)];
-    if (r == 0) mode = ss.mode;
+    if (first < 0) {
+      first = r;
+      mode = ss.mode;
+    }
     if (rv.op == Op::kCombine && ss.mode != mode) {
-      const Status st = make_status(EPD_ERR_BAD_WEIGHT_MODE, "combine on slot %d: rank %d asked weight mode %u, rank 0 asked %u",
-                                    slot, r, ss.mode, mode);
+      const Status st = make_status(EPD_ERR_BAD_WEIGHT_MODE, "combine on slot %d: rank %d asked weight mode %u, rank %d asked %u",
+                                    slot, r, ss.mode, first, mode);
       fail_pending(g, slot, st, Phase::kDispatched);
       return;
     }
     targets.push_back(Group::Target{m.shm, m.index, ss.seq});
   }
   for (auto& m : g.members()) {
+    if (!m) continue;  // another node's rank
     Member::SlotState& ss = m->slots[static_cast<size_t>(slot)];
     ss.phase = rv.op == Op::kDispatch ? Phase::kDispatched : Phase::kIdle;
   }
@@ -195,6 +203,7 @@ void Server::on_completions() {
     }
     for (auto& m : g->members())
       if (m && m->joined) scan_doorbells(*m);
+    apply_arrivals(*g, c.slot);
     maybe_destroy_group(g);
   }
 }
@@ -204,9 +213,7 @@ void Server::on_timers(int64_t now) {
   for (auto& [name, gp] : groups_) {
     Group& g = *gp;
     const int32_t W = g.spec().world_size;
-    std::vector<int32_t> missing;
-    for (int32_t r = 0; r < W; ++r)
-      if (!g.members()[static_cast<size_t>(r)]) missing.push_back(r);
+    const std::vector<int32_t> missing = missing_ranks(g);
     for (auto& m : g.members()) {
       if (!m || m->joined || now < m->join_deadline_ns) continue;
       reply_join_error(*m, make_status(EPD_ERR_TIMEOUT,
@@ -260,7 +267,7 @@ void Server::remove_member(std::shared_ptr<Member> m, const std::string& reason)
       for (auto& p : g->members()) {
         if (!p || !p->joined) continue;
         Member::SlotState& ss = p->slots[static_cast<size_t>(slot)];
-        p->peer_lost_msg = msg;
+        if (!ss.owe_peer_lost) p->peer_lost_msg = msg;  // an owed report keeps its first cause
         if (!rv.in_flight && rv.rung[static_cast<size_t>(p->rank)]) {
           publish(*p->shm, p->index, slot, rv.op, ss.seq, st);
           ss.owe_peer_lost = false;
@@ -276,6 +283,7 @@ void Server::remove_member(std::shared_ptr<Member> m, const std::string& reason)
                 "pending join withdrawn: " + reason);
   }
   m->group = nullptr;
+  cluster_present_changed(*g);
   maybe_destroy_group(g);
 }
 
@@ -307,11 +315,15 @@ void Server::maybe_destroy_group(Group* g) {
   for (auto it = groups_.begin(); it != groups_.end(); ++it)
     if (it->second.get() == g) {
       log_message(LogLevel::kInfo, LogContext{g->spec().name, -1, 0, -1}, "group destroyed: no members left");
+      if (cluster_) cluster_->detach(g->spec().name, g->spec().generation);
+      remote_seen_.erase(g->id());
       groups_.erase(it);  // joins the idle worker
       return;
     }
   for (auto it = retired_.begin(); it != retired_.end(); ++it)
     if (it->get() == g) {
+      if (cluster_) cluster_->detach(g->spec().name, g->spec().generation);
+      remote_seen_.erase(g->id());
       retired_.erase(it);
       return;
     }

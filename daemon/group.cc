@@ -80,6 +80,7 @@ void Group::clear_rendezvous(int32_t slot) {
   std::fill(s.rung.begin(), s.rung.end(), 0);
   s.rung_count = 0;
   s.first_ring_ns = 0;
+  s.shipped = false;
 }
 
 int32_t Group::in_flight() const {

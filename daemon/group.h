@@ -94,6 +94,7 @@ class Group {
   const GroupSpec& spec() const { return spec_; }
   const GroupLayout& layout() const { return layout_; }
   const SharedRegion& workspace() const { return *workspace_; }
+  std::shared_ptr<SharedRegion> workspace_ref() const { return workspace_; }
 
   // Member by rank (null: absent). Control thread only.
   std::vector<std::shared_ptr<Member>>& members() { return members_; }
@@ -115,6 +116,7 @@ class Group {
     int32_t rung_count = 0;
     int64_t first_ring_ns = 0;
     bool in_flight = false;
+    bool shipped = false;       // multi-node: the local ranks' regions went to the other nodes
   };
   SlotRendezvous& rendezvous(int32_t slot) { return slots_[static_cast<size_t>(slot)]; }
   void clear_rendezvous(int32_t slot);

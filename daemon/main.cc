@@ -7,6 +7,7 @@
 #include "logging.h"
 #include "sd_glue.h"
 #include "server.h"
+#include "topology_view.h"
 
 int main(int argc, char** argv) {
   using namespace epd;
@@ -29,6 +30,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "epd: %s\n", st.to_string().c_str());
     return 2;
   }
+  load_daemon_topology();
   Server::Options opts;
   opts.config = cfg;
   const std::vector<int> fds = listen_fds();

@@ -25,7 +25,7 @@ namespace epd {
 
 namespace {
 
-enum Tag : uint64_t { kListen = 1, kSignal = 2, kCompletion = 3, kStop = 4, kSession = 5, kDoorbell = 6 };
+enum Tag : uint64_t { kListen = 1, kSignal = 2, kCompletion = 3, kStop = 4, kSession = 5, kDoorbell = 6, kCluster = 7 };
 uint64_t tag(Tag t, uint64_t id = 0) { return (static_cast<uint64_t>(t) << 56) | id; }
 
 constexpr size_t kMaxOutQueue = 64;  // records queued for a client that does not read
@@ -112,6 +112,8 @@ Status Server::init() {
   EPD_RETURN_IF_ERROR(epoll_add(epfd_, listen_fd_, EPOLLIN, tag(kListen)));
 
   pool_ = std::make_unique<ThreadPool>(opts_.config.host_threads);
+  EPD_RETURN_IF_ERROR(init_cluster());
+  if (cluster_) EPD_RETURN_IF_ERROR(epoll_add(epfd_, cluster_->event_fd(), EPOLLIN, tag(kCluster)));
   // Groups declared in the config exist (with their memory) before any worker joins.
   for (GroupSpec spec : opts_.config.groups) {
     if (spec.timeout_ms == 0) spec.timeout_ms = opts_.config.join_timeout_ms;
@@ -168,7 +170,12 @@ int Server::next_timeout_ms(int64_t now) const {
 
 Status Server::run() {
   log_message(LogLevel::kInfo, "epd " + opts_.version + " serving on " + opts_.config.socket_path +
-                                   " (host executor)");
+                                   " (host executor" +
+                                   (cluster_ ? std::string(", node ") + std::to_string(cluster_->node_id()) +
+                                                   ", daemon-to-daemon transport " + cluster_->transport_name() +
+                                                   " on " + cluster_->listen_address()
+                                             : std::string(", single node")) +
+                                   ")");
   Status st = notify_ready("serving on " + opts_.config.socket_path);
   if (!st) log_message(LogLevel::kWarn, "sd_notify READY failed: " + st.to_string());
   epoll_event evs[64];
@@ -195,6 +202,7 @@ Status Server::run() {
         case kCompletion: on_completions(); break;
         case kSession: on_session_io(id, evs[i].events); break;
         case kDoorbell: on_doorbell(id); break;
+        case kCluster: on_cluster_events(); break;
         default: break;
       }
     }
@@ -480,6 +488,7 @@ void Server::on_join(Session& s, const proto::Frame& f) {
   if (spec.timeout_ms == 0) spec.timeout_ms = opts_.config.join_timeout_ms;
   if (Status st = spec.validate(); !st) return fail(st);
   if (shutting_down_) return fail(make_status(EPD_ERR_SHUTTING_DOWN, "epd is shutting down"));
+  if (Status st = check_placement(spec); !st) return fail(st);
   for (int32_t r = 0; r < spec.world_size; ++r)
     if (spec.placement[static_cast<size_t>(r)].gpu != EPD_GPU_HOST)
       return fail(make_status(EPD_ERR_UNSUPPORTED,
@@ -533,10 +542,8 @@ void Server::on_join(Session& s, const proto::Frame& f) {
   m->join_deadline_ns = shm::monotonic_ns() + static_cast<int64_t>(spec.timeout_ms) * 1000000LL;
   s.members[index] = m;
   g.members()[static_cast<size_t>(spec.rank)] = m;
-  if (g.present() == spec.world_size) {
-    for (auto& mm : g.members())
-      if (mm && !mm->joined) complete_join(*mm);
-  }
+  cluster_present_changed(g);
+  maybe_complete_joins(g);
 }
 
 Result<Group*> Server::create_group(const GroupSpec& spec) {
@@ -554,6 +561,7 @@ Result<Group*> Server::create_group(const GroupSpec& spec) {
   if (!g) return g.status();
   g.value()->created_ns = shm::monotonic_ns();
   Group* raw = g.value().get();
+  if (Status st = attach_cluster(*raw); !st) return st;
   groups_.emplace(spec.name, std::move(g.value()));
   log_message(LogLevel::kInfo, LogContext{spec.name, -1, 0, -1},
               "group created: generation " + std::to_string(spec.generation) + ", world_size " +
@@ -652,7 +660,10 @@ StatusSnapshot Server::snapshot() const {
     row.workspace_bytes = g.workspace().size();
     for (int32_t r = 0; r < sp.world_size; ++r)
       if (g.lost()[static_cast<size_t>(r)].lost) row.lost.push_back(r);
-    row.state = g.closed ? "closed" : !row.lost.empty() ? "degraded" : row.joined == sp.world_size ? "running"
+    int32_t local = 0;  // ranks this node serves (all of them on a single node)
+    for (int32_t r = 0; r < sp.world_size; ++r) local += is_local(g, r);
+    row.state = g.closed ? "closed" : !row.lost.empty() ? "degraded"
+                : row.joined == local && missing_ranks(g).empty() ? "running"
                 : g.present() == 0 ? "idle" : "joining";
     s.groups.push_back(row);
     for (int32_t r = 0; r < sp.world_size; ++r) {
@@ -669,7 +680,7 @@ StatusSnapshot Server::snapshot() const {
         rr.uid = m->uid;
         rr.counters = m->counters;
       } else {
-        rr.state = lost.lost ? "lost" : "absent";
+        rr.state = lost.lost ? "lost" : is_local(g, r) ? "absent" : "on node " + std::to_string(sp.placement[static_cast<size_t>(r)].node);
         rr.session = lost.session_id;
         rr.pid = lost.pid;
       }

@@ -8,6 +8,10 @@
 // never trusted: doorbells are read once and may only advance by one.
 // Ownership: Server owns sessions, groups, the listening socket (unless it came
 // from socket activation, in which case the path is not unlinked).
+// Multi-node groups (cluster_glue.cc, with cluster/cluster.h): this daemon
+// serves the ranks placed on its node (config [cluster] node_id); the other
+// nodes' ranks count as rung when their node's regions have arrived in this
+// node's mirror of the workspace, and every node runs the same executor.
 // Thread-safety: run() on one thread; request_stop() from any thread or a
 // signal handler context via SIGTERM (handled through a signalfd).
 #pragma once
@@ -19,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster.h"
 #include "config.h"
 #include "group.h"
 #include "protocol.h"
@@ -102,6 +107,26 @@ class Server {
   void fail_pending(Group& g, int32_t slot, const Status& st, Phase reset_to);
   Group* group_by_id(uint64_t id);
 
+  // multi-node (cluster_glue.cc): this daemon serves the ranks placed on its
+  // node; the cluster link carries the other nodes' ranks.
+  Status init_cluster();
+  bool is_local(const Group& g, int32_t rank) const;
+  bool multi_node(const Group& g) const;
+  Status check_placement(const GroupSpec& spec) const;
+  Status attach_cluster(Group& g);
+  void cluster_present_changed(Group& g);
+  void maybe_complete_joins(Group& g);
+  std::vector<int32_t> missing_ranks(Group& g) const;
+  bool ship_if_ready(Group& g, int32_t slot);
+  void apply_arrivals(Group& g, int32_t slot);
+  void on_cluster_events();
+  // Re-reads what the other nodes said about g. `gone_node` (or -1) is the node
+  // whose daemon or link just failed with `why`; other nodes' ranks that vanished left.
+  void on_remote_state(Group& g, int64_t gone_node, const std::string& why);
+  // node_gone: the node's daemon or link failed (every pending op fails), else
+  // its ranks left (ops they already contributed to still complete).
+  void remote_ranks_lost(Group& g, const std::vector<int32_t>& ranks, const std::string& why, bool node_gone);
+
   void begin_shutdown(const char* why);
   StatusSnapshot snapshot() const;
 
@@ -118,6 +143,9 @@ class Server {
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
   std::map<std::string, std::unique_ptr<Group>> groups_;   // live groups by name
   std::vector<std::unique_ptr<Group>> retired_;            // replaced, still holding members
+
+  std::unique_ptr<cluster::ClusterLink> cluster_;      // null: single node
+  std::map<uint64_t, std::vector<uint8_t>> remote_seen_;  // group id → remote ranks last seen present
 
   std::mutex completions_mu_;
   std::vector<Completion> completions_;

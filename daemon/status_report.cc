@@ -1,6 +1,8 @@
 // status_report.cc — JSON and text rendering of the daemon snapshot for epctl.
 #include "status_report.h"
 
+#include "topology_view.h"
+
 #include <cstdarg>
 #include <cstdio>
 
@@ -164,6 +166,7 @@ std::string render_status(const StatusSnapshot& s, proto::StatusWhat what, bool 
       case W::kRanks: return json_ranks(s, false);
       case W::kCounters: return json_ranks(s, true);
       case W::kSessions: return json_sessions(s);
+      case W::kTopology: return daemon_topology_json();
       case W::kAll:
         return "{\"daemon\":" + json_status(s) + ",\"groups\":" + json_groups(s) + ",\"ranks\":" + json_ranks(s, true) +
                ",\"sessions\":" + json_sessions(s) + "}";
@@ -175,6 +178,7 @@ std::string render_status(const StatusSnapshot& s, proto::StatusWhat what, bool 
     case W::kRanks: return text_ranks(s);
     case W::kCounters: return text_counters(s);
     case W::kSessions: return text_sessions(s);
+    case W::kTopology: return daemon_topology_text();
     case W::kAll: return text_status(s) + "\n" + text_groups(s) + "\n" + text_ranks(s) + "\n" + text_counters(s) + "\n" +
                          text_sessions(s);
   }

@@ -398,7 +398,7 @@ Result<StatusQuery> decode_status_query(const Frame& f) {
   Reader r(f, "STATUS");
   StatusQuery m;
   const uint32_t what = r.u32("what");
-  r.range("what", what, 0, static_cast<int64_t>(StatusWhat::kSessions));
+  r.range("what", what, 0, static_cast<int64_t>(StatusWhat::kTopology));
   m.what = static_cast<StatusWhat>(what);
   m.json = r.u32("json");
   r.range("json", m.json, 0, 1);

@@ -106,7 +106,7 @@ struct Reply {
   std::string message;
 };
 
-enum class StatusWhat : uint32_t { kStatus = 0, kGroups = 1, kRanks = 2, kCounters = 3, kAll = 4, kSessions = 5 };
+enum class StatusWhat : uint32_t { kStatus = 0, kGroups = 1, kRanks = 2, kCounters = 3, kAll = 4, kSessions = 5, kTopology = 6 };
 struct StatusQuery {
   StatusWhat what = StatusWhat::kAll;
   uint32_t json = 0;  // 1 = JSON, 0 = text table

@@ -1,5 +1,5 @@
 // epctl.cc — operator command for a running epd:
-//   epctl [--socket PATH] [--json] status|groups|ranks|counters|sessions|all
+//   epctl [--socket PATH] [--json] status|groups|ranks|counters|sessions|topology|all
 // PATH defaults to $EPD_SOCKET, else /run/epd/epd.sock. Exit 0 on success, 1
 // when the daemon answered with an error, 2 on usage errors, 3 when no daemon.
 #include <cstdio>
@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
     if (a == "--json") json = true;
     else if (a == "--socket" && i + 1 < argc) socket = argv[++i];
     else if (a == "-h" || a == "--help") {
-      std::printf("usage: epctl [--socket PATH] [--json] status|groups|ranks|counters|sessions|all\n");
+      std::printf("usage: epctl [--socket PATH] [--json] status|groups|ranks|counters|sessions|topology|all\n");
       return 0;
     } else if (a.rfind("-", 0) != 0 && what.empty()) what = a;
     else {

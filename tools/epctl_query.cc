@@ -55,6 +55,7 @@ epd_status_t query_daemon_status(const std::string& socket, const std::string& w
   else if (what == "counters") q.what = proto::StatusWhat::kCounters;
   else if (what == "all") q.what = proto::StatusWhat::kAll;
   else if (what == "sessions" || what == "clients") q.what = proto::StatusWhat::kSessions;
+  else if (what == "topology") q.what = proto::StatusWhat::kTopology;
   else
     return fail(body, make_status(EPD_ERR_INVALID_ARGUMENT,
                                   "'%s' is not one of: status, groups, ranks, counters, sessions, all", what.c_str()));

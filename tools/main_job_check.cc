@@ -123,7 +123,12 @@ int run_worker(const WorkerOptions& o) {
     std::printf("ERROR connect: %s\n", epd_last_error(nullptr));
     return 2;
   }
-  const epd_group_spec_t spec = make_spec(w, o.rank);
+  epd_group_spec_t spec = make_spec(w, o.rank);
+  std::vector<epd_placement_t> placement;
+  if (w.nodes > 1) {
+    for (int32_t r = 0; r < w.world; ++r) placement.push_back({r * w.nodes / w.world, EPD_GPU_HOST});
+    spec.placement = placement.data();
+  }
   epd_group_t* g = nullptr;
   if (epd_group_join(c, &spec, &g) != EPD_OK) {
     std::printf("ERROR join: %s\n", epd_last_error(c));

@@ -97,6 +97,7 @@ struct Workload {
   int32_t max_tokens = 64;
   uint32_t timeout_ms = 20000;
   uint64_t seed = 1;
+  int32_t nodes = 1;  // ranks spread over nodes in contiguous blocks: rank r on node r * nodes / world
 };
 
 struct RankInputs {

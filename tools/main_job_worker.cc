@@ -2,7 +2,7 @@
 // integration and fault tests), run as its own process.
 //   epd_worker --socket PATH --rank R [--world 8] [--experts 32] [--top-k 4]
 //              [--hidden 256] [--max-tokens 64] [--steps 300] [--seed 1]
-//              [--group main] [--generation 1] [--timeout-ms 20000]
+//              [--group main] [--generation 1] [--timeout-ms 20000] [--nodes 1]
 //              [--start-step N] [--stall-at STEP] [--tolerate-peer-lost]
 //              [--ring-and-wait] [--empty] [--no-verify]
 #include <cstdio>
@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   o.work.group = a.str("group", "main");
   o.work.generation = static_cast<uint64_t>(a.num("generation", 1));
   o.work.timeout_ms = static_cast<uint32_t>(a.num("timeout-ms", 20000));
+  o.work.nodes = static_cast<int32_t>(a.num("nodes", 1));
   o.steps = a.num("steps", 300);
   o.start_step = a.num("start-step", 0);
   o.stall_at = a.num("stall-at", -1);

@@ -174,23 +174,42 @@ std::vector<Event> ClusterLink::take_events() {
 }
 
 // Dials (or, for a higher node id, awaits) every node some attached group
-// needs and is not connected; retried until the ClusterLink stops.
+// needs and is not connected; retried until the ClusterLink stops, backing
+// off from 100 ms to 2 s per node while it keeps failing (a node refused for
+// a wrong secret would otherwise fill both logs).
 void ClusterLink::connector_loop() {
+  using std::chrono::milliseconds;
+  struct Backoff {
+    transport::Clock::time_point next{};
+    milliseconds delay{100};
+  };
+  std::map<NodeId, Backoff> backoff;
   std::unique_lock<std::mutex> l(mu_);
   while (!stop_) {
     std::set<NodeId> want;
     for (const auto& [key, g] : groups_)
       for (NodeId n : g.nodes)
         if (!connected_.count(n)) want.insert(n);
+    auto wake = transport::Clock::now() + milliseconds(1000);
     for (NodeId n : want) {
+      Backoff& b = backoff[n];
+      if (transport::Clock::now() < b.next) {
+        wake = std::min(wake, b.next);
+        continue;
+      }
       l.unlock();
-      const Status st = transport_->connect(n, transport::deadline_after(std::chrono::milliseconds(500)));
+      const Status st = transport_->connect(n, transport::deadline_after(milliseconds(500)));
       l.lock();
       if (stop_) return;
-      (void)st;  // success arrives through on_peer_state; failures are retried
+      // Success also arrives through on_peer_state (which announces our groups).
+      b.delay = st.is_ok() ? milliseconds(100) : std::min(b.delay * 2, milliseconds(2000));
+      b.next = transport::Clock::now() + (st.is_ok() ? milliseconds(0) : b.delay);
+      wake = std::min(wake, b.next);
     }
-    // Wake on a new group or a lost node; otherwise retry the missing ones periodically.
-    cv_.wait_for(l, std::chrono::milliseconds(want.empty() ? 1000 : 100));
+    for (auto& [n, b] : backoff)
+      if (connected_.count(n)) b = Backoff{};
+    // Woken early by a new group or a lost node.
+    cv_.wait_until(l, wake);
   }
 }
 
@@ -394,7 +413,8 @@ void ClusterLink::on_peer_state(NodeId peer, const Status& st) {
 }
 
 // ---- data -----------------------------------------------------------------------------------
-Status ClusterLink::send_op(const std::string& name, uint64_t generation, int32_t slot, OpKind op) {
+Status ClusterLink::send_op(const std::string& name, uint64_t generation, int32_t slot, OpKind op,
+                            NodeId* failed_node) {
   std::unique_lock<std::mutex> l(mu_);
   auto it = groups_.find({name, generation});
   if (it == groups_.end())
@@ -408,6 +428,7 @@ Status ClusterLink::send_op(const std::string& name, uint64_t generation, int32_
   std::vector<Target> targets;
   for (NodeId n : g.nodes) {
     const Remote& rem = g.remotes.at(n);
+    if (failed_node) *failed_node = n;
     if (!connected_.count(n) || !rem.announced)
       return make_status(EPD_ERR_PEER_LOST, "group '%s' slot %d %s: node %u (ranks %s) is not connected", name.c_str(),
                          slot, op_kind_name(op), n,
@@ -430,6 +451,7 @@ Status ClusterLink::send_op(const std::string& name, uint64_t generation, int32_
   const uint32_t imm = (static_cast<uint32_t>(slot) << 8) | static_cast<uint32_t>(op);
   l.unlock();  // writes may wait for queue space; the progress thread needs mu_ meanwhile
   for (const Target& t : targets) {
+    if (failed_node) *failed_node = t.node;
     for (const auto& [off, rg] : ranges) {
       Status st = transport_->write(t.node, t.region, off + rg.first, base + off + rg.first, rg.second, imm, deadline);
       if (!st) return st;
@@ -438,6 +460,15 @@ Status ClusterLink::send_op(const std::string& name, uint64_t generation, int32_
     if (!st) return st;
   }
   return Status::ok();
+}
+
+bool ClusterLink::can_ship(const std::string& name, uint64_t generation) const {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = groups_.find({name, generation});
+  if (it == groups_.end()) return false;
+  for (const auto& [node, rem] : it->second.remotes)
+    if (!connected_.count(node) || !rem.announced || !rem.error.is_ok()) return false;
+  return true;
 }
 
 std::optional<OpKind> ClusterLink::peek_arrival(const std::string& name, uint64_t generation, NodeId node,

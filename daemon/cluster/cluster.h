@@ -105,10 +105,15 @@ class ClusterLink {
   // error (EPD_ERR_SPEC_MISMATCH naming the node, field and both values) if any.
   Status remote_present(const std::string& name, uint64_t generation, std::vector<uint8_t>* present) const;
 
+  // Whether every other node is connected and has announced the group (its
+  // mirror can be written), whatever ranks it has present.
+  bool can_ship(const std::string& name, uint64_t generation) const;
   // Writes the local ranks' regions for (slot, op) into every other node's
   // mirror, then OP_DONE. Errors name the node (EPD_ERR_PEER_LOST when it is
-  // not connected or has not announced the group).
-  Status send_op(const std::string& name, uint64_t generation, int32_t slot, OpKind op);
+  // not connected or has not announced the group); *failed_node (if given)
+  // is set to it.
+  Status send_op(const std::string& name, uint64_t generation, int32_t slot, OpKind op,
+                 NodeId* failed_node = nullptr);
 
   // Arrivals not yet consumed, per (group, node, slot), in arrival order.
   std::optional<OpKind> peek_arrival(const std::string& name, uint64_t generation, NodeId node, int32_t slot) const;

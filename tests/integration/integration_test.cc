@@ -264,6 +264,15 @@ TEST_F(IntegrationTest, EpctlShowsGroupsRanksAndCounters) {
   EXPECT_NE(counters.find("\"tokens_sent\":3"), std::string::npos) << counters;
   const std::string sessions = run({"--json", "sessions"});
   EXPECT_NE(sessions.find("\"name\":\"libepd-client\",\"memberships\":1"), std::string::npos) << sessions;
+  // The daemon's hwloc view: valid JSON with an "available" verdict either way
+  // (this machine may have no GPU and no NIC), and the same through the text form.
+  const std::string topo = run({"--json", "topology"});
+  EXPECT_NE(topo.find("\"available\":"), std::string::npos) << topo;
+  if (topo.find("\"available\":true") != std::string::npos) {
+    EXPECT_NE(topo.find("\"numa_nodes\""), std::string::npos) << topo;
+    EXPECT_NE(topo.find("\"pairs\""), std::string::npos) << topo;
+  }
+  EXPECT_FALSE(run({"topology"}).empty());
   const std::string status = run({"status"});
   EXPECT_NE(status.find("pid " + std::to_string(daemon().child().pid())), std::string::npos) << status;
   epd_group_leave(g);

@@ -58,15 +58,18 @@ transport::TransportConfig config(NodeId id) {
   return c;
 }
 
-// Waits (poll on the event fd, bounded) until pred() holds.
-bool wait_for(ClusterLink& l, const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+// Waits (poll on the event fd, bounded) until pred() holds; the events drained
+// meanwhile are appended to *seen when given.
+bool wait_for(ClusterLink& l, const std::function<bool()>& pred, std::chrono::milliseconds timeout,
+              std::vector<Event>* seen = nullptr) {
   const auto end = std::chrono::steady_clock::now() + timeout;
   while (!pred()) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
     if (left.count() <= 0) return false;
     pollfd p{l.event_fd(), POLLIN, 0};
     (void)poll(&p, 1, static_cast<int>(left.count()));
-    (void)l.take_events();
+    for (Event& e : l.take_events())
+      if (seen) seen->push_back(std::move(e));
   }
   return true;
 }
@@ -221,11 +224,12 @@ TEST_F(ClusterLinkTest, LostNodeIsReportedAndItsRanksVanish) {
   }, 10s));
   n_[1].link.reset();  // node 1's daemon is gone
   Status lost;
+  std::vector<Event> events;
   ASSERT_TRUE(wait_for(*n_[0].link, [&] {
-    for (const Event& e : n_[0].link->take_events())
+    for (const Event& e : events)
       if (e.kind == Event::Kind::kPeerState && !e.status.is_ok()) lost = e.status;
     return !lost.is_ok();
-  }, 10s));
+  }, 10s, &events));
   EXPECT_TRUE(lost.code() == EPD_ERR_PEER_LOST || lost.code() == EPD_ERR_TIMEOUT) << lost.to_string();
   ASSERT_TRUE(n_[0].link->remote_present("g", 3, &present).is_ok());
   EXPECT_EQ(present[2] + present[3], 0);

@@ -1,0 +1,284 @@
+// cluster_glue.cc — the Server's multi-node side: a group whose placement names
+// other nodes is attached to the cluster link (cluster/cluster.h); its join
+// completes when every rank on every node is present; once all local ranks
+// rang an op of a slot, their regions are shipped to the other nodes, whose
+// OP_DONE arrivals count as those nodes' ranks ringing; a lost node (or its
+// ranks leaving) fails this node's ranks with PEER_LOST naming the ranks, and
+// a node that comes back (new daemon, same generation) is taken in again.
+// Control thread only, like the rest of the Server.
+#include <algorithm>
+#include <map>
+
+#include "logging.h"
+#include "server.h"
+
+namespace epd {
+
+namespace {
+
+const char* plural(size_t n) { return n == 1 ? "" : "s"; }
+
+cluster::OpKind kind_of(Op op) { return op == Op::kDispatch ? cluster::OpKind::kDispatch : cluster::OpKind::kCombine; }
+
+}  // namespace
+
+Status Server::init_cluster() {
+  const DaemonConfig& c = opts_.config;
+  if (c.listen_address.empty()) {
+    if (!c.peers.empty())
+      log_message(LogLevel::kWarn, "cluster.peers is set but cluster.listen_address is not: running as a single node");
+    return Status::ok();
+  }
+  transport::TransportConfig t;
+  t.kind = c.transport;
+  t.rdma_fallback_to_tcp = c.rdma_fallback_to_tcp;
+  t.node_id = c.node_id;
+  t.listen_address = c.listen_address;
+  t.cluster_secret = c.cluster_secret;
+  for (size_t i = 0; i < c.peers.size(); ++i)
+    if (i != c.node_id) t.peers[static_cast<transport::NodeId>(i)] = c.peers[i];
+  t.log = [](transport::LogSeverity sev, const std::string& msg) {
+    log_message(sev == transport::LogSeverity::kError ? LogLevel::kError
+                : sev == transport::LogSeverity::kWarn ? LogLevel::kWarn
+                                                        : LogLevel::kInfo,
+                "cluster: " + msg);
+  };
+  auto link = cluster::ClusterLink::create(std::move(t));
+  if (!link) return make_status(link.status().code(), "cluster: %s", link.status().message().c_str());
+  cluster_ = std::move(link.value());
+  return Status::ok();
+}
+
+bool Server::is_local(const Group& g, int32_t rank) const {
+  return g.spec().placement[static_cast<size_t>(rank)].node == static_cast<int32_t>(opts_.config.node_id);
+}
+
+bool Server::multi_node(const Group& g) const {
+  for (int32_t r = 0; r < g.spec().world_size; ++r)
+    if (!is_local(g, r)) return true;
+  return false;
+}
+
+Status Server::check_placement(const GroupSpec& spec) const {
+  const int32_t me = static_cast<int32_t>(opts_.config.node_id);
+  const int32_t node = spec.placement[static_cast<size_t>(spec.rank)].node;
+  if (node != me)
+    return make_status(EPD_ERR_INVALID_ARGUMENT,
+                       "group '%s': rank %d is placed on node %d, but this daemon is node %d (join through node %d's daemon)",
+                       spec.name.c_str(), spec.rank, node, me, node);
+  if (!cluster_)
+    for (int32_t r = 0; r < spec.world_size; ++r)
+      if (spec.placement[static_cast<size_t>(r)].node != me)
+        return make_status(EPD_ERR_UNSUPPORTED,
+                           "group '%s': placement[%d].node = %d, but this daemon has no [cluster] listen_address "
+                           "(it serves node %d only)",
+                           spec.name.c_str(), r, spec.placement[static_cast<size_t>(r)].node, me);
+  return Status::ok();
+}
+
+Status Server::attach_cluster(Group& g) {
+  if (!multi_node(g)) return Status::ok();
+  if (!cluster_)  // a [[group]] of the config placed across nodes on a daemon without [cluster]
+    return make_status(EPD_ERR_UNSUPPORTED, "group '%s' places ranks on other nodes, but this daemon has no [cluster] listen_address",
+                       g.spec().name.c_str());
+  std::shared_ptr<SharedRegion> ws = g.workspace_ref();
+  return cluster_->attach(g.spec(), ws->data(), ws->size(), ws);
+}
+
+void Server::cluster_present_changed(Group& g) {
+  if (!multi_node(g) || g.closed) return;
+  std::vector<int32_t> present;
+  for (const auto& m : g.members())
+    if (m) present.push_back(m->rank);
+  cluster_->set_present(g.spec().name, g.spec().generation, present);
+}
+
+std::vector<int32_t> Server::missing_ranks(Group& g) const {
+  std::vector<uint8_t> remote;
+  if (multi_node(g) && !cluster_->remote_present(g.spec().name, g.spec().generation, &remote)) remote.clear();
+  std::vector<int32_t> missing;
+  for (int32_t r = 0; r < g.spec().world_size; ++r) {
+    const bool here = is_local(g, r) ? g.members()[static_cast<size_t>(r)] != nullptr
+                                     : r < static_cast<int32_t>(remote.size()) && remote[static_cast<size_t>(r)];
+    if (!here) missing.push_back(r);
+  }
+  return missing;
+}
+
+void Server::maybe_complete_joins(Group& g) {
+  if (g.closed) return;
+  bool pending = false;
+  for (const auto& m : g.members()) pending = pending || (m && !m->joined);
+  if (!pending) return;
+  if (multi_node(g)) {
+    std::vector<uint8_t> remote;
+    if (Status st = cluster_->remote_present(g.spec().name, g.spec().generation, &remote); !st) {
+      std::vector<std::shared_ptr<Member>> refused;
+      for (auto& m : g.members())
+        if (m && !m->joined) {
+          reply_join_error(*m, st);
+          refused.push_back(m);
+        }
+      log_message(LogLevel::kWarn, LogContext{g.spec().name, -1, 0, -1}, "join refused: " + st.message());
+      for (auto& m : refused) remove_member(m, "join refused: " + st.message());
+      return;
+    }
+  }
+  if (!missing_ranks(g).empty()) return;
+  for (auto& m : g.members())
+    if (m && !m->joined) complete_join(*m);
+}
+
+bool Server::ship_if_ready(Group& g, int32_t slot) {
+  if (!multi_node(g)) return true;
+  Group::SlotRendezvous& rv = g.rendezvous(slot);
+  if (rv.shipped) return true;
+  if (rv.rung_count == 0) return false;
+  for (int32_t r = 0; r < g.spec().world_size; ++r)
+    if (is_local(g, r) && !rv.rung[static_cast<size_t>(r)]) return false;
+  // Every other node's daemon must be there to receive (a node that restarts
+  // announces the group again); until then the rendezvous deadline
+  // (on_timers) bounds the wait and names who is missing. Its ranks need not
+  // be present: a node whose ranks finished and left still takes the data.
+  if (!cluster_->can_ship(g.spec().name, g.spec().generation)) return false;
+  transport::NodeId failed = 0;
+  if (Status st = cluster_->send_op(g.spec().name, g.spec().generation, slot, kind_of(rv.op), &failed); !st) {
+    // A node went away under us (its loss is reported next): the op cannot
+    // complete anywhere, so the ranks start the step again, as after PEER_LOST.
+    const std::vector<int32_t> remote = cluster::ranks_on_node(g.spec(), static_cast<int32_t>(failed));
+    const std::string msg = "group '" + g.spec().name + "' slot " + std::to_string(slot) + " " +
+                            (rv.op == Op::kDispatch ? "dispatch" : "combine") + ": rank" + plural(remote.size()) + " " +
+                            cluster::rank_list(remote) + " on node " + std::to_string(failed) + " lost: " + st.message();
+    log_message(LogLevel::kWarn, LogContext{g.spec().name, -1, 0, -1}, msg);
+    fail_pending(g, slot, Status(st.code() == EPD_ERR_TIMEOUT ? EPD_ERR_TIMEOUT : EPD_ERR_PEER_LOST, msg), Phase::kIdle);
+    return false;
+  }
+  rv.shipped = true;
+  return true;
+}
+
+void Server::apply_arrivals(Group& g, int32_t slot) {
+  if (!multi_node(g) || g.closed) return;
+  Group::SlotRendezvous& rv = g.rendezvous(slot);
+  for (transport::NodeId node : cluster::other_nodes(g.spec(), opts_.config.node_id)) {
+    if (rv.in_flight) return;  // applied when the running job completes
+    const auto kind = cluster_->peek_arrival(g.spec().name, g.spec().generation, node, slot);
+    if (!kind) continue;
+    const Op op = *kind == cluster::OpKind::kDispatch ? Op::kDispatch : Op::kCombine;
+    if (rv.rung_count > 0 && rv.op != op) continue;  // that node is one op ahead: kept for later
+    const std::vector<int32_t> ranks = cluster::ranks_on_node(g.spec(), static_cast<int32_t>(node));
+    bool already = false;
+    for (int32_t r : ranks) already = already || rv.rung[static_cast<size_t>(r)];
+    if (already) continue;
+    cluster_->pop_arrival(g.spec().name, g.spec().generation, node, slot);
+    if (rv.rung_count == 0) {
+      rv.op = op;
+      rv.first_ring_ns = shm::monotonic_ns();
+    }
+    for (int32_t r : ranks) rv.rung[static_cast<size_t>(r)] = 1;
+    rv.rung_count += static_cast<int32_t>(ranks.size());
+  }
+  try_submit(g, slot);
+}
+
+void Server::on_cluster_events() {
+  for (const cluster::Event& e : cluster_->take_events()) {
+    auto it = groups_.find(e.group);
+    Group* g = it != groups_.end() && it->second->spec().generation == e.generation ? it->second.get() : nullptr;
+    switch (e.kind) {
+      case cluster::Event::Kind::kArrival:
+        if (g) apply_arrivals(*g, e.slot);
+        break;
+      case cluster::Event::Kind::kGroupState:
+        if (g) on_remote_state(*g, -1, "");
+        break;
+      case cluster::Event::Kind::kPeerState: {
+        if (e.status.is_ok()) {
+          log_message(LogLevel::kInfo, "cluster: node " + std::to_string(e.node) + " connected");
+        } else {
+          log_message(LogLevel::kWarn, "cluster: node " + std::to_string(e.node) + " lost: " + e.status.to_string());
+        }
+        std::vector<Group*> affected;
+        for (auto& [name, gp] : groups_)
+          for (const epd_placement_t& p : gp->spec().placement)
+            if (p.node == static_cast<int32_t>(e.node)) {
+              affected.push_back(gp.get());
+              break;
+            }
+        for (Group* a : affected)
+          on_remote_state(*a, e.status.is_ok() ? -1 : static_cast<int64_t>(e.node), e.status.message());
+        break;
+      }
+    }
+  }
+}
+
+void Server::on_remote_state(Group& g, int64_t gone_node, const std::string& why) {
+  if (!multi_node(g) || g.closed) return;
+  std::vector<uint8_t> present;
+  if (!cluster_->remote_present(g.spec().name, g.spec().generation, &present)) {
+    maybe_complete_joins(g);  // refuses the pending joins with the mismatch
+    return;
+  }
+  std::vector<uint8_t>& seen = remote_seen_[g.id()];
+  seen.resize(present.size(), 0);
+  std::vector<int32_t> lost;
+  for (size_t r = 0; r < present.size(); ++r) {
+    if (seen[r] && !present[r]) lost.push_back(static_cast<int32_t>(r));
+    if (present[r] && g.lost()[r].lost && !is_local(g, static_cast<int32_t>(r))) g.lost()[r] = Group::LostRank{};
+  }
+  seen = present;
+  if (!lost.empty() && g.joined() > 0) {
+    std::map<int32_t, std::vector<int32_t>> by_node;  // one message (and one decision) per node
+    for (int32_t r : lost) by_node[g.spec().placement[static_cast<size_t>(r)].node].push_back(r);
+    for (const auto& [node, ranks] : by_node)
+      if (node == gone_node) remote_ranks_lost(g, ranks, why, true);
+      else remote_ranks_lost(g, ranks, "its daemon reports them gone (they left)", false);
+  }
+  maybe_complete_joins(g);
+  for (int32_t slot = 0; slot < g.spec().slots; ++slot) try_submit(g, slot);  // a node that came back can receive now
+}
+
+void Server::remote_ranks_lost(Group& g, const std::vector<int32_t>& ranks, const std::string& why, bool node_gone) {
+  const int32_t node = g.spec().placement[static_cast<size_t>(ranks[0])].node;
+  const std::string msg = "group '" + g.spec().name + "': rank" + plural(ranks.size()) + " " + cluster::rank_list(ranks) +
+                          " on node " + std::to_string(node) + " lost: " + why;
+  log_message(LogLevel::kWarn, LogContext{g.spec().name, -1, 0, -1}, msg);
+  for (int32_t r : ranks) {
+    Group::LostRank& l = g.lost()[static_cast<size_t>(r)];
+    l.lost = true;
+    l.since_ns = shm::monotonic_ns();
+    l.reason = why;
+  }
+  const Status st(EPD_ERR_PEER_LOST, msg);
+  for (int32_t slot = 0; slot < g.spec().slots; ++slot) {
+    Group::SlotRendezvous& rv = g.rendezvous(slot);
+    // Ranks that left after contributing to this slot's op (their node finished
+    // it first) do not spoil it: it completes, and later ops wait for them.
+    bool contributed = rv.in_flight;
+    if (!contributed && rv.rung_count > 0) {
+      contributed = true;
+      for (int32_t r : ranks) contributed = contributed && rv.rung[static_cast<size_t>(r)];
+      if (!contributed) {
+        const auto queued = cluster_->peek_arrival(g.spec().name, g.spec().generation, static_cast<transport::NodeId>(node), slot);
+        contributed = queued && (*queued == cluster::OpKind::kDispatch) == (rv.op == Op::kDispatch);
+      }
+    }
+    if (contributed && !node_gone) continue;
+    for (auto& p : g.members()) {
+      if (!p || !p->joined) continue;
+      Member::SlotState& ss = p->slots[static_cast<size_t>(slot)];
+      if (!ss.owe_peer_lost) p->peer_lost_msg = msg;  // an owed report keeps its first cause
+      if (!rv.in_flight && rv.rung[static_cast<size_t>(p->rank)]) {
+        publish(*p->shm, p->index, slot, rv.op, ss.seq, st);
+        ss.owe_peer_lost = false;
+      } else {
+        ss.owe_peer_lost = true;
+      }
+      ss.phase = Phase::kIdle;
+    }
+    if (!rv.in_flight) g.clear_rendezvous(slot);
+  }
+}
+
+}  // namespace epd
