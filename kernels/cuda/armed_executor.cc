@@ -30,18 +30,6 @@ struct MemOps {
   Status status;
 };
 
-template <typename F>
-Status resolve(const char* name, F* fn) {
-  void* p = nullptr;
-  cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-  const cudaError_t e = cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &q);
-  if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !p)
-    return make_status(EPD_ERR_GPU_UNAVAILABLE, "CUDA driver entry point %s unavailable: %s", name,
-                       e != cudaSuccess ? cudaGetErrorName(e) : "symbol not found");
-  *fn = reinterpret_cast<F>(p);
-  return Status::ok();
-}
-
 const MemOps& memops() {
   static MemOps m;
   static std::once_flag once;
@@ -51,10 +39,10 @@ const MemOps& memops() {
       m.status = count.status();
       return;
     }
-    Status s = resolve("cuModuleGetLoadingMode", &m.loading_mode);
-    if (s) s = resolve("cuStreamWaitValue32", &m.wait32);
-    if (s) s = resolve("cuStreamWriteValue32", &m.write32);
-    if (s) s = resolve("cuGetErrorName", &m.error_name);
+    Status s = resolve_driver_entry("cuModuleGetLoadingMode", &m.loading_mode);
+    if (s) s = resolve_driver_entry("cuStreamWaitValue32", &m.wait32);
+    if (s) s = resolve_driver_entry("cuStreamWriteValue32", &m.write32);
+    if (s) s = resolve_driver_entry("cuGetErrorName", &m.error_name);
     m.status = s;
   });
   return m;

@@ -1,6 +1,8 @@
 // cuda_status.h — CUDA runtime and driver errors turned into epd::Status right
 // at the call, with the library's own error name and file:line.
-// Thread-safety: stateless macros.
+// resolve_driver_entry looks a driver API function up through the static
+// runtime (cudaGetDriverEntryPointByVersion), so nothing links libcuda.
+// Thread-safety: stateless.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -15,3 +17,19 @@
                                 cudaGetErrorName(epd_cuda_err_),                           \
                                 cudaGetErrorString(epd_cuda_err_), __FILE__, __LINE__);    \
   } while (0)
+
+namespace epd {
+
+template <typename F>
+Status resolve_driver_entry(const char* name, F* fn) {
+  void* p = nullptr;
+  cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+  const cudaError_t e = cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &q);
+  if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !p)
+    return make_status(EPD_ERR_GPU_UNAVAILABLE, "CUDA driver entry point %s unavailable: %s", name,
+                       e != cudaSuccess ? cudaGetErrorName(e) : "symbol not found");
+  *fn = reinterpret_cast<F>(p);
+  return Status::ok();
+}
+
+}  // namespace epd

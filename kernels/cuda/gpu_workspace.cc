@@ -29,18 +29,6 @@ struct Driver {
   Status status;
 };
 
-template <typename F>
-Status resolve(const char* name, F* fn) {
-  void* p = nullptr;
-  cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-  const cudaError_t e = cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &q);
-  if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !p)
-    return make_status(EPD_ERR_GPU_UNAVAILABLE, "CUDA driver entry point %s unavailable: %s", name,
-                       e != cudaSuccess ? cudaGetErrorName(e) : "symbol not found");
-  *fn = reinterpret_cast<F>(p);
-  return Status::ok();
-}
-
 const Driver& driver() {
   static Driver d;
   static std::once_flag once;
@@ -51,16 +39,16 @@ const Driver& driver() {
       return;
     }
     Status s;
-    if (s) s = resolve("cuMemCreate", &d.mem_create);
-    if (s) s = resolve("cuMemRelease", &d.mem_release);
-    if (s) s = resolve("cuMemAddressReserve", &d.address_reserve);
-    if (s) s = resolve("cuMemAddressFree", &d.address_free);
-    if (s) s = resolve("cuMemMap", &d.mem_map);
-    if (s) s = resolve("cuMemUnmap", &d.mem_unmap);
-    if (s) s = resolve("cuMemSetAccess", &d.set_access);
-    if (s) s = resolve("cuMemGetAllocationGranularity", &d.granularity);
-    if (s) s = resolve("cuMemExportToShareableHandle", &d.export_handle);
-    if (s) s = resolve("cuGetErrorName", &d.error_name);
+    if (s) s = resolve_driver_entry("cuMemCreate", &d.mem_create);
+    if (s) s = resolve_driver_entry("cuMemRelease", &d.mem_release);
+    if (s) s = resolve_driver_entry("cuMemAddressReserve", &d.address_reserve);
+    if (s) s = resolve_driver_entry("cuMemAddressFree", &d.address_free);
+    if (s) s = resolve_driver_entry("cuMemMap", &d.mem_map);
+    if (s) s = resolve_driver_entry("cuMemUnmap", &d.mem_unmap);
+    if (s) s = resolve_driver_entry("cuMemSetAccess", &d.set_access);
+    if (s) s = resolve_driver_entry("cuMemGetAllocationGranularity", &d.granularity);
+    if (s) s = resolve_driver_entry("cuMemExportToShareableHandle", &d.export_handle);
+    if (s) s = resolve_driver_entry("cuGetErrorName", &d.error_name);
     d.status = s;
   });
   return d;

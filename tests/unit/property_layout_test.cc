@@ -1,5 +1,7 @@
-// property_rank_major_test.cc — property tests of the host executor against the
-// oracle, layout rank_major: random specs plus fixed edge cases.
+// property_layout_test.cc — property tests of the host executor against the
+// oracle for one layout (EPD_TEST_LAYOUT_EXPERT_MAJOR selects expert_major,
+// else rank_major): random specs plus fixed edge cases. Built once per layout
+// so the two run in parallel under ctest.
 #include <gtest/gtest.h>
 
 #include "property_check.h"
@@ -7,12 +9,20 @@
 namespace epd_test {
 namespace {
 
+#ifdef EPD_TEST_LAYOUT_EXPERT_MAJOR
+constexpr epd_layout_t kLayout = EPD_LAYOUT_EXPERT_MAJOR;
+constexpr uint64_t kSeedBase = 0x5eed1000;
+#define EPD_PROPERTY_SUITE PropertyExpertMajor
+#else
 constexpr epd_layout_t kLayout = EPD_LAYOUT_RANK_MAJOR;
+constexpr uint64_t kSeedBase = 0x5eed0000;
+#define EPD_PROPERTY_SUITE PropertyRankMajor
+#endif
 
-TEST(PropertyRankMajor, RandomSpecsMatchOracle) {
+TEST(EPD_PROPERTY_SUITE, RandomSpecsMatchOracle) {
   const int cases = case_count(250);
   for (int i = 0; i < cases; ++i) {
-    const uint64_t seed = case_seed(0x5eed0000, i);
+    const uint64_t seed = case_seed(kSeedBase, i);
     SCOPED_TRACE("seed " + std::to_string(seed) + " (rerun: EPD_UNIT_SEED=" + std::to_string(seed) +
                  " EPD_UNIT_CASES=1)");
     std::mt19937_64 rng(seed);
@@ -22,7 +32,7 @@ TEST(PropertyRankMajor, RandomSpecsMatchOracle) {
   }
 }
 
-TEST(PropertyRankMajor, EdgeSpecsMatchOracle) {
+TEST(EPD_PROPERTY_SUITE, EdgeSpecsMatchOracle) {
   std::vector<int32_t> reversed(11);
   for (int32_t e = 0; e < 11; ++e) reversed[e] = 4 - e * 5 / 11;  // contiguous runs, rank order reversed
   const CaseSpec specs[] = {
