@@ -265,19 +265,7 @@ void Server::remote_ranks_lost(Group& g, const std::vector<int32_t>& ranks, cons
       }
     }
     if (contributed && !node_gone) continue;
-    for (auto& p : g.members()) {
-      if (!p || !p->joined) continue;
-      Member::SlotState& ss = p->slots[static_cast<size_t>(slot)];
-      if (!ss.owe_peer_lost) p->peer_lost_msg = msg;  // an owed report keeps its first cause
-      if (!rv.in_flight && rv.rung[static_cast<size_t>(p->rank)]) {
-        publish(*p->shm, p->index, slot, rv.op, ss.seq, st);
-        ss.owe_peer_lost = false;
-      } else {
-        ss.owe_peer_lost = true;
-      }
-      ss.phase = Phase::kIdle;
-    }
-    if (!rv.in_flight) g.clear_rendezvous(slot);
+    g.fail_slot(slot, st);
   }
 }
 

@@ -262,22 +262,7 @@ void Server::remove_member(std::shared_ptr<Member> m, const std::string& reason)
     log_message(left ? LogLevel::kInfo : LogLevel::kWarn, LogContext{g->spec().name, m->rank, m->session_id, m->pid}, msg);
     const Status st(EPD_ERR_PEER_LOST, msg);
     // Pending ops fail now; every other slot of every member fails its next op once.
-    for (int32_t slot = 0; slot < g->spec().slots; ++slot) {
-      Group::SlotRendezvous& rv = g->rendezvous(slot);
-      for (auto& p : g->members()) {
-        if (!p || !p->joined) continue;
-        Member::SlotState& ss = p->slots[static_cast<size_t>(slot)];
-        if (!ss.owe_peer_lost) p->peer_lost_msg = msg;  // an owed report keeps its first cause
-        if (!rv.in_flight && rv.rung[static_cast<size_t>(p->rank)]) {
-          publish(*p->shm, p->index, slot, rv.op, ss.seq, st);
-          ss.owe_peer_lost = false;
-        } else {
-          ss.owe_peer_lost = true;
-        }
-        ss.phase = Phase::kIdle;
-      }
-      if (!rv.in_flight) g->clear_rendezvous(slot);
-    }
+    for (int32_t slot = 0; slot < g->spec().slots; ++slot) g->fail_slot(slot, st);
   } else if (!was_joined) {
     log_message(LogLevel::kInfo, LogContext{g->spec().name, m->rank, m->session_id, m->pid},
                 "pending join withdrawn: " + reason);

@@ -74,6 +74,23 @@ int32_t Group::joined() const {
   return n;
 }
 
+void Group::fail_slot(int32_t slot, const Status& st) {
+  SlotRendezvous& rv = rendezvous(slot);
+  for (auto& p : members_) {
+    if (!p || !p->joined) continue;
+    Member::SlotState& ss = p->slots[static_cast<size_t>(slot)];
+    if (!ss.owe_peer_lost) p->peer_lost_msg = st.message();  // an owed report keeps its first cause
+    if (!rv.in_flight && rv.rung[static_cast<size_t>(p->rank)]) {
+      publish(*p->shm, p->index, slot, rv.op, ss.seq, st);
+      ss.owe_peer_lost = false;
+    } else {
+      ss.owe_peer_lost = true;
+    }
+    ss.phase = Phase::kIdle;
+  }
+  if (!rv.in_flight) clear_rendezvous(slot);
+}
+
 void Group::clear_rendezvous(int32_t slot) {
   SlotRendezvous& s = slots_[static_cast<size_t>(slot)];
   s.op = Op::kNone;

@@ -120,6 +120,11 @@ class Group {
   };
   SlotRendezvous& rendezvous(int32_t slot) { return slots_[static_cast<size_t>(slot)]; }
   void clear_rendezvous(int32_t slot);
+  // A rank of the group is gone (st: PEER_LOST naming it). Members whose op on
+  // `slot` is rung and not yet running get st now; every other member owes st
+  // to its next op on the slot. Ends the slot's rendezvous unless it is running.
+  // Control thread only.
+  void fail_slot(int32_t slot, const Status& st);
   int32_t in_flight() const;
 
   struct Target {
