@@ -5,12 +5,18 @@
 // OP_DONE arrivals count as those nodes' ranks ringing; a lost node (or its
 // ranks leaving) fails this node's ranks with PEER_LOST naming the ranks, and
 // a node that comes back (new daemon, same generation) is taken in again.
-// Control thread only, like the rest of the Server.
+// Shipping runs on the cluster link's proxy thread (pinned near the NIC the
+// transport uses): ship_if_ready() starts it and picks up its outcome when
+// Event::kShipped comes back. Control thread only, like the rest of the Server.
 #include <algorithm>
 #include <map>
 
 #include "logging.h"
 #include "server.h"
+
+#ifdef EPD_HAVE_HWLOC
+#include "topology.h"
+#endif
 
 namespace epd {
 
@@ -19,6 +25,30 @@ namespace {
 const char* plural(size_t n) { return n == 1 ? "" : "s"; }
 
 cluster::OpKind kind_of(Op op) { return op == Op::kDispatch ? cluster::OpKind::kDispatch : cluster::OpKind::kCombine; }
+
+// Where the link's proxy and progress threads run: the NUMA node of the RDMA
+// NIC whose interface holds the listen address (the host executor has no GPU
+// to pair with), else nowhere in particular, with the reason for the log.
+cluster::ProxyPinning proxy_pinning(const std::string& listen_address) {
+  cluster::ProxyPinning p;
+  Result<std::string> dev = transport::interface_of_address(listen_address);
+#ifdef EPD_HAVE_HWLOC
+  Result<Topology> topo = Topology::load_live();
+  if (!topo) {
+    p.reason = "no topology (" + topo.status().message() + "); not pinned";
+    return p;
+  }
+  const ProxyPlacement pl = topo->proxy_for_device(dev ? *dev : std::string());
+  p.nic = pl.nic;
+  p.numa_node = pl.numa_node;
+  p.cpus = pl.cpus;
+  p.reason = dev ? pl.reason : dev.status().message() + "; not pinned";
+#else
+  p.reason = "built without hwloc; not pinned";
+  (void)dev;
+#endif
+  return p;
+}
 
 }  // namespace
 
@@ -43,7 +73,7 @@ Status Server::init_cluster() {
                                                         : LogLevel::kInfo,
                 "cluster: " + msg);
   };
-  auto link = cluster::ClusterLink::create(std::move(t));
+  auto link = cluster::ClusterLink::create(std::move(t), proxy_pinning(c.listen_address));
   if (!link) return make_status(link.status().code(), "cluster: %s", link.status().message().c_str());
   cluster_ = std::move(link.value());
   return Status::ok();
@@ -140,17 +170,22 @@ bool Server::ship_if_ready(Group& g, int32_t slot) {
   // announces the group again); until then the rendezvous deadline
   // (on_timers) bounds the wait and names who is missing. Its ranks need not
   // be present: a node whose ranks finished and left still takes the data.
-  if (!cluster_->can_ship(g.spec().name, g.spec().generation)) return false;
-  transport::NodeId failed = 0;
-  if (Status st = cluster_->send_op(g.spec().name, g.spec().generation, slot, kind_of(rv.op), &failed); !st) {
+  // The proxy thread ships; the first ring of this rendezvous is its ticket.
+  const cluster::ShipResult r = cluster_->ship(g.spec().name, g.spec().generation, slot, kind_of(rv.op),
+                                               static_cast<uint64_t>(rv.first_ring_ns));
+  if (r.state == cluster::ShipResult::State::kNotReady || r.state == cluster::ShipResult::State::kPending)
+    return false;  // kShipped (or the node's announcement) brings us back here
+  if (r.state == cluster::ShipResult::State::kFailed) {
     // A node went away under us (its loss is reported next): the op cannot
     // complete anywhere, so the ranks start the step again, as after PEER_LOST.
-    const std::vector<int32_t> remote = cluster::ranks_on_node(g.spec(), static_cast<int32_t>(failed));
+    const std::vector<int32_t> remote = cluster::ranks_on_node(g.spec(), static_cast<int32_t>(r.node));
     const std::string msg = "group '" + g.spec().name + "' slot " + std::to_string(slot) + " " +
                             (rv.op == Op::kDispatch ? "dispatch" : "combine") + ": rank" + plural(remote.size()) + " " +
-                            cluster::rank_list(remote) + " on node " + std::to_string(failed) + " lost: " + st.message();
+                            cluster::rank_list(remote) + " on node " + std::to_string(r.node) + " lost: " +
+                            r.status.message();
     log_message(LogLevel::kWarn, LogContext{g.spec().name, -1, 0, -1}, msg);
-    fail_pending(g, slot, Status(st.code() == EPD_ERR_TIMEOUT ? EPD_ERR_TIMEOUT : EPD_ERR_PEER_LOST, msg), Phase::kIdle);
+    fail_pending(g, slot, Status(r.status.code() == EPD_ERR_TIMEOUT ? EPD_ERR_TIMEOUT : EPD_ERR_PEER_LOST, msg),
+                 Phase::kIdle);
     return false;
   }
   rv.shipped = true;
@@ -191,6 +226,9 @@ void Server::on_cluster_events() {
         break;
       case cluster::Event::Kind::kGroupState:
         if (g) on_remote_state(*g, -1, "");
+        break;
+      case cluster::Event::Kind::kShipped:
+        if (g && !g->closed) try_submit(*g, e.slot);  // ship_if_ready() takes the outcome
         break;
       case cluster::Event::Kind::kPeerState: {
         if (e.status.is_ok()) {

@@ -121,11 +121,14 @@ std::vector<std::pair<uint64_t, uint64_t>> op_ranges(const GroupSpec& spec, cons
 }
 
 // ---- lifetime -------------------------------------------------------------------------------
-Result<std::unique_ptr<ClusterLink>> ClusterLink::create(transport::TransportConfig config) {
-  std::unique_ptr<ClusterLink> c(new ClusterLink(std::move(config)));
+Result<std::unique_ptr<ClusterLink>> ClusterLink::create(transport::TransportConfig config, ProxyPinning pinning) {
+  std::unique_ptr<ClusterLink> c(new ClusterLink(std::move(config), std::move(pinning)));
   c->event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (c->event_fd_ < 0) return errno_status("eventfd", errno);
   ClusterLink* self = c.get();
+  c->threads_[0].role = "shipping proxy";
+  c->threads_[1].role = "transport progress";
+  c->cfg_.on_progress_thread_start = [self] { self->on_thread_start(1); };
   transport::TransportCallbacks cb;
   cb.on_message = [self](NodeId peer, uint32_t tag, const void* d, size_t n) { self->on_message(peer, tag, d, n); };
   cb.on_write = [](NodeId, uint32_t, size_t) {};  // OP_DONE, ordered after the writes, says it all
@@ -133,7 +136,29 @@ Result<std::unique_ptr<ClusterLink>> ClusterLink::create(transport::TransportCon
   auto t = transport::make_transport(c->cfg_, std::move(cb));
   if (!t) return t.status();
   c->transport_ = std::move(t.value());
+  c->proxy_ = std::thread([self] { self->proxy_loop(); });
   c->connector_ = std::thread([self] { self->connector_loop(); });
+  // Both threads pin themselves first thing; wait (bounded) to log what they got.
+  std::vector<ProxyThreadState> got;
+  {
+    std::unique_lock<std::mutex> l(c->mu_);
+    c->threads_cv_.wait_for(l, std::chrono::seconds(2),
+                            [&] { return c->threads_[0].started && c->threads_[1].started; });
+  }
+  for (const ProxyThreadState& th : c->proxy_threads()) {
+    std::string line = th.role + " thread of the " + c->transport_->name() + " transport";
+    if (!th.started) {
+      line += ": not started yet, pinning not known";
+    } else if (th.pinned) {
+      line += (c->pinning_.nic.empty() ? std::string() : " near NIC " + c->pinning_.nic) + " pinned to CPUs " +
+              format_cpus(th.affinity) + " (" + th.detail + ")";
+    } else {
+      line += ": " + th.detail;
+    }
+    transport::transport_log(c->cfg_, th.pinned || c->pinning_.cpus.empty() ? transport::LogSeverity::kInfo
+                                                                            : transport::LogSeverity::kWarn,
+                             line);
+  }
   return c;
 }
 
@@ -143,8 +168,10 @@ ClusterLink::~ClusterLink() {
     stop_ = true;
   }
   cv_.notify_all();
-  if (transport_) transport_->shutdown();  // unblocks a connect() in progress
+  jobs_cv_.notify_all();
+  if (transport_) transport_->shutdown();  // unblocks a connect(), send() or write() in progress
   if (connector_.joinable()) connector_.join();
+  if (proxy_.joinable()) proxy_.join();
   transport_.reset();
   if (event_fd_ >= 0) close(event_fd_);
 }
@@ -231,11 +258,23 @@ std::vector<uint8_t> ClusterLink::encode_state(const Attached& g) const {
 
 void ClusterLink::announce(const Attached& g, NodeId peer) {
   if (!connected_.count(peer)) return;  // announced again once connected
-  const std::vector<uint8_t> m = encode_state(g);
-  // Callbacks and the control thread may both get here; send never blocks long
-  // on a connected peer, and a failure shows up as a lost peer.
-  (void)transport_->send(peer, kTagGroupState, m.data(), m.size(),
-                         transport::deadline_after(std::chrono::milliseconds(1000)));
+  // Encoded now (detach() erases the group next); sent by the proxy thread, in
+  // call order with shipping. A queued older state for the same node is void.
+  for (auto it = jobs_.begin(); it != jobs_.end(); ++it) {
+    if (it->kind == Job::Kind::kAnnounce && it->node == peer && it->group == g.spec.name &&
+        it->generation == g.spec.generation) {
+      jobs_.erase(it);
+      break;  // at most one is queued
+    }
+  }
+  Job j;
+  j.kind = Job::Kind::kAnnounce;
+  j.group = g.spec.name;
+  j.generation = g.spec.generation;
+  j.node = peer;
+  j.message = encode_state(g);
+  jobs_.push_back(std::move(j));
+  jobs_cv_.notify_one();
 }
 
 Status ClusterLink::attach(const GroupSpec& spec, uint8_t* base, uint64_t bytes, std::shared_ptr<void> keepalive) {
@@ -283,6 +322,10 @@ void ClusterLink::detach(const std::string& name, uint64_t generation) {
   it->second.present.clear();
   for (NodeId n : it->second.nodes) announce(it->second, n);
   groups_.erase(it);
+  // Queued shippings of the group find no entry and are skipped; a running one
+  // finishes (its mirror is kept alive) and its outcome is dropped.
+  for (auto s = ships_.begin(); s != ships_.end();)
+    s = std::get<0>(s->first) == name && std::get<1>(s->first) == generation ? ships_.erase(s) : std::next(s);
 }
 
 void ClusterLink::set_present(const std::string& name, uint64_t generation, const std::vector<int32_t>& ranks) {
@@ -413,19 +456,16 @@ void ClusterLink::on_peer_state(NodeId peer, const Status& st) {
 }
 
 // ---- data -----------------------------------------------------------------------------------
-Status ClusterLink::send_op(const std::string& name, uint64_t generation, int32_t slot, OpKind op,
-                            NodeId* failed_node) {
-  std::unique_lock<std::mutex> l(mu_);
+Status ClusterLink::plan_ship(const std::string& name, uint64_t generation, int32_t slot, OpKind op, ShipPlan* plan,
+                              NodeId* failed_node) const {
   auto it = groups_.find({name, generation});
   if (it == groups_.end())
     return make_status(EPD_ERR_UNKNOWN_GROUP, "group '%s' generation %llu is not attached to the cluster", name.c_str(),
                        static_cast<unsigned long long>(generation));
   const Attached& g = it->second;
-  struct Target {
-    NodeId node;
-    uint32_t region;
-  };
-  std::vector<Target> targets;
+  if (slot < 0 || slot >= g.spec.slots)
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "group '%s': slot %d is outside [0, %d)", name.c_str(), slot,
+                       g.spec.slots);
   for (NodeId n : g.nodes) {
     const Remote& rem = g.remotes.at(n);
     if (failed_node) *failed_node = n;
@@ -433,37 +473,56 @@ Status ClusterLink::send_op(const std::string& name, uint64_t generation, int32_
       return make_status(EPD_ERR_PEER_LOST, "group '%s' slot %d %s: node %u (ranks %s) is not connected", name.c_str(),
                          slot, op_kind_name(op), n,
                          rank_list(ranks_on_node(g.spec, static_cast<int32_t>(n))).c_str());
-    targets.push_back({n, rem.region_id});
+    plan->targets.push_back({n, rem.region_id});
   }
-  std::vector<std::pair<uint64_t, std::pair<uint64_t, uint64_t>>> ranges;  // (rank offset, range)
   for (int32_t r : ranks_on_node(g.spec, static_cast<int32_t>(cfg_.node_id))) {
     const uint64_t off = g.offsets[static_cast<size_t>(r)];
     for (const auto& rg : op_ranges(g.spec, g.layout.ranks[static_cast<size_t>(r)], g.base + off, slot, op))
-      ranges.push_back({off, rg});
+      plan->ranges.push_back({off, rg});
   }
   Writer w;
   w.put(generation);
   w.put(slot);
   w.put(static_cast<uint8_t>(op));
   w.bytes(name.data(), name.size());
-  const uint8_t* base = g.base;
-  const auto deadline = transport::deadline_after(std::chrono::milliseconds(g.spec.timeout_ms));
-  const uint32_t imm = (static_cast<uint32_t>(slot) << 8) | static_cast<uint32_t>(op);
-  l.unlock();  // writes may wait for queue space; the progress thread needs mu_ meanwhile
-  for (const Target& t : targets) {
+  plan->op_done = std::move(w.out());
+  plan->base = g.base;
+  plan->imm = (static_cast<uint32_t>(slot) << 8) | static_cast<uint32_t>(op);
+  return Status::ok();
+}
+
+Status ClusterLink::run_plan(const ShipPlan& plan, transport::Deadline deadline, NodeId* failed_node) {
+  for (const ShipPlan::Target& t : plan.targets) {
     if (failed_node) *failed_node = t.node;
-    for (const auto& [off, rg] : ranges) {
-      Status st = transport_->write(t.node, t.region, off + rg.first, base + off + rg.first, rg.second, imm, deadline);
+    for (const auto& [off, rg] : plan.ranges) {
+      Status st = transport_->write(t.node, t.region, off + rg.first, plan.base + off + rg.first, rg.second, plan.imm,
+                                    deadline);
       if (!st) return st;
     }
-    Status st = transport_->send(t.node, kTagOpDone, w.out().data(), w.out().size(), deadline);
+    Status st = transport_->send(t.node, kTagOpDone, plan.op_done.data(), plan.op_done.size(), deadline);
     if (!st) return st;
   }
   return Status::ok();
 }
 
+Status ClusterLink::send_op(const std::string& name, uint64_t generation, int32_t slot, OpKind op,
+                            NodeId* failed_node) {
+  ShipPlan plan;
+  transport::Deadline deadline;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    EPD_RETURN_IF_ERROR(plan_ship(name, generation, slot, op, &plan, failed_node));
+    deadline = transport::deadline_after(std::chrono::milliseconds(groups_.at({name, generation}).spec.timeout_ms));
+  }
+  return run_plan(plan, deadline, failed_node);  // writes may wait for queue space; the progress thread needs mu_
+}
+
 bool ClusterLink::can_ship(const std::string& name, uint64_t generation) const {
   std::lock_guard<std::mutex> l(mu_);
+  return can_ship_locked(name, generation);
+}
+
+bool ClusterLink::can_ship_locked(const std::string& name, uint64_t generation) const {
   auto it = groups_.find({name, generation});
   if (it == groups_.end()) return false;
   for (const auto& [node, rem] : it->second.remotes)

@@ -18,6 +18,8 @@
 //   // on the proxy thread of that GPU:
 //   epd::Status s = topo->pin_current_thread_near(nic->nic);  // hwloc_set_cpubind(THREAD)
 //   epd::Result<int> numa = topo->numa_for_nic(nic->nic);     // for host staging memory
+//   // or the whole plan for that thread: NIC, NUMA node and its CPUs, and why:
+//   epd::Result<epd::ProxyPlacement> p = topo->proxy_for_gpu("0000:18:00.0");
 //   // epctl topology:
 //   nlohmann::json j = topo->to_json();   // needs <nlohmann/json.hpp> at the call site
 //   std::string table = topo->to_table();
@@ -89,6 +91,19 @@ struct NicChoice {
   Locality locality = Locality::kSystem;
 };
 
+// Where a proxy thread runs: the thread that moves one GPU's (or, for the
+// host executor, one transport's) inter-node traffic, pinned to the NUMA node
+// of the NIC it drives so that its posts, completions and staging copies stay
+// on that socket.
+struct ProxyPlacement {
+  std::string gpu_pci_busid;  // "" for a transport's proxy (no GPU)
+  std::string nic;            // OpenFabrics name; "" when not known
+  int numa_node = -1;         // -1: not pinned
+  std::vector<int> cpus;      // PUs (OS indexes) to pin to; empty: not pinned
+  std::string reason;         // how it was chosen, or why it is not pinned (for the log line)
+  bool pinned() const { return !cpus.empty(); }
+};
+
 struct XmlLoadOptions {
   // Assert that the XML describes the machine this process runs on, so that
   // pin_current_thread_near() really binds (HWLOC_TOPOLOGY_FLAG_IS_THISSYSTEM).
@@ -147,12 +162,28 @@ class Topology {
   // when the OS refuses (message names the CPUs and the error).
   Status pin_current_thread_near(std::string_view nic) const;
 
+  // The proxy of a GPU: the NIC pick_nics() chose for it, that NIC's NUMA
+  // node (numa_for_nic) and the node's PUs (the NIC's locality PUs when the
+  // node has none, a memory-only node). Errors as nic_for_gpu().
+  Result<ProxyPlacement> proxy_for_gpu(std::string_view pci_busid) const;
+  // The proxy of a transport that serves no particular GPU (the host
+  // executor's): near `device`, an OpenFabrics name ("mlx5_0") or a network
+  // interface of one ("ibp25s0", as NicInfo::netdevs lists). Not an error
+  // when it is empty or no RDMA NIC of this topology: then not pinned, and
+  // `reason` says why (the scheduler places the thread; guessing a NUMA node
+  // would put it across the socket from the NIC half of the time).
+  ProxyPlacement proxy_for_device(std::string_view device) const;
+  // One proxy_for_gpu() per entry of pick_nics(), in the same order.
+  std::vector<ProxyPlacement> gpu_proxies() const;
+
   // {"origin", "this_system", "numa_nodes": [{os_index, cpus, local_memory_bytes}],
   //  "gpus": [{pci_busid, vendor_id, device_id, pci_class, os_devices, cuda_index, numa_nodes, cpus}],
   //  "nics": [{name, pci_busid, netdevs, numa_nodes, cpus}],
-  //  "pairs": [{gpu, nic, distance}], "notes": [...]}; cpus as a list string "0-3,8-11".
+  //  "pairs": [{gpu, nic, distance}], "proxies": [{gpu, nic, numa_node, cpus}] (gpu_proxies()),
+  //  "notes": [...]}; cpus as a list string "0-3,8-11".
   nlohmann::json to_json() const;
-  // Aligned text tables (NUMA nodes, GPUs with their NIC, NICs, notes) for epctl.
+  // Aligned text tables (NUMA nodes, GPUs with their NIC and proxy CPUs,
+  // NICs, notes) for epctl.
   std::string to_table() const;
 
   struct Impl;  // hwloc state; defined in topology.cc

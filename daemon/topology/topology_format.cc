@@ -113,6 +113,13 @@ nlohmann::json Topology::to_json() const {
   for (const NicChoice& p : pick_nics()) {
     j["pairs"].push_back({{"gpu", p.gpu_pci_busid}, {"nic", p.nic}, {"distance", locality_name(p.locality)}});
   }
+  j["proxies"] = nlohmann::json::array();
+  for (const ProxyPlacement& p : gpu_proxies()) {
+    j["proxies"].push_back({{"gpu", p.gpu_pci_busid},
+                            {"nic", p.nic},
+                            {"numa_node", p.numa_node},
+                            {"cpus", format_cpu_list(p.cpus)}});
+  }
   j["notes"] = notes();
   return j;
 }
@@ -129,14 +136,19 @@ std::string Topology::to_table() const {
 
   out += "GPUs (" + std::to_string(gpus().size()) + ")\n";
   if (!gpus().empty()) {
-    TextTable t({"pci_busid", "id", "os devices", "numa", "cpus", "nic", "distance"});
+    // The proxy columns: where that GPU's proxy thread is pinned (the NUMA node of its NIC).
+    const std::vector<ProxyPlacement> proxies = gpu_proxies();
+    TextTable t({"pci_busid", "id", "os devices", "numa", "cpus", "nic", "distance", "proxy numa", "proxy cpus"});
     for (size_t g = 0; g < gpus().size(); ++g) {
       const GpuInfo& info = gpus()[g];
       const bool paired = g < pick_nics().size();
+      const bool pinned = g < proxies.size() && proxies[g].pinned();
       t.add({info.pci_busid, hex4(info.vendor_id).substr(2) + ":" + hex4(info.device_id).substr(2),
              info.os_devices.empty() ? "-" : join(info.os_devices, ","), join_ints(info.numa_nodes),
              format_cpu_list(info.cpus), paired ? pick_nics()[g].nic : "-",
-             paired ? locality_name(pick_nics()[g].locality) : "-"});
+             paired ? locality_name(pick_nics()[g].locality) : "-",
+             pinned && proxies[g].numa_node >= 0 ? std::to_string(proxies[g].numa_node) : "-",
+             pinned ? format_cpu_list(proxies[g].cpus) : "-"});
     }
     out += t.render("  ");
   }

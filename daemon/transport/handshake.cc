@@ -170,4 +170,12 @@ Status Handshake::on_frame(const FrameHeader& h, const uint8_t* payload,
               out, true);
 }
 
+std::vector<uint8_t> regions_frame_after_handshake(const std::vector<RegionInfo>& regions) {
+  if (regions.empty()) return {};
+  const std::vector<uint8_t> adv = encode_regions(regions);
+  FrameHeader h;
+  h.type = FrameType::kRegions;
+  return make_frame(h, adv.data(), adv.size());
+}
+
 }  // namespace epd::transport

@@ -78,4 +78,20 @@ class Handshake {
 // Fills `out` from the kernel's CSPRNG (getrandom); aborts never, returns errors.
 Status random_bytes(void* out, size_t bytes);
 
+// The REGIONS frame a transport queues on a connection when its handshake
+// completes: the whole current advert (`regions`, read under the lock that
+// guards the region table), or an empty vector when nothing is registered.
+//
+// Why: the AUTH_OK advert is built when the peer's AUTH arrives, and
+// register_region() pushes a new region only to connections already
+// established. A region registered between the two reaches neither, and the
+// peer's write() to it then fails as "no region". Both transports therefore
+// queue this frame while holding that same lock, in the step that makes the
+// connection established (visible to register_region's push and to callers).
+// Every region is then in the AUTH_OK, in this frame, or pushed later.
+// Ordering: the frame follows our AUTH_OK, so the peer has finished its
+// handshake when it reads it, and it precedes anything a caller sends on the
+// connection (a caller finds the connection only after that step).
+std::vector<uint8_t> regions_frame_after_handshake(const std::vector<RegionInfo>& regions);
+
 }  // namespace epd::transport

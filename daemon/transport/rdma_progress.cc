@@ -192,13 +192,16 @@ void RdmaTransport::start_handshake(const RConnPtr& c) {
   send_raw(c, c->hs->hello_frame());
 }
 
-void RdmaTransport::send_raw(const RConnPtr& c, const std::vector<uint8_t>& frame) {
+Status RdmaTransport::post_whole_frame(const RConnPtr& c, const std::vector<uint8_t>& frame, Deadline d) {
   WireLimits lim;
   lim.max_message_bytes = c->slot;
   Result<FrameHeader> hd = decode_header(frame.data(), lim, label(c));
-  if (!hd) return;
-  Status s = post_frame(c, *hd, frame.data() + kHeaderBytes, frame.size() - kHeaderBytes,
-                        Clock::now() + milliseconds(100), true);
+  if (!hd) return hd.status();  // e.g. an advert larger than a message slot
+  return post_frame(c, *hd, frame.data() + kHeaderBytes, frame.size() - kHeaderBytes, d, true);
+}
+
+void RdmaTransport::send_raw(const RConnPtr& c, const std::vector<uint8_t>& frame) {
+  Status s = post_whole_frame(c, frame, Clock::now() + milliseconds(100));
   if (!s) fail(c, s);
 }
 
@@ -415,18 +418,30 @@ void RdmaTransport::on_frame(const RConnPtr& c, const uint8_t* buf, size_t len) 
 void RdmaTransport::promote(const RConnPtr& c) {
   const NodeId peer = *c->hs->peer_node();
   RConnPtr old;
+  Status advertised = Status::ok();
   {
     std::lock_guard<std::mutex> l(mu_);
-    c->peer = peer;
-    c->established = true;
-    c->outcome = Status::ok();
-    auto it = by_peer_.find(peer);
-    if (it != by_peer_.end() && it->second != c) old = it->second;
-    by_peer_[peer] = c;
-    last_error_.erase(peer);
-    std::lock_guard<std::mutex> cl(c->mu);
-    for (const RegionInfo& r : c->hs->peer_regions()) c->peer_regions[r.id] = r;
+    // Regions registered since our AUTH_OK was built (handshake.h says why).
+    // Posted in the same mu_ section that puts c into by_peer_ (add_region
+    // reads regions_ and by_peer_ under mu_ too), so every region is in the
+    // AUTH_OK, here, or pushed by add_region; and no caller's SEND precedes it
+    // on the QP. The deadline is now: the proxy thread must not wait, and a
+    // fresh connection has its slots and all but the handshake's credits.
+    const std::vector<uint8_t> adv = regions_frame_after_handshake(advert());
+    if (!adv.empty()) advertised = post_whole_frame(c, adv, Clock::now());
+    if (advertised) {
+      c->peer = peer;
+      c->established = true;
+      c->outcome = Status::ok();
+      auto it = by_peer_.find(peer);
+      if (it != by_peer_.end() && it->second != c) old = it->second;
+      by_peer_[peer] = c;
+      last_error_.erase(peer);
+      std::lock_guard<std::mutex> cl(c->mu);
+      for (const RegionInfo& r : c->hs->peer_regions()) c->peer_regions[r.id] = r;
+    }
   }
+  if (!advertised) return fail(c, advertised);  // not promoted: the dialer gets the error
   state_cv_.notify_all();
   if (old) fail(old, make_status(EPD_ERR_PEER_LOST, "node %u: connection replaced by a new one", peer));
   transport_log(cfg_, LogSeverity::kInfo, "node " + std::to_string(cfg_.node_id) + " connected to " + label(c) + " over rdma");

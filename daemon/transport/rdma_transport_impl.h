@@ -148,6 +148,8 @@ class RdmaTransport final : public Transport {
   // Sends a frame from a slot; `credited` frames spend a peer receive credit.
   Status post_frame(const RConnPtr& c, FrameHeader h, const void* data, size_t bytes, Deadline d, bool credited);
   Status post_recv(const RConnPtr& c, uint32_t slot);
+  // post_frame() of a complete wire frame (header + payload), credited.
+  Status post_whole_frame(const RConnPtr& c, const std::vector<uint8_t>& frame, Deadline d);
   void send_raw(const RConnPtr& c, const std::vector<uint8_t>& frame);
   void start_handshake(const RConnPtr& c);
   void return_credits(const RConnPtr& c);

@@ -446,17 +446,9 @@ void TcpTransport::promote(const ConnPtr& c) {
       std::lock_guard<std::mutex> tl(c->tx_mu);
       for (const RegionInfo& r : c->hs->peer_regions()) c->peer_regions[r.id] = r;
     }
-    // A region registered after our AUTH_OK was built and before this point
-    // reached neither the AUTH_OK nor register_region's push (c was not in
-    // by_peer_ yet): advertise the whole set again. Safe here: the peer has
-    // finished its handshake before any frame sent after our AUTH_OK reaches
-    // it, and this frame precedes anything the caller sends on c.
-    if (!regions_.empty()) {
-      std::vector<uint8_t> adv = encode_regions(region_advert());
-      FrameHeader rh;
-      rh.type = FrameType::kRegions;
-      push_control(c, make_frame(rh, adv.data(), adv.size()));
-    }
+    // Regions registered since our AUTH_OK was built (handshake.h says why).
+    std::vector<uint8_t> adv = regions_frame_after_handshake(region_advert());
+    if (!adv.empty()) push_control(c, std::move(adv));
   }
   state_cv_.notify_all();
   if (old) {

@@ -1,8 +1,16 @@
 // transport.cc — config checks, address parsing, the make_transport policy.
 #include "transport.h"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 namespace epd::transport {
 
@@ -38,6 +46,48 @@ Status split_host_port(const std::string& s, std::string* host, uint16_t* port) 
   *host = h;
   *port = static_cast<uint16_t>(v);
   return Status::ok();
+}
+
+Result<std::string> interface_of_address(const std::string& listen_address) {
+  std::string host;
+  uint16_t port = 0;
+  EPD_RETURN_IF_ERROR(split_host_port(listen_address, &host, &port));
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  int rc = getaddrinfo(host.c_str(), nullptr, &hints, &res);
+  if (rc != 0 || res == nullptr) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "cannot resolve the host of '%s': %s", listen_address.c_str(),
+                       gai_strerror(rc));
+  }
+  sockaddr_storage want{};
+  std::memcpy(&want, res->ai_addr, res->ai_addrlen);
+  freeaddrinfo(res);
+  const bool v4 = want.ss_family == AF_INET;
+  const auto* w4 = reinterpret_cast<const sockaddr_in*>(&want);
+  const auto* w6 = reinterpret_cast<const sockaddr_in6*>(&want);
+  if ((v4 && w4->sin_addr.s_addr == htonl(INADDR_ANY)) ||
+      (!v4 && std::memcmp(&w6->sin6_addr, &in6addr_any, sizeof(in6_addr)) == 0)) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "'%s' listens on all interfaces: no one device carries the traffic",
+                       listen_address.c_str());
+  }
+  ifaddrs* ifs = nullptr;
+  if (getifaddrs(&ifs) != 0) return errno_status("getifaddrs", errno);
+  std::string found;
+  for (ifaddrs* i = ifs; i != nullptr && found.empty(); i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != want.ss_family || i->ifa_name == nullptr) continue;
+    const bool same =
+        v4 ? reinterpret_cast<const sockaddr_in*>(i->ifa_addr)->sin_addr.s_addr == w4->sin_addr.s_addr
+           : std::memcmp(&reinterpret_cast<const sockaddr_in6*>(i->ifa_addr)->sin6_addr, &w6->sin6_addr,
+                         sizeof(in6_addr)) == 0;
+    if (same) found = i->ifa_name;
+  }
+  freeifaddrs(ifs);
+  if (found.empty()) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "no local network interface holds the address of '%s'",
+                       listen_address.c_str());
+  }
+  return found;
 }
 
 Status validate_config(const TransportConfig& c) {

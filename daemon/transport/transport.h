@@ -153,6 +153,12 @@ Result<std::unique_ptr<Transport>> create_rdma_transport(const TransportConfig& 
 Result<std::unique_ptr<Transport>> make_transport(const TransportConfig& config,
                                                   TransportCallbacks callbacks);
 
+// The network interface holding the address of `listen_address` ("10.0.0.1:7400"
+// -> "ibp25s0"): the device the transport's traffic uses, for placing its
+// threads near that NIC. Errors (naming the address): a wildcard address (all
+// interfaces), one no local interface holds, getifaddrs failing.
+Result<std::string> interface_of_address(const std::string& listen_address);
+
 // config.log, or stderr when unset.
 void transport_log(const TransportConfig& config, LogSeverity sev, const std::string& msg);
 

@@ -7,6 +7,7 @@
 // Label: multinode (loopback only; no namespaces needed).
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sched.h>
 
 #include <chrono>
 #include <cstring>
@@ -74,6 +75,22 @@ bool wait_for(ClusterLink& l, const std::function<bool()>& pred, std::chrono::mi
   return true;
 }
 
+// Waits until `count` Event::kShipped for `slot` have come (bounded), each OK.
+bool wait_shipped(ClusterLink& l, int32_t slot, int count, std::chrono::milliseconds timeout) {
+  std::vector<Event> seen;
+  int got = 0;
+  const bool ok = wait_for(l, [&] {
+    for (; !seen.empty(); seen.erase(seen.begin())) {
+      const Event& e = seen.front();
+      if (e.kind != Event::Kind::kShipped || e.slot != slot) continue;
+      EXPECT_TRUE(e.status.is_ok()) << e.status.to_string();
+      ++got;
+    }
+    return got >= count;
+  }, timeout, &seen);
+  return ok && got == count;
+}
+
 std::vector<uint64_t> offsets(const GroupLayout& L) {
   std::vector<uint64_t> o;
   uint64_t at = 0;
@@ -86,9 +103,9 @@ std::vector<uint64_t> offsets(const GroupLayout& L) {
 
 class ClusterLinkTest : public ::testing::Test {
  protected:
-  void start(const GroupSpec& s0, const GroupSpec& s1) {
+  void start(const GroupSpec& s0, const GroupSpec& s1, ProxyPinning pinning = {}) {
     for (NodeId id : {0u, 1u}) {
-      auto l = ClusterLink::create(config(id));
+      auto l = ClusterLink::create(config(id), pinning);
       ASSERT_TRUE(l) << l.status().to_string();
       n_[id].link = std::move(l.value());
     }
@@ -151,8 +168,17 @@ TEST_F(ClusterLinkTest, DispatchAndCombineAcrossTwoNodesMatchOneWorkspace) {
     };
     HostExecutor ex_ref(spec, bases(ref)), ex0(spec, bases(n_[0].mirror)), ex1(spec, bases(n_[1].mirror));
     HostExecutor* ex[2] = {&ex0, &ex1};
+    uint64_t ticket = 100;
     auto run_op = [&](OpKind op) {
-      for (NodeId id : {0u, 1u}) ASSERT_TRUE(n_[id].link->send_op("g", 3, slot, op).is_ok());
+      // As the daemon does: ship() on the proxy thread, Event::kShipped, then the outcome.
+      ++ticket;
+      for (NodeId id : {0u, 1u})
+        ASSERT_EQ(n_[id].link->ship("g", 3, slot, op, ticket).state, ShipResult::State::kPending);
+      for (NodeId id : {0u, 1u}) {
+        ASSERT_TRUE(wait_shipped(*n_[id].link, slot, 1, 10s));
+        const ShipResult r = n_[id].link->ship("g", 3, slot, op, ticket);
+        ASSERT_EQ(r.state, ShipResult::State::kDone) << r.status.to_string();
+      }
       for (NodeId id : {0u, 1u}) {
         const NodeId other = 1 - id;
         ASSERT_TRUE(wait_for(*n_[id].link, [&] { return n_[id].link->peek_arrival("g", 3, other, slot).has_value(); }, 10s));
@@ -236,6 +262,123 @@ TEST_F(ClusterLinkTest, LostNodeIsReportedAndItsRanksVanish) {
   Status st = n_[0].link->send_op("g", 3, 0, OpKind::kDispatch);
   EXPECT_EQ(st.code(), EPD_ERR_PEER_LOST) << st.to_string();
   EXPECT_NE(st.message().find("ranks 2, 3"), std::string::npos) << st.message();
+}
+
+void wait_both_present(NodeUnderTest* n) {
+  for (NodeId id : {0u, 1u}) {
+    std::vector<uint8_t> present;
+    ASSERT_TRUE(wait_for(*n[id].link, [&] {
+      Status st = n[id].link->remote_present("g", 3, &present);
+      return st.is_ok() && std::count(present.begin(), present.end(), 1) == 2 && n[id].link->can_ship("g", 3);
+    }, 10s)) << "node " << id << " never saw the other node's ranks";
+  }
+}
+
+// The outcome is handed out once, to its own ticket; a later rendezvous of the
+// slot waits for the earlier shipping and is then shipped too (nothing lost):
+// the other node sees two OP_DONEs, in order.
+TEST_F(ClusterLinkTest, ShipOutcomeOncePerTicketAndLaterTicketsWait) {
+  const GroupSpec spec = make_group();
+  start(spec, spec);
+  wait_both_present(n_);
+  ClusterLink& a = *n_[0].link;
+  ASSERT_EQ(a.ship("g", 3, 0, OpKind::kDispatch, 1).state, ShipResult::State::kPending);
+  // Ticket 2 (a newer rendezvous of slot 0) must not start while ticket 1 is
+  // queued or running, nor take its outcome.
+  ShipResult r2 = a.ship("g", 3, 0, OpKind::kCombine, 2);
+  ASSERT_EQ(r2.state, ShipResult::State::kPending);
+  ASSERT_TRUE(wait_shipped(a, 0, 1, 10s));
+  r2 = a.ship("g", 3, 0, OpKind::kCombine, 2);
+  if (r2.state == ShipResult::State::kPending) {  // ticket 1's outcome was dropped and ticket 2 queued now
+    ASSERT_TRUE(wait_shipped(a, 0, 1, 10s));
+    r2 = a.ship("g", 3, 0, OpKind::kCombine, 2);
+  }
+  ASSERT_EQ(r2.state, ShipResult::State::kDone) << r2.status.to_string();
+  // Taken: the same ticket now starts a new shipping.
+  EXPECT_EQ(a.ship("g", 3, 0, OpKind::kCombine, 2).state, ShipResult::State::kPending);
+  ASSERT_TRUE(wait_shipped(a, 0, 1, 10s));
+  ClusterLink& b = *n_[1].link;
+  for (OpKind want : {OpKind::kDispatch, OpKind::kCombine, OpKind::kCombine}) {
+    ASSERT_TRUE(wait_for(b, [&] { return b.peek_arrival("g", 3, 0, 0).has_value(); }, 10s));
+    EXPECT_EQ(*b.peek_arrival("g", 3, 0, 0), want);
+    b.pop_arrival("g", 3, 0, 0);
+  }
+  EXPECT_FALSE(b.peek_arrival("g", 3, 0, 0).has_value());
+}
+
+TEST_F(ClusterLinkTest, ShipToALostNodeIsNotReadyAndNeverBlocks) {
+  const GroupSpec spec = make_group();
+  start(spec, spec);
+  wait_both_present(n_);
+  n_[1].link.reset();
+  ClusterLink& a = *n_[0].link;
+  ASSERT_TRUE(wait_for(a, [&] { return !a.can_ship("g", 3); }, 10s));
+  // Not ready: ship() queues nothing and returns at once.
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(a.ship("g", 3, 1, OpKind::kDispatch, 7).state, ShipResult::State::kNotReady);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 100ms);
+  EXPECT_EQ(a.ship("nope", 3, 1, OpKind::kDispatch, 7).state, ShipResult::State::kFailed);
+}
+
+TEST_F(ClusterLinkTest, ProxyAndProgressThreadsPinnedToTheGivenCpus) {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  ASSERT_EQ(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+  if (CPU_COUNT(&allowed) < 2) GTEST_SKIP() << "needs two allowed CPUs to see the pinning";
+  int cpu = -1;
+  for (int i = 0; i < CPU_SETSIZE; ++i)
+    if (CPU_ISSET(i, &allowed)) cpu = i;
+  ProxyPinning pin;
+  pin.nic = "mlx5_9";
+  pin.numa_node = 0;
+  pin.cpus = {cpu};
+  pin.reason = "test";
+  const GroupSpec spec = make_group();
+  start(spec, spec, pin);
+  for (NodeId id : {0u, 1u}) {
+    const std::vector<ProxyThreadState> th = n_[id].link->proxy_threads();
+    ASSERT_EQ(th.size(), 2u);
+    for (const ProxyThreadState& t : th) {
+      SCOPED_TRACE(t.role);
+      EXPECT_TRUE(t.started);
+      EXPECT_TRUE(t.pinned) << t.detail;
+      EXPECT_EQ(t.affinity, std::vector<int>{cpu});
+    }
+    EXPECT_EQ(n_[id].link->pinning().nic, "mlx5_9");
+  }
+  // And shipping works from the pinned proxy.
+  wait_both_present(n_);
+  ASSERT_EQ(n_[0].link->ship("g", 3, 0, OpKind::kDispatch, 1).state, ShipResult::State::kPending);
+  ASSERT_TRUE(wait_shipped(*n_[0].link, 0, 1, 10s));
+  EXPECT_EQ(n_[0].link->ship("g", 3, 0, OpKind::kDispatch, 1).state, ShipResult::State::kDone);
+}
+
+TEST_F(ClusterLinkTest, UnusableCpusLeaveThreadsUnpinnedAndWorking) {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  ASSERT_EQ(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+  int outside = -1;
+  for (int i = CPU_SETSIZE - 1; i >= 0 && outside < 0; --i)
+    if (!CPU_ISSET(i, &allowed)) outside = i;
+  if (outside < 0) GTEST_SKIP() << "every CPU number is allowed";
+  ProxyPinning pin;
+  pin.cpus = {outside};
+  const GroupSpec spec = make_group();
+  start(spec, spec, pin);
+  for (const ProxyThreadState& t : n_[0].link->proxy_threads()) {
+    SCOPED_TRACE(t.role);
+    EXPECT_TRUE(t.started);
+    EXPECT_FALSE(t.pinned);
+    EXPECT_NE(t.detail.find("pthread_setaffinity_np(CPUs " + std::to_string(outside) + ")"), std::string::npos)
+        << t.detail;
+  }
+  wait_both_present(n_);
+}
+
+TEST(ClusterLinkPin, FormatsCpuLists) {
+  EXPECT_EQ(format_cpus({}), "");
+  EXPECT_EQ(format_cpus({3, 0, 1, 2, 8, 10, 9}), "0-3,8-10");
+  EXPECT_EQ(format_cpus({5}), "5");
 }
 
 }  // namespace

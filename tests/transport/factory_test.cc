@@ -1,6 +1,6 @@
 // factory_test.cc — make_transport's policy: tcp; rdma without a device (or
 // without RDMA in the build) refuses or falls back to tcp as configured, and
-// logs which transport runs. Label: unit.
+// logs which transport runs; the interface under a listen address. Label: unit.
 #include <gtest/gtest.h>
 
 #include <mutex>
@@ -84,6 +84,20 @@ TEST(MakeTransport, RdmaWithoutDeviceRefusesOrFallsBack) {
   EXPECT_STREQ((*fell_back)->name(), "tcp");
   EXPECT_NE(log2.all().find("falling back to tcp"), std::string::npos) << log2.all();
   EXPECT_NE(log2.all().find("transport tcp (fallback from rdma)"), std::string::npos) << log2.all();
+}
+
+// The device under the listen address: what the daemon pins the proxy near.
+TEST(InterfaceOfAddress, LoopbackWildcardAndForeignAddresses) {
+  Result<std::string> lo = interface_of_address("127.0.0.1:0");
+  ASSERT_TRUE(lo) << lo.status().to_string();
+  EXPECT_EQ(*lo, "lo");
+  Result<std::string> any = interface_of_address("0.0.0.0:7400");
+  ASSERT_FALSE(any);
+  EXPECT_NE(any.status().message().find("all interfaces"), std::string::npos) << any.status().message();
+  Result<std::string> foreign = interface_of_address("192.0.2.77:7400");  // TEST-NET-1: no host has it
+  ASSERT_FALSE(foreign);
+  EXPECT_NE(foreign.status().message().find("192.0.2.77:7400"), std::string::npos) << foreign.status().message();
+  EXPECT_FALSE(interface_of_address("no-port"));
 }
 
 }  // namespace
