@@ -101,6 +101,11 @@ class ArmedExecutor {
   Status reset();
 
   bool aborted() const { return aborted_.load(std::memory_order_acquire); }
+  // Whether every armed operation has completed (true before start()). When an
+  // executor is destroyed undrained (its abort timed out), operations may
+  // still run later: it leaks its own streams and scratch, and the owner must
+  // keep the workspaces mapped as well.
+  bool drained() const;
   // Operations (dispatches plus combines) completed on `slot` since the last reset.
   uint64_t completed(int32_t slot) const;
   // The first error the re-arm thread hit (a CUDA error, or a kernel timeout

@@ -62,6 +62,58 @@ Status cu_status(CUresult r, const char* what, int line) {
 
 constexpr uint32_t kAbortRing = kRingDispatch | kRingCombine | kArmedAbortBit;
 
+// Host-mapped progress words and the device abort words come from two
+// process-wide blocks that are never freed: cudaFreeHost and cudaFree wait for
+// the whole device, which never goes idle while any group has waits armed.
+// (Stream-ordered pool memory, cudaMallocAsync, is no alternative for the abort
+// word: cuStreamWriteValue32 refuses it with CUDA_ERROR_INVALID_VALUE, seen on
+// an H100, driver 580.) Groups take and return runs of words.
+class ProgressPool {
+ public:
+  static constexpr int32_t kWords = 4096;
+  static ProgressPool& get() {
+    static ProgressPool p;
+    return p;
+  }
+  Result<int32_t> take(int32_t n) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!host_) {
+      EPD_CUDA_RETURN(cudaHostAlloc(reinterpret_cast<void**>(&host_), sizeof(gpu::ArmedProgress) * kWords,
+                                    cudaHostAllocMapped | cudaHostAllocPortable));
+      EPD_CUDA_RETURN(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev_), host_, 0));
+      EPD_CUDA_RETURN(cudaMalloc(reinterpret_cast<void**>(&abort_), sizeof(uint32_t) * kWords));
+      used_.assign(kWords, false);
+    }
+    for (int32_t i = 0; i + n <= kWords; ++i) {
+      int32_t j = 0;
+      while (j < n && !used_[i + j]) ++j;
+      if (j < n) {
+        i += j;
+        continue;
+      }
+      for (j = 0; j < n; ++j) used_[i + j] = true;
+      std::memset(host_ + i, 0, sizeof(gpu::ArmedProgress) * n);
+      return i;
+    }
+    return make_status(EPD_ERR_NO_MEMORY, "armed executor: all %d progress words are in use (%d more asked)", kWords,
+                       n);
+  }
+  void give(int32_t first, int32_t n) {
+    std::lock_guard<std::mutex> l(mu_);
+    for (int32_t j = 0; j < n; ++j) used_[first + j] = false;
+  }
+  gpu::ArmedProgress* host(int32_t i) const { return host_ + i; }
+  gpu::ArmedProgress* dev(int32_t i) const { return dev_ + i; }
+  uint32_t* abort_word(int32_t i) const { return abort_ + i; }
+
+ private:
+  std::mutex mu_;
+  gpu::ArmedProgress* host_ = nullptr;
+  gpu::ArmedProgress* dev_ = nullptr;
+  uint32_t* abort_ = nullptr;  // device memory, one word per progress word (the first of a run is used)
+  std::vector<bool> used_;
+};
+
 }  // namespace
 
 void armed_prepare_environment(int32_t connections) {
@@ -83,6 +135,7 @@ struct ArmedExecutor::Impl {
   uint32_t* d_saved = nullptr;  // [slots][world]
   gpu::ArmedProgress* h_progress = nullptr;
   gpu::ArmedProgress* d_progress = nullptr;
+  int32_t progress_first = -1;
 
   mutable std::mutex mu;  // guards armed, health, stop, and every enqueue on the armed streams
   std::condition_variable cv;
@@ -92,14 +145,18 @@ struct ArmedExecutor::Impl {
   bool running = false;
   std::thread thread;
 
+  // Nothing here waits for the device: other groups' waits stay armed.
   ~Impl() {
+    cudaSetDevice(device);
     for (cudaStream_t s : streams) cudaStreamDestroy(s);
-    if (abort_stream) cudaStreamDestroy(abort_stream);
     ex.reset();
-    if (d_bases) cudaFree(d_bases);
-    if (d_abort) cudaFree(d_abort);
-    if (d_saved) cudaFree(d_saved);
-    if (h_progress) cudaFreeHost(h_progress);
+    if (abort_stream) {
+      for (void* p : {static_cast<void*>(d_bases), static_cast<void*>(d_saved)})
+        if (p) cudaFreeAsync(p, abort_stream);
+      cudaStreamSynchronize(abort_stream);
+      cudaStreamDestroy(abort_stream);
+    }
+    if (progress_first >= 0) ProgressPool::get().give(progress_first, spec.slots);
   }
 
   uint32_t done(int32_t s) const {
@@ -211,18 +268,20 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
   int lo = 0, hi = 0;
   EPD_CUDA_RETURN(cudaDeviceGetStreamPriorityRange(&lo, &hi));
   EPD_CUDA_RETURN(cudaStreamCreateWithPriority(&im.abort_stream, cudaStreamNonBlocking, hi));
-  EPD_CUDA_RETURN(cudaMalloc(reinterpret_cast<void**>(&im.d_bases), sizeof(uint8_t*) * W));
-  EPD_CUDA_RETURN(cudaMemcpy(im.d_bases, im.bases.data(), sizeof(uint8_t*) * W, cudaMemcpyHostToDevice));
-  EPD_CUDA_RETURN(cudaMalloc(reinterpret_cast<void**>(&im.d_abort), sizeof(uint32_t)));
-  EPD_CUDA_RETURN(cudaMemset(im.d_abort, 0, sizeof(uint32_t)));
-  EPD_CUDA_RETURN(cudaMalloc(reinterpret_cast<void**>(&im.d_saved), sizeof(uint32_t) * W * S));
-  EPD_CUDA_RETURN(cudaMemset(im.d_saved, 0, sizeof(uint32_t) * W * S));
-  EPD_CUDA_RETURN(cudaHostAlloc(reinterpret_cast<void**>(&im.h_progress), sizeof(gpu::ArmedProgress) * S,
-                                cudaHostAllocMapped | cudaHostAllocPortable));
-  std::memset(im.h_progress, 0, sizeof(gpu::ArmedProgress) * S);
-  EPD_CUDA_RETURN(cudaHostGetDevicePointer(reinterpret_cast<void**>(&im.d_progress), im.h_progress, 0));
+  cudaStream_t st = im.abort_stream;
+  EPD_CUDA_RETURN(cudaMallocAsync(reinterpret_cast<void**>(&im.d_bases), sizeof(uint8_t*) * W, st));
+  EPD_CUDA_RETURN(cudaMemcpyAsync(im.d_bases, im.bases.data(), sizeof(uint8_t*) * W, cudaMemcpyHostToDevice, st));
+  EPD_CUDA_RETURN(cudaMallocAsync(reinterpret_cast<void**>(&im.d_saved), sizeof(uint32_t) * W * S, st));
+  EPD_CUDA_RETURN(cudaMemsetAsync(im.d_saved, 0, sizeof(uint32_t) * W * S, st));
+  auto first = ProgressPool::get().take(S);
+  if (!first) return first.status();
+  im.progress_first = *first;
+  im.h_progress = ProgressPool::get().host(*first);
+  im.d_progress = ProgressPool::get().dev(*first);
+  im.d_abort = ProgressPool::get().abort_word(*first);
+  EPD_CUDA_RETURN(cudaMemsetAsync(im.d_abort, 0, sizeof(uint32_t), st));
   im.armed.assign(static_cast<size_t>(S), 0);
-  EPD_CUDA_RETURN(cudaDeviceSynchronize());
+  EPD_CUDA_RETURN(cudaStreamSynchronize(st));  // never cudaDeviceSynchronize: see ~Impl
   return a;
 }
 
@@ -236,6 +295,18 @@ ArmedExecutor::~ArmedExecutor() {
   }
   im.cv.notify_all();
   if (im.thread.joinable()) im.thread.join();
+  if (!drained()) {
+    // Operations still queued behind waits may run later: their streams,
+    // scratch and tables must stay valid, so they are leaked on purpose (the
+    // owner keeps the workspaces mapped too; see drained()).
+    std::fprintf(stderr, "epd: armed executor destroyed with operations pending; leaking its streams and scratch\n");
+    (void)impl_.release();
+  }
+}
+
+bool ArmedExecutor::drained() const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  return impl_->drained();
 }
 
 Status ArmedExecutor::start() {

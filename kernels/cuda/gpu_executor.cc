@@ -26,12 +26,21 @@ struct GpuExecutor::Impl {
   int32_t dests = 0, chunks = 0, parts = 1, combine_parts = 1;
   std::vector<bool> dispatched;
   void* last_stream = nullptr;
+  // Every setup copy, allocation and free goes through this non-blocking
+  // stream: another group's armed streams never go idle, so nothing here may
+  // wait for the whole device (cudaDeviceSynchronize, cudaFree, cudaMemcpy on
+  // the legacy stream would).
+  cudaStream_t setup = nullptr;
 
   ~Impl() {
-    for (void* p : allocations) cudaFree(p);
+    if (!setup) return;
+    cudaSetDevice(device);
+    for (void* p : allocations) cudaFreeAsync(p, setup);
+    cudaStreamSynchronize(setup);
+    cudaStreamDestroy(setup);
   }
   Status alloc(uint64_t bytes, void** out, uint64_t* total) {
-    EPD_CUDA_RETURN(cudaMalloc(out, bytes));
+    EPD_CUDA_RETURN(cudaMallocAsync(out, bytes, setup));
     allocations.push_back(*out);
     *total += bytes;
     return Status::ok();
@@ -71,6 +80,7 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
   im.device = device;
   im.bases = std::move(rank_bases);
   im.dispatched.assign(static_cast<size_t>(spec.slots), false);
+  EPD_CUDA_RETURN(cudaStreamCreateWithFlags(&im.setup, cudaStreamNonBlocking));
   const int32_t W = spec.world_size, E = spec.num_experts, S = spec.slots;
   const bool rank_major = spec.layout == EPD_LAYOUT_RANK_MAJOR;
   im.dests = E + (rank_major ? W : 0);
@@ -111,14 +121,14 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
   void* p = nullptr;
   EPD_RETURN_IF_ERROR(im.alloc(table.size() * sizeof(gpu::DevRank), &p, &total));
   im.ranks = static_cast<gpu::DevRank*>(p);
-  EPD_CUDA_RETURN(cudaMemcpy(im.ranks, table.data(), table.size() * sizeof(gpu::DevRank), cudaMemcpyHostToDevice));
+  EPD_CUDA_RETURN(cudaMemcpyAsync(im.ranks, table.data(), table.size() * sizeof(gpu::DevRank), cudaMemcpyHostToDevice, im.setup));
   const std::vector<int32_t> li = spec.local_index();
   EPD_RETURN_IF_ERROR(im.alloc(static_cast<uint64_t>(E) * 4, &p, &total));
   im.owner = static_cast<int32_t*>(p);
   EPD_RETURN_IF_ERROR(im.alloc(static_cast<uint64_t>(E) * 4, &p, &total));
   im.local_index = static_cast<int32_t*>(p);
-  EPD_CUDA_RETURN(cudaMemcpy(im.owner, spec.expert_owner.data(), static_cast<size_t>(E) * 4, cudaMemcpyHostToDevice));
-  EPD_CUDA_RETURN(cudaMemcpy(im.local_index, li.data(), static_cast<size_t>(E) * 4, cudaMemcpyHostToDevice));
+  EPD_CUDA_RETURN(cudaMemcpyAsync(im.owner, spec.expert_owner.data(), static_cast<size_t>(E) * 4, cudaMemcpyHostToDevice, im.setup));
+  EPD_CUDA_RETURN(cudaMemcpyAsync(im.local_index, li.data(), static_cast<size_t>(E) * 4, cudaMemcpyHostToDevice, im.setup));
 
   // Per-slot scratch: bitmaps, offsets, totals, fault key, abort, barrier.
   const uint64_t table_words = static_cast<uint64_t>(units) * im.dests;
@@ -131,21 +141,21 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
     EPD_RETURN_IF_ERROR(im.alloc(static_cast<uint64_t>(im.dests) * 4 + 64, &p, &total));
     sc.totals = static_cast<int32_t*>(p);
     auto* words = reinterpret_cast<uint8_t*>(p) + ((static_cast<uint64_t>(im.dests) * 4 + 7) / 8 * 8);
-    EPD_CUDA_RETURN(cudaMemset(p, 0, static_cast<size_t>(im.dests) * 4 + 64));
+    EPD_CUDA_RETURN(cudaMemsetAsync(p, 0, static_cast<size_t>(im.dests) * 4 + 64, im.setup));
     sc.fault_key = reinterpret_cast<unsigned long long*>(words);
     sc.abort = reinterpret_cast<uint32_t*>(words + 8);
     sc.barrier = reinterpret_cast<uint32_t*>(words + 16);
-    EPD_CUDA_RETURN(cudaMemset(sc.fault_key, 0xff, 8));
+    EPD_CUDA_RETURN(cudaMemsetAsync(sc.fault_key, 0xff, 8, im.setup));
     im.scratch.push_back(sc);
   }
 
   // Control blocks: zeroed, then magic and version.
-  for (int32_t r = 0; r < W; ++r) {
-    ControlBlock cb{};
-    cb.magic = kControlMagic;
-    cb.version = kControlVersion;
-    EPD_CUDA_RETURN(cudaMemcpy(im.bases[r], &cb, sizeof cb, cudaMemcpyHostToDevice));
-  }
+  ControlBlock cb{};
+  cb.magic = kControlMagic;
+  cb.version = kControlVersion;
+  for (int32_t r = 0; r < W; ++r)
+    EPD_CUDA_RETURN(cudaMemcpyAsync(im.bases[r], &cb, sizeof cb, cudaMemcpyHostToDevice, im.setup));
+  EPD_CUDA_RETURN(cudaStreamSynchronize(im.setup));  // `table`, `li` and `cb` go out of scope
 
   // Launch shapes: fixed at creation (graph-friendly).
   int sms = 0, coop = 0;
@@ -194,7 +204,7 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
   if (per_sm < 1)
     return make_status(EPD_ERR_UNSUPPORTED, "GPU executor: the low_latency kernel does not fit on an SM");
   sh.fused_blocks = sms * std::min(per_sm, tuning.fused_blocks_per_sm > 0 ? tuning.fused_blocks_per_sm : 2);
-  EPD_CUDA_RETURN(cudaDeviceSynchronize());
+  EPD_CUDA_RETURN(cudaStreamSynchronize(im.setup));
   return ex;
 }
 
@@ -309,17 +319,20 @@ Status GpuExecutor::check_fault(void* stream) {
   bool timeout = false;
   for (int32_t r = 0; r < spec_.world_size; ++r) {
     ControlBlock cb;
-    EPD_CUDA_RETURN(cudaMemcpy(&cb, im.bases[r], offsetof(ControlBlock, reserved0), cudaMemcpyDeviceToHost));
+    EPD_CUDA_RETURN(cudaMemcpyAsync(&cb, im.bases[r], offsetof(ControlBlock, reserved0), cudaMemcpyDeviceToHost,
+                                    im.setup));
+    EPD_CUDA_RETURN(cudaStreamSynchronize(im.setup));
     if (cb.fault == kFaultNone) continue;
     timeout |= cb.fault == kFaultTimeout;
     if (first) first = fault_status(cb, spec_.num_experts, spec_.max_tokens_per_rank);
-    EPD_CUDA_RETURN(cudaMemset(im.bases[r] + offsetof(ControlBlock, fault), 0, sizeof(uint32_t)));
+    EPD_CUDA_RETURN(cudaMemsetAsync(im.bases[r] + offsetof(ControlBlock, fault), 0, sizeof(uint32_t), im.setup));
   }
   if (timeout)  // a block gave up inside a barrier: its words are stale
     for (const gpu::SlotScratch& sc : im.scratch) {
-      EPD_CUDA_RETURN(cudaMemset(sc.barrier, 0, 2 * sizeof(uint32_t)));
-      EPD_CUDA_RETURN(cudaMemset(sc.fault_key, 0xff, sizeof(unsigned long long)));
+      EPD_CUDA_RETURN(cudaMemsetAsync(sc.barrier, 0, 2 * sizeof(uint32_t), im.setup));
+      EPD_CUDA_RETURN(cudaMemsetAsync(sc.fault_key, 0xff, sizeof(unsigned long long), im.setup));
     }
+  EPD_CUDA_RETURN(cudaStreamSynchronize(im.setup));
   if (!first)
     for (size_t s = 0; s < im.dispatched.size(); ++s) im.dispatched[s] = false;
   return first;
