@@ -155,6 +155,25 @@ void Server::maybe_complete_joins(Group& g) {
     }
   }
   if (!missing_ranks(g).empty()) return;
+  if (g.gpu && g.gpu->aborted()) {
+    // After a rank loss every armed wait was released: the group runs again
+    // only once every rank has left and joined afresh (the survivors' streams
+    // and slot order start over), then the executor is cleared and re-armed.
+    for (const auto& m : g.members())
+      if (m && m->joined) return;
+    if (Status st = g.gpu->reset(); !st) {
+      std::vector<std::shared_ptr<Member>> refused;
+      for (auto& m : g.members())
+        if (m) {
+          reply_join_error(*m, st);
+          refused.push_back(m);
+        }
+      log_message(LogLevel::kError, LogContext{g.spec().name, -1, 0, -1}, "GPU executor reset failed: " + st.message());
+      for (auto& m : refused) remove_member(m, "GPU executor reset failed");
+      return;
+    }
+    log_message(LogLevel::kInfo, LogContext{g.spec().name, -1, 0, -1}, "GPU executor reset; every rank joined again");
+  }
   for (auto& m : g.members())
     if (m && !m->joined) complete_join(*m);
 }

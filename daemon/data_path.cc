@@ -82,6 +82,11 @@ void Server::on_ring(Member& m, int32_t slot, Op op, uint32_t seq, uint32_t mode
   Member::SlotState& ss = m.slots[static_cast<size_t>(slot)];
   auto refuse = [&](const Status& st) { publish(*m.shm, m.index, slot, op, seq, st); };
   if (shutting_down_) return refuse(make_status(EPD_ERR_SHUTTING_DOWN, "epd is shutting down"));
+  if (g.gpu)
+    return refuse(make_status(EPD_ERR_UNSUPPORTED,
+                              "group '%s' runs on GPU %d: ring it with epd_dispatch_async / epd_combine_async, not "
+                              "the host doorbells",
+                              g.spec().name.c_str(), g.gpu->device()));
   if (g.closed)
     return refuse(make_status(EPD_ERR_GROUP_CLOSED, "group '%s' generation %llu was replaced by a newer generation",
                               g.spec().name.c_str(), static_cast<unsigned long long>(g.spec().generation)));
@@ -261,6 +266,14 @@ void Server::remove_member(std::shared_ptr<Member> m, const std::string& reason)
     const bool left = reason.find(" left the group") != std::string::npos;
     log_message(left ? LogLevel::kInfo : LogLevel::kWarn, LogContext{g->spec().name, m->rank, m->session_id, m->pid}, msg);
     const Status st(EPD_ERR_PEER_LOST, msg);
+    if (g->gpu) {
+      // Every armed wait is released with PEER_LOST so no worker's stream
+      // hangs; the survivors leave and join again, and the last join resets.
+      const Status ab = g->gpu->abort(EPD_ERR_PEER_LOST);
+      log_message(ab ? LogLevel::kInfo : LogLevel::kError, LogContext{g->spec().name, m->rank, m->session_id, m->pid},
+                  ab ? "GPU streams aborted with PEER_LOST; every rank must leave and join again"
+                     : "GPU streams did not drain after the abort: " + ab.message());
+    }
     // Pending ops fail now; every other slot of every member fails its next op once.
     for (int32_t slot = 0; slot < g->spec().slots; ++slot) g->fail_slot(slot, st);
   } else if (!was_joined) {

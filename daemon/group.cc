@@ -33,7 +33,10 @@ std::vector<uint64_t> rank_offsets(const GroupLayout& layout) {
 Result<std::unique_ptr<Group>> Group::create(uint64_t id, const GroupSpec& spec, ThreadPool* pool, CompletionSink sink) {
   const GroupLayout layout = GroupLayout::compute(spec);
   const std::string name = "epd-ws-" + spec.name;
-  auto ws = SharedRegion::create(name.c_str(), layout.total_bytes);
+  // A GPU group's workspaces live in GPU memory (Group::gpu); its memfd is a
+  // placeholder page and no host executor runs over it.
+  const bool on_gpu = !spec.placement.empty() && spec.placement[0].gpu != EPD_GPU_HOST;
+  auto ws = SharedRegion::create(name.c_str(), on_gpu ? 4096 : layout.total_bytes);
   if (!ws) return ws.status();
   return std::unique_ptr<Group>(new Group(id, spec, std::move(ws.value()), pool, std::move(sink)));
 }
@@ -41,9 +44,11 @@ Result<std::unique_ptr<Group>> Group::create(uint64_t id, const GroupSpec& spec,
 Group::Group(uint64_t id, GroupSpec spec, std::shared_ptr<SharedRegion> ws, ThreadPool* pool, CompletionSink sink)
     : id_(id), spec_(std::move(spec)), layout_(GroupLayout::compute(spec_)), workspace_(std::move(ws)),
       offsets_(rank_offsets(layout_)), sink_(std::move(sink)) {
-  std::vector<uint8_t*> bases;
-  for (uint64_t off : offsets_) bases.push_back(workspace_->data() + off);
-  executor_ = std::make_unique<HostExecutor>(spec_, bases, pool);
+  if (spec_.placement[0].gpu == EPD_GPU_HOST) {
+    std::vector<uint8_t*> bases;
+    for (uint64_t off : offsets_) bases.push_back(workspace_->data() + off);
+    executor_ = std::make_unique<HostExecutor>(spec_, bases, pool);
+  }
   members_.resize(static_cast<size_t>(spec_.world_size));
   lost_.resize(static_cast<size_t>(spec_.world_size));
   slots_.resize(static_cast<size_t>(spec_.slots));

@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "gpu_group.h"
 #include "host_executor.h"
 #include "layout.h"
 #include "shared_region.h"
@@ -134,6 +135,10 @@ class Group {
   };
   // Runs the op on the worker thread, then publishes to every target.
   void submit(int32_t slot, Op op, epd_weight_mode_t mode, std::vector<Target> targets);
+
+  // GPU groups: the workspaces in GPU memory and the armed executor (control
+  // thread); null for host groups, whose workspace is the memfd above.
+  std::unique_ptr<GpuGroup> gpu;
 
   bool closed = false;  // replaced by a newer generation
   bool pinned = false;  // declared in the config: kept while it has no members

@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "config.h"
+#include "gpu_group.h"
 #include "logging.h"
 #include "sd_glue.h"
 #include "server.h"
@@ -11,6 +12,7 @@
 
 int main(int argc, char** argv) {
   using namespace epd;
+  gpu_prepare_process();  // before anything initialises CUDA
   auto loaded = load_config(argc, argv);
   if (!loaded) {
     std::fprintf(stderr, "epd: %s\n", loaded.status().to_string().c_str());

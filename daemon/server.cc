@@ -56,6 +56,14 @@ Status Server::init() {
   if (completion_fd_ < 0 || stop_fd_ < 0) return errno_status("eventfd", errno);
   EPD_RETURN_IF_ERROR(epoll_add(epfd_, completion_fd_, EPOLLIN, tag(kCompletion)));
   EPD_RETURN_IF_ERROR(epoll_add(epfd_, stop_fd_, EPOLLIN, tag(kStop)));
+  if (auto n = gpu_probe(); n) {
+    gpu_summary_ = std::to_string(*n) + " GPU(s)";
+    for (int32_t d = 0; d < *n; ++d) gpu_summary_ += "; " + gpu_mps_description(d);
+    log_message(LogLevel::kInfo, "GPU executor available: " + gpu_summary_);
+  } else {
+    gpu_summary_ = "GPU groups unavailable: " + n.status().message();
+    log_message(LogLevel::kInfo, gpu_summary_);
+  }
 
   if (opts_.handle_signals) {
     sigset_t set;
@@ -445,7 +453,8 @@ void Server::on_hello(Session& s, const proto::Frame& f) {
   proto::HelloReply r;
   r.daemon_pid = static_cast<uint32_t>(getpid());
   r.daemon_version = opts_.version;
-  r.capabilities = proto::kCapHostExecutor | proto::kCapRankMajor | proto::kCapExpertMajor | proto::kCapFp8Dispatch;
+  r.capabilities = proto::kCapHostExecutor | proto::kCapRankMajor | proto::kCapExpertMajor | proto::kCapFp8Dispatch |
+                   (gpu_probe() ? proto::kCapGpuExecutor : 0);
   r.session_id = s.id;
   r.shm_bytes = shm::kTotalBytes;
   send(s, proto::encode(r, rid), {dup(s.shm->fd()), dup(s.doorbell_fd)});
@@ -489,11 +498,16 @@ void Server::on_join(Session& s, const proto::Frame& f) {
   if (Status st = spec.validate(); !st) return fail(st);
   if (shutting_down_) return fail(make_status(EPD_ERR_SHUTTING_DOWN, "epd is shutting down"));
   if (Status st = check_placement(spec); !st) return fail(st);
-  for (int32_t r = 0; r < spec.world_size; ++r)
-    if (spec.placement[static_cast<size_t>(r)].gpu != EPD_GPU_HOST)
-      return fail(make_status(EPD_ERR_UNSUPPORTED,
-                              "placement[%d].gpu = %d: this daemon runs the host executor only (gpu = -1)", r,
-                              spec.placement[static_cast<size_t>(r)].gpu));
+  auto device = gpu_device_of(spec);
+  if (!device) return fail(device.status());
+  if (*device != EPD_GPU_HOST)
+    for (int32_t r = 0; r < spec.world_size; ++r)
+      if (spec.placement[static_cast<size_t>(r)].node != static_cast<int32_t>(opts_.config.node_id))
+        return fail(make_status(EPD_ERR_UNSUPPORTED,
+                                "group '%s': placement[%d] is on node %d, but GPU groups span one node in this "
+                                "version (this is node %u)",
+                                spec.name.c_str(), r, spec.placement[static_cast<size_t>(r)].node,
+                                opts_.config.node_id));
   uint32_t index = shm::kMaxMemberships;
   for (uint32_t i = 0; i < shm::kMaxMemberships; ++i)
     if (!s.members[i]) {
@@ -561,6 +575,17 @@ Result<Group*> Server::create_group(const GroupSpec& spec) {
   if (!g) return g.status();
   g.value()->created_ns = shm::monotonic_ns();
   Group* raw = g.value().get();
+  if (const int32_t device = spec.placement[0].gpu; device != EPD_GPU_HOST) {
+    auto gpu = GpuGroup::create(spec, device);
+    if (!gpu) {
+      log_message(LogLevel::kWarn, LogContext{spec.name, -1, 0, -1}, "GPU group refused: " + gpu.status().message());
+      return gpu.status();
+    }
+    raw->gpu = std::move(gpu.value());
+    log_message(LogLevel::kInfo, LogContext{spec.name, -1, 0, -1},
+                "GPU group on GPU " + std::to_string(device) + ", " + std::to_string(raw->gpu->total_bytes()) +
+                    " bytes of GPU workspace; " + raw->gpu->describe() + "; " + gpu_mps_description(device));
+  }
   if (Status st = attach_cluster(*raw); !st) return st;
   groups_.emplace(spec.name, std::move(g.value()));
   log_message(LogLevel::kInfo, LogContext{spec.name, -1, 0, -1},
@@ -572,6 +597,12 @@ Result<Group*> Server::create_group(const GroupSpec& spec) {
 
 void Server::complete_join(Member& m) {
   Group& g = *m.group;
+  int gpu_fd = -1;  // a GPU group sends the rank's cuMem workspace instead of the memfd
+  if (g.gpu) {
+    auto fd = g.gpu->export_fd(m.rank);
+    if (!fd) return reply_join_error(m, fd.status());  // stays pending; its join deadline removes it
+    gpu_fd = *fd;
+  }
   shm::Membership* e = shm::membership(m.shm->data(), m.index);
   std::memset(static_cast<void*>(e), 0, sizeof *e);
   e->rank = m.rank;
@@ -589,6 +620,13 @@ void Server::complete_join(Member& m) {
   r.member_index = m.index;
   r.group_id = g.id();
   r.generation = g.spec().generation;
+  if (g.gpu) {
+    r.gpu_device = g.gpu->device();
+    r.gpu_mapped_bytes = g.gpu->mapped_bytes(m.rank);
+    if (m.session) send(*m.session, proto::encode(r, m.join_request), {gpu_fd});
+    else close(gpu_fd);
+    return;
+  }
   r.workspace_bytes = g.workspace().size();
   if (m.session) send(*m.session, proto::encode(r, m.join_request), {dup(g.workspace().fd())});
 }
@@ -632,6 +670,7 @@ StatusSnapshot Server::snapshot() const {
   s.uptime_s = static_cast<double>(shm::monotonic_ns() - started_ns_) / 1e9;
   s.version = opts_.version;
   s.executor = "host";
+  s.gpu = gpu_summary_;
   s.socket_path = opts_.config.socket_path;
   s.log_target = log_target_name();
   s.sessions = static_cast<uint32_t>(sessions_.size());
@@ -657,7 +696,15 @@ StatusSnapshot Server::snapshot() const {
     row.max_tokens = sp.max_tokens_per_rank;
     row.slots = sp.slots;
     row.timeout_ms = sp.timeout_ms;
-    row.workspace_bytes = g.workspace().size();
+    row.workspace_bytes = g.gpu ? g.gpu->total_bytes() : g.workspace().size();
+    row.executor = g.gpu ? "gpu " + std::to_string(g.gpu->device()) : "host";
+    if (g.gpu) {
+      uint64_t ops = 0;
+      for (int32_t slot = 0; slot < sp.slots; ++slot) ops += g.gpu->completed(slot);
+      row.executor += ", " + std::to_string(ops) + " ops since reset";
+    }
+    if (g.gpu && !g.gpu->health()) row.executor += " (" + g.gpu->health().message() + ")";
+    if (g.gpu && g.gpu->aborted()) row.executor += " (aborted: waiting for every rank to join again)";
     for (int32_t r = 0; r < sp.world_size; ++r)
       if (g.lost()[static_cast<size_t>(r)].lost) row.lost.push_back(r);
     int32_t local = 0;  // ranks this node serves (all of them on a single node)

@@ -136,6 +136,7 @@ class Server {
   bool own_socket_path_ = false;
   bool shutting_down_ = false;
   int64_t started_ns_ = 0;
+  std::string gpu_summary_;  // GPUs and MPS, or why GPU groups are unavailable (init)
   int64_t watchdog_period_ns_ = 0, next_watchdog_ns_ = 0;
   int64_t next_status_ns_ = 0;
   std::string last_status_line_;

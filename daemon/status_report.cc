@@ -45,10 +45,10 @@ std::string lost_list(const std::vector<int32_t>& v) {
 
 std::string json_status(const StatusSnapshot& s) {
   return fmt("{\"pid\":%d,\"uptime_s\":%.3f,\"version\":%s,\"executor\":%s,\"socket\":%s,\"log_target\":%s,"
-             "\"sessions\":%u,\"groups\":%zu,\"shutting_down\":%s}",
+             "\"sessions\":%u,\"groups\":%zu,\"shutting_down\":%s,\"gpu\":%s}",
              s.pid, s.uptime_s, json_quote(s.version).c_str(), json_quote(s.executor).c_str(),
              json_quote(s.socket_path).c_str(), json_quote(s.log_target).c_str(), s.sessions, s.groups.size(),
-             s.shutting_down ? "true" : "false");
+             s.shutting_down ? "true" : "false", json_quote(s.gpu).c_str());
 }
 
 std::string json_groups(const StatusSnapshot& s) {
@@ -61,9 +61,9 @@ std::string json_groups(const StatusSnapshot& s) {
              static_cast<unsigned long long>(g.generation), json_quote(g.state).c_str(), g.world_size, g.joined,
              g.joining, lost_list(g.lost).c_str(), g.num_experts, g.top_k, g.hidden, json_quote(g.dtype).c_str());
     o += fmt("\"dispatch_quant\":%s,\"layout\":%s,\"mode\":%s,\"max_tokens_per_rank\":%d,\"slots\":%d,"
-             "\"timeout_ms\":%u,\"workspace_bytes\":%llu}",
+             "\"timeout_ms\":%u,\"workspace_bytes\":%llu,\"executor\":%s}",
              json_quote(g.quant).c_str(), json_quote(g.layout).c_str(), json_quote(g.mode).c_str(), g.max_tokens,
-             g.slots, g.timeout_ms, static_cast<unsigned long long>(g.workspace_bytes));
+             g.slots, g.timeout_ms, static_cast<unsigned long long>(g.workspace_bytes), json_quote(g.executor).c_str());
   }
   return o + "]";
 }
@@ -115,19 +115,19 @@ std::string text_sessions(const StatusSnapshot& s) {
 std::string age(double s) { return s < 0 ? "never" : fmt("%.1fs ago", s); }
 
 std::string text_status(const StatusSnapshot& s) {
-  return fmt("epd %s  pid %d  up %.1fs  executor %s  socket %s  log %s\nsessions %u  groups %zu%s\n",
+  return fmt("epd %s  pid %d  up %.1fs  executor %s  socket %s  log %s\nsessions %u  groups %zu%s\ngpu: %s\n",
              s.version.c_str(), s.pid, s.uptime_s, s.executor.c_str(), s.socket_path.c_str(), s.log_target.c_str(),
-             s.sessions, s.groups.size(), s.shutting_down ? "  (shutting down)" : "");
+             s.sessions, s.groups.size(), s.shutting_down ? "  (shutting down)" : "", s.gpu.c_str());
 }
 
 std::string text_groups(const StatusSnapshot& s) {
   std::string o = fmt("%-20s %5s %-9s %7s %6s %5s %6s %-5s %-12s %-15s %5s %6s %s\n", "GROUP", "GEN", "STATE", "RANKS",
-                      "EXPERTS", "TOPK", "HIDDEN", "DTYPE", "LAYOUT", "MODE", "SLOTS", "MAXTOK", "LOST");
+                      "EXPERTS", "TOPK", "HIDDEN", "DTYPE", "LAYOUT", "MODE", "SLOTS", "MAXTOK", "LOST EXECUTOR");
   for (const auto& g : s.groups)
-    o += fmt("%-20s %5llu %-9s %3d/%-3d %6d %5d %6d %-5s %-12s %-15s %5d %6d %s\n", g.name.c_str(),
+    o += fmt("%-20s %5llu %-9s %3d/%-3d %6d %5d %6d %-5s %-12s %-15s %5d %6d %s %s\n", g.name.c_str(),
              static_cast<unsigned long long>(g.generation), g.state.c_str(), g.joined, g.world_size, g.num_experts,
              g.top_k, g.hidden, g.dtype.c_str(), g.layout.c_str(), g.mode.c_str(), g.slots, g.max_tokens,
-             g.lost.empty() ? "-" : lost_list(g.lost).c_str());
+             g.lost.empty() ? "-" : lost_list(g.lost).c_str(), g.executor.c_str());
   return o;
 }
 

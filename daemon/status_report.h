@@ -18,10 +18,12 @@ struct StatusSnapshot {
   int32_t pid = 0;
   double uptime_s = 0;
   std::string version, executor, socket_path, log_target;
+  std::string gpu;  // GPU executor: devices and MPS state, or why GPU groups are unavailable
   uint32_t sessions = 0;
   bool shutting_down = false;
   struct GroupRow {
     std::string name, dtype, layout, mode, quant, state;
+    std::string executor = "host";  // "host" or "gpu N" (+ health)
     uint64_t id = 0, generation = 0, workspace_bytes = 0;
     int32_t world_size = 0, joined = 0, joining = 0, num_experts = 0, top_k = 0, hidden = 0;
     int32_t max_tokens = 0, slots = 0;

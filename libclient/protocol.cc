@@ -246,6 +246,8 @@ std::vector<uint8_t> encode(const JoinReply& m, uint64_t id) {
   w.u64(m.group_id);
   w.u64(m.generation);
   w.u64(m.workspace_bytes);
+  w.i32(m.gpu_device);
+  w.u64(m.gpu_mapped_bytes);
   return w.finish();
 }
 
@@ -367,6 +369,8 @@ Result<JoinReply> decode_join_reply(const Frame& f) {
   m.group_id = r.u64("group_id");
   m.generation = r.u64("generation");
   m.workspace_bytes = r.u64("workspace_bytes");
+  m.gpu_device = r.i32("gpu_device");
+  m.gpu_mapped_bytes = r.u64("gpu_mapped_bytes");
   EPD_RETURN_IF_ERROR(r.finish());
   return m;
 }

@@ -22,7 +22,7 @@ namespace epd::proto {
 
 constexpr uint32_t kMagic = 0x31445045;  // "EPD1" little-endian
 constexpr uint16_t kMajor = 1;
-constexpr uint16_t kMinor = 0;
+constexpr uint16_t kMinor = 1;  // 1: JoinReply carries gpu_device / gpu_mapped_bytes
 constexpr size_t kHeaderBytes = 24;
 // Largest record either side sends or accepts (fits the default socket buffer).
 constexpr size_t kMaxMessage = 128 * 1024;
@@ -72,6 +72,7 @@ constexpr uint64_t kCapHostExecutor = 1u << 0;
 constexpr uint64_t kCapRankMajor = 1u << 1;
 constexpr uint64_t kCapExpertMajor = 1u << 2;
 constexpr uint64_t kCapFp8Dispatch = 1u << 3;
+constexpr uint64_t kCapGpuExecutor = 1u << 4;
 
 struct HelloReply {
   int32_t status = EPD_OK;
@@ -94,6 +95,10 @@ struct JoinReply {
   uint64_t group_id = 0;
   uint64_t generation = 0;
   uint64_t workspace_bytes = 0; // size of the workspace memfd (all ranks)
+  // GPU groups: the fd attached is this rank's cuMem workspace (POSIX fd), of
+  // gpu_mapped_bytes, on CUDA device gpu_device; -1 for host groups.
+  int32_t gpu_device = -1;
+  uint64_t gpu_mapped_bytes = 0;
 };
 
 struct Leave {

@@ -37,6 +37,7 @@ typedef struct epd_group epd_group_t;
 #define EPD_CAP_RANK_MAJOR (1u << 1)
 #define EPD_CAP_EXPERT_MAJOR (1u << 2)
 #define EPD_CAP_FP8_DISPATCH (1u << 3)
+#define EPD_CAP_GPU_EXECUTOR (1u << 4) /* GPU placements served (a driver and a device were found) */
 
 /* Default socket when connect is given NULL and $EPD_SOCKET is unset. */
 #define EPD_DEFAULT_SOCKET "/run/epd/epd.sock"
@@ -145,6 +146,81 @@ EPD_API epd_status_t epd_combine(epd_group_t* group, int32_t slot, epd_weight_mo
  * this rank's dispatch), valid until the next dispatch on the slot. The slot
  * is free again afterwards. Thread-safe for different slots. */
 EPD_API epd_status_t epd_combine_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms, const void** out);
+
+/* ---- GPU groups (every rank of the group placed on one GPU of this node) ----
+ *
+ * The daemon owns each rank's workspace in GPU memory and keeps, per slot, a
+ * stream armed ahead of time that waits for every rank's doorbell, runs the
+ * kernel and writes every rank's completion word: no CPU is on the critical
+ * path. A worker enqueues its calls on its own CUDA stream (a cudaStream_t /
+ * CUstream passed as void*; NULL = the legacy default stream); they are only
+ * copies, memsets and stream memory operations with constant values, so they
+ * are legal inside CUDA graph capture and a captured graph can be replayed.
+ * The host calls above (epd_dispatch, ...) return EPD_ERR_UNSUPPORTED on a GPU
+ * group. Per slot the calls alternate dispatch_async -> dispatch_wait_async
+ * -> combine_async -> combine_wait_async (EPD_ERR_SLOT_BUSY otherwise).
+ *
+ * Errors surface on the host: epd_gpu_status() reports the status of the
+ * slot's last completed operation: a bad expert id (naming rank, token, k and
+ * value; the next call works), EPD_ERR_PEER_LOST when a rank of the group died
+ * or left (every armed wait is then released so no stream hangs; every rank
+ * must leave and join again before the group runs again), or
+ * EPD_ERR_SHUTTING_DOWN. */
+
+typedef struct epd_gpu_dispatch_args {
+  uint32_t struct_size;            /* sizeof(epd_gpu_dispatch_args_t) */
+  const void* x;                   /* device [rows][hidden] in the group's dtype; NULL: the caller wrote send_x itself */
+  const int32_t* topk_ids;         /* device [rows][top_k] int32, -1 = no expert (with x) */
+  const float* topk_weights;       /* device [rows][top_k]; NULL = weights 1 */
+  const int32_t* n_tokens_device;  /* device int32 read when the kernel runs (graph replays may vary it), or NULL */
+  int32_t n_tokens;                /* the count when n_tokens_device is NULL; else the rows copied (an upper bound) */
+} epd_gpu_dispatch_args_t;
+
+/* Device addresses of one slot of this rank's workspace (mapped into this
+ * process at join). Layouts and row sizes as in epd_dispatch_result_t. */
+typedef struct epd_gpu_views {
+  uint32_t struct_size;            /* sizeof(epd_gpu_views_t), set by the caller */
+  int32_t device;                  /* CUDA device ordinal of the group */
+  void* send_x;                    /* [max_tokens_per_rank][hidden] dtype */
+  int32_t* send_ids;               /* [max_tokens_per_rank][top_k] int32 */
+  float* send_weights;             /* [max_tokens_per_rank][top_k] */
+  const int32_t* recv_total;       /* one int32: rows received by the last dispatch */
+  const int32_t* recv_counts;      /* [num_local_experts] */
+  const void* recv_x;              /* [capacity_rows][hidden]: dtype, or fp8 e4m3 bytes */
+  const float* recv_scales;        /* [capacity_rows][hidden / 128] with fp8, else NULL */
+  const int32_t* recv_ids;         /* [capacity_rows][ids_per_row] */
+  const float* recv_weights;       /* [capacity_rows][ids_per_row] */
+  const epd_src_t* recv_src;       /* [capacity_rows] */
+  void* combine_in;                /* [capacity_rows][hidden] dtype */
+  const void* combine_out;         /* [max_tokens_per_rank][hidden] dtype */
+  int64_t capacity_rows;
+  int32_t ids_per_row;
+  int32_t num_local_experts;
+  uint64_t x_row_bytes, combine_row_bytes;
+} epd_gpu_views_t;
+
+/* Enqueues on `stream`: the input copy into the send slot (skipped when x is
+ * NULL), the token count and the dispatch doorbell. Checks on the host only
+ * what the host knows (slot, order, n_tokens bound); expert ids are checked by
+ * the kernel. */
+EPD_API epd_status_t epd_dispatch_async(epd_group_t* group, int32_t slot, const epd_gpu_dispatch_args_t* args,
+                                        void* stream);
+/* Enqueues on `stream` a wait for the slot's dispatch completion. */
+EPD_API epd_status_t epd_dispatch_wait_async(epd_group_t* group, int32_t slot, void* stream);
+/* Enqueues the copy of `rows` expert-output rows (device, dtype) into
+ * combine_in (skipped when expert_out is NULL), the weight mode and the
+ * combine doorbell. */
+EPD_API epd_status_t epd_combine_async(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode,
+                                       const void* expert_out, int64_t rows, void* stream);
+/* Enqueues on `stream` a wait for the slot's combine completion; combine_out
+ * then holds this rank's reduced outputs. */
+EPD_API epd_status_t epd_combine_wait_async(epd_group_t* group, int32_t slot, void* stream);
+/* Host, never during capture: waits at most timeout_ms (0: the group's
+ * timeout_ms) for the slot's last enqueued operation to complete and returns
+ * its status (EPD_ERR_TIMEOUT when it has not completed). */
+EPD_API epd_status_t epd_gpu_status(epd_group_t* group, int32_t slot, uint32_t timeout_ms);
+/* Fills *out with the device addresses of `slot`. */
+EPD_API epd_status_t epd_gpu_views(epd_group_t* group, int32_t slot, epd_gpu_views_t* out);
 
 /* Exact bytes of workspace the group places on (node, gpu) (gpu may be
  * EPD_GPU_HOST): what a serving engine subtracts from its memory share.

@@ -1,0 +1,105 @@
+// gpu_group.cc — GpuGroup over epd_cuda (gpu_group.h).
+#include "gpu_group.h"
+
+#include <cstdio>
+#include <mutex>
+#include <vector>
+
+#include "gpu_armed.h"
+#include "gpu_executor.h"
+#include "logging.h"
+
+namespace epd {
+
+void gpu_prepare_process() { armed_prepare_environment(); }
+
+Result<int32_t> gpu_probe() {
+  static std::once_flag once;
+  static Result<int32_t> probed = make_status(EPD_ERR_GPU_UNAVAILABLE, "not probed");
+  std::call_once(once, [] { probed = gpu_device_count(); });
+  return probed;
+}
+
+std::string gpu_mps_description(int32_t device) {
+  if (auto n = gpu_probe(); !n) return "MPS unknown: " + n.status().message();
+  return detect_mps(device).description;
+}
+
+bool gpu_mps_active(int32_t device) {
+  if (!gpu_probe()) return false;
+  return detect_mps(device).active;
+}
+
+struct GpuGroup::Impl {
+  GroupSpec spec;
+  std::vector<std::unique_ptr<GpuWorkspace>> ws;
+  std::unique_ptr<ArmedExecutor> armed;
+};
+
+GpuGroup::GpuGroup() = default;
+
+GpuGroup::~GpuGroup() {
+  if (!impl_ || !impl_->armed) return;
+  (void)impl_->armed->abort(EPD_ERR_SHUTTING_DOWN, impl_->spec.timeout_ms);
+  const bool drained = impl_->armed->drained();
+  impl_->armed.reset();  // leaks its own streams and scratch when undrained
+  if (!drained) {
+    log_message(LogLevel::kError, LogContext{impl_->spec.name, -1, 0, -1},
+                "GPU group destroyed with operations still armed; leaking its workspaces on GPU " +
+                    std::to_string(device_));
+    for (auto& w : impl_->ws) (void)w.release();
+  }
+}
+
+Result<std::unique_ptr<GpuGroup>> GpuGroup::create(const GroupSpec& spec, int32_t device) {
+  auto n = gpu_probe();
+  if (!n) return make_status(n.status().code(), "group '%s' places ranks on GPU %d, but GPU groups are unavailable: %s",
+                             spec.name.c_str(), device, n.status().message().c_str());
+  if (device >= *n)
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "group '%s': placement gpu = %d, but this node has %d GPU(s)",
+                       spec.name.c_str(), device, *n);
+  std::unique_ptr<GpuGroup> g(new GpuGroup());
+  g->device_ = device;
+  g->impl_ = std::make_unique<Impl>();
+  g->impl_->spec = spec;
+  auto ws = allocate_gpu_workspaces(spec, device);
+  if (!ws) return ws.status();
+  g->impl_->ws = std::move(ws.value());
+  std::vector<uint8_t*> bases;
+  for (auto& w : g->impl_->ws) bases.push_back(w->device_ptr());
+  auto armed = ArmedExecutor::create(spec, std::move(bases), device);
+  if (!armed) return armed.status();
+  g->impl_->armed = std::move(armed.value());
+  EPD_RETURN_IF_ERROR(g->impl_->armed->start());
+  return g;
+}
+
+uint64_t GpuGroup::mapped_bytes(int32_t rank) const { return impl_->ws[static_cast<size_t>(rank)]->mapped_bytes(); }
+
+uint64_t GpuGroup::total_bytes() const {
+  uint64_t t = 0;
+  for (const auto& w : impl_->ws) t += w->mapped_bytes();
+  return t;
+}
+
+Result<int> GpuGroup::export_fd(int32_t rank) const { return impl_->ws[static_cast<size_t>(rank)]->export_fd(); }
+
+Status GpuGroup::abort(epd_status_t reason) {
+  if (impl_->armed->aborted()) return Status::ok();
+  return impl_->armed->abort(reason, impl_->spec.timeout_ms);
+}
+
+bool GpuGroup::aborted() const { return impl_->armed->aborted(); }
+
+Status GpuGroup::reset() {
+  if (!impl_->armed->aborted()) return Status::ok();
+  return impl_->armed->reset();
+}
+
+Status GpuGroup::health() const { return impl_->armed->health(); }
+
+uint64_t GpuGroup::completed(int32_t slot) const { return impl_->armed->completed(slot); }
+
+std::string GpuGroup::describe() const { return impl_->armed->describe(); }
+
+}  // namespace epd
