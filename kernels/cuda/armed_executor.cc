@@ -3,6 +3,7 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -144,6 +145,11 @@ struct ArmedExecutor::Impl {
   bool stop = false;
   bool running = false;
   std::thread thread;
+  // Late-rank watch (re-arm thread): per slot, since when some but not all
+  // ranks have rung the next operation, and the completions seen then.
+  std::vector<std::chrono::steady_clock::time_point> partial_since;
+  std::vector<uint32_t> partial_done;
+  std::chrono::steady_clock::time_point next_watch{};
 
   // Nothing here waits for the device: other groups' waits stay armed.
   ~Impl() {
@@ -214,6 +220,45 @@ struct ArmedExecutor::Impl {
     return Status::ok();
   }
 
+  // A rank that stays behind: when some ranks have rung a slot's next
+  // operation and others have not for longer than the group's timeout, the
+  // armed waits would hold the ringing ranks' streams for ever. Reads the
+  // doorbells (a few words, on the abort stream) every timeout/4, within
+  // [5, 250] ms; returns EPD_ERR_TIMEOUT naming the late ranks (caller holds mu).
+  Status watch_late() {
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_watch) return Status::ok();
+    next_watch = now + std::chrono::milliseconds(std::clamp<uint32_t>(spec.timeout_ms / 4, 5, 250));
+    const int32_t W = spec.world_size;
+    std::vector<uint32_t> bells(static_cast<size_t>(W) * spec.slots);
+    for (int32_t s = 0; s < spec.slots; ++s)
+      for (int32_t r = 0; r < W; ++r)
+        EPD_CUDA_RETURN(cudaMemcpyAsync(&bells[static_cast<size_t>(s) * W + r],
+                                        reinterpret_cast<const void*>(word(r, s, offsetof(ControlSlot, doorbell))),
+                                        sizeof(uint32_t), cudaMemcpyDeviceToHost, abort_stream));
+    EPD_CUDA_RETURN(cudaStreamSynchronize(abort_stream));
+    for (int32_t s = 0; s < spec.slots; ++s) {
+      const uint32_t d = done(s);
+      const uint32_t want = (d + 1) % 2 == 1 ? kRingDispatch : kRingCombine;  // the next operation's ring
+      std::vector<int32_t> late;
+      for (int32_t r = 0; r < W; ++r)
+        if ((bells[static_cast<size_t>(s) * W + r] & (want | kArmedAbortBit)) != want) late.push_back(r);
+      const bool partial = !late.empty() && static_cast<int32_t>(late.size()) < W;
+      if (!partial || partial_done[s] != d || partial_since[s] == std::chrono::steady_clock::time_point{}) {
+        partial_since[s] = partial ? now : std::chrono::steady_clock::time_point{};
+        partial_done[s] = d;
+        continue;
+      }
+      if (now - partial_since[s] < std::chrono::milliseconds(spec.timeout_ms)) continue;
+      std::string names;
+      for (int32_t r : late) names += (names.empty() ? "" : ",") + std::to_string(r);
+      return make_status(EPD_ERR_TIMEOUT, "slot %d: %s rung by %d of %d ranks; rank%s %s did not ring within %u ms",
+                         s, want == kRingDispatch ? "dispatch" : "combine", W - static_cast<int32_t>(late.size()), W,
+                         late.size() > 1 ? "s" : "", names.c_str(), spec.timeout_ms);
+    }
+    return Status::ok();
+  }
+
   bool drained() const {
     for (int32_t s = 0; s < spec.slots; ++s)
       if (done(s) != armed[s]) return false;
@@ -281,6 +326,8 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
   im.d_abort = ProgressPool::get().abort_word(*first);
   EPD_CUDA_RETURN(cudaMemsetAsync(im.d_abort, 0, sizeof(uint32_t), st));
   im.armed.assign(static_cast<size_t>(S), 0);
+  im.partial_since.assign(static_cast<size_t>(S), {});
+  im.partial_done.assign(static_cast<size_t>(S), 0);
   EPD_CUDA_RETURN(cudaStreamSynchronize(st));  // never cudaDeviceSynchronize: see ~Impl
   return a;
 }
@@ -322,14 +369,17 @@ Status ArmedExecutor::start() {
     std::unique_lock<std::mutex> l(m.mu);
     while (!m.stop) {
       bool timed_out = false;
+      Status late;
       if (!aborted() && m.health_status) {
         Status s = m.top_up();
         if (!s) m.health_status = s;
         for (int32_t sl = 0; sl < m.spec.slots; ++sl)
           timed_out |= *const_cast<const volatile int32_t*>(&m.h_progress[sl].status) == EPD_ERR_TIMEOUT;
+        late = m.watch_late();
       }
-      if (timed_out) {  // a kernel passed its deadline: its barrier state needs a host reset
-        m.health_status = make_status(EPD_ERR_TIMEOUT, "a GPU kernel passed its deadline; aborting the armed streams");
+      if (timed_out || !late) {  // a kernel passed its deadline (its barrier state needs a host reset), or a rank is late
+        m.health_status = !late ? make_status(EPD_ERR_TIMEOUT, "%s; aborting the armed streams", late.message().c_str())
+                                : make_status(EPD_ERR_TIMEOUT, "a GPU kernel passed its deadline; aborting the armed streams");
         l.unlock();
         (void)abort(EPD_ERR_TIMEOUT, m.spec.timeout_ms);
         l.lock();
@@ -389,6 +439,7 @@ Status ArmedExecutor::reset() {
   EPD_CUDA_RETURN(cudaStreamSynchronize(im.abort_stream));
   std::memset(im.h_progress, 0, sizeof(gpu::ArmedProgress) * im.spec.slots);
   for (auto& a : im.armed) a = 0;
+  for (auto& p : im.partial_since) p = {};
   im.health_status = Status::ok();
   aborted_.store(false, std::memory_order_release);
   if (im.running) return im.top_up();

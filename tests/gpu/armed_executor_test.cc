@@ -643,6 +643,64 @@ TEST(ArmedExecutor, SecondGroupCreatedAndDestroyedWhileFirstIsArmed) {
   EXPECT_EQ(error, "");
 }
 
+// A rank that never rings while the others did: after the group's timeout the
+// executor aborts itself with EPD_ERR_TIMEOUT naming the late rank, every
+// waiting stream is released, and after reset() the group runs again.
+TEST(ArmedExecutor, LateRankTimesOutNamingItAndReleasesTheOthers) {
+  SKIP_WITHOUT_GPU();
+  const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);
+  Group g(armed_spec(EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, 128, 16, 61));
+  g.spec.timeout_ms = 400;
+  g.poison(62);
+  ASSERT_TRUE(g.stage(0, Routing::kUniform, std::vector<int32_t>(8, 16), 63).is_ok());
+  upload_all(g);
+  if (HasFatalFailure()) return;
+  auto armed = ArmedExecutor::create(g.spec, g.dev_bases(), 0, ArmedOptions{2, 20});
+  ASSERT_TRUE(armed.is_ok()) << armed.status().message();
+  ASSERT_TRUE((*armed)->start().is_ok());
+  auto ops = make_ops(g, g.dev_bases());
+  cudaStream_t cs = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int32_t r = 0; r < 7; ++r) {  // rank 7 stays silent
+    GpuDispatchArgs a;
+    a.n_tokens_host = 16;
+    ASSERT_TRUE(ops[r]->dispatch(0, a, cs).is_ok());
+  }
+  for (int32_t r = 0; r < 7; ++r) ASSERT_TRUE(ops[r]->dispatch_wait(0, cs).is_ok());
+  ASSERT_TRUE(sync_within(cs, kDeadlineMs)) << "the waiting ranks' stream was never released";
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_GE(ms, 400.0);
+  EXPECT_LT(ms, 400.0 + 2000.0);
+  const Status q = ops[0]->query(0);
+  EXPECT_EQ(q.code(), EPD_ERR_TIMEOUT) << q.message();
+  const Status h = (*armed)->health();
+  EXPECT_EQ(h.code(), EPD_ERR_TIMEOUT);
+  EXPECT_NE(h.message().find("rank 7 did not ring"), std::string::npos) << h.message();
+  std::printf("late rank released after %.1f ms: %s\n", ms, h.message().c_str());
+  // Drained: reset and a full verified step.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(kDeadlineMs);
+  while (!(*armed)->drained() && std::chrono::steady_clock::now() < until) ::poll(nullptr, 0, 1);
+  ASSERT_TRUE((*armed)->drained());
+  ASSERT_TRUE((*armed)->reset().is_ok());
+  for (auto& o : ops) o->reset_slots();
+  download_all(g);
+  set_host_n(g, 0, std::vector<int32_t>(8, 16));
+  HostExecutor hx(g.spec, g.host_bases());
+  for (int32_t r = 0; r < 8; ++r) {
+    GpuDispatchArgs a;
+    a.n_tokens_host = 16;
+    ASSERT_TRUE(ops[r]->dispatch(0, a, cs).is_ok());
+  }
+  for (int32_t r = 0; r < 8; ++r) ASSERT_TRUE(ops[r]->dispatch_wait(0, cs).is_ok());
+  ASSERT_TRUE(sync_within(cs, kDeadlineMs));
+  for (int32_t r = 0; r < 8; ++r) EXPECT_TRUE(ops[r]->query(0).is_ok()) << ops[r]->query(0).message();
+  ASSERT_TRUE(hx.dispatch(0).is_ok());
+  expect_same(g, 0, false, "after the late-rank reset");
+  EXPECT_TRUE((*armed)->abort(EPD_ERR_SHUTTING_DOWN, 5000).is_ok());
+  CUDA_OK(cudaStreamDestroy(cs));
+}
+
 TEST(ArmedExecutor, MpsDetectionDescribesItself) {
   SKIP_WITHOUT_GPU();
   const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);
