@@ -19,95 +19,14 @@
 #include <mutex>
 #include <string>
 
+#include "client_internal.h"
 #include "epd/epd.h"
 #include "host_executor.h"
 #include "layout.h"
 #include "protocol.h"
 #include "shm_layout.h"
 
-namespace {
-
-using epd::Result;
-using epd::Status;
-using epd::make_status;
-namespace proto = epd::proto;
-namespace shm = epd::shm;
-
-constexpr uint32_t kClientMagic = 0x43445045;  // "EPDC"
-constexpr uint32_t kGroupMagic = 0x47445045;   // "EPDG"
-constexpr int64_t kSpinNs = 20000;             // spin before sleeping on the futex
-constexpr int64_t kSliceNs = 100 * 1000000LL;  // futex slice: the connection is checked between slices
-constexpr int64_t kRequestNs = 10 * 1000000000LL;
-
-thread_local std::string tls_connect_error;
-thread_local std::string tls_returned;
-
-struct Handle {
-  explicit Handle(uint32_t m) : magic(m) {}
-  uint32_t magic;
-  std::mutex err_mu;
-  std::string last_error;
-  epd_status_t fail(const Status& st) {
-    std::lock_guard<std::mutex> lk(err_mu);
-    last_error = st.to_string();
-    return st.code();
-  }
-};
-
-struct Connection {
-  int sock = -1;
-  int doorbell = -1;
-  void* shm = nullptr;
-  std::mutex mu;  // one request at a time
-  uint64_t next_rid = 1;
-  proto::HelloReply hello;
-  std::atomic<bool> lost{false};
-  std::atomic<bool> shutdown_seen{false};
-  ~Connection() {
-    if (shm) munmap(shm, shm::kTotalBytes);
-    if (doorbell >= 0) close(doorbell);
-    if (sock >= 0) close(sock);
-  }
-  bool shutting_down() const {
-    return shutdown_seen.load() ||
-           shm::word(shm::header(shm)->daemon_state).load(std::memory_order_acquire) == shm::kShuttingDown;
-  }
-  Status lost_status() const {
-    if (shutting_down()) return make_status(EPD_ERR_SHUTTING_DOWN, "the epd daemon (pid %u) is shutting down", hello.daemon_pid);
-    return make_status(EPD_ERR_DAEMON_LOST, "the epd daemon (pid %u) closed the connection", hello.daemon_pid);
-  }
-  // Sends a request and waits for the record answering it (or an ERROR with its id).
-  Result<proto::Received> call(const std::vector<uint8_t>& rec, uint64_t rid, int64_t timeout_ns);
-};
-
-struct epd_client_impl : Handle {
-  epd_client_impl() : Handle(kClientMagic) {}
-  std::shared_ptr<Connection> conn;
-};
-
-enum class Phase : int { kIdle, kDispatching, kDispatched, kCombining };
-
-struct epd_group_impl : Handle {
-  epd_group_impl() : Handle(kGroupMagic) {}
-  std::shared_ptr<Connection> conn;
-  epd::GroupSpec spec;
-  epd::GroupLayout layout;
-  uint8_t* ws = nullptr;
-  uint64_t ws_bytes = 0;
-  uint8_t* mine = nullptr;  // this rank's region
-  uint32_t index = 0;
-  uint64_t group_id = 0;
-  shm::Membership* entry = nullptr;
-  struct Slot {
-    std::atomic<Phase> phase{Phase::kIdle};
-    uint32_t dispatch_seq = 0, combine_seq = 0;
-    int32_t n_tokens = 0;
-  };
-  Slot slots[EPD_MAX_SLOTS];
-  ~epd_group_impl() {
-    if (ws) munmap(ws, ws_bytes);
-  }
-};
+namespace epd::client_detail {
 
 Result<proto::Received> Connection::call(const std::vector<uint8_t>& rec, uint64_t rid, int64_t timeout_ns) {
   if (lost.load()) return lost_status();
@@ -150,6 +69,21 @@ Result<proto::Received> Connection::call(const std::vector<uint8_t>& rec, uint64
   }
 }
 
+}  // namespace epd::client_detail
+
+namespace {
+
+using epd::Result;
+using epd::Status;
+using epd::make_status;
+using namespace epd::client_detail;
+
+constexpr int64_t kSpinNs = 20000;             // spin before sleeping on the futex
+constexpr int64_t kSliceNs = 100 * 1000000LL;  // futex slice: the connection is checked between slices
+
+thread_local std::string tls_connect_error;
+thread_local std::string tls_returned;
+
 // The status carried by an ERROR record, or OK when `f` is not one.
 Status error_of(const proto::Frame& f) {
   if (f.header.type != proto::MsgType::kError) return Status::ok();
@@ -163,28 +97,13 @@ void close_all(std::vector<int>& fds) {
   fds.clear();
 }
 
-epd_client_impl* as_client(epd_client_t* c) {
-  auto* h = reinterpret_cast<epd_client_impl*>(c);
-  return h && h->magic == kClientMagic ? h : nullptr;
-}
-epd_group_impl* as_group(epd_group_t* g) {
-  auto* h = reinterpret_cast<epd_group_impl*>(g);
-  return h && h->magic == kGroupMagic ? h : nullptr;
-}
-
-Status check_slot(const epd_group_impl& g, int32_t slot) {
-  if (slot < 0 || slot >= g.spec.slots)
-    return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, g.spec.slots);
-  return Status::ok();
-}
-
-Status check_live(const epd_group_impl& g) {
-  if (g.conn->lost.load() || g.conn->shutting_down()) return g.conn->lost_status();
-  const int32_t fault = shm::word(shm::header(g.conn->shm)->fault_word).load(std::memory_order_acquire);
-  if (fault != 0)
-    return make_status(EPD_ERR_DEVICE_FAULT, "the daemon set the fault word to %d (%s)", fault,
-                       epd_status_string(static_cast<epd_status_t>(fault)));
-  return Status::ok();
+// Tells the daemon that member `index` is gone, with conn.mu held (a join that
+// failed here after the daemon admitted the rank: without this the rank would
+// stay joined until the connection closes). The answer is not needed.
+void leave_locked(Connection& conn, uint32_t index) {
+  const uint64_t rid = conn.next_rid++;
+  auto rx = conn.call(proto::encode(proto::Leave{index}, rid), rid, kRequestNs);
+  if (rx) close_all(rx->fds);
 }
 
 inline void cpu_relax() {
@@ -234,22 +153,8 @@ Status wait_seq(epd_group_impl& g, uint32_t* word, uint32_t seq, uint32_t* waite
   }
 }
 
-// No exception crosses the C ABI: allocation failures become NO_MEMORY.
-template <typename F>
-epd_status_t guarded(F&& f) noexcept {
-  try {
-    return f();
-  } catch (const std::bad_alloc&) {
-    return EPD_ERR_NO_MEMORY;
-  } catch (...) {
-    return EPD_ERR_INTERNAL;
-  }
-}
-
 }  // namespace
 
-struct epd_client : epd_client_impl {};
-struct epd_group : epd_group_impl {};
 
 extern "C" {
 
@@ -379,24 +284,41 @@ EPD_API epd_status_t epd_group_join(epd_client_t* client, const epd_group_spec_t
     g->conn = c->conn;
     g->spec = std::move(spec.value());
     g->layout = epd::GroupLayout::compute(g->spec);
-    struct stat sb;
-    if (rx->fds.size() != 1 || jr->member_index >= shm::kMaxMemberships || jr->workspace_bytes != g->layout.total_bytes ||
-        fstat(rx->fds[0], &sb) != 0 || static_cast<uint64_t>(sb.st_size) != jr->workspace_bytes) {
-      close_all(rx->fds);
-      return c->fail(make_status(EPD_ERR_PROTOCOL, "JOIN_REPLY: workspace of %llu bytes (layout needs %llu), member index %u",
-                                 static_cast<unsigned long long>(jr->workspace_bytes),
-                                 static_cast<unsigned long long>(g->layout.total_bytes), jr->member_index));
-    }
-    void* p = mmap(nullptr, jr->workspace_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, rx->fds[0], 0);
-    close(rx->fds[0]);
-    if (p == MAP_FAILED) return c->fail(epd::errno_status("mmap(group workspace)", errno));
-    g->ws = static_cast<uint8_t*>(p);
-    g->ws_bytes = jr->workspace_bytes;
-    uint64_t off = 0;
-    for (int32_t r = 0; r < g->spec.rank; ++r) off += g->layout.ranks[static_cast<size_t>(r)].bytes;
-    g->mine = g->ws + off;
     g->index = jr->member_index;
     g->group_id = jr->group_id;
+    auto refuse = [&](const Status& failed) {
+      close_all(rx->fds);
+      leave_locked(conn, jr->member_index);
+      return c->fail(failed);
+    };
+    if (jr->gpu_device >= 0) {
+      // A GPU group: one fd, this rank's cuMem workspace on gpu_device.
+      const int32_t placed = g->spec.placement[static_cast<size_t>(g->spec.rank)].gpu;
+      if (rx->fds.size() != 1 || jr->member_index >= shm::kMaxMemberships || jr->workspace_bytes != 0 ||
+          jr->gpu_device != placed)
+        return refuse(make_status(EPD_ERR_PROTOCOL,
+                                  "JOIN_REPLY of a GPU group: %zu fds (expected 1), workspace of %llu bytes (expected 0), "
+                                  "device %d (spec places rank %d on %d), member index %u",
+                                  rx->fds.size(), static_cast<unsigned long long>(jr->workspace_bytes), jr->gpu_device,
+                                  g->spec.rank, placed, jr->member_index));
+      if (Status st2 = attach_gpu_workspace(*g, *jr, rx->fds[0]); !st2) return refuse(st2);
+      close_all(rx->fds);
+    } else {
+      struct stat sb;
+      if (rx->fds.size() != 1 || jr->member_index >= shm::kMaxMemberships || jr->workspace_bytes != g->layout.total_bytes ||
+          fstat(rx->fds[0], &sb) != 0 || static_cast<uint64_t>(sb.st_size) != jr->workspace_bytes)
+        return refuse(make_status(EPD_ERR_PROTOCOL, "JOIN_REPLY: workspace of %llu bytes (layout needs %llu), member index %u",
+                                  static_cast<unsigned long long>(jr->workspace_bytes),
+                                  static_cast<unsigned long long>(g->layout.total_bytes), jr->member_index));
+      void* p = mmap(nullptr, jr->workspace_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, rx->fds[0], 0);
+      if (p == MAP_FAILED) return refuse(epd::errno_status("mmap(group workspace)", errno));
+      close_all(rx->fds);
+      g->ws = static_cast<uint8_t*>(p);
+      g->ws_bytes = jr->workspace_bytes;
+      uint64_t off = 0;
+      for (int32_t r = 0; r < g->spec.rank; ++r) off += g->layout.ranks[static_cast<size_t>(r)].bytes;
+      g->mine = g->ws + off;
+    }
     g->entry = shm::membership(conn.shm, g->index);
     *out = g.release();
     return EPD_OK;
@@ -428,6 +350,7 @@ EPD_API epd_status_t epd_dispatch(epd_group_t* group, int32_t slot, const epd_di
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
+    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_dispatch"));
     if (Status st = check_slot(*g, slot); !st) return g->fail(st);
     if (!args || args->struct_size < offsetof(epd_dispatch_args_t, n_tokens) + sizeof(int32_t))
       return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "args is NULL or its struct_size = %u is too small",
@@ -456,6 +379,7 @@ EPD_API epd_status_t epd_dispatch_wait(epd_group_t* group, int32_t slot, uint32_
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
+    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_dispatch_wait"));
     if (Status st = check_slot(*g, slot); !st) return g->fail(st);
     if (!out || out->struct_size < sizeof(epd_dispatch_result_t))
       return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL or its struct_size = %u is below %zu",
@@ -502,6 +426,7 @@ EPD_API epd_status_t epd_combine(epd_group_t* group, int32_t slot, epd_weight_mo
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
+    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_combine"));
     if (Status st = check_slot(*g, slot); !st) return g->fail(st);
     if (Status st = check_weight_mode(g->spec, weight_mode); !st) return g->fail(st);
     if (Status st = check_live(*g); !st) return g->fail(st);
@@ -521,6 +446,7 @@ EPD_API epd_status_t epd_combine_wait(epd_group_t* group, int32_t slot, uint32_t
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
+    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_combine_wait"));
     if (Status st = check_slot(*g, slot); !st) return g->fail(st);
     if (!out) return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL"));
     auto& s = g->slots[slot];

@@ -156,6 +156,16 @@ Result<uint32_t> GpuRankOps::fault_word() const {
   return f;
 }
 
+Result<uint32_t> GpuRankOps::completion(int32_t slot) const {
+  if (slot < 0 || slot >= spec_.slots)
+    return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
+  uint32_t w = 0;
+  EPD_RETURN_IF_ERROR(read_control(&w, offsetof(ControlBlock, slot) + sizeof(ControlSlot) * static_cast<size_t>(slot) +
+                                           offsetof(ControlSlot, completion),
+                                   sizeof w));
+  return w;
+}
+
 Status GpuRankOps::query(int32_t slot) const {
   if (slot < 0 || slot >= spec_.slots)
     return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);

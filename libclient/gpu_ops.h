@@ -89,6 +89,9 @@ class GpuRankOps {
   Status query(int32_t slot) const;
   // The sticky fault word of this rank's control block (DeviceFaultKind), host read.
   Result<uint32_t> fault_word() const;
+  // The raw completion word of `slot` (control_block.h: kDone* bits | status |
+  // kArmedAbortBit), host read like query(); for waits that poll it.
+  Result<uint32_t> completion(int32_t slot) const;
 
   // Forgets the per-slot call order (after the daemon's reset() / a re-join).
   void reset_slots();

@@ -177,8 +177,10 @@ typedef struct epd_gpu_dispatch_args {
 } epd_gpu_dispatch_args_t;
 
 /* Device addresses of one slot of this rank's workspace (mapped into this
- * process at join). Layouts and row sizes as in epd_dispatch_result_t. */
-typedef struct epd_gpu_views {
+ * process at join). Layouts and row sizes as in epd_dispatch_result_t. (The
+ * struct tag differs from the function epd_gpu_views below: in C++ a function
+ * of the tag's name would hide the struct.) */
+typedef struct epd_gpu_slot_views {
   uint32_t struct_size;            /* sizeof(epd_gpu_views_t), set by the caller */
   int32_t device;                  /* CUDA device ordinal of the group */
   void* send_x;                    /* [max_tokens_per_rank][hidden] dtype */

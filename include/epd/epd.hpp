@@ -40,6 +40,21 @@ class Group {
   epd_status_t combine_wait(int32_t slot, uint32_t timeout_ms, const void*& out) {
     return epd_combine_wait(g_, slot, timeout_ms, &out);
   }
+  // GPU groups: enqueued on `stream` (a cudaStream_t / CUstream; nullptr = legacy default stream).
+  epd_status_t dispatch_async(int32_t slot, const epd_gpu_dispatch_args_t& args, void* stream) {
+    return epd_dispatch_async(g_, slot, &args, stream);
+  }
+  epd_status_t dispatch_wait_async(int32_t slot, void* stream) { return epd_dispatch_wait_async(g_, slot, stream); }
+  epd_status_t combine_async(int32_t slot, epd_weight_mode_t mode, const void* expert_out, int64_t rows,
+                             void* stream) {
+    return epd_combine_async(g_, slot, mode, expert_out, rows, stream);
+  }
+  epd_status_t combine_wait_async(int32_t slot, void* stream) { return epd_combine_wait_async(g_, slot, stream); }
+  epd_status_t gpu_status(int32_t slot, uint32_t timeout_ms = 0) { return epd_gpu_status(g_, slot, timeout_ms); }
+  epd_status_t gpu_views(int32_t slot, epd_gpu_views_t& out) {
+    out.struct_size = sizeof out;
+    return epd_gpu_views(g_, slot, &out);
+  }
   std::string last_error() const { return epd_last_error(g_); }
   epd_group_t* get() const { return g_; }
   explicit operator bool() const { return g_ != nullptr; }

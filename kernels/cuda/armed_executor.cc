@@ -259,6 +259,21 @@ struct ArmedExecutor::Impl {
     return Status::ok();
   }
 
+  // After a drained abort: both done bits, the reason and the abort bit in
+  // every rank's completion words, so a wait a worker enqueues later (for
+  // either operation, a graph replay included) passes at once instead of
+  // blocking its stream until reset().
+  Status seal(epd_status_t reason) {
+    const MemOps& m = memops();
+    const auto st = reinterpret_cast<CUstream>(abort_stream);
+    const uint32_t w = completion_word(kDoneDispatch | kDoneCombine, reason, true);
+    for (int32_t s = 0; s < spec.slots; ++s)
+      for (int32_t r = 0; r < spec.world_size; ++r)
+        EPD_CU_RETURN(m.write32(st, word(r, s, offsetof(ControlSlot, completion)), w, 0));
+    EPD_CUDA_RETURN(cudaStreamSynchronize(abort_stream));
+    return Status::ok();
+  }
+
   bool drained() const {
     for (int32_t s = 0; s < spec.slots; ++s)
       if (done(s) != armed[s]) return false;
@@ -405,7 +420,7 @@ Status ArmedExecutor::abort(epd_status_t reason, uint32_t deadline_ms) {
   for (;;) {
     {
       std::lock_guard<std::mutex> l(im.mu);
-      if (im.drained()) return Status::ok();
+      if (im.drained()) return im.seal(reason);
     }
     if (std::chrono::steady_clock::now() > deadline) break;
     // A live client of another rank may have rung over the abort bits: write them again (each ms).

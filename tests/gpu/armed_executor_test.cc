@@ -259,26 +259,6 @@ TEST(ArmedExecutor, InProcessExpertMajorHighThroughputAllWeightModesMatchHost) {
 
 // ---- graph capture and replay -----------------------------------------------------
 
-// Rows each destination receives from the first t tokens of a source (rank_major):
-// rows[src][t][d], from the staged routing in the host mirror.
-std::vector<std::vector<std::vector<int32_t>>> rank_major_prefix_rows(Group& g, int32_t slot) {
-  const int32_t W = g.spec.world_size, M = g.spec.max_tokens_per_rank, K = g.spec.top_k;
-  std::vector<std::vector<std::vector<int32_t>>> rows(W, std::vector<std::vector<int32_t>>(M + 1, std::vector<int32_t>(W, 0)));
-  for (int32_t src = 0; src < W; ++src) {
-    const auto* ids = reinterpret_cast<const int32_t*>(g.host[src].data() + g.layout.ranks[src].slot[slot].send_ids);
-    for (int32_t t = 0; t < M; ++t) {
-      rows[src][t + 1] = rows[src][t];
-      std::vector<bool> hit(W, false);
-      for (int32_t k = 0; k < K; ++k) {
-        const int32_t e = ids[t * K + k];
-        if (e >= 0) hit[g.spec.expert_owner[e]] = true;
-      }
-      for (int32_t d = 0; d < W; ++d) rows[src][t + 1][d] += hit[d] ? 1 : 0;
-    }
-  }
-  return rows;
-}
-
 TEST(ArmedExecutor, GraphOfTenPairsReplayedThousandTimesWithDeviceCounts) {
   SKIP_WITHOUT_GPU();
   const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);

@@ -162,7 +162,8 @@ TEST_F(IntegrationTest, VersionMismatchNamesBothVersions) {
   ASSERT_TRUE(raw_reply(fd, 5000, st, msg, type));
   EXPECT_EQ(st, EPD_ERR_VERSION_MISMATCH);
   EXPECT_NE(msg.find("99.3"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("1.0"), std::string::npos) << msg;
+  const std::string ours = std::to_string(proto::kMajor) + "." + std::to_string(proto::kMinor);
+  EXPECT_NE(msg.find(ours), std::string::npos) << msg;
   close(fd);
 }
 
@@ -302,6 +303,48 @@ TEST_F(IntegrationTest, ClientArgumentErrorsNameTheValue) {
   EXPECT_NE(std::string(epd_last_error(g)).find("400"), std::string::npos) << epd_last_error(g);
   EXPECT_EQ(epd_combine(g, 0, EPD_WEIGHTS_APPLY), EPD_ERR_BAD_WEIGHT_MODE);
   epd_group_leave(g);
+  epd_client_disconnect(a);
+}
+
+// The stream calls of GPU groups on a host group: refused, naming the call,
+// never touching CUDA (this runs without a driver).
+TEST_F(IntegrationTest, GpuCallsOnAHostGroupAreUnsupported) {
+  epd_client_t* a = connect_or_die(socket());
+  const epd_group_spec_t s = small_spec("hostonly", 1, 0);
+  epd_group_t* g = nullptr;
+  ASSERT_EQ(epd_group_join(a, &s, &g), EPD_OK) << epd_last_error(a);
+  auto says = [&](const char* call) {
+    const std::string m = epd_last_error(g);
+    return m.find(call) != std::string::npos && m.find("host group") != std::string::npos;
+  };
+  epd_gpu_dispatch_args_t args{};
+  args.struct_size = sizeof args;
+  EXPECT_EQ(epd_dispatch_async(g, 0, &args, nullptr), EPD_ERR_UNSUPPORTED);
+  EXPECT_TRUE(says("epd_dispatch_async")) << epd_last_error(g);
+  EXPECT_EQ(epd_dispatch_wait_async(g, 0, nullptr), EPD_ERR_UNSUPPORTED);
+  EXPECT_TRUE(says("epd_dispatch_wait_async")) << epd_last_error(g);
+  EXPECT_EQ(epd_combine_async(g, 0, EPD_WEIGHTS_ONES, nullptr, 0, nullptr), EPD_ERR_UNSUPPORTED);
+  EXPECT_TRUE(says("epd_combine_async")) << epd_last_error(g);
+  EXPECT_EQ(epd_combine_wait_async(g, 0, nullptr), EPD_ERR_UNSUPPORTED);
+  EXPECT_EQ(epd_gpu_status(g, 0, 10), EPD_ERR_UNSUPPORTED);
+  EXPECT_TRUE(says("epd_gpu_status")) << epd_last_error(g);
+  epd_gpu_views_t v{};
+  v.struct_size = sizeof v;
+  EXPECT_EQ(epd_gpu_views(g, 0, &v), EPD_ERR_UNSUPPORTED);
+  EXPECT_EQ(v.send_x, nullptr);  // outputs written only on success
+  EXPECT_EQ(epd_dispatch_async(nullptr, 0, &args, nullptr), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_gpu_status(nullptr, 0, 10), EPD_ERR_INVALID_ARGUMENT);
+  // The host path still works on the same handle.
+  epd_dispatch_args_t h{};
+  h.struct_size = sizeof h;
+  ASSERT_EQ(epd_dispatch(g, 0, &h), EPD_OK) << epd_last_error(g);
+  epd_dispatch_result_t res{};
+  res.struct_size = sizeof res;
+  ASSERT_EQ(epd_dispatch_wait(g, 0, 5000, &res), EPD_OK) << epd_last_error(g);
+  ASSERT_EQ(epd_combine(g, 0, EPD_WEIGHTS_ONES), EPD_OK) << epd_last_error(g);
+  const void* out = nullptr;
+  ASSERT_EQ(epd_combine_wait(g, 0, 5000, &out), EPD_OK) << epd_last_error(g);
+  EXPECT_EQ(epd_group_leave(g), EPD_OK);
   epd_client_disconnect(a);
 }
 

@@ -9,13 +9,10 @@
 // once with an MPS server started before it (tools/gpu/overhead_run does both).
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <numeric>
 #include <string>
 #include <vector>
 
@@ -24,44 +21,15 @@
 #include "gpu_executor.h"
 #include "gpu_ops.h"
 #include "layout.h"
+#include "overhead_common.h"
 #include "spec.h"
 
 namespace epd {
 namespace {
 
-constexpr int kWarmup = 300;
-
-GroupSpec bench_spec(int32_t world) {
-  GroupSpec s;
-  s.name = "overhead";
-  s.world_size = world;
-  s.placement.assign(static_cast<size_t>(world), epd_placement_t{0, 0});
-  s.num_experts = 256;
-  s.top_k = 8;
-  s.expert_owner.resize(256);
-  for (int32_t e = 0; e < 256; ++e) s.expert_owner[e] = GroupSpec::contiguous_owner(e, 256, world);
-  s.hidden = 7168;
-  s.dtype = EPD_DTYPE_BF16;
-  s.max_tokens_per_rank = 128;
-  s.mode = EPD_MODE_LOW_LATENCY;
-  s.layout = EPD_LAYOUT_RANK_MAJOR;
-  s.slots = 2;
-  s.timeout_ms = 5000;
-  return s;
-}
-
-struct Stats {
-  double median = 0, mean = 0, p99 = 0;
-};
-Stats stats(std::vector<double> v) {
-  Stats s;
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  s.median = v[v.size() / 2];
-  s.mean = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
-  s.p99 = v[std::min(v.size() - 1, v.size() * 99 / 100)];
-  return s;
-}
+using bench::kWarmup;
+using bench::now_us;
+using bench::Stats;
 
 struct Order {
   int32_t world, iters;
@@ -72,10 +40,6 @@ struct Report {
   double median, mean, p99;
   char message[200];
 };
-
-double now_us() {
-  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // The client role: imports the workspaces and times round trips on its stream.
 int client_main(int sock) {
@@ -90,7 +54,7 @@ int client_main(int sock) {
   };
   auto drv = cu::GpuDriver::get();
   if (!drv) return fail(drv.status());
-  const GroupSpec spec = bench_spec(o.world);
+  const GroupSpec spec = bench::ll_spec(o.world);
   std::vector<std::unique_ptr<GpuWorkspaceMapping>> maps;
   std::vector<std::unique_ptr<GpuRankOps>> ops;
   for (int32_t r = 0; r < o.world; ++r) {
@@ -123,7 +87,7 @@ int client_main(int sock) {
   for (auto& op : ops)
     for (int32_t s = 0; s < 2; ++s)
       if (Status q = op->query(s); !q) return fail(q);
-  const Stats s = stats(us);
+  const Stats s = bench::stats(us);
   rep.ok = 1;
   rep.median = s.median;
   rep.mean = s.mean;
@@ -143,7 +107,16 @@ int run(int iters, const std::string& label) {
   const MpsState mps = detect_mps(0);
   std::printf("overhead [%s] device %s; %s\n", label.c_str(), prop.name, mps.description.c_str());
   for (int32_t world : {1, 8}) {
-    const GroupSpec spec = bench_spec(world);
+    const GroupSpec spec = bench::ll_spec(world);
+    {  // (a) in process
+      bool fault_free = false;
+      auto r = bench::in_process_round_trip(spec, iters, &fault_free);
+      if (!r) {
+        std::printf("in-process: %s\n", r.status().message().c_str());
+        return 1;
+      }
+      bench::print_line(label, world, "in-process launch+sync", *r, iters, fault_free ? "" : " FAULT");
+    }
     auto ws = allocate_gpu_workspaces(spec, 0);
     if (!ws) {
       std::printf("allocate: %s\n", ws.status().message().c_str());
@@ -153,32 +126,6 @@ int run(int iters, const std::string& label) {
     for (auto& w : *ws) {
       bases.push_back(w->device_ptr());
       cudaMemset(w->device_ptr(), 0, w->bytes());  // n = 0 in every send header
-    }
-    {  // (a) in process
-      auto ex = GpuExecutor::create(spec, bases, 0);
-      if (!ex) {
-        std::printf("GpuExecutor: %s\n", ex.status().message().c_str());
-        return 1;
-      }
-      cudaStream_t st = nullptr;
-      cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
-      std::vector<double> us;
-      for (int i = 0; i < kWarmup + iters; ++i) {
-        const int32_t slot = i % 2;
-        const double t0 = now_us();
-        Status s = (*ex)->dispatch(slot, st);
-        if (s) s = (*ex)->combine(slot, EPD_WEIGHTS_ALREADY_APPLIED, st);
-        if (!s || cudaStreamSynchronize(st) != cudaSuccess) {
-          std::printf("in-process: %s\n", s.message().c_str());
-          return 1;
-        }
-        if (i >= kWarmup) us.push_back(now_us() - t0);
-      }
-      const Status f = (*ex)->check_fault(st);
-      const Stats r = stats(us);
-      std::printf("overhead [%s] ranks=%d in-process launch+sync       : median %7.2f us  mean %7.2f  p99 %7.2f  (%d iters)%s\n",
-                  label.c_str(), world, r.median, r.mean, r.p99, iters, f ? "" : " FAULT");
-      cudaStreamDestroy(st);
     }
     {  // (b) armed, client in another process
       ArmedOptions opt;
@@ -216,9 +163,8 @@ int run(int iters, const std::string& label) {
         (void)(*armed)->abort(EPD_ERR_SHUTTING_DOWN, 2000);
         return 1;
       }
-      std::printf("overhead [%s] ranks=%d armed, client process, dev  : median %7.2f us  mean %7.2f  p99 %7.2f  (%d iters)%s\n",
-                  label.c_str(), world, rep.median, rep.mean, rep.p99, iters,
-                  (*armed)->health() ? "" : " UNHEALTHY");
+      bench::print_line(label, world, "armed, client process, dev", Stats{rep.median, rep.mean, rep.p99}, iters,
+                        (*armed)->health() ? "" : " UNHEALTHY");
       const Status ab = (*armed)->abort(EPD_ERR_SHUTTING_DOWN, 2000);
       if (!ab) std::printf("abort: %s\n", ab.message().c_str());
     }

@@ -1,0 +1,727 @@
+// daemon_gpu_test.cc — GPU groups through the real epd and libepd-client: 8
+// ranks on GPU 0 held by this process (8 sessions, one CUDA stream each)
+// against HostExecutor run in process on the same inputs (both layouts, bf16
+// and fp8 dispatch, every valid weight mode, skewed / masked / one-expert
+// routing, 0 tokens, full capacity, in-place and copied inputs and outputs,
+// token counts from device memory); 8 CUDA graphs of 10 dispatch/combine
+// pairs replayed 1000 times with device-side counts; a bad expert id reported
+// by epd_gpu_status and the next call clean; and a rank in a child process
+// SIGKILLed mid-step: PEER_LOST within the group's timeout, the daemon stays
+// up, every rank re-joins and a verified step runs.
+//
+// Device regions are compared byte for byte with the host mirror (combine
+// too: both sum in a fixed order). Every wait has a deadline; the fixture's
+// watchdog ends the daemon and children by pid. Skipped (exit 77) without a
+// GPU or driver, or when the daemon does not advertise EPD_CAP_GPU_EXECUTOR.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "epd/epd.h"
+#include "gpu_armed.h"
+#include "gpu_test_util.h"
+#include "harness.h"
+#include "host_executor.h"
+
+namespace epd::test {
+namespace {
+
+// Before CUDA initialises: enough hardware queues that one stream's armed wait
+// never stalls another rank's stream behind it, and eager module loading.
+const bool kEnvPrepared = (armed_prepare_environment(), true);
+
+#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
+
+constexpr int32_t kWorld = 8;
+constexpr int kDeadlineMs = 20000;
+constexpr const char* kWorkerEnv = "EPD_DAEMON_GPU_WORKER";
+
+// cudaStreamQuery until done, at most `ms` (a lost completion fails the test instead of hanging it).
+bool sync_within(cudaStream_t s, int ms) {
+  const int64_t end = job::now_ns() + static_cast<int64_t>(ms) * 1000000;
+  for (;;) {
+    const cudaError_t e = cudaStreamQuery(s);
+    if (e == cudaSuccess) return true;
+    if (e != cudaErrorNotReady || job::now_ns() > end) return false;
+  }
+}
+
+GroupSpec gpu_spec(const char* name, epd_layout_t layout, epd_mode_t mode, epd_quant_t quant, int32_t hidden,
+                   int32_t max_tokens, uint32_t timeout_ms, uint64_t seed) {
+  GroupSpec s = make_spec(kWorld, 64, 4, hidden, max_tokens, EPD_DTYPE_BF16, quant, layout, mode,
+                          /*shuffled_owner=*/true, seed);
+  s.name = name;
+  s.generation = 1;
+  s.timeout_ms = timeout_ms;
+  return s;
+}
+
+// The group of the SIGKILL case; the worker role builds the same spec.
+GroupSpec kill_spec() {
+  return gpu_spec("killed", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, 16, 3000, 61);
+}
+
+uint64_t fresh_seed() {
+  const uint64_t seed = static_cast<uint64_t>(job::now_ns() % 1000003);
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  return seed;
+}
+
+std::vector<int32_t> random_n(std::mt19937_64& rng, int32_t max_tokens) {
+  std::vector<int32_t> n(kWorld);
+  for (auto& v : n) v = static_cast<int32_t>(rng() % static_cast<uint64_t>(max_tokens + 1));
+  return n;
+}
+
+// How one step feeds the daemon.
+struct Step {
+  int32_t slot = 0;
+  epd_weight_mode_t mode = EPD_WEIGHTS_ALREADY_APPLIED;
+  bool copy_inputs = false;   // x, ids, weights copied from separate buffers (else written into send_* in place)
+  bool null_weights = false;  // with copy_inputs: topk_weights NULL (weights 1)
+  bool device_count = false;  // with copy_inputs: n_tokens read from device memory, max_tokens_per_rank rows copied
+  bool copy_outputs = false;  // expert outputs through combine_async's expert_out (else combine_in in place)
+};
+
+class DaemonGpuTest : public DaemonTest {
+ protected:
+  int deadline_s() const override { return 300; }
+
+  void SetUp() override {
+    auto count = gpu_device_count();
+    if (!count) GTEST_SKIP() << count.status().message();
+    DaemonTest::SetUp();
+    if (HasFatalFailure()) return;
+    epd_client_t* probe = connect_or_die(socket());
+    ASSERT_NE(probe, nullptr);
+    epd_client_info_t info{};
+    info.struct_size = sizeof info;
+    ASSERT_EQ(epd_client_query(probe, &info), EPD_OK) << epd_last_error(probe);
+    epd_client_disconnect(probe);
+    if (!(info.capabilities & EPD_CAP_GPU_EXECUTOR))
+      GTEST_SKIP() << "the daemon does not advertise EPD_CAP_GPU_EXECUTOR (capabilities 0x" << std::hex
+                   << info.capabilities << ")";
+    CUDA_OK(cudaSetDevice(0));
+    CUDA_OK(cudaFree(nullptr));  // the primary context, current on this thread
+    gpu_ready_ = true;
+  }
+
+  void TearDown() override {
+    if (gpu_ready_) {
+      for (auto*& g : groups_) {
+        epd_group_leave(g);  // a rank still joined after a failure: the daemon aborts and releases our waits
+        g = nullptr;
+      }
+      bool idle = true;
+      for (cudaStream_t s : streams_) idle = sync_within(s, kDeadlineMs) && idle;
+      for (auto* c : clients_) epd_client_disconnect(c);
+      clients_.clear();
+      // cudaFree synchronises the context: only when nothing of ours is still waiting.
+      if (idle) {
+        free_buffers();
+        for (cudaStream_t s : streams_) cudaStreamDestroy(s);
+      }
+      streams_.clear();
+    }
+    DaemonTest::TearDown();
+  }
+
+  // 8 sessions and 8 non-blocking streams (the legacy stream's cudaMemcpy never waits for them).
+  void connect_all() {
+    for (int32_t r = 0; r < kWorld; ++r) {
+      clients_.push_back(connect_or_die(socket()));
+      ASSERT_NE(clients_.back(), nullptr);
+      cudaStream_t s = nullptr;
+      CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+      streams_.push_back(s);
+    }
+    groups_.assign(kWorld, nullptr);
+  }
+
+  // Joins `ranks` of `spec` at once (each join returns when every rank is in),
+  // then reads every joined rank's device addresses.
+  void join(const GroupSpec& spec, const std::vector<int32_t>& ranks) {
+    std::vector<epd_status_t> rc(kWorld, EPD_OK);
+    std::vector<std::string> msg(kWorld);
+    std::vector<std::thread> threads;
+    for (int32_t r : ranks)
+      threads.emplace_back([&, r] {
+        epd_group_spec_t c = spec.to_c();
+        c.rank = r;
+        rc[r] = epd_group_join(clients_[r], &c, &groups_[r]);
+        if (rc[r] != EPD_OK) msg[r] = epd_last_error(clients_[r]);
+      });
+    for (auto& t : threads) t.join();
+    for (int32_t r : ranks) ASSERT_EQ(rc[r], EPD_OK) << "join of rank " << r << " to " << spec.name << ": " << msg[r];
+    const GroupLayout layout = GroupLayout::compute(spec);
+    bases_.assign(kWorld, nullptr);
+    views_.assign(kWorld, std::vector<epd_gpu_views_t>(static_cast<size_t>(spec.slots)));
+    for (int32_t r : ranks)
+      for (int32_t s = 0; s < spec.slots; ++s) {
+        epd_gpu_views_t& v = views_[r][s];
+        v.struct_size = sizeof v;
+        ASSERT_EQ(epd_gpu_views(groups_[r], s, &v), EPD_OK) << epd_last_error(groups_[r]);
+        EXPECT_EQ(v.device, 0);
+        EXPECT_EQ(v.capacity_rows, layout.ranks[r].recv_rows);
+        EXPECT_EQ(v.recv_scales != nullptr, layout.ranks[r].scale_blocks > 0);
+        uint8_t* base = static_cast<uint8_t*>(v.send_x) - layout.ranks[r].slot[s].send_x;
+        if (s == 0) bases_[r] = base;
+        ASSERT_EQ(base, bases_[r]) << "slot " << s << " of rank " << r << " is not in the rank's workspace";
+      }
+  }
+  void join_all(const GroupSpec& spec) {
+    std::vector<int32_t> all(kWorld);
+    for (int32_t r = 0; r < kWorld; ++r) all[r] = r;
+    join(spec, all);
+  }
+  void leave(const std::vector<int32_t>& ranks) {
+    for (int32_t r : ranks) {
+      EXPECT_EQ(epd_group_leave(groups_[r]), EPD_OK);
+      groups_[r] = nullptr;
+    }
+  }
+  void leave_all() { leave({0, 1, 2, 3, 4, 5, 6, 7}); }
+
+  // Device buffers of the copy paths, sized for `m`; allocated while nothing of ours waits.
+  void alloc_buffers(const Group& m) {
+    free_buffers();
+    const size_t M = static_cast<size_t>(m.spec.max_tokens_per_rank), K = static_cast<size_t>(m.spec.top_k);
+    for (int32_t r = 0; r < kWorld; ++r) {
+      const RankLayout& l = m.layout.ranks[r];
+      for (size_t bytes : {M * l.in_row_bytes, M * K * 4, M * K * 4, static_cast<size_t>(l.recv_rows) * l.in_row_bytes}) {
+        void* p = nullptr;
+        CUDA_OK(cudaMalloc(&p, bytes));
+        buffers_.push_back(p);
+      }
+    }
+    void* p = nullptr;
+    CUDA_OK(cudaMalloc(&p, kWorld * sizeof(int32_t)));
+    buffers_.push_back(p);
+  }
+  void* buffer(int32_t r, int which) const { return buffers_[static_cast<size_t>(r) * 4 + which]; }
+  int32_t* n_device() const { return static_cast<int32_t*>(buffers_[kWorld * 4]); }
+  void free_buffers() {
+    for (void* p : buffers_) cudaFree(p);
+    buffers_.clear();
+    if (pinned_) cudaFreeHost(pinned_);
+    pinned_ = nullptr;
+  }
+
+  // Host mirror slot area -> daemon workspace (so both executors start from the same bytes).
+  void upload(Group& m, int32_t slot) {
+    for (int32_t r = 0; r < kWorld; ++r) {
+      const RankLayout& l = m.layout.ranks[r];
+      const uint64_t at = l.slot[slot].send_hdr;
+      CUDA_OK(cudaMemcpy(bases_[r] + at, m.host[r].data() + at, l.slot_bytes, cudaMemcpyHostToDevice));
+    }
+  }
+  void download(Group& m, int32_t slot) {
+    for (int32_t r = 0; r < kWorld; ++r) {
+      const RankLayout& l = m.layout.ranks[r];
+      const uint64_t at = l.slot[slot].send_hdr;
+      CUDA_OK(cudaMemcpy(m.host[r].data() + at, bases_[r] + at, l.slot_bytes, cudaMemcpyDeviceToHost));
+    }
+  }
+
+  // The daemon's outputs of `slot` equal the mirror's after HostExecutor ran on it.
+  void expect_same(Group& m, int32_t slot, bool combine, const std::string& what) {
+    for (int32_t r = 0; r < kWorld; ++r) {
+      const RankLayout& l = m.layout.ranks[r];
+      std::vector<uint8_t> d(l.bytes);
+      const uint64_t at = l.slot[slot].send_hdr;
+      CUDA_OK(cudaMemcpy(d.data() + at, bases_[r] + at, l.slot_bytes, cudaMemcpyDeviceToHost));
+      const auto regions = combine ? combine_regions(m.spec, l, slot) : dispatch_regions(l, slot);
+      for (auto [b, e] : regions)
+        ASSERT_EQ(first_difference(d.data(), m.host[r].data(), b, e, l, slot), "")
+            << what << ": " << (combine ? "combine" : "dispatch") << " differs on rank " << r << ", slot " << slot;
+    }
+  }
+
+  void expect_status_ok(int32_t slot, const std::string& what) {
+    for (int32_t r = 0; r < kWorld; ++r)
+      ASSERT_EQ(epd_gpu_status(groups_[r], slot, kDeadlineMs), EPD_OK)
+          << what << ", rank " << r << ": " << epd_last_error(groups_[r]);
+  }
+  void sync_all(const std::string& what) {
+    for (int32_t r = 0; r < kWorld; ++r)
+      ASSERT_TRUE(sync_within(streams_[r], kDeadlineMs)) << what << ": stream of rank " << r << " did not drain";
+  }
+
+  // One dispatch + combine of every rank on st.slot through the daemon, the same
+  // on the mirror with HostExecutor, outputs compared. Inputs: m.stage() of the slot.
+  void run_step(Group& m, const Step& st, const std::string& what) {
+    const int32_t slot = st.slot, M = m.spec.max_tokens_per_rank, K = m.spec.top_k;
+    if (st.null_weights)
+      for (int32_t r = 0; r < kWorld; ++r) {
+        float* w = reinterpret_cast<float*>(m.host[r].data() + m.layout.ranks[r].slot[slot].send_weights);
+        for (int32_t i = 0; i < M * K; ++i) w[i] = 1.0f;
+      }
+    upload(m, slot);
+    for (int32_t r = 0; r < kWorld; ++r) {
+      const RankLayout& l = m.layout.ranks[r];
+      const SlotOffsets& o = l.slot[slot];
+      const size_t x_bytes = static_cast<size_t>(M) * l.in_row_bytes, id_bytes = static_cast<size_t>(M) * K * 4;
+      if (st.copy_inputs) {  // the caller's copies, then poison in the send slot (ids far out of range)
+        CUDA_OK(cudaMemcpy(buffer(r, 0), m.host[r].data() + o.send_x, x_bytes, cudaMemcpyHostToDevice));
+        CUDA_OK(cudaMemcpy(buffer(r, 1), m.host[r].data() + o.send_ids, id_bytes, cudaMemcpyHostToDevice));
+        CUDA_OK(cudaMemcpy(buffer(r, 2), m.host[r].data() + o.send_weights, id_bytes, cudaMemcpyHostToDevice));
+        CUDA_OK(cudaMemset(bases_[r] + o.send_x, 0x55, x_bytes));
+        CUDA_OK(cudaMemset(bases_[r] + o.send_ids, 0x7f, id_bytes));
+        CUDA_OK(cudaMemset(bases_[r] + o.send_weights, 0x55, id_bytes));
+      }
+      if (st.copy_outputs) {
+        const size_t bytes = static_cast<size_t>(l.recv_rows) * l.in_row_bytes;
+        CUDA_OK(cudaMemcpy(buffer(r, 3), m.host[r].data() + o.combine_in, bytes, cudaMemcpyHostToDevice));
+        CUDA_OK(cudaMemset(bases_[r] + o.combine_in, 0x55, bytes));
+      }
+    }
+    if (st.device_count) {
+      CUDA_OK(cudaMemcpy(n_device(), m.n.data(), kWorld * sizeof(int32_t), cudaMemcpyHostToDevice));
+    }
+    for (int32_t r = 0; r < kWorld; ++r) {
+      epd_gpu_dispatch_args_t a{};
+      a.struct_size = sizeof a;
+      a.n_tokens = m.n[r];
+      if (st.copy_inputs) {
+        a.x = buffer(r, 0);
+        a.topk_ids = static_cast<const int32_t*>(buffer(r, 1));
+        a.topk_weights = st.null_weights ? nullptr : static_cast<const float*>(buffer(r, 2));
+        if (st.device_count) {
+          a.n_tokens_device = n_device() + r;
+          a.n_tokens = M;
+        }
+      }
+      ASSERT_EQ(epd_dispatch_async(groups_[r], slot, &a, streams_[r]), EPD_OK) << what << ": " << epd_last_error(groups_[r]);
+    }
+    for (int32_t r = 0; r < kWorld; ++r)
+      ASSERT_EQ(epd_dispatch_wait_async(groups_[r], slot, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
+    expect_status_ok(slot, what + " dispatch");
+    sync_all(what + " dispatch");
+    if (HasFatalFailure()) return;
+    HostExecutor hx(m.spec, m.host_bases());
+    const Status hd = hx.dispatch(slot);
+    ASSERT_TRUE(hd.is_ok()) << what << ": host dispatch: " << hd.message();
+    expect_same(m, slot, false, what);
+    if (HasFatalFailure()) return;
+    for (int32_t r = 0; r < kWorld; ++r) {
+      const int64_t rows = st.copy_outputs ? m.layout.ranks[r].recv_rows : 0;
+      ASSERT_EQ(epd_combine_async(groups_[r], slot, st.mode, st.copy_outputs ? buffer(r, 3) : nullptr, rows, streams_[r]),
+                EPD_OK)
+          << what << ": " << epd_last_error(groups_[r]);
+    }
+    for (int32_t r = 0; r < kWorld; ++r)
+      ASSERT_EQ(epd_combine_wait_async(groups_[r], slot, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
+    expect_status_ok(slot, what + " combine");
+    sync_all(what + " combine");
+    if (HasFatalFailure()) return;
+    const Status hc = hx.combine(slot, st.mode);
+    ASSERT_TRUE(hc.is_ok()) << what << ": host combine: " << hc.message();
+    expect_same(m, slot, true, what + " weights=" + weight_mode_name(st.mode));
+  }
+
+  bool gpu_ready_ = false;
+  std::vector<epd_client_t*> clients_;
+  std::vector<epd_group_t*> groups_;
+  std::vector<cudaStream_t> streams_;
+  std::vector<uint8_t*> bases_;                        // [rank] workspace base in this process
+  std::vector<std::vector<epd_gpu_views_t>> views_;    // [rank][slot]
+  std::vector<void*> buffers_;  // [rank][x, ids, weights, expert_out], n per rank, then test-specific ones
+  void* pinned_ = nullptr;      // host pinned, test-specific
+};
+
+// ---- a: eight ranks, every layout / dtype / weight mode ---------------------------------------
+
+TEST_F(DaemonGpuTest, EightRanksMatchHostExecutorAcrossLayoutsDtypesAndWeightModes) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  connect_all();
+  if (HasFatalFailure()) return;
+  struct Case {
+    const char* name;
+    epd_layout_t layout;
+    epd_mode_t mode;
+    epd_quant_t quant;
+    int32_t hidden;
+  };
+  const Case cases[] = {
+      {"rm_bf16", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 264},
+      {"rm_fp8", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_HIGH_THROUGHPUT, EPD_QUANT_FP8_E4M3_BLOCK128, 256},
+      {"em_bf16", EPD_LAYOUT_EXPERT_MAJOR, EPD_MODE_HIGH_THROUGHPUT, EPD_QUANT_NONE, 264},
+      {"em_fp8", EPD_LAYOUT_EXPERT_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_FP8_E4M3_BLOCK128, 256},
+  };
+  constexpr int32_t M = 48;
+  for (size_t ci = 0; ci < std::size(cases); ++ci) {
+    const Case& c = cases[ci];
+    const uint64_t cseed = seed * 131 + ci;
+    const GroupSpec spec = gpu_spec(c.name, c.layout, c.mode, c.quant, c.hidden, M, 5000, cseed);
+    ASSERT_TRUE(spec.validate().is_ok()) << spec.validate().message();
+    join_all(spec);
+    if (HasFatalFailure()) return;
+    Group m(spec);
+    m.poison(cseed + 1);
+    alloc_buffers(m);
+    if (HasFatalFailure()) return;
+    std::mt19937_64 rng(cseed + 2);
+    const std::vector<epd_weight_mode_t> modes =
+        c.layout == EPD_LAYOUT_RANK_MAJOR
+            ? std::vector<epd_weight_mode_t>{EPD_WEIGHTS_ALREADY_APPLIED, EPD_WEIGHTS_ONES}
+            : std::vector<epd_weight_mode_t>{EPD_WEIGHTS_APPLY, EPD_WEIGHTS_ALREADY_APPLIED, EPD_WEIGHTS_ONES};
+    struct Round {
+      Routing routing;
+      std::vector<int32_t> n;
+      Step step;
+    };
+    std::vector<int32_t> mixed = random_n(rng, M);
+    mixed[0] = 0;
+    mixed[1] = M;
+    const Round rounds[] = {
+        {Routing::kUniform, random_n(rng, M), Step{0}},
+        {Routing::kSkewed, std::vector<int32_t>(kWorld, M), Step{1, {}, true, false, false, true}},   // full capacity
+        {Routing::kUniform, std::vector<int32_t>(kWorld, 0), Step{0}},                              // 0 tokens
+        {Routing::kMasked, mixed, Step{1, {}, true, true, true, false}},                            // -1 masking
+        {Routing::kOneExpert, random_n(rng, M), Step{0, {}, false, false, false, true}},
+        {Routing::kSkewed, random_n(rng, M), Step{1, {}, true, false, true, false}},
+    };
+    for (size_t ri = 0; ri < std::size(rounds); ++ri) {
+      Step st = rounds[ri].step;
+      st.mode = modes[ri % modes.size()];
+      const std::string what = std::string(c.name) + " round " + std::to_string(ri) + " (" +
+                               routing_name(rounds[ri].routing) + ")";
+      const Status staged = m.stage(st.slot, rounds[ri].routing, rounds[ri].n, cseed + 10 + ri);
+      ASSERT_TRUE(staged.is_ok()) << staged.message();
+      run_step(m, st, what);
+      if (HasFatalFailure()) return;
+    }
+    leave_all();
+  }
+}
+
+// ---- b: CUDA graphs replayed with device-side counts ---------------------------------------
+
+TEST_F(DaemonGpuTest, GraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCounts) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  constexpr int32_t M = 32, kReplays = 1000, kPairs = 10;
+  const GroupSpec spec = gpu_spec("graph", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, M, 5000, seed);
+  connect_all();
+  if (HasFatalFailure()) return;
+  join_all(spec);
+  if (HasFatalFailure()) return;
+  Group m(spec);
+  m.poison(seed + 1);
+  for (int32_t s = 0; s < 2; ++s)
+    ASSERT_TRUE(m.stage(s, Routing::kUniform, std::vector<int32_t>(kWorld, M), seed + 5 + s).is_ok());
+  upload(m, 0);
+  upload(m, 1);
+  const auto prefix0 = rank_major_prefix_rows(m, 0), prefix1 = rank_major_prefix_rows(m, 1);
+
+  // Allocations before anything waits.
+  alloc_buffers(m);
+  int32_t* totals_dev = nullptr;  // [replay][slot][rank]
+  int32_t* n_pinned = nullptr;    // [replay][rank]
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&totals_dev), sizeof(int32_t) * kReplays * 2 * kWorld));
+  buffers_.push_back(totals_dev);  // freed with the rest, once nothing waits
+  CUDA_OK(cudaMallocHost(reinterpret_cast<void**>(&n_pinned), sizeof(int32_t) * kReplays * kWorld));
+  pinned_ = n_pinned;
+  std::mt19937_64 rng(seed + 9);
+  for (int i = 0; i < kReplays * kWorld; ++i) n_pinned[i] = static_cast<int32_t>(rng() % (M + 1));
+  int32_t* n_dev = n_device();
+
+  // One graph per rank, each captured on the rank's own stream: what 8 workers would do.
+  std::vector<cudaGraph_t> graphs(kWorld, nullptr);
+  std::vector<cudaGraphExec_t> execs(kWorld, nullptr);
+  for (int32_t r = 0; r < kWorld; ++r) {
+    CUDA_OK(cudaStreamBeginCapture(streams_[r], cudaStreamCaptureModeThreadLocal));
+    for (int p = 0; p < kPairs; ++p) {
+      const int32_t slot = p % 2;
+      epd_gpu_dispatch_args_t a{};
+      a.struct_size = sizeof a;
+      a.n_tokens_device = n_dev + r;
+      a.n_tokens = M;
+      ASSERT_EQ(epd_dispatch_async(groups_[r], slot, &a, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
+      ASSERT_EQ(epd_dispatch_wait_async(groups_[r], slot, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
+      ASSERT_EQ(epd_combine_async(groups_[r], slot, EPD_WEIGHTS_ONES, nullptr, 0, streams_[r]), EPD_OK)
+          << epd_last_error(groups_[r]);
+      ASSERT_EQ(epd_combine_wait_async(groups_[r], slot, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
+    }
+    CUDA_OK(cudaStreamEndCapture(streams_[r], &graphs[r]));
+    CUDA_OK(cudaGraphInstantiate(&execs[r], graphs[r], 0));
+  }
+
+  int checked = 0;
+  for (int i = 0; i < kReplays; ++i) {
+    const bool full = i % 100 == 37;
+    if (full) {  // the mirror starts from the device's bytes and this replay's counts
+      sync_all("before replay " + std::to_string(i));
+      if (HasFatalFailure()) return;
+      download(m, 0);
+      download(m, 1);
+      for (int32_t r = 0; r < kWorld; ++r)
+        for (int32_t s = 0; s < 2; ++s)
+          reinterpret_cast<SendHeader*>(m.host[r].data() + m.layout.ranks[r].slot[s].send_hdr)->n_tokens =
+              static_cast<uint32_t>(n_pinned[i * kWorld + r]);
+    }
+    for (int32_t r = 0; r < kWorld; ++r) {
+      CUDA_OK(cudaMemcpyAsync(n_dev + r, n_pinned + i * kWorld + r, sizeof(int32_t), cudaMemcpyHostToDevice, streams_[r]));
+      CUDA_OK(cudaGraphLaunch(execs[r], streams_[r]));
+      for (int32_t s = 0; s < 2; ++s)
+        CUDA_OK(cudaMemcpyAsync(totals_dev + (i * 2 + s) * kWorld + r, views_[r][s].recv_total, sizeof(int32_t),
+                                cudaMemcpyDeviceToDevice, streams_[r]));
+    }
+    if (full) {
+      sync_all("replay " + std::to_string(i));
+      if (HasFatalFailure()) return;
+      HostExecutor hx(m.spec, m.host_bases());
+      const std::string what = "replay " + std::to_string(i);
+      for (int32_t s = 0; s < 2; ++s) {
+        ASSERT_TRUE(hx.dispatch(s).is_ok());
+        ASSERT_TRUE(hx.combine(s, EPD_WEIGHTS_ONES).is_ok());
+        expect_same(m, s, false, what);
+        expect_same(m, s, true, what);
+        expect_status_ok(s, what);
+        if (HasFatalFailure()) return;
+      }
+      ++checked;
+    }
+  }
+  for (int32_t r = 0; r < kWorld; ++r)
+    ASSERT_TRUE(sync_within(streams_[r], 60000)) << "the replays of rank " << r << " did not finish";
+  std::vector<int32_t> totals(static_cast<size_t>(kReplays) * 2 * kWorld);
+  CUDA_OK(cudaMemcpy(totals.data(), totals_dev, totals.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+  int mismatches = 0;
+  for (int i = 0; i < kReplays; ++i)
+    for (int32_t s = 0; s < 2; ++s)
+      for (int32_t d = 0; d < kWorld; ++d) {
+        const auto& pre = s == 0 ? prefix0 : prefix1;
+        int32_t want = 0;
+        for (int32_t src = 0; src < kWorld; ++src) want += pre[src][n_pinned[i * kWorld + src]][d];
+        if (totals[(i * 2 + s) * kWorld + d] != want && mismatches++ < 5)
+          ADD_FAILURE() << "replay " << i << " slot " << s << " rank " << d << ": recv_total "
+                        << totals[(i * 2 + s) * kWorld + d] << ", expected " << want;
+      }
+  EXPECT_EQ(mismatches, 0);
+  EXPECT_EQ(checked, 10);
+  for (int32_t s = 0; s < 2; ++s) expect_status_ok(s, "after the replays");
+  for (int32_t r = 0; r < kWorld; ++r) {
+    cudaGraphExecDestroy(execs[r]);
+    cudaGraphDestroy(graphs[r]);
+  }
+  leave_all();
+}
+
+// ---- c: a bad expert id ---------------------------------------------------------------------
+
+TEST_F(DaemonGpuTest, BadExpertIdIsReportedByGpuStatusAndTheNextCallSucceeds) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const GroupSpec spec = gpu_spec("badid", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, 16, 5000, seed);
+  connect_all();
+  if (HasFatalFailure()) return;
+  join_all(spec);
+  if (HasFatalFailure()) return;
+  Group m(spec);
+  m.poison(seed + 1);
+  ASSERT_TRUE(m.stage(0, Routing::kUniform, std::vector<int32_t>(kWorld, 5), seed + 2).is_ok());
+  upload(m, 0);
+  const int32_t K = spec.top_k, bad = 999;
+  CUDA_OK(cudaMemcpy(bases_[3] + m.layout.ranks[3].slot[0].send_ids + (1 * K + 2) * sizeof(int32_t), &bad,
+                     sizeof bad, cudaMemcpyHostToDevice));
+  for (int32_t r = 0; r < kWorld; ++r) {
+    epd_gpu_dispatch_args_t a{};
+    a.struct_size = sizeof a;
+    a.n_tokens = 5;
+    ASSERT_EQ(epd_dispatch_async(groups_[r], 0, &a, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
+  }
+  for (int32_t r = 0; r < kWorld; ++r) ASSERT_EQ(epd_dispatch_wait_async(groups_[r], 0, streams_[r]), EPD_OK);
+  for (int32_t r = 0; r < kWorld; ++r) {
+    EXPECT_EQ(epd_gpu_status(groups_[r], 0, kDeadlineMs), EPD_ERR_EXPERT_ID_OUT_OF_RANGE) << "rank " << r;
+    const std::string msg = epd_last_error(groups_[r]);
+    EXPECT_NE(msg.find("rank 3, token 1, k 2, value 999"), std::string::npos) << "rank " << r << ": " << msg;
+  }
+  // The slot's order continues with the combine; its status is not asserted.
+  for (int32_t r = 0; r < kWorld; ++r)
+    ASSERT_EQ(epd_combine_async(groups_[r], 0, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, streams_[r]), EPD_OK);
+  for (int32_t r = 0; r < kWorld; ++r) ASSERT_EQ(epd_combine_wait_async(groups_[r], 0, streams_[r]), EPD_OK);
+  for (int32_t r = 0; r < kWorld; ++r) (void)epd_gpu_status(groups_[r], 0, kDeadlineMs);
+  sync_all("after the bad id");
+  if (HasFatalFailure()) return;
+  alloc_buffers(m);
+  // The next call on the slot: the same inputs with the id restored (run_step uploads the mirror).
+  run_step(m, Step{0, EPD_WEIGHTS_ALREADY_APPLIED}, "after the bad id");
+  if (HasFatalFailure()) return;
+  leave_all();
+}
+
+// ---- d: a rank SIGKILLed mid-step ---------------------------------------------------------------
+
+// The worker role: joins rank 7 of kill_spec(), rings its dispatch, then waits to be killed.
+TEST(DaemonGpuWorkerRole, Run) {
+  const char* sock = std::getenv(kWorkerEnv);
+  if (!sock) GTEST_SKIP() << "worker role of DaemonGpuTest.KilledRank* (spawned by it)";
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaFree(nullptr));
+  cudaStream_t st = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  epd_client_t* c = nullptr;
+  ASSERT_EQ(epd_client_connect(sock, &c), EPD_OK) << epd_last_error(nullptr);
+  const GroupSpec spec = kill_spec();
+  epd_group_spec_t cs = spec.to_c();
+  cs.rank = kWorld - 1;
+  epd_group_t* g = nullptr;
+  ASSERT_EQ(epd_group_join(c, &cs, &g), EPD_OK) << epd_last_error(c);
+  epd_gpu_dispatch_args_t a{};
+  a.struct_size = sizeof a;
+  a.n_tokens = 0;
+  ASSERT_EQ(epd_dispatch_async(g, 0, &a, st), EPD_OK) << epd_last_error(g);
+  ASSERT_EQ(epd_dispatch_wait_async(g, 0, st), EPD_OK) << epd_last_error(g);
+  std::printf("RANG\n");
+  std::fflush(stdout);
+  ::poll(nullptr, 0, 120000);  // not a synchronisation: the parent SIGKILLs this process long before
+  std::printf("ERROR: the worker role was not killed\n");
+}
+
+TEST_F(DaemonGpuTest, KilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const GroupSpec spec = kill_spec();
+  connect_all();
+  if (HasFatalFailure()) return;
+  job::Child child = job::Child::spawn({"/proc/self/exe", "--gtest_filter=DaemonGpuWorkerRole.Run"},
+                                       {std::string(kWorkerEnv) + "=" + socket()});
+  ASSERT_GT(child.pid(), 0);
+  watchdog_->add_pid(child.pid());
+  const std::vector<int32_t> parent = {0, 1, 2, 3, 4, 5, 6};
+  join(spec, parent);  // returns once the child's rank 7 is in too
+  if (HasFatalFailure()) return;
+  std::string line, seen;
+  bool rang = false;
+  while (!rang && child.read_line(line, kDeadlineMs)) {
+    seen += line + "\n";
+    rang = line == "RANG";
+  }
+  ASSERT_TRUE(rang) << "the worker never rang its dispatch; its output:\n" << seen;
+
+  // Ranks 0..6 complete the dispatch with rank 7, then ring the combine rank 7 never rings.
+  epd_gpu_dispatch_args_t a{};
+  a.struct_size = sizeof a;
+  a.n_tokens = 0;
+  for (int32_t r : parent) ASSERT_EQ(epd_dispatch_async(groups_[r], 0, &a, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
+  for (int32_t r : parent) ASSERT_EQ(epd_dispatch_wait_async(groups_[r], 0, streams_[r]), EPD_OK);
+  for (int32_t r : parent)
+    ASSERT_EQ(epd_gpu_status(groups_[r], 0, kDeadlineMs), EPD_OK) << "rank " << r << ": " << epd_last_error(groups_[r]);
+  for (int32_t r : parent)
+    ASSERT_EQ(epd_combine_async(groups_[r], 0, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, streams_[r]), EPD_OK);
+  for (int32_t r : parent) ASSERT_EQ(epd_combine_wait_async(groups_[r], 0, streams_[r]), EPD_OK);
+
+  const int64_t t0 = job::now_ns();
+  child.kill(SIGKILL);
+  ASSERT_NE(child.wait(kDeadlineMs), -1);
+  for (int32_t r : parent) {
+    const epd_status_t rc = epd_gpu_status(groups_[r], 0, 0);  // 0: the group's timeout_ms
+    const double ms = static_cast<double>(job::now_ns() - t0) / 1e6;
+    EXPECT_EQ(rc, EPD_ERR_PEER_LOST) << "rank " << r << ": " << epd_last_error(groups_[r]);
+    EXPECT_LT(ms, static_cast<double>(spec.timeout_ms)) << "rank " << r;
+    if (r == 0) std::printf("PEER_LOST seen by rank 0 %.3f ms after SIGKILL: %s\n", ms, epd_last_error(groups_[r]));
+  }
+  sync_all("after the abort (the combine waits must be released)");
+  if (HasFatalFailure()) return;
+  // The group is aborted until every rank re-joins: later enqueues are refused.
+  EXPECT_EQ(epd_dispatch_async(groups_[0], 1, &a, streams_[0]), EPD_ERR_PEER_LOST) << epd_last_error(groups_[0]);
+
+  // The daemon is healthy: a new session is answered.
+  epd_client_t* probe = connect_or_die(socket());
+  ASSERT_NE(probe, nullptr);
+  epd_client_info_t info{};
+  info.struct_size = sizeof info;
+  EXPECT_EQ(epd_client_query(probe, &info), EPD_OK) << epd_last_error(probe);
+  EXPECT_EQ(info.daemon_pid, daemon().child().pid());
+  epd_client_disconnect(probe);
+
+  leave(parent);
+  join_all(spec);
+  if (HasFatalFailure()) return;
+  Group m(spec);
+  m.poison(seed + 1);
+  alloc_buffers(m);
+  std::mt19937_64 rng(seed + 2);
+  for (int32_t s = 0; s < 2; ++s) {
+    ASSERT_TRUE(m.stage(s, Routing::kSkewed, random_n(rng, spec.max_tokens_per_rank), seed + 3 + s).is_ok());
+    run_step(m, Step{s, EPD_WEIGHTS_ALREADY_APPLIED}, "after the re-join, slot " + std::to_string(s));
+    if (HasFatalFailure()) return;
+  }
+  leave_all();
+}
+
+// ---- argument checks on a GPU group ---------------------------------------------------------------
+
+TEST_F(DaemonGpuTest, ArgumentErrorsNameTheValueAndHostCallsAreRefused) {
+  GroupSpec spec = make_spec(1, 8, 2, 128, 16, EPD_DTYPE_BF16, EPD_QUANT_NONE, EPD_LAYOUT_RANK_MAJOR,
+                             EPD_MODE_LOW_LATENCY, false, 1);
+  spec.name = "args";
+  spec.generation = 1;
+  connect_all();
+  if (HasFatalFailure()) return;
+  join(spec, {0});
+  if (HasFatalFailure()) return;
+  epd_group_t* g = groups_[0];
+  cudaStream_t s = streams_[0];
+  auto last = [&] { return std::string(epd_last_error(g)); };
+  epd_gpu_dispatch_args_t a{};
+  a.struct_size = sizeof a;
+  EXPECT_EQ(epd_dispatch_async(nullptr, 0, &a, s), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_gpu_status(nullptr, 0, 0), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_dispatch_async(g, 0, nullptr, s), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("args is NULL"), std::string::npos) << last();
+  epd_gpu_dispatch_args_t small = a;
+  small.struct_size = 4;
+  EXPECT_EQ(epd_dispatch_async(g, 0, &small, s), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("struct_size = 4"), std::string::npos) << last();
+  EXPECT_EQ(epd_dispatch_async(g, 7, &a, s), EPD_ERR_BAD_SLOT);
+  EXPECT_NE(last().find("slot = 7"), std::string::npos) << last();
+  a.n_tokens = 17;
+  EXPECT_EQ(epd_dispatch_async(g, 0, &a, s), EPD_ERR_CAPACITY_EXCEEDED);
+  EXPECT_NE(last().find("n_tokens = 17"), std::string::npos) << last();
+  a.n_tokens = -1;
+  EXPECT_EQ(epd_dispatch_async(g, 0, &a, s), EPD_ERR_CAPACITY_EXCEEDED);
+  EXPECT_NE(last().find("n_tokens = -1"), std::string::npos) << last();
+  a.n_tokens = 0;
+  EXPECT_EQ(epd_dispatch_wait_async(g, 0, s), EPD_ERR_NO_DISPATCH) << last();
+  EXPECT_EQ(epd_gpu_status(g, 0, 100), EPD_OK) << last();  // nothing enqueued yet
+  epd_gpu_views_t v{};
+  v.struct_size = 8;
+  EXPECT_EQ(epd_gpu_views(g, 0, &v), EPD_ERR_INVALID_ARGUMENT);
+  // Host calls on a GPU group.
+  epd_dispatch_args_t ha{};
+  ha.struct_size = sizeof ha;
+  EXPECT_EQ(epd_dispatch(g, 0, &ha), EPD_ERR_UNSUPPORTED);
+  EXPECT_NE(last().find("epd_dispatch_async"), std::string::npos) << last();
+  epd_dispatch_result_t res{};
+  res.struct_size = sizeof res;
+  EXPECT_EQ(epd_dispatch_wait(g, 0, 100, &res), EPD_ERR_UNSUPPORTED);
+  EXPECT_EQ(epd_combine(g, 0, EPD_WEIGHTS_ONES), EPD_ERR_UNSUPPORTED);
+  const void* out = nullptr;
+  EXPECT_EQ(epd_combine_wait(g, 0, 100, &out), EPD_ERR_UNSUPPORTED);
+  // A world-1 round trip, with a weight mode rank_major refuses on the way.
+  ASSERT_EQ(epd_dispatch_async(g, 0, &a, s), EPD_OK) << last();
+  EXPECT_EQ(epd_dispatch_async(g, 0, &a, s), EPD_ERR_SLOT_BUSY) << last();
+  ASSERT_EQ(epd_dispatch_wait_async(g, 0, s), EPD_OK) << last();
+  EXPECT_EQ(epd_combine_async(g, 0, EPD_WEIGHTS_APPLY, nullptr, 0, s), EPD_ERR_BAD_WEIGHT_MODE) << last();
+  ASSERT_EQ(epd_combine_async(g, 0, EPD_WEIGHTS_ONES, nullptr, 0, s), EPD_OK) << last();
+  ASSERT_EQ(epd_combine_wait_async(g, 0, s), EPD_OK) << last();
+  EXPECT_EQ(epd_gpu_status(g, 0, kDeadlineMs), EPD_OK) << last();
+  ASSERT_TRUE(sync_within(s, kDeadlineMs));
+  leave({0});
+}
+
+}  // namespace
+}  // namespace epd::test

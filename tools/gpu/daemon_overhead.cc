@@ -1,0 +1,173 @@
+// daemon_overhead.cc — per-call overhead of an empty (n_tokens = 0) GPU-group
+// round trip through the real epd and libepd-client: dispatch_async,
+// dispatch_wait_async, combine_async, combine_wait_async of every rank on one
+// CUDA stream, then a stream sync; next to the same round trip of GpuExecutor
+// launched in this process (overhead_common.h). LL group shape (top-8 of 256
+// experts, hidden 7168, 128 tokens per rank, low_latency, rank_major), world 1
+// and world 8 on GPU 0, the 8 ranks held by this process (8 sessions).
+// Usage: epd_gpu_daemon_overhead --socket PATH [--iters N] [--label TEXT].
+// One line per measurement (µs per round trip: median, mean, p99).
+// tools/gpu/daemon_overhead_run starts epd and runs this without and with MPS.
+#include <cuda_runtime_api.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "epd/epd.hpp"
+#include "gpu_armed.h"
+#include "gpu_executor.h"
+#include "overhead_common.h"
+
+namespace epd {
+namespace {
+
+constexpr unsigned kProcessDeadlineS = 600;  // a hung stream ends the run (SIGALRM) instead of blocking forever
+
+// Joins every rank of `spec` at once, one session each (a join returns when all are in).
+bool join_all(const std::string& socket, const GroupSpec& spec, std::vector<Client>& clients,
+              std::vector<Group>& groups) {
+  const int32_t world = spec.world_size;
+  clients.resize(static_cast<size_t>(world));
+  groups.resize(static_cast<size_t>(world));
+  for (int32_t r = 0; r < world; ++r)
+    if (clients[r].connect(socket) != EPD_OK) {
+      std::printf("connect %s: %s\n", socket.c_str(), epd_last_error(nullptr));
+      return false;
+    }
+  std::vector<epd_status_t> rc(static_cast<size_t>(world), EPD_OK);
+  std::vector<std::string> msg(static_cast<size_t>(world));
+  std::vector<std::thread> threads;
+  for (int32_t r = 0; r < world; ++r)
+    threads.emplace_back([&, r] {
+      epd_group_spec_t c = spec.to_c();
+      c.rank = r;
+      rc[r] = clients[r].join(c, groups[r]);
+      if (rc[r] != EPD_OK) msg[r] = clients[r].last_error();
+    });
+  for (auto& t : threads) t.join();
+  for (int32_t r = 0; r < world; ++r)
+    if (rc[r] != EPD_OK) {
+      std::printf("join of rank %d to %s: %s\n", r, spec.name.c_str(), msg[r].c_str());
+      return false;
+    }
+  return true;
+}
+
+// One empty round trip of every rank on `stream`; false (with a message) on an enqueue error.
+bool round_trip(std::vector<Group>& groups, int32_t slot, cudaStream_t stream) {
+  epd_gpu_dispatch_args_t a{};
+  a.struct_size = sizeof a;
+  a.n_tokens = 0;
+  auto failed = [&](Group& g, const char* call) {
+    std::printf("%s: %s\n", call, g.last_error().c_str());
+    return false;
+  };
+  for (auto& g : groups)
+    if (g.dispatch_async(slot, a, stream) != EPD_OK) return failed(g, "epd_dispatch_async");
+  for (auto& g : groups)
+    if (g.dispatch_wait_async(slot, stream) != EPD_OK) return failed(g, "epd_dispatch_wait_async");
+  for (auto& g : groups)
+    if (g.combine_async(slot, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, stream) != EPD_OK)
+      return failed(g, "epd_combine_async");
+  for (auto& g : groups)
+    if (g.combine_wait_async(slot, stream) != EPD_OK) return failed(g, "epd_combine_wait_async");
+  return true;
+}
+
+// Every slot's last operation completed cleanly, at most timeout_ms each.
+bool all_ok(std::vector<Group>& groups, uint32_t timeout_ms) {
+  for (size_t r = 0; r < groups.size(); ++r)
+    for (int32_t s = 0; s < 2; ++s)
+      if (groups[r].gpu_status(s, timeout_ms) != EPD_OK) {
+        std::printf("epd_gpu_status(rank %zu, slot %d): %s\n", r, s, groups[r].last_error().c_str());
+        return false;
+      }
+  return true;
+}
+
+int run(const std::string& socket, int iters, const std::string& label) {
+  auto count = gpu_device_count();
+  if (!count) {
+    std::printf("no GPU: %s\n", count.status().message().c_str());
+    return 0;
+  }
+  cudaSetDevice(0);
+  cudaFree(nullptr);
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("overhead [%s] device %s; %s\n", label.c_str(), prop.name, detect_mps(0).description.c_str());
+  {
+    Client probe;
+    epd_client_info_t info{};
+    if (probe.connect(socket) != EPD_OK || probe.query(info) != EPD_OK) {
+      std::printf("no epd at %s: %s\n", socket.c_str(), epd_last_error(nullptr));
+      return 1;
+    }
+    if (!(info.capabilities & EPD_CAP_GPU_EXECUTOR)) {
+      std::printf("epd %s (pid %d) does not serve GPU groups (capabilities 0x%llx)\n", info.daemon_version,
+                  info.daemon_pid, static_cast<unsigned long long>(info.capabilities));
+      return 1;
+    }
+  }
+  cudaStream_t stream = nullptr;
+  if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+    std::printf("cudaStreamCreateWithFlags failed\n");
+    return 1;
+  }
+  int rc = 0;
+  for (int32_t world : {1, 8}) {
+    const GroupSpec spec = bench::ll_spec(world, "overhead_w" + std::to_string(world));
+    {  // the in-process baseline
+      bool fault_free = false;
+      auto r = bench::in_process_round_trip(spec, iters, &fault_free);
+      if (!r) {
+        std::printf("in-process: %s\n", r.status().message().c_str());
+        return 1;
+      }
+      bench::print_line(label, world, "in-process launch+sync", *r, iters, fault_free ? "" : " FAULT");
+    }
+    std::vector<Client> clients;
+    std::vector<Group> groups;
+    if (!join_all(socket, spec, clients, groups)) return 1;
+    // The first round trip with bounded waits: a daemon that never completes fails here, not in a sync.
+    if (!round_trip(groups, 0, stream) || !all_ok(groups, spec.timeout_ms)) return 1;
+    std::vector<double> us;
+    bool ok = true;
+    for (int i = 1; i < bench::kWarmup + iters && ok; ++i) {
+      const double t0 = bench::now_us();
+      ok = round_trip(groups, i % 2, stream) && cudaStreamSynchronize(stream) == cudaSuccess;
+      if (i >= bench::kWarmup) us.push_back(bench::now_us() - t0);
+    }
+    ok = ok && all_ok(groups, spec.timeout_ms);
+    bench::print_line(label, world, "epd daemon, libepd-client", bench::stats(std::move(us)), iters,
+                      ok ? "" : " FAILED");
+    if (!ok) rc = 1;
+  }
+  cudaStreamDestroy(stream);
+  return rc;
+}
+
+}  // namespace
+}  // namespace epd
+
+int main(int argc, char** argv) {
+  epd::armed_prepare_environment();
+  alarm(epd::kProcessDeadlineS);
+  std::string socket, label = "default";
+  int iters = 3000;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--socket") == 0) socket = argv[i + 1];
+    else if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
+    else if (std::strcmp(argv[i], "--label") == 0) label = argv[i + 1];
+  }
+  if (socket.empty() || iters <= 0) {
+    std::fprintf(stderr, "usage: %s --socket PATH [--iters N] [--label TEXT]\n", argv[0]);
+    return 2;
+  }
+  return epd::run(socket, iters, label);
+}
