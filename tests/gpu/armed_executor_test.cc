@@ -422,7 +422,7 @@ TEST(ArmedClientRole, Run) {
     for (int32_t r = 0; r < 7; ++r) ASSERT_TRUE(ops[r]->combine_wait(0, st).is_ok());
     ASSERT_TRUE(send_msg(sock, &rep, sizeof rep));
     char c;
-    (void)::read(sock, &c, 1);  // blocks until SIGKILL
+    if (::read(sock, &c, 1) < 0) std::perror("read");  // blocks until SIGKILL
     return;
   }
   for (int it = 0; it < o.iterations; ++it)

@@ -164,7 +164,9 @@ class DaemonGpuTest : public DaemonTest {
     for (int32_t r : ranks) ASSERT_EQ(rc[r], EPD_OK) << "join of rank " << r << " to " << spec.name << ": " << msg[r];
     const GroupLayout layout = GroupLayout::compute(spec);
     bases_.assign(kWorld, nullptr);
-    views_.assign(kWorld, std::vector<epd_gpu_views_t>(static_cast<size_t>(spec.slots)));
+    views_.clear();  // (assign() of nested vectors trips g++ 13's -Warray-bounds at -O3)
+    views_.resize(kWorld);
+    for (auto& v : views_) v.resize(static_cast<size_t>(spec.slots));
     for (int32_t r : ranks)
       for (int32_t s = 0; s < spec.slots; ++s) {
         epd_gpu_views_t& v = views_[r][s];
