@@ -1,5 +1,7 @@
 // main.cc — the epd binary: configuration, logging, socket activation, then
 // the daemon core (server.h) until SIGTERM.
+#include <signal.h>
+
 #include <cstdio>
 #include <exception>
 
@@ -13,6 +15,13 @@
 int main(int argc, char** argv) {
   using namespace epd;
   gpu_prepare_process();  // before anything initialises CUDA
+  // SIGTERM / SIGINT are taken through the server's signalfd: block them before
+  // any library (CUDA, hwloc plugins) starts threads, which inherit the mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   auto loaded = load_config(argc, argv);
   if (!loaded) {
     std::fprintf(stderr, "epd: %s\n", loaded.status().to_string().c_str());

@@ -56,14 +56,6 @@ Status Server::init() {
   if (completion_fd_ < 0 || stop_fd_ < 0) return errno_status("eventfd", errno);
   EPD_RETURN_IF_ERROR(epoll_add(epfd_, completion_fd_, EPOLLIN, tag(kCompletion)));
   EPD_RETURN_IF_ERROR(epoll_add(epfd_, stop_fd_, EPOLLIN, tag(kStop)));
-  if (auto n = gpu_probe(); n) {
-    gpu_summary_ = std::to_string(*n) + " GPU(s)";
-    for (int32_t d = 0; d < *n; ++d) gpu_summary_ += "; " + gpu_mps_description(d);
-    log_message(LogLevel::kInfo, "GPU executor available: " + gpu_summary_);
-  } else {
-    gpu_summary_ = "GPU groups unavailable: " + n.status().message();
-    log_message(LogLevel::kInfo, gpu_summary_);
-  }
 
   if (opts_.handle_signals) {
     sigset_t set;
@@ -75,6 +67,16 @@ Status Server::init() {
     signal_fd_ = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (signal_fd_ < 0) return errno_status("signalfd", errno);
     EPD_RETURN_IF_ERROR(epoll_add(epfd_, signal_fd_, EPOLLIN, tag(kSignal)));
+  }
+  // After the signal mask: the CUDA driver's own threads, started here,
+  // inherit it (else SIGTERM could land on one of them and kill epd).
+  if (auto n = gpu_probe(); n) {
+    gpu_summary_ = std::to_string(*n) + " GPU(s)";
+    for (int32_t d = 0; d < *n; ++d) gpu_summary_ += "; " + gpu_mps_description(d);
+    log_message(LogLevel::kInfo, "GPU executor available: " + gpu_summary_);
+  } else {
+    gpu_summary_ = "GPU groups unavailable: " + n.status().message();
+    log_message(LogLevel::kInfo, gpu_summary_);
   }
 
   const std::string& path = opts_.config.socket_path;

@@ -124,6 +124,7 @@ void armed_prepare_environment(int32_t connections) {
 }
 
 struct ArmedExecutor::Impl {
+  const ArmedExecutor* owner = nullptr;  // for aborted()
   GroupSpec spec;
   int32_t device = 0;
   ArmedOptions opt;
@@ -216,7 +217,8 @@ struct ArmedExecutor::Impl {
   Status top_up() {
     EPD_CUDA_RETURN(cudaSetDevice(device));
     for (int32_t s = 0; s < spec.slots; ++s)
-      while (armed[s] - done(s) < static_cast<uint32_t>(2 * opt.depth)) EPD_RETURN_IF_ERROR(arm_one(s));
+      while (!owner->aborted() && armed[s] - done(s) < static_cast<uint32_t>(2 * opt.depth))
+        EPD_RETURN_IF_ERROR(arm_one(s));
     return Status::ok();
   }
 
@@ -307,6 +309,7 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
     return make_status(EPD_ERR_INVALID_ARGUMENT, "armed depth = %d is outside [2, 1024]", options.depth);
   std::unique_ptr<ArmedExecutor> a(new ArmedExecutor());
   a->impl_ = std::make_unique<Impl>();
+  a->impl_->owner = a.get();
   Impl& im = *a->impl_;
   im.spec = spec;
   im.device = device;
@@ -409,10 +412,12 @@ Status ArmedExecutor::start() {
 Status ArmedExecutor::abort(epd_status_t reason, uint32_t deadline_ms) {
   Impl& im = *impl_;
   if (reason == EPD_OK) reason = EPD_ERR_SHUTTING_DOWN;
-  {
-    std::lock_guard<std::mutex> l(im.mu);  // no operation is being armed past this point
-    aborted_.store(true, std::memory_order_release);
-  }
+  // Not under mu: the re-arm thread may hold it while an enqueue blocks behind
+  // an armed wait (seen with cooperative launches, and with every launch under
+  // compute-sanitizer); the abort bits release that wait, top_up() stops at the
+  // flag, and operations armed meanwhile pass their waits at once (the
+  // doorbells keep the abort bits until reset()).
+  aborted_.store(true, std::memory_order_release);
   EPD_CUDA_RETURN(cudaSetDevice(im.device));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(deadline_ms);
   EPD_RETURN_IF_ERROR(im.write_abort(reason));
