@@ -666,6 +666,33 @@ TEST_F(DaemonGpuTest, KilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins
 
 // ---- argument checks on a GPU group ---------------------------------------------------------------
 
+// A GPU group whose last rank never joins: the pending joins time out naming
+// it, the group (armed, never used) is destroyed, epd keeps answering and
+// stops on SIGTERM (TearDown checks exit 0).
+TEST_F(DaemonGpuTest, GroupWhoseJoinTimesOutIsDestroyedAndEpdStaysResponsive) {
+  GroupSpec spec = gpu_spec("never", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, 16, 500, 71);
+  connect_all();
+  std::vector<epd_status_t> rc(kWorld, EPD_OK);
+  std::vector<std::thread> threads;
+  for (int32_t r = 0; r < kWorld - 1; ++r)
+    threads.emplace_back([&, r] {
+      epd_group_spec_t c = spec.to_c();
+      c.rank = r;
+      rc[r] = epd_group_join(clients_[r], &c, &groups_[r]);
+    });
+  for (auto& t : threads) t.join();
+  for (int32_t r = 0; r < kWorld - 1; ++r) {
+    EXPECT_EQ(rc[r], EPD_ERR_TIMEOUT) << "rank " << r;
+    EXPECT_NE(std::string(epd_last_error(clients_[r])).find("rank 7"), std::string::npos) << epd_last_error(clients_[r]);
+  }
+  epd_client_t* probe = connect_or_die(socket());
+  ASSERT_NE(probe, nullptr);
+  epd_client_info_t info{};
+  info.struct_size = sizeof info;
+  EXPECT_EQ(epd_client_query(probe, &info), EPD_OK) << epd_last_error(probe);
+  epd_client_disconnect(probe);
+}
+
 TEST_F(DaemonGpuTest, ArgumentErrorsNameTheValueAndHostCallsAreRefused) {
   GroupSpec spec = make_spec(1, 8, 2, 128, 16, EPD_DTYPE_BF16, EPD_QUANT_NONE, EPD_LAYOUT_RANK_MAJOR,
                              EPD_MODE_LOW_LATENCY, false, 1);
