@@ -151,7 +151,7 @@ Result<std::unique_ptr<ClusterLink>> ClusterLink::create(transport::TransportCon
       line += ": not started yet, pinning not known";
     } else if (th.pinned) {
       line += (c->pinning_.nic.empty() ? std::string() : " near NIC " + c->pinning_.nic) + " pinned to CPUs " +
-              format_cpus(th.affinity) + " (" + th.detail + ")";
+              format_cpu_list(th.affinity) + " (" + th.detail + ")";
     } else {
       line += ": " + th.detail;
     }

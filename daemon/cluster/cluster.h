@@ -32,6 +32,8 @@
 // thread polls and then calls take_events().
 #pragma once
 
+#include "cpu_list.h"  // format_cpu_list
+
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -99,8 +101,6 @@ struct ShipResult {
 // Binds the calling thread to `cpus` (pthread_setaffinity_np) and reads the
 // result back into *affinity. EPD_ERR_SYSTEM naming the CPUs and the error.
 Status pin_current_thread_to(const std::vector<int>& cpus, std::vector<int>* affinity);
-// "0-3,8-11" from {0,1,2,3,8,9,10,11}; "" for none.
-std::string format_cpus(const std::vector<int>& cpus);
 
 // The ranks of `spec` placed on `node`, ascending.
 std::vector<int32_t> ranks_on_node(const GroupSpec& spec, int32_t node);

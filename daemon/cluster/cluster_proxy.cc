@@ -9,29 +9,16 @@
 #include <cstring>
 
 #include "cluster.h"
+#include "cpu_list.h"
 
 namespace epd::cluster {
 
-std::string format_cpus(const std::vector<int>& cpus) {
-  std::vector<int> v = cpus;
-  std::sort(v.begin(), v.end());
-  v.erase(std::unique(v.begin(), v.end()), v.end());
-  std::string out;
-  for (size_t i = 0; i < v.size();) {
-    size_t j = i;
-    while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
-    out += (out.empty() ? "" : ",") + std::to_string(v[i]);
-    if (j > i) out += "-" + std::to_string(v[j]);
-    i = j + 1;
-  }
-  return out;
-}
 
 Status pin_current_thread_to(const std::vector<int>& cpus, std::vector<int>* affinity) {
   if (cpus.empty()) return make_status(EPD_ERR_INVALID_ARGUMENT, "no CPUs to pin to");
   const int max_cpu = *std::max_element(cpus.begin(), cpus.end());
   if (*std::min_element(cpus.begin(), cpus.end()) < 0 || max_cpu >= (1 << 20))
-    return make_status(EPD_ERR_INVALID_ARGUMENT, "CPUs %s are not CPU numbers", format_cpus(cpus).c_str());
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "CPUs %s are not CPU numbers", format_cpu_list(cpus).c_str());
   const int ncpus = std::max(max_cpu + 1, CPU_SETSIZE);
   cpu_set_t* set = CPU_ALLOC(ncpus);
   if (set == nullptr) return errno_status("CPU_ALLOC", errno);
@@ -41,7 +28,7 @@ Status pin_current_thread_to(const std::vector<int>& cpus, std::vector<int>* aff
   int rc = pthread_setaffinity_np(pthread_self(), size, set);
   Status st = Status::ok();
   if (rc != 0) {
-    st = make_status(EPD_ERR_SYSTEM, "pthread_setaffinity_np(CPUs %s): %s", format_cpus(cpus).c_str(),
+    st = make_status(EPD_ERR_SYSTEM, "pthread_setaffinity_np(CPUs %s): %s", format_cpu_list(cpus).c_str(),
                      std::strerror(rc));
   }
   if (affinity != nullptr) {

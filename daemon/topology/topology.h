@@ -34,6 +34,8 @@
 // EPD_HAVE_HWLOC defined (to 1) when they link epd_topology.
 #pragma once
 
+#include "cpu_list.h"  // format_cpu_list
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -197,8 +199,6 @@ class Topology {
 // case). EPD_ERR_INVALID_ARGUMENT naming the input when it is not a bus id.
 Result<std::string> normalize_pci_busid(std::string_view busid);
 
-// "0-3,8-11" from {0,1,2,3,8,9,10,11} (sorted or not); "" for none.
-std::string format_cpu_list(const std::vector<int>& cpus);
 
 // NIC order: names compared with digit runs as numbers ("mlx5_2" < "mlx5_10").
 bool nic_name_less(std::string_view a, std::string_view b);

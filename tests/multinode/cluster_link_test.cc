@@ -376,9 +376,9 @@ TEST_F(ClusterLinkTest, UnusableCpusLeaveThreadsUnpinnedAndWorking) {
 }
 
 TEST(ClusterLinkPin, FormatsCpuLists) {
-  EXPECT_EQ(format_cpus({}), "");
-  EXPECT_EQ(format_cpus({3, 0, 1, 2, 8, 10, 9}), "0-3,8-10");
-  EXPECT_EQ(format_cpus({5}), "5");
+  EXPECT_EQ(format_cpu_list({}), "");
+  EXPECT_EQ(format_cpu_list({3, 0, 1, 2, 8, 10, 9}), "0-3,8-10");
+  EXPECT_EQ(format_cpu_list({5}), "5");
 }
 
 }  // namespace

@@ -12,25 +12,15 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "fixture_util.h"
 #include "topology.h"
 
 namespace epd {
 namespace {
 
-std::string fixture(const char* name) { return std::string(EPD_TOPOLOGY_FIXTURES) + "/" + name; }
-
-Topology load(const char* name) {
-  Result<Topology> r = Topology::load_xml_file(fixture(name));
-  if (!r) ADD_FAILURE() << name << ": " << r.status().to_string();
-  EXPECT_TRUE(r.is_ok());
-  return std::move(r.value());
-}
-
-std::vector<int> range(int lo, int hi) {
-  std::vector<int> v;
-  for (int i = lo; i <= hi; ++i) v.push_back(i);
-  return v;
-}
+using test::fixture;
+using test::load;
+using test::range;
 
 // gpu -> (nic, numa node, cpus), written out from fixtures/README.md.
 using Want = std::map<std::string, std::tuple<std::string, int, std::vector<int>>>;
