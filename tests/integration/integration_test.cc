@@ -306,6 +306,38 @@ TEST_F(IntegrationTest, ClientArgumentErrorsNameTheValue) {
   epd_client_disconnect(a);
 }
 
+// GPU placements the daemon cannot serve are refused at join with a status
+// naming the placement: a group mixing host and GPU ranks, a group over
+// several GPUs, and (on a machine without a usable GPU, like CI) any GPU group,
+// with the reason the daemon found. With a GPU the last case joins.
+TEST_F(IntegrationTest, GpuPlacementsItCannotServeAreRefusedNamingThem) {
+  epd_client_t* a = connect_or_die(socket());
+  epd_client_info_t info{};
+  info.struct_size = sizeof info;
+  ASSERT_EQ(epd_client_query(a, &info), EPD_OK) << epd_last_error(a);
+  const bool gpu = (info.capabilities & EPD_CAP_GPU_EXECUTOR) != 0;
+  auto join_with = [&](const char* name, const std::vector<epd_placement_t>& where, epd_group_t** g) {
+    epd_group_spec_t s = small_spec(name, static_cast<int32_t>(where.size()), 0, 2000);
+    s.placement = where.data();
+    return epd_group_join(a, &s, g);
+  };
+  epd_group_t* g = nullptr;
+  EXPECT_EQ(join_with("mixed", {{0, 0}, {0, EPD_GPU_HOST}}, &g), EPD_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(epd_last_error(a)).find("placement[1].gpu = -1"), std::string::npos) << epd_last_error(a);
+  EXPECT_EQ(join_with("two_gpus", {{0, 0}, {0, 1}}, &g), EPD_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(epd_last_error(a)).find("placement[1].gpu = 1"), std::string::npos) << epd_last_error(a);
+  const epd_status_t rc = join_with("one_gpu", {{0, 0}}, &g);
+  if (gpu) {
+    EXPECT_EQ(rc, EPD_OK) << epd_last_error(a);
+    if (rc == EPD_OK) epd_group_leave(g);
+  } else {
+    EXPECT_EQ(rc, EPD_ERR_GPU_UNAVAILABLE) << epd_last_error(a);
+    EXPECT_NE(std::string(epd_last_error(a)).find("GPU groups are unavailable"), std::string::npos)
+        << epd_last_error(a);
+  }
+  epd_client_disconnect(a);
+}
+
 // The stream calls of GPU groups on a host group: refused, naming the call,
 // never touching CUDA (this runs without a driver).
 TEST_F(IntegrationTest, GpuCallsOnAHostGroupAreUnsupported) {
