@@ -6,7 +6,7 @@
 // per rank, low_latency, rank_major) with 1 and 8 ranks on GPU 0.
 // Usage: epd_overhead_bench [--iters N] [--label TEXT]. Prints one line per
 // measurement (µs per round trip: median, mean, p99). Run it once without and
-// once with an MPS server started before it (tools/gpu/overhead_run does both).
+// once with an MPS server started before it (by hand; tools/gpu/daemon_overhead_run measures the path through epd).
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
