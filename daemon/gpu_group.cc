@@ -25,10 +25,6 @@ std::string gpu_mps_description(int32_t device) {
   return detect_mps(device).description;
 }
 
-bool gpu_mps_active(int32_t device) {
-  if (!gpu_probe()) return false;
-  return detect_mps(device).active;
-}
 
 struct GpuGroup::Impl {
   GroupSpec spec;

@@ -31,10 +31,9 @@ void gpu_prepare_process();
 // are unavailable (EPD_ERR_GPU_UNAVAILABLE / EPD_ERR_UNSUPPORTED without CUDA).
 Result<int32_t> gpu_probe();
 
-// One line per device for the log and status: MPS state of `device`
-// (detect_mps), or why it is unknown.
+// One line for the log and status: MPS state of `device` (detect_mps), or
+// why it is unknown.
 std::string gpu_mps_description(int32_t device);
-bool gpu_mps_active(int32_t device);
 
 // The single device every rank of `spec` is placed on, or a specific error:
 // host groups return -1; mixed host/GPU or several GPUs are refused with

@@ -705,7 +705,8 @@ StatusSnapshot Server::snapshot() const {
       for (int32_t slot = 0; slot < sp.slots; ++slot) ops += g.gpu->completed(slot);
       row.executor += ", " + std::to_string(ops) + " ops since reset";
     }
-    if (g.gpu && !g.gpu->health()) row.executor += " (" + g.gpu->health().message() + ")";
+    if (g.gpu)
+      if (const Status health = g.gpu->health(); !health) row.executor += " (" + health.message() + ")";
     if (g.gpu && g.gpu->aborted()) row.executor += " (aborted: waiting for every rank to join again)";
     for (int32_t r = 0; r < sp.world_size; ++r)
       if (g.lost()[static_cast<size_t>(r)].lost) row.lost.push_back(r);

@@ -96,17 +96,28 @@ class DaemonGpuTest : public DaemonTest {
  protected:
   int deadline_s() const override { return 300; }
 
+  // What a new session learns from the daemon (the probe session is closed
+  // again); a test failure naming the error when it does not answer.
+  epd_client_info_t query_daemon() {
+    epd_client_info_t info{};
+    info.struct_size = sizeof info;
+    epd_client_t* probe = connect_or_die(socket());
+    if (!probe) {
+      ADD_FAILURE() << "no session with epd";
+      return info;
+    }
+    EXPECT_EQ(epd_client_query(probe, &info), EPD_OK) << epd_last_error(probe);
+    epd_client_disconnect(probe);
+    return info;
+  }
+
   void SetUp() override {
     auto count = gpu_device_count();
     if (!count) GTEST_SKIP() << count.status().message();
     DaemonTest::SetUp();
     if (HasFatalFailure()) return;
-    epd_client_t* probe = connect_or_die(socket());
-    ASSERT_NE(probe, nullptr);
-    epd_client_info_t info{};
-    info.struct_size = sizeof info;
-    ASSERT_EQ(epd_client_query(probe, &info), EPD_OK) << epd_last_error(probe);
-    epd_client_disconnect(probe);
+    const epd_client_info_t info = query_daemon();
+    ASSERT_FALSE(HasFailure()) << "epd did not answer a new session";
     if (!(info.capabilities & EPD_CAP_GPU_EXECUTOR))
       GTEST_SKIP() << "the daemon does not advertise EPD_CAP_GPU_EXECUTOR (capabilities 0x" << std::hex
                    << info.capabilities << ")";
@@ -641,13 +652,7 @@ TEST_F(DaemonGpuTest, KilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins
   EXPECT_EQ(epd_dispatch_async(groups_[0], 1, &a, streams_[0]), EPD_ERR_PEER_LOST) << epd_last_error(groups_[0]);
 
   // The daemon is healthy: a new session is answered.
-  epd_client_t* probe = connect_or_die(socket());
-  ASSERT_NE(probe, nullptr);
-  epd_client_info_t info{};
-  info.struct_size = sizeof info;
-  EXPECT_EQ(epd_client_query(probe, &info), EPD_OK) << epd_last_error(probe);
-  EXPECT_EQ(info.daemon_pid, daemon().child().pid());
-  epd_client_disconnect(probe);
+  EXPECT_EQ(query_daemon().daemon_pid, daemon().child().pid());
 
   leave(parent);
   join_all(spec);
@@ -685,12 +690,7 @@ TEST_F(DaemonGpuTest, GroupWhoseJoinTimesOutIsDestroyedAndEpdStaysResponsive) {
     EXPECT_EQ(rc[r], EPD_ERR_TIMEOUT) << "rank " << r;
     EXPECT_NE(std::string(epd_last_error(clients_[r])).find("rank 7"), std::string::npos) << epd_last_error(clients_[r]);
   }
-  epd_client_t* probe = connect_or_die(socket());
-  ASSERT_NE(probe, nullptr);
-  epd_client_info_t info{};
-  info.struct_size = sizeof info;
-  EXPECT_EQ(epd_client_query(probe, &info), EPD_OK) << epd_last_error(probe);
-  epd_client_disconnect(probe);
+  EXPECT_EQ(query_daemon().daemon_pid, daemon().child().pid());
 }
 
 TEST_F(DaemonGpuTest, ArgumentErrorsNameTheValueAndHostCallsAreRefused) {

@@ -122,15 +122,7 @@ int run(const std::string& socket, int iters, const std::string& label) {
   int rc = 0;
   for (int32_t world : {1, 8}) {
     const GroupSpec spec = bench::ll_spec(world, "overhead_w" + std::to_string(world));
-    {  // the in-process baseline
-      bool fault_free = false;
-      auto r = bench::in_process_round_trip(spec, iters, &fault_free);
-      if (!r) {
-        std::printf("in-process: %s\n", r.status().message().c_str());
-        return 1;
-      }
-      bench::print_line(label, world, "in-process launch+sync", *r, iters, fault_free ? "" : " FAULT");
-    }
+    if (!bench::print_in_process_line(label, world, spec, iters)) return 1;  // the in-process baseline
     std::vector<Client> clients;
     std::vector<Group> groups;
     if (!join_all(socket, spec, clients, groups)) return 1;

@@ -108,15 +108,7 @@ int run(int iters, const std::string& label) {
   std::printf("overhead [%s] device %s; %s\n", label.c_str(), prop.name, mps.description.c_str());
   for (int32_t world : {1, 8}) {
     const GroupSpec spec = bench::ll_spec(world);
-    {  // (a) in process
-      bool fault_free = false;
-      auto r = bench::in_process_round_trip(spec, iters, &fault_free);
-      if (!r) {
-        std::printf("in-process: %s\n", r.status().message().c_str());
-        return 1;
-      }
-      bench::print_line(label, world, "in-process launch+sync", *r, iters, fault_free ? "" : " FAULT");
-    }
+    if (!bench::print_in_process_line(label, world, spec, iters)) return 1;  // (a) in process
     auto ws = allocate_gpu_workspaces(spec, 0);
     if (!ws) {
       std::printf("allocate: %s\n", ws.status().message().c_str());

@@ -83,4 +83,15 @@ Result<Stats> in_process_round_trip(const GroupSpec& spec, int iters, bool* faul
   return stats(std::move(us));
 }
 
+bool print_in_process_line(const std::string& label, int32_t world, const GroupSpec& spec, int iters) {
+  bool fault_free = false;
+  auto r = in_process_round_trip(spec, iters, &fault_free);
+  if (!r) {
+    std::printf("in-process: %s\n", r.status().message().c_str());
+    return false;
+  }
+  print_line(label, world, "in-process launch+sync", *r, iters, fault_free ? "" : " FAULT");
+  return true;
+}
+
 }  // namespace epd::bench

@@ -36,5 +36,8 @@ void print_line(const std::string& label, int32_t world, const char* what, const
 // GpuExecutor dispatch + combine + cudaStreamSynchronize, timed after warm-up.
 // *fault_free tells whether the executor's fault words stayed clear.
 Result<Stats> in_process_round_trip(const GroupSpec& spec, int iters, bool* fault_free);
+// Runs in_process_round_trip and prints its line ("... FAULT" when a fault
+// word was set); false after printing the error when it could not run.
+bool print_in_process_line(const std::string& label, int32_t world, const GroupSpec& spec, int iters);
 
 }  // namespace epd::bench
