@@ -85,6 +85,13 @@ class ArmedExecutor {
   // the group, reachable from `device`). Initialises the control blocks.
   static Result<std::unique_ptr<ArmedExecutor>> create(const GroupSpec& spec, std::vector<uint8_t*> rank_bases,
                                                        int32_t device, const ArmedOptions& options = {});
+  // Multi-GPU (GpuExecutor's multi-GPU create): per GPU, one armed stream per
+  // slot waits for that GPU's ranks' doorbells and runs its shard; the
+  // launches' cross-GPU barriers wait for the other GPUs' ranks (each at most
+  // the group's timeout), and each GPU writes its own ranks' completion words.
+  static Result<std::unique_ptr<ArmedExecutor>> create(const GroupSpec& spec, std::vector<uint8_t*> rank_bases,
+                                                       const std::vector<int32_t>& rank_devices,
+                                                       const ArmedOptions& options = {});
 
   // Arms `depth` operations per slot and starts the re-arm thread.
   Status start();

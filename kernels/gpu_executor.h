@@ -2,6 +2,9 @@
 // group whose workspaces one device reaches by load/store (all on that GPU, or
 // on peers with CUDA peer access), plus the cuMem allocator of those workspaces.
 //
+// Multi-GPU groups (one rank per GPU, or contiguous runs of ranks per GPU) run
+// one launch sequence per GPU ("shard"), joined by cross-GPU barriers.
+//
 // CUDA-free on purpose: streams are `void*` (a cudaStream_t, nullptr = the
 // legacy default stream) and device addresses are `uint8_t*`, so the daemon and
 // tests include this with the host compiler. Implemented in kernels/cuda/
@@ -27,6 +30,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "epd/types.h"
@@ -49,8 +53,11 @@ class GpuWorkspace {
   GpuWorkspace(const GpuWorkspace&) = delete;
   GpuWorkspace& operator=(const GpuWorkspace&) = delete;
 
-  // Allocates `bytes` (rounded up to the allocation granularity) on `device`.
-  static Result<std::unique_ptr<GpuWorkspace>> create(uint64_t bytes, int32_t device);
+  // Allocates `bytes` (rounded up to the allocation granularity) on `device`,
+  // mapped read/write for `device` and every GPU in `peers` (which need peer
+  // access to it: enable_peer_access).
+  static Result<std::unique_ptr<GpuWorkspace>> create(uint64_t bytes, int32_t device,
+                                                      const std::vector<int32_t>& peers = {});
 
   uint8_t* device_ptr() const { return ptr_; }
   uint64_t bytes() const { return bytes_; }     // requested bytes
@@ -71,6 +78,27 @@ class GpuWorkspace {
 // One workspace per rank of `spec` (spec order), each workspace_bytes(spec, r) long.
 Result<std::vector<std::unique_ptr<GpuWorkspace>>> allocate_gpu_workspaces(const GroupSpec& spec,
                                                                            int32_t device);
+// Multi-GPU: rank r's workspace on rank_devices[r], mapped for every GPU listed.
+Result<std::vector<std::unique_ptr<GpuWorkspace>>> allocate_gpu_workspaces(
+    const GroupSpec& spec, const std::vector<int32_t>& rank_devices);
+
+// How two GPUs of this node reach each other, from CUDA: whether `from` can
+// load/store `to`'s memory, native atomics over the link (NVLink, or PCIe
+// with atomics), and the driver's relative performance rank (0 = best).
+struct GpuPeerLink {
+  int32_t from = 0, to = 0;
+  bool access = false;
+  bool native_atomics = false;
+  int32_t performance_rank = -1;
+};
+Result<std::vector<GpuPeerLink>> gpu_peer_links();  // every ordered pair of visible GPUs
+
+// Enables CUDA peer access between every pair of `devices` (idempotent), or
+// EPD_ERR_UNSUPPORTED naming the first pair without it.
+Status enable_peer_access(const std::vector<int32_t>& devices);
+
+// PCI bus id of a device ("0000:1b:00.0"), for matching hwloc's topology.
+Result<std::string> gpu_pci_bus_id(int32_t device);
 
 // Launch tuning; a zero field keeps the executor's own choice. For benchmarks.
 struct GpuTuning {
@@ -90,13 +118,59 @@ class GpuExecutor {
   static Result<std::unique_ptr<GpuExecutor>> create(const GroupSpec& spec,
                                                      std::vector<uint8_t*> rank_bases,
                                                      int32_t device, const GpuTuning& tuning = {});
+  // Multi-GPU: rank r's workspace is on rank_devices[r] and mapped for every GPU
+  // of the group; each GPU's ranks are contiguous. One shard per GPU (in rank
+  // order): its launch sequence pushes its ranks' dispatch rows to every rank
+  // and pulls its ranks' combine inputs, over NVLink (peer access is enabled
+  // here). The routing scratch and the barrier counters live on shard 0's GPU
+  // (the home GPU). low_latency runs the high_throughput phases here.
+  static Result<std::unique_ptr<GpuExecutor>> create(const GroupSpec& spec,
+                                                     std::vector<uint8_t*> rank_bases,
+                                                     const std::vector<int32_t>& rank_devices,
+                                                     const GpuTuning& tuning = {});
 
-  // Enqueue on `stream`. Errors returned here are argument or launch errors;
-  // faults in the data come from check_fault().
+  struct Shard {
+    int32_t device = 0;
+    int32_t rank_lo = 0, rank_hi = 0;  // ranks [lo, hi) are on `device`
+  };
+  const std::vector<Shard>& shards() const { return shards_; }
+
+  // One GPU: enqueue on `stream`. Errors returned here are argument or launch
+  // errors; faults in the data come from check_fault(). On a multi-GPU
+  // executor these refuse (EPD_ERR_INVALID_ARGUMENT): use the _shard calls.
   Status dispatch(int32_t slot, void* stream);
   Status combine(int32_t slot, epd_weight_mode_t mode, void* stream);
 
-  // Waits for `stream` (nullptr: the last stream this executor used), then
+  // Multi-GPU (also valid with one shard): enqueue shard's part on `stream`, a
+  // stream of shards()[shard].device. Every shard must enqueue the same
+  // sequence of calls per slot: each call holds cross-GPU barriers matched by
+  // their sequence number (a dispatch: after count, prefix and, unless
+  // end_barrier is false, scatter; a combine: before it, unless start_barrier
+  // is false). A barrier waits at most the group's timeout_ms, then records
+  // EPD_ERR_TIMEOUT in the shard's ranks' fault words.
+  Status dispatch_shard(int32_t slot, int32_t shard, void* stream, bool end_barrier = true);
+  Status combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t mode, void* stream,
+                       bool start_barrier = true);
+  Status barrier_shard(int32_t slot, int32_t shard, void* stream);
+  // For a caller's own kernel that joins the barrier sequence of (slot,
+  // shard): the device counter, the target it must reach, and the shard's
+  // device table of the slot's ranks (gpu::ShardBarrier fields). Advances the
+  // sequence. counter is nullptr on a single-GPU executor.
+  struct BarrierTicket {
+    uint32_t* counter = nullptr;
+    uint32_t target = 0;
+    uint64_t timeout_ns = 0;
+    const void* ranks = nullptr;
+  };
+  BarrierTicket take_barrier(int32_t slot, int32_t shard);
+  // A device word (on the home GPU, or host-mapped) that ends every barrier
+  // wait once nonzero (the armed executor's abort word). nullptr: none.
+  void set_abort_word(const uint32_t* word) { abort_word_ = word; }
+  // Zeroes the barrier counters and sequences; only while no shard has work
+  // queued (after draining every shard's streams).
+  Status reset_barriers();
+
+  // Waits for `stream` (nullptr: the last stream each shard used), then
   // returns the first recorded fault (lowest rank) as a Status naming rank,
   // token, k and value, and clears all fault words. OK when none.
   Status check_fault(void* stream = nullptr);
@@ -113,6 +187,8 @@ class GpuExecutor {
   GpuExecutor() = default;
   GroupSpec spec_;
   GroupLayout layout_;
+  std::vector<Shard> shards_;
+  const uint32_t* abort_word_ = nullptr;
   uint64_t scratch_bytes_ = 0;
   std::unique_ptr<Impl> impl_;
 };

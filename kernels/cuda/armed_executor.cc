@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -76,15 +77,17 @@ class ProgressPool {
     static ProgressPool p;
     return p;
   }
-  Result<int32_t> take(int32_t n) {
+  // A run of n words; the abort words of the run are on `device` (current).
+  Result<int32_t> take(int32_t n, int32_t device) {
     std::lock_guard<std::mutex> l(mu_);
     if (!host_) {
       EPD_CUDA_RETURN(cudaHostAlloc(reinterpret_cast<void**>(&host_), sizeof(gpu::ArmedProgress) * kWords,
                                     cudaHostAllocMapped | cudaHostAllocPortable));
+      // Portable and mapped under unified addressing: one device address for every GPU.
       EPD_CUDA_RETURN(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev_), host_, 0));
-      EPD_CUDA_RETURN(cudaMalloc(reinterpret_cast<void**>(&abort_), sizeof(uint32_t) * kWords));
       used_.assign(kWords, false);
     }
+    if (!abort_[device]) EPD_CUDA_RETURN(cudaMalloc(reinterpret_cast<void**>(&abort_[device]), sizeof(uint32_t) * kWords));
     for (int32_t i = 0; i + n <= kWords; ++i) {
       int32_t j = 0;
       while (j < n && !used_[i + j]) ++j;
@@ -105,13 +108,17 @@ class ProgressPool {
   }
   gpu::ArmedProgress* host(int32_t i) const { return host_ + i; }
   gpu::ArmedProgress* dev(int32_t i) const { return dev_ + i; }
-  uint32_t* abort_word(int32_t i) const { return abort_ + i; }
+  uint32_t* abort_word(int32_t i, int32_t device) {
+    std::lock_guard<std::mutex> l(mu_);
+    return abort_[device] + i;
+  }
 
  private:
   std::mutex mu_;
   gpu::ArmedProgress* host_ = nullptr;
   gpu::ArmedProgress* dev_ = nullptr;
-  uint32_t* abort_ = nullptr;  // device memory, one word per progress word (the first of a run is used)
+  // Per device, device memory, one word per progress word (the first of a run is used).
+  std::map<int32_t, uint32_t*> abort_;
   std::vector<bool> used_;
 };
 
@@ -123,20 +130,40 @@ void armed_prepare_environment(int32_t connections) {
   setenv("CUDA_MODULE_LOADING", "EAGER", 1);            // 1: lazy loading deadlocks armed streams
 }
 
+// One GPU's part: its armed streams (one per slot) and what its kernels use.
+struct ArmedShard {
+  int32_t device = 0;
+  int32_t rank_lo = 0, rank_hi = 0;  // the ranks on this GPU
+  std::vector<cudaStream_t> streams;  // one per slot
+  cudaStream_t abort_stream = nullptr;
+  uint8_t** d_bases = nullptr;  // every rank's base, on this GPU
+  uint32_t* d_saved = nullptr;  // [slots][world]
+  gpu::ArmedProgress* h_progress = nullptr;  // [slots]
+  gpu::ArmedProgress* d_progress = nullptr;
+
+  // Nothing here waits for the device: other groups' waits stay armed.
+  void destroy() {
+    cudaSetDevice(device);
+    for (cudaStream_t s : streams) cudaStreamDestroy(s);
+    if (abort_stream) {
+      for (void* p : {static_cast<void*>(d_bases), static_cast<void*>(d_saved)})
+        if (p) cudaFreeAsync(p, abort_stream);
+      cudaStreamSynchronize(abort_stream);
+      cudaStreamDestroy(abort_stream);
+    }
+  }
+  uint32_t done(int32_t s) const { return *const_cast<const volatile uint32_t*>(&h_progress[s].seq); }
+  int32_t status(int32_t s) const { return *const_cast<const volatile int32_t*>(&h_progress[s].status); }
+};
+
 struct ArmedExecutor::Impl {
   const ArmedExecutor* owner = nullptr;  // for aborted()
   GroupSpec spec;
-  int32_t device = 0;
   ArmedOptions opt;
   std::vector<uint8_t*> bases;
   std::unique_ptr<GpuExecutor> ex;
-  std::vector<cudaStream_t> streams;  // one per slot
-  cudaStream_t abort_stream = nullptr;
-  uint8_t** d_bases = nullptr;
-  uint32_t* d_abort = nullptr;
-  uint32_t* d_saved = nullptr;  // [slots][world]
-  gpu::ArmedProgress* h_progress = nullptr;
-  gpu::ArmedProgress* d_progress = nullptr;
+  std::vector<ArmedShard> shards;  // one per GPU, as ex->shards()
+  uint32_t* d_abort = nullptr;     // on the home GPU (shard 0), read by every GPU's kernels
   int32_t progress_first = -1;
 
   mutable std::mutex mu;  // guards armed, health, stop, and every enqueue on the armed streams
@@ -152,93 +179,121 @@ struct ArmedExecutor::Impl {
   std::vector<uint32_t> partial_done;
   std::chrono::steady_clock::time_point next_watch{};
 
-  // Nothing here waits for the device: other groups' waits stay armed.
   ~Impl() {
-    cudaSetDevice(device);
-    for (cudaStream_t s : streams) cudaStreamDestroy(s);
+    for (auto& sh : shards) sh.destroy();
     ex.reset();
-    if (abort_stream) {
-      for (void* p : {static_cast<void*>(d_bases), static_cast<void*>(d_saved)})
-        if (p) cudaFreeAsync(p, abort_stream);
-      cudaStreamSynchronize(abort_stream);
-      cudaStreamDestroy(abort_stream);
-    }
-    if (progress_first >= 0) ProgressPool::get().give(progress_first, spec.slots);
+    if (progress_first >= 0) ProgressPool::get().give(progress_first, spec.slots * static_cast<int32_t>(shards.size()));
   }
 
+  ArmedShard& home() { return shards[0]; }
+  // Operations of slot s completed on every GPU.
   uint32_t done(int32_t s) const {
-    return *const_cast<const volatile uint32_t*>(&h_progress[s].seq);
+    uint32_t d = shards[0].done(s);
+    for (const auto& sh : shards) d = static_cast<int32_t>(sh.done(s) - d) < 0 ? sh.done(s) : d;
+    return d;
   }
   CUdeviceptr word(int32_t r, int32_t s, size_t field) const {
     return reinterpret_cast<CUdeviceptr>(bases[r] + offsetof(ControlBlock, slot) + sizeof(ControlSlot) * s + field);
   }
-  gpu::ArmedParams params(int32_t s, uint32_t op, uint32_t seq) const {
+  gpu::ArmedParams params(const ArmedShard& sh, int32_t s, uint32_t op, uint32_t seq) const {
     gpu::ArmedParams p;
-    p.bases = d_bases;
+    p.bases = sh.d_bases;
     p.world = spec.world_size;
+    p.rank_lo = sh.rank_lo;
+    p.rank_hi = sh.rank_hi;
     p.slot = s;
     p.op = op;
     p.expert_major = spec.layout == EPD_LAYOUT_EXPERT_MAJOR;
     p.abort_word = d_abort;
-    p.saved_n = d_saved + static_cast<size_t>(s) * spec.world_size;
-    p.progress = d_progress + s;
+    p.saved_n = sh.d_saved + static_cast<size_t>(s) * spec.world_size;
+    p.progress = sh.d_progress + s;
     p.seq = seq;
     return p;
   }
+  gpu::ShardBarrier barrier(int32_t shard, int32_t s) {
+    const GpuExecutor::BarrierTicket t = ex->take_barrier(s, shard);
+    gpu::ShardBarrier b{};
+    b.counter = t.counter;
+    b.abort_word = d_abort;
+    b.target = t.target;
+    b.timeout_ns = t.timeout_ns;
+    b.ranks = static_cast<const gpu::DevRank*>(t.ranks);
+    b.rank_lo = shards[static_cast<size_t>(shard)].rank_lo;
+    b.rank_hi = shards[static_cast<size_t>(shard)].rank_hi;
+    b.slot = s;
+    return b;
+  }
 
-  // Enqueues the next operation of slot s (caller holds mu). Operations are
-  // numbered from 1; odd = dispatch, even = combine.
+  // Enqueues the next operation of slot s on every GPU (caller holds mu).
+  // Operations are numbered from 1; odd = dispatch, even = combine. Each GPU
+  // waits for its own ranks' doorbells; the cross-GPU barriers inside the
+  // launches wait for the others (at most the group's timeout).
   Status arm_one(int32_t s) {
     const uint32_t seq = armed[s] + 1;
     const bool dispatch = seq % 2 == 1;
-    cudaStream_t st = streams[s];
     const MemOps& m = memops();
     const uint32_t ring = dispatch ? kRingDispatch : kRingCombine;
-    for (int32_t r = 0; r < spec.world_size; ++r)
-      EPD_CU_RETURN(m.wait32(reinterpret_cast<CUstream>(st), word(r, s, offsetof(ControlSlot, doorbell)), ring,
-                             CU_STREAM_WAIT_VALUE_AND));
-    gpu::ArmedParams p = params(s, dispatch ? kDoneDispatch : kDoneCombine, seq);
-    if (dispatch) {
-      EPD_RETURN_IF_ERROR(ex->dispatch(s, st));
-    } else if (spec.layout == EPD_LAYOUT_RANK_MAJOR) {
-      EPD_RETURN_IF_ERROR(ex->combine(s, EPD_WEIGHTS_ALREADY_APPLIED, st));  // ones: the same plain sum
-    } else {
-      EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_gate(p, 0, st)));
-      EPD_RETURN_IF_ERROR(ex->combine(s, EPD_WEIGHTS_APPLY, st));
-      EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_gate(p, 1, st)));
-      EPD_RETURN_IF_ERROR(ex->combine(s, EPD_WEIGHTS_ONES, st));
+    for (int32_t i = 0; i < static_cast<int32_t>(shards.size()); ++i) {
+      const ArmedShard& sh = shards[static_cast<size_t>(i)];
+      cudaStream_t st = sh.streams[s];
+      EPD_CUDA_RETURN(cudaSetDevice(sh.device));
+      for (int32_t r = sh.rank_lo; r < sh.rank_hi; ++r)
+        EPD_CU_RETURN(m.wait32(reinterpret_cast<CUstream>(st), word(r, s, offsetof(ControlSlot, doorbell)), ring,
+                               CU_STREAM_WAIT_VALUE_AND));
+      gpu::ArmedParams p = params(sh, s, dispatch ? kDoneDispatch : kDoneCombine, seq);
+      if (dispatch) {
+        EPD_RETURN_IF_ERROR(ex->dispatch_shard(s, i, st, /*end_barrier=*/false));  // the completion has one
+      } else if (spec.layout == EPD_LAYOUT_RANK_MAJOR) {
+        EPD_RETURN_IF_ERROR(ex->combine_shard(s, i, EPD_WEIGHTS_ALREADY_APPLIED, st));  // ones: the same plain sum
+      } else {
+        EPD_RETURN_IF_ERROR(ex->barrier_shard(s, i, st));  // every rank's weight mode is in place
+        EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_gate(p, 0, st)));
+        EPD_RETURN_IF_ERROR(ex->combine_shard(s, i, EPD_WEIGHTS_APPLY, st, false));
+        EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_gate(p, 1, st)));
+        EPD_RETURN_IF_ERROR(ex->combine_shard(s, i, EPD_WEIGHTS_ONES, st, false));
+      }
+      p.before_read = barrier(i, s);
+      p.before_write = barrier(i, s);
+      EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_complete(p, st)));
     }
-    EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_complete(p, st)));
     armed[s] = seq;
     return Status::ok();
   }
 
   // Keeps 2 * depth operations armed per slot (caller holds mu).
   Status top_up() {
-    EPD_CUDA_RETURN(cudaSetDevice(device));
     for (int32_t s = 0; s < spec.slots; ++s)
       while (!owner->aborted() && armed[s] - done(s) < static_cast<uint32_t>(2 * opt.depth))
         EPD_RETURN_IF_ERROR(arm_one(s));
     return Status::ok();
   }
 
+  bool any_status(int32_t status) const {
+    for (const auto& sh : shards)
+      for (int32_t s = 0; s < spec.slots; ++s)
+        if (sh.status(s) == status) return true;
+    return false;
+  }
+
   // A rank that stays behind: when some ranks have rung a slot's next
   // operation and others have not for longer than the group's timeout, the
   // armed waits would hold the ringing ranks' streams for ever. Reads the
-  // doorbells (a few words, on the abort stream) every timeout/4, within
-  // [5, 250] ms; returns EPD_ERR_TIMEOUT naming the late ranks (caller holds mu).
+  // doorbells (a few words, on the home GPU's abort stream) every timeout/4,
+  // within [5, 250] ms; returns EPD_ERR_TIMEOUT naming the late ranks (caller holds mu).
   Status watch_late() {
     const auto now = std::chrono::steady_clock::now();
     if (now < next_watch) return Status::ok();
     next_watch = now + std::chrono::milliseconds(std::clamp<uint32_t>(spec.timeout_ms / 4, 5, 250));
     const int32_t W = spec.world_size;
     std::vector<uint32_t> bells(static_cast<size_t>(W) * spec.slots);
+    cudaStream_t st = home().abort_stream;
+    EPD_CUDA_RETURN(cudaSetDevice(home().device));
     for (int32_t s = 0; s < spec.slots; ++s)
       for (int32_t r = 0; r < W; ++r)
         EPD_CUDA_RETURN(cudaMemcpyAsync(&bells[static_cast<size_t>(s) * W + r],
                                         reinterpret_cast<const void*>(word(r, s, offsetof(ControlSlot, doorbell))),
-                                        sizeof(uint32_t), cudaMemcpyDeviceToHost, abort_stream));
-    EPD_CUDA_RETURN(cudaStreamSynchronize(abort_stream));
+                                        sizeof(uint32_t), cudaMemcpyDeviceToHost, st));
+    EPD_CUDA_RETURN(cudaStreamSynchronize(st));
     for (int32_t s = 0; s < spec.slots; ++s) {
       const uint32_t d = done(s);
       const uint32_t want = (d + 1) % 2 == 1 ? kRingDispatch : kRingCombine;  // the next operation's ring
@@ -264,31 +319,46 @@ struct ArmedExecutor::Impl {
   // After a drained abort: both done bits, the reason and the abort bit in
   // every rank's completion words, so a wait a worker enqueues later (for
   // either operation, a graph replay included) passes at once instead of
-  // blocking its stream until reset().
+  // blocking its stream until reset(). Each GPU writes its own ranks' words.
   Status seal(epd_status_t reason) {
     const MemOps& m = memops();
-    const auto st = reinterpret_cast<CUstream>(abort_stream);
     const uint32_t w = completion_word(kDoneDispatch | kDoneCombine, reason, true);
-    for (int32_t s = 0; s < spec.slots; ++s)
-      for (int32_t r = 0; r < spec.world_size; ++r)
-        EPD_CU_RETURN(m.write32(st, word(r, s, offsetof(ControlSlot, completion)), w, 0));
-    EPD_CUDA_RETURN(cudaStreamSynchronize(abort_stream));
+    for (const auto& sh : shards) {
+      EPD_CUDA_RETURN(cudaSetDevice(sh.device));
+      const auto st = reinterpret_cast<CUstream>(sh.abort_stream);
+      for (int32_t s = 0; s < spec.slots; ++s)
+        for (int32_t r = sh.rank_lo; r < sh.rank_hi; ++r)
+          EPD_CU_RETURN(m.write32(st, word(r, s, offsetof(ControlSlot, completion)), w, 0));
+    }
+    for (const auto& sh : shards) EPD_CUDA_RETURN(cudaStreamSynchronize(sh.abort_stream));
     return Status::ok();
   }
 
   bool drained() const {
-    for (int32_t s = 0; s < spec.slots; ++s)
-      if (done(s) != armed[s]) return false;
+    for (const auto& sh : shards)
+      for (int32_t s = 0; s < spec.slots; ++s)
+        if (sh.done(s) != armed[s]) return false;
+    return true;
+  }
+
+  bool abort_streams_idle() const {
+    for (const auto& sh : shards)
+      if (cudaStreamQuery(sh.abort_stream) != cudaSuccess) return false;
     return true;
   }
 
   Status write_abort(epd_status_t reason) {
     const MemOps& m = memops();
-    const auto st = reinterpret_cast<CUstream>(abort_stream);
-    EPD_CU_RETURN(m.write32(st, reinterpret_cast<CUdeviceptr>(d_abort), static_cast<uint32_t>(-reason), 0));
-    for (int32_t s = 0; s < spec.slots; ++s)
-      for (int32_t r = 0; r < spec.world_size; ++r)
-        EPD_CU_RETURN(m.write32(st, word(r, s, offsetof(ControlSlot, doorbell)), kAbortRing, 0));
+    EPD_CUDA_RETURN(cudaSetDevice(home().device));
+    EPD_CU_RETURN(m.write32(reinterpret_cast<CUstream>(home().abort_stream), reinterpret_cast<CUdeviceptr>(d_abort),
+                            static_cast<uint32_t>(-reason), 0));
+    for (const auto& sh : shards) {
+      EPD_CUDA_RETURN(cudaSetDevice(sh.device));
+      const auto st = reinterpret_cast<CUstream>(sh.abort_stream);
+      for (int32_t s = 0; s < spec.slots; ++s)
+        for (int32_t r = sh.rank_lo; r < sh.rank_hi; ++r)
+          EPD_CU_RETURN(m.write32(st, word(r, s, offsetof(ControlSlot, doorbell)), kAbortRing, 0));
+    }
     return Status::ok();
   }
 };
@@ -297,6 +367,12 @@ ArmedExecutor::ArmedExecutor() = default;
 
 Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& spec, std::vector<uint8_t*> rank_bases,
                                                              int32_t device, const ArmedOptions& options) {
+  return create(spec, std::move(rank_bases), std::vector<int32_t>(std::max(spec.world_size, 0), device), options);
+}
+
+Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& spec, std::vector<uint8_t*> rank_bases,
+                                                             const std::vector<int32_t>& rank_devices,
+                                                             const ArmedOptions& options) {
   EPD_RETURN_IF_ERROR(memops().status);
   CUmoduleLoadingMode loading = CU_MODULE_LAZY_LOADING;
   EPD_CU_RETURN(memops().loading_mode(&loading));
@@ -312,41 +388,50 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
   a->impl_->owner = a.get();
   Impl& im = *a->impl_;
   im.spec = spec;
-  im.device = device;
   im.opt = options;
   im.bases = rank_bases;
   GroupSpec exec_spec = spec;
   if (!options.allow_cooperative) exec_spec.mode = EPD_MODE_HIGH_THROUGHPUT;  // see ArmedOptions
-  auto ex = GpuExecutor::create(exec_spec, std::move(rank_bases), device);
+  auto ex = GpuExecutor::create(exec_spec, std::move(rank_bases), rank_devices);
   if (!ex) return ex.status();
   im.ex = std::move(ex.value());
-  EPD_CUDA_RETURN(cudaSetDevice(device));
   const int32_t W = spec.world_size, S = spec.slots;
-  for (int32_t s = 0; s < S; ++s) {
-    cudaStream_t st = nullptr;
-    EPD_CUDA_RETURN(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    im.streams.push_back(st);
-  }
-  // The abort stream gets the highest priority: it must run while armed streams block.
-  int lo = 0, hi = 0;
-  EPD_CUDA_RETURN(cudaDeviceGetStreamPriorityRange(&lo, &hi));
-  EPD_CUDA_RETURN(cudaStreamCreateWithPriority(&im.abort_stream, cudaStreamNonBlocking, hi));
-  cudaStream_t st = im.abort_stream;
-  EPD_CUDA_RETURN(cudaMallocAsync(reinterpret_cast<void**>(&im.d_bases), sizeof(uint8_t*) * W, st));
-  EPD_CUDA_RETURN(cudaMemcpyAsync(im.d_bases, im.bases.data(), sizeof(uint8_t*) * W, cudaMemcpyHostToDevice, st));
-  EPD_CUDA_RETURN(cudaMallocAsync(reinterpret_cast<void**>(&im.d_saved), sizeof(uint32_t) * W * S, st));
-  EPD_CUDA_RETURN(cudaMemsetAsync(im.d_saved, 0, sizeof(uint32_t) * W * S, st));
-  auto first = ProgressPool::get().take(S);
+  const int32_t n_shards = static_cast<int32_t>(im.ex->shards().size());
+  auto first = ProgressPool::get().take(S * n_shards, im.ex->shards()[0].device);
   if (!first) return first.status();
   im.progress_first = *first;
-  im.h_progress = ProgressPool::get().host(*first);
-  im.d_progress = ProgressPool::get().dev(*first);
-  im.d_abort = ProgressPool::get().abort_word(*first);
-  EPD_CUDA_RETURN(cudaMemsetAsync(im.d_abort, 0, sizeof(uint32_t), st));
+  im.d_abort = ProgressPool::get().abort_word(*first, im.ex->shards()[0].device);
+  im.ex->set_abort_word(im.d_abort);
+  for (int32_t i = 0; i < n_shards; ++i) {
+    const GpuExecutor::Shard& gs = im.ex->shards()[static_cast<size_t>(i)];
+    im.shards.emplace_back();
+    ArmedShard& sh = im.shards.back();
+    sh.device = gs.device;
+    sh.rank_lo = gs.rank_lo;
+    sh.rank_hi = gs.rank_hi;
+    sh.h_progress = ProgressPool::get().host(*first + i * S);
+    sh.d_progress = ProgressPool::get().dev(*first + i * S);
+    EPD_CUDA_RETURN(cudaSetDevice(sh.device));
+    for (int32_t s = 0; s < S; ++s) {
+      cudaStream_t st = nullptr;
+      EPD_CUDA_RETURN(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+      sh.streams.push_back(st);
+    }
+    // The abort stream gets the highest priority: it must run while armed streams block.
+    int lo = 0, hi = 0;
+    EPD_CUDA_RETURN(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+    EPD_CUDA_RETURN(cudaStreamCreateWithPriority(&sh.abort_stream, cudaStreamNonBlocking, hi));
+    cudaStream_t st = sh.abort_stream;
+    EPD_CUDA_RETURN(cudaMallocAsync(reinterpret_cast<void**>(&sh.d_bases), sizeof(uint8_t*) * W, st));
+    EPD_CUDA_RETURN(cudaMemcpyAsync(sh.d_bases, im.bases.data(), sizeof(uint8_t*) * W, cudaMemcpyHostToDevice, st));
+    EPD_CUDA_RETURN(cudaMallocAsync(reinterpret_cast<void**>(&sh.d_saved), sizeof(uint32_t) * W * S, st));
+    EPD_CUDA_RETURN(cudaMemsetAsync(sh.d_saved, 0, sizeof(uint32_t) * W * S, st));
+    if (i == 0) EPD_CUDA_RETURN(cudaMemsetAsync(im.d_abort, 0, sizeof(uint32_t), st));
+  }
   im.armed.assign(static_cast<size_t>(S), 0);
   im.partial_since.assign(static_cast<size_t>(S), {});
   im.partial_done.assign(static_cast<size_t>(S), 0);
-  EPD_CUDA_RETURN(cudaStreamSynchronize(st));  // never cudaDeviceSynchronize: see ~Impl
+  for (auto& sh : im.shards) EPD_CUDA_RETURN(cudaStreamSynchronize(sh.abort_stream));  // never cudaDeviceSynchronize: see ArmedShard
   return a;
 }
 
@@ -391,8 +476,7 @@ Status ArmedExecutor::start() {
       if (!aborted() && m.health_status) {
         Status s = m.top_up();
         if (!s) m.health_status = s;
-        for (int32_t sl = 0; sl < m.spec.slots; ++sl)
-          timed_out |= *const_cast<const volatile int32_t*>(&m.h_progress[sl].status) == EPD_ERR_TIMEOUT;
+        timed_out = m.any_status(EPD_ERR_TIMEOUT);
         late = m.watch_late();
       }
       if (timed_out || !late) {  // a kernel passed its deadline (its barrier state needs a host reset), or a rank is late
@@ -418,7 +502,6 @@ Status ArmedExecutor::abort(epd_status_t reason, uint32_t deadline_ms) {
   // flag, and operations armed meanwhile pass their waits at once (the
   // doorbells keep the abort bits until reset()).
   aborted_.store(true, std::memory_order_release);
-  EPD_CUDA_RETURN(cudaSetDevice(im.device));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(deadline_ms);
   EPD_RETURN_IF_ERROR(im.write_abort(reason));
   auto rewrite_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
@@ -429,7 +512,7 @@ Status ArmedExecutor::abort(epd_status_t reason, uint32_t deadline_ms) {
     }
     if (std::chrono::steady_clock::now() > deadline) break;
     // A live client of another rank may have rung over the abort bits: write them again (each ms).
-    if (std::chrono::steady_clock::now() > rewrite_at && cudaStreamQuery(im.abort_stream) == cudaSuccess) {
+    if (std::chrono::steady_clock::now() > rewrite_at && im.abort_streams_idle()) {
       EPD_RETURN_IF_ERROR(im.write_abort(reason));
       rewrite_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
     }
@@ -448,16 +531,25 @@ Status ArmedExecutor::reset() {
   std::lock_guard<std::mutex> l(im.mu);
   if (!aborted()) return make_status(EPD_ERR_INVALID_ARGUMENT, "reset() needs a drained abort() first");
   if (!im.drained()) return make_status(EPD_ERR_SLOT_BUSY, "reset(): armed operations are still pending");
-  EPD_CUDA_RETURN(cudaSetDevice(im.device));
-  for (cudaStream_t s : im.streams) EPD_CUDA_RETURN(cudaStreamSynchronize(s));
-  (void)im.ex->check_fault(im.abort_stream);  // clears fault words and the kernels' barrier state
-  EPD_CUDA_RETURN(cudaMemsetAsync(im.d_abort, 0, sizeof(uint32_t), im.abort_stream));
-  for (int32_t r = 0; r < im.spec.world_size; ++r)
-    for (int32_t s = 0; s < im.spec.slots; ++s)
-      EPD_CUDA_RETURN(cudaMemsetAsync(reinterpret_cast<void*>(im.word(r, s, 0)), 0, 2 * sizeof(uint32_t),
-                                      im.abort_stream));  // doorbell, completion
-  EPD_CUDA_RETURN(cudaStreamSynchronize(im.abort_stream));
-  std::memset(im.h_progress, 0, sizeof(gpu::ArmedProgress) * im.spec.slots);
+  for (const auto& sh : im.shards) {
+    EPD_CUDA_RETURN(cudaSetDevice(sh.device));
+    for (cudaStream_t s : sh.streams) EPD_CUDA_RETURN(cudaStreamSynchronize(s));
+  }
+  EPD_CUDA_RETURN(cudaSetDevice(im.home().device));
+  (void)im.ex->check_fault(im.home().abort_stream);  // clears fault words and the kernels' barrier state
+  EPD_RETURN_IF_ERROR(im.ex->reset_barriers());
+  for (const auto& sh : im.shards) {
+    EPD_CUDA_RETURN(cudaSetDevice(sh.device));
+    if (&sh == &im.shards[0]) EPD_CUDA_RETURN(cudaMemsetAsync(im.d_abort, 0, sizeof(uint32_t), sh.abort_stream));
+    for (int32_t r = sh.rank_lo; r < sh.rank_hi; ++r)
+      for (int32_t s = 0; s < im.spec.slots; ++s)
+        EPD_CUDA_RETURN(cudaMemsetAsync(reinterpret_cast<void*>(im.word(r, s, 0)), 0, 2 * sizeof(uint32_t),
+                                        sh.abort_stream));  // doorbell, completion
+  }
+  for (const auto& sh : im.shards) {
+    EPD_CUDA_RETURN(cudaStreamSynchronize(sh.abort_stream));
+    std::memset(sh.h_progress, 0, sizeof(gpu::ArmedProgress) * im.spec.slots);
+  }
   for (auto& a : im.armed) a = 0;
   for (auto& p : im.partial_since) p = {};
   im.health_status = Status::ok();
@@ -480,8 +572,10 @@ std::string ArmedExecutor::describe() const {
   const Impl& im = *impl_;
   const char* conn = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
   char b[160];
-  std::snprintf(b, sizeof b, "armed: GPU %d, %d ranks, %d slots, depth %d, CUDA_DEVICE_MAX_CONNECTIONS=%s; ",
-                im.device, im.spec.world_size, im.spec.slots, im.opt.depth, conn ? conn : "unset (8)");
+  std::string gpus;
+  for (const auto& sh : im.shards) gpus += (gpus.empty() ? "" : ",") + std::to_string(sh.device);
+  std::snprintf(b, sizeof b, "armed: GPU %s, %d ranks, %d slots, depth %d, CUDA_DEVICE_MAX_CONNECTIONS=%s; ",
+                gpus.c_str(), im.spec.world_size, im.spec.slots, im.opt.depth, conn ? conn : "unset (8)");
   return b + im.ex->describe_launch();
 }
 

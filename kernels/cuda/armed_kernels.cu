@@ -4,6 +4,7 @@
 
 #include "armed_kernels.h"
 #include "control_block.h"
+#include "device_util.cuh"
 
 namespace epd::gpu {
 namespace {
@@ -13,7 +14,7 @@ constexpr int kArmedThreads = 256;
 __device__ ControlBlock* ctl(const ArmedParams& p, int r) { return reinterpret_cast<ControlBlock*>(p.bases[r]); }
 
 template <typename T>
-__device__ T load_volatile(const T* p) {
+__device__ T load_vol(const T* p) {
   return *const_cast<const volatile T*>(p);
 }
 template <typename T>
@@ -32,12 +33,12 @@ __device__ int32_t fault_to_status(uint32_t fault) {
 }
 
 __global__ void __launch_bounds__(kArmedThreads) armed_gate(ArmedParams p, int phase) {
-  const uint32_t mode = load_volatile(&ctl(p, 0)->slot[p.slot].weight_mode);
+  const uint32_t mode = load_vol(&ctl(p, 0)->slot[p.slot].weight_mode);
   const bool apply = mode == EPD_WEIGHTS_APPLY;
-  for (int r = threadIdx.x; r < p.world; r += blockDim.x) {
+  for (int r = p.rank_lo + threadIdx.x; r < p.rank_hi; r += blockDim.x) {
     uint32_t* n = &ctl(p, r)->slot[p.slot].n_captured;
     if (phase == 0) {
-      p.saved_n[r] = load_volatile(n);
+      p.saved_n[r] = load_vol(n);
       if (!apply) store_volatile(n, 0u);
     } else {
       store_volatile(n, apply ? 0u : p.saved_n[r]);
@@ -52,23 +53,25 @@ __global__ void __launch_bounds__(kArmedThreads) armed_complete(ArmedParams p) {
   if (threadIdx.x == 0) {
     first_fault = p.world;
     bad_mode = 0;
+    if (p.before_read.counter) shard_barrier_arrive_wait(p.before_read);
   }
   __syncthreads();
   const bool combine = p.op == kDoneCombine;
-  const uint32_t mode0 = load_volatile(&ctl(p, 0)->slot[p.slot].weight_mode);
+  const uint32_t mode0 = load_vol(&ctl(p, 0)->slot[p.slot].weight_mode);
   for (int r = threadIdx.x; r < p.world; r += blockDim.x) {
     ControlBlock* cb = ctl(p, r);
-    if (combine && p.expert_major) store_volatile(&cb->slot[p.slot].n_captured, p.saved_n[r]);
-    if (load_volatile(&cb->fault) != kFaultNone) atomicMin(&first_fault, r);
+    if (combine && p.expert_major && r >= p.rank_lo && r < p.rank_hi)
+      store_volatile(&cb->slot[p.slot].n_captured, p.saved_n[r]);
+    if (load_vol(&cb->fault) != kFaultNone) atomicMin(&first_fault, r);
     if (combine) {
-      const uint32_t m = load_volatile(&cb->slot[p.slot].weight_mode);
+      const uint32_t m = load_vol(&cb->slot[p.slot].weight_mode);
       const bool valid = m == EPD_WEIGHTS_ALREADY_APPLIED || m == EPD_WEIGHTS_ONES ||
                          (m == EPD_WEIGHTS_APPLY && p.expert_major);
       if (!valid || m != mode0) bad_mode = 1;
     }
   }
   __syncthreads();
-  const uint32_t abort_code = load_volatile(p.abort_word);
+  const uint32_t abort_code = load_vol(p.abort_word);
   int32_t status = EPD_OK;
   uint32_t fault = kFaultNone;
   int32_t f_rank = -1, f_token = -1, f_k = -1;
@@ -77,21 +80,23 @@ __global__ void __launch_bounds__(kArmedThreads) armed_complete(ArmedParams p) {
     status = -static_cast<int32_t>(abort_code);
   } else if (first_fault < p.world) {
     const ControlBlock* cb = ctl(p, first_fault);
-    fault = load_volatile(&cb->fault);
-    f_rank = load_volatile(&cb->fault_rank);
-    f_token = load_volatile(&cb->fault_token);
-    f_k = load_volatile(&cb->fault_k);
-    f_value = load_volatile(&cb->fault_value);
+    fault = load_vol(&cb->fault);
+    f_rank = load_vol(&cb->fault_rank);
+    f_token = load_vol(&cb->fault_token);
+    f_k = load_vol(&cb->fault_k);
+    f_value = load_vol(&cb->fault_value);
     status = fault_to_status(fault);
   } else if (bad_mode) {
     status = EPD_ERR_BAD_WEIGHT_MODE;
   }
   __syncthreads();  // every thread has read the fault words before any is cleared
+  if (threadIdx.x == 0 && p.before_write.counter) shard_barrier_arrive_wait(p.before_write);  // ... on every GPU
+  __syncthreads();
   const uint32_t word = p.op | (static_cast<uint32_t>(-status) & 0xffffu) << 8 | (abort_code ? kArmedAbortBit : 0u);
-  for (int r = threadIdx.x; r < p.world; r += blockDim.x) {
+  for (int r = p.rank_lo + threadIdx.x; r < p.rank_hi; r += blockDim.x) {
     ControlBlock* cb = ctl(p, r);
     ControlSlot* s = &cb->slot[p.slot];
-    if (abort_code == 0 && load_volatile(&cb->fault) != kFaultNone && load_volatile(&cb->fault) != kFaultTimeout)
+    if (abort_code == 0 && load_vol(&cb->fault) != kFaultNone && load_vol(&cb->fault) != kFaultTimeout)
       store_volatile(&cb->fault, static_cast<uint32_t>(kFaultNone));
     store_volatile(&s->last_fault, fault);
     store_volatile(&s->last_fault_rank, f_rank);

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "device_params.h"
+
 namespace epd::gpu {
 
 // Host-mapped, one per slot: what the re-arm thread reads to see progress.
@@ -27,6 +29,10 @@ struct ArmedParams {
   uint32_t* saved_n = nullptr;       // [world] device scratch of this slot (gate)
   ArmedProgress* progress = nullptr; // device view of this slot's host-mapped progress
   uint32_t seq = 0;                  // this operation's sequence number + 1
+  int32_t rank_lo = 0, rank_hi = 0;  // the ranks on this GPU: the gate and the writes cover only these
+  // Multi-GPU (null counters on one GPU): every GPU's operation is done before
+  // the fault words are read, and every GPU has read them before any is cleared.
+  ShardBarrier before_read{}, before_write{};
 };
 
 // expert_major combine runs the combine kernel twice, with and without the

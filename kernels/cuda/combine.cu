@@ -9,6 +9,8 @@
 // then one RNE conversion to the activation dtype. Route entries live in
 // worker-mapped memory, so each is bound-checked: a bad one is skipped and
 // raises kFaultBadRoute instead of reading out of bounds. No spin-waits.
+// On a multi-GPU group each GPU combines its own ranks' tokens
+// (CombineParams::rank_lo/hi), pulling expert outputs from peers over NVLink.
 #include <cuda_runtime.h>
 
 #include "device_util.cuh"
@@ -82,10 +84,10 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Sources* src = &sources[warp];
   const int nvec = static_cast<int>(p.in_row_bytes / sizeof(V));
-  const int units = p.world * p.max_tokens * p.parts;
+  const int units = (p.rank_hi - p.rank_lo) * p.max_tokens * p.parts;
   for (int u = blockIdx.x * kWarps + warp; u < units; u += gridDim.x * kWarps) {
     const int part = u % p.parts, token_slot = u / p.parts;
-    const int s = token_slot / p.max_tokens, t = token_slot % p.max_tokens;
+    const int s = p.rank_lo + token_slot / p.max_tokens, t = token_slot % p.max_tokens;
     const DevRank& me = p.ranks[s];
     // One read, broadcast: the word is in worker-mapped memory and every lane must agree.
     const int n = __shfl_sync(0xffffffffu, min(static_cast<int>(load_volatile(&control(me)->slot[p.slot].n_captured)), p.max_tokens), 0);

@@ -57,6 +57,11 @@ struct DispatchParams {
   int32_t parts;                   // warps per token in scatter (each a slice of the row)
   uint64_t in_row_bytes, recv_row_bytes;
   uint64_t timeout_ns;             // deadline of every spin-wait
+  // The ranks this launch serves (a multi-GPU group runs one launch sequence
+  // per GPU): sources of count and scatter, destinations of prefix, padding,
+  // counts and totals. [0, world) on one GPU. The leader (one launch sequence
+  // per group) turns the fault key into a fault word.
+  int32_t rank_lo, rank_hi, leader;
 };
 
 struct CombineParams {
@@ -64,6 +69,22 @@ struct CombineParams {
   int32_t world, top_k, hidden, max_tokens, rank_major, dtype, apply, slot;
   int32_t parts;                   // warps per token (each a slice of the row)
   uint64_t in_row_bytes;
+  int32_t rank_lo, rank_hi;        // ranks whose tokens this launch combines ([0, world) on one GPU)
+};
+
+// Cross-GPU barrier of a multi-GPU group: every GPU's launch sequence adds 1 to
+// `counter` (one word per slot, on the group's home GPU) and waits until it
+// reaches `target` (compared modulo 2^32), `abort_word` turns nonzero, or
+// `timeout_ns` passes (then kFaultTimeout goes into ranks [rank_lo, rank_hi)'s
+// control blocks). Every GPU enqueues the same sequence of barriers per slot,
+// so the n-th barrier's target is n * GPUs.
+struct ShardBarrier {
+  uint32_t* counter;
+  const uint32_t* abort_word;      // may be nullptr
+  uint32_t target;
+  uint64_t timeout_ns;
+  const DevRank* ranks;            // this GPU's table for the slot
+  int32_t rank_lo, rank_hi, slot;
 };
 
 // Launchers (dispatch.cu, combine.cu). `stream` is a cudaStream_t. They return
@@ -75,8 +96,12 @@ struct LaunchShape {
   int32_t low_latency;                                  // 1: one fused cooperative launch
 };
 
-int launch_dispatch(const DispatchParams& p, const LaunchShape& shape, void* stream);
+// barriers: nullptr on one GPU; else three (after count, prefix, scatter; a
+// null counter in the third skips it) and always the high_throughput phases.
+int launch_dispatch(const DispatchParams& p, const LaunchShape& shape, void* stream,
+                    const ShardBarrier* barriers = nullptr);
 int launch_combine(const CombineParams& p, const LaunchShape& shape, void* stream);
+int launch_shard_barrier(const ShardBarrier& b, void* stream);
 // Shared memory the dispatch kernels need per block (for the caller's checks).
 uint64_t dispatch_smem_bytes(const DispatchParams& p);
 int prepare_dispatch_kernels(const DispatchParams& p);  // raises smem limits; cudaError_t

@@ -93,6 +93,30 @@ __device__ inline bool grid_barrier(uint32_t* bar, uint64_t deadline, const Disp
   return ok != 0;
 }
 
+// One thread's half of a cross-GPU barrier (ShardBarrier, device_params.h):
+// arrives (always, so the counter stays in step even when this thread gives
+// up), then waits for the other GPUs. Returns false on timeout, after
+// recording kFaultTimeout in the served ranks' control blocks; true when every
+// GPU arrived or the abort word is set (the stream then drains on stale data).
+__device__ inline bool shard_barrier_arrive_wait(const ShardBarrier& b) {
+  __threadfence_system();  // this GPU's earlier writes (peer stores included) before the arrival
+  atomicAdd_system(b.counter, 1u);
+  const uint64_t deadline = global_timer_ns() + b.timeout_ns;
+  for (uint32_t i = 0;; ++i) {
+    uint32_t now;
+    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(now) : "l"(b.counter) : "memory");
+    if (static_cast<int32_t>(now - b.target) >= 0) break;
+    if (b.abort_word && load_volatile(b.abort_word) != 0u) break;
+    if ((i & 63u) == 63u && global_timer_ns() > deadline) {
+      for (int32_t r = b.rank_lo; r < b.rank_hi; ++r)
+        raise_fault(control(b.ranks[r]), kFaultTimeout, r, -1, -1, static_cast<int64_t>(b.timeout_ns), b.slot, 1);
+      return false;
+    }
+  }
+  __threadfence_system();
+  return true;
+}
+
 // ---- element conversions (exact widening; RNE narrowing like numeric.h) ------
 
 struct Bf16 {

@@ -16,8 +16,12 @@
 // high_throughput runs the phases as three launches with large grids;
 // low_latency runs them in one cooperative launch separated by a grid barrier
 // whose spin-wait ends at a %globaltimer deadline. Either way a single launch
-// sequence covers every rank of the group, so ranks sharing a GPU never wait on
-// each other across launches. A fault (bad id, duplicate id, count above
+// sequence covers every rank on this GPU, so ranks sharing a GPU never wait on
+// each other across launches. A group over several GPUs runs one launch
+// sequence per GPU, each serving its own ranks (DispatchParams::rank_lo/hi:
+// count and scatter push its sources' rows over NVLink, prefix scans its
+// destinations), with cross-GPU barriers (ShardBarrier) between the phases;
+// the routing scratch lives on the group's home GPU. A fault (bad id, duplicate id, count above
 // capacity) found by `count` makes `scatter` write nothing.
 #include <cuda_runtime.h>
 
@@ -49,8 +53,8 @@ __device__ void count_phase(const DispatchParams& p, uint8_t* smem) {
   uint32_t* bm = reinterpret_cast<uint32_t*>(smem) + warp * p.dests;
   for (int d = lane; d < p.dests; d += 32) bm[d] = 0;
   __syncwarp();
-  const int units = p.world * p.chunks;
-  for (int u = blockIdx.x * kWarps + warp; u < units; u += gridDim.x * kWarps) {
+  const int units = p.rank_hi * p.chunks;
+  for (int u = p.rank_lo * p.chunks + blockIdx.x * kWarps + warp; u < units; u += gridDim.x * kWarps) {
     const int s = u / p.chunks, c = u % p.chunks;
     const DevRank& src = p.ranks[s];
     const uint32_t raw = load_volatile(src.send_hdr);
@@ -131,12 +135,22 @@ __device__ void finalize_fault(const DispatchParams& p) {
   }
 }
 
+// The rank that receives destination d's rows.
+__device__ __forceinline__ int32_t dest_rank(const DispatchParams& p, int d) {
+  return d < p.experts ? __ldg(p.owner + d) : d - p.experts;
+}
+
+__device__ __forceinline__ bool served(const DispatchParams& p, int32_t rank) {
+  return rank >= p.rank_lo && rank < p.rank_hi;
+}
+
 __device__ void prefix_phase(const DispatchParams& p, uint8_t* smem) {
-  if (blockIdx.x == 0 && threadIdx.x == 0) finalize_fault(p);
+  if (p.leader && blockIdx.x == 0 && threadIdx.x == 0) finalize_fault(p);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int32_t* warp_sums = reinterpret_cast<int32_t*>(smem);
   const int len = p.world * p.chunks;
   for (int d = blockIdx.x; d < p.dests; d += gridDim.x) {
+    if (!served(p, dest_rank(p, d))) continue;
     int32_t carry = 0;
     for (int base = 0; base < len; base += kThreads) {
       const int i = base + threadIdx.x;
@@ -262,10 +276,10 @@ __device__ void scatter_phase(const DispatchParams& p, uint8_t* smem) {
   const int64_t WM = static_cast<int64_t>(p.world) * p.max_tokens;
   const int K = p.top_k;
   const PayloadKind kind = payload_kind(p);
-  const int units = p.world * p.max_tokens * p.parts;
+  const int units = (p.rank_hi - p.rank_lo) * p.max_tokens * p.parts;
   for (int u = blockIdx.x * kWarps + warp; u < units; u += gridDim.x * kWarps) {
     const int part = u % p.parts, token_slot = u / p.parts;
-    const int s = token_slot / p.max_tokens, t = token_slot % p.max_tokens;
+    const int s = p.rank_lo + token_slot / p.max_tokens, t = token_slot % p.max_tokens;
     const DevRank& src = p.ranks[s];
     // One read, broadcast: the word is in worker-mapped memory and every lane must agree.
     const int n = __shfl_sync(kFull, min(static_cast<int>(load_volatile(&control(src)->slot[p.slot].n_captured)), p.max_tokens), 0);
@@ -355,6 +369,7 @@ __device__ void scatter_phase(const DispatchParams& p, uint8_t* smem) {
   for (int64_t u = tid; u < groups * WM; u += nthreads) {
     const int g = static_cast<int>(u / WM);
     const int64_t i = u % WM;
+    if (!served(p, p.rank_major ? g : p.owner[g])) continue;
     if (i < p.scratch.totals[p.rank_major ? p.experts + g : g]) continue;
     const DevRank& dst = p.ranks[p.rank_major ? g : p.owner[g]];
     const int64_t row = p.rank_major ? i : p.local_index[g] * WM + i;
@@ -366,8 +381,8 @@ __device__ void scatter_phase(const DispatchParams& p, uint8_t* smem) {
     dst.recv_src[row * 2 + 1] = -1;
   }
   for (int64_t e = tid; e < p.experts; e += nthreads)
-    p.ranks[p.owner[e]].recv_counts[p.local_index[e]] = p.scratch.totals[e];
-  for (int64_t r = tid; r < p.world; r += nthreads) {
+    if (served(p, p.owner[e])) p.ranks[p.owner[e]].recv_counts[p.local_index[e]] = p.scratch.totals[e];
+  for (int64_t r = p.rank_lo + tid; r < p.rank_hi; r += nthreads) {
     int32_t total = 0;
     if (p.rank_major) {
       total = p.scratch.totals[p.experts + r];
@@ -405,10 +420,19 @@ __global__ void __launch_bounds__(kThreads) dispatch_fused(DispatchParams p) {
   scatter_phase(p, smem);
 }
 
+__global__ void __launch_bounds__(32) shard_barrier_kernel(ShardBarrier b) {
+  if (threadIdx.x == 0) shard_barrier_arrive_wait(b);
+}
+
 uint64_t count_smem(const DispatchParams& p) { return static_cast<uint64_t>(kWarps) * p.dests * 4; }
 uint64_t scatter_smem() { return static_cast<uint64_t>(kWarps) * sizeof(TokenMeta); }
 
 }  // namespace
+
+int launch_shard_barrier(const ShardBarrier& b, void* stream) {
+  shard_barrier_kernel<<<1, 32, 0, static_cast<cudaStream_t>(stream)>>>(b);
+  return static_cast<int>(cudaGetLastError());
+}
 
 uint64_t dispatch_smem_bytes(const DispatchParams& p) {
   const uint64_t a = count_smem(p), b = scatter_smem();
@@ -430,8 +454,18 @@ int fused_blocks_per_sm(const DispatchParams& p, int* blocks) {
       blocks, dispatch_fused, kThreads, dispatch_smem_bytes(p)));
 }
 
-int launch_dispatch(const DispatchParams& p, const LaunchShape& shape, void* stream) {
+int launch_dispatch(const DispatchParams& p, const LaunchShape& shape, void* stream, const ShardBarrier* barriers) {
   auto st = static_cast<cudaStream_t>(stream);
+  if (barriers) {  // multi-GPU: the phases separated by cross-GPU barriers
+    dispatch_count<<<shape.count_blocks, kThreads, count_smem(p), st>>>(p);
+    if (int e = launch_shard_barrier(barriers[0], st)) return e;
+    dispatch_prefix<<<shape.prefix_blocks, kThreads, kWarps * sizeof(int32_t), st>>>(p);
+    if (int e = launch_shard_barrier(barriers[1], st)) return e;
+    dispatch_scatter<<<shape.scatter_blocks, kThreads, scatter_smem(), st>>>(p);
+    if (barriers[2].counter)
+      if (int e = launch_shard_barrier(barriers[2], st)) return e;
+    return static_cast<int>(cudaGetLastError());
+  }
   if (shape.low_latency) {
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];

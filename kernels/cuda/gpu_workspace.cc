@@ -6,7 +6,9 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <mutex>
+#include <vector>
 
 #include "cuda_status.h"
 #include "gpu_executor.h"
@@ -86,7 +88,8 @@ GpuWorkspace::~GpuWorkspace() {
   d.mem_release(handle_);
 }
 
-Result<std::unique_ptr<GpuWorkspace>> GpuWorkspace::create(uint64_t bytes, int32_t device) {
+Result<std::unique_ptr<GpuWorkspace>> GpuWorkspace::create(uint64_t bytes, int32_t device,
+                                                           const std::vector<int32_t>& peers) {
   const Driver& d = driver();
   if (!d.status) return d.status;
   EPD_CUDA_RETURN(cudaSetDevice(device));
@@ -112,10 +115,16 @@ Result<std::unique_ptr<GpuWorkspace>> GpuWorkspace::create(uint64_t bytes, int32
   }
   w->ptr_ = reinterpret_cast<uint8_t*>(va);
   w->handle_ = h;
-  CUmemAccessDesc access = {};
-  access.location = prop.location;
-  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-  EPD_CU_RETURN(d, d.set_access(va, w->mapped_, &access, 1));  // w's destructor unmaps on error
+  std::vector<CUmemAccessDesc> access(1);
+  access[0].location = prop.location;
+  access[0].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  for (int32_t p : peers) {
+    if (p == device) continue;
+    CUmemAccessDesc a = access[0];
+    a.location.id = p;
+    access.push_back(a);
+  }
+  EPD_CU_RETURN(d, d.set_access(va, w->mapped_, access.data(), access.size()));  // w's destructor unmaps on error
   return w;
 }
 
@@ -132,6 +141,23 @@ Result<std::vector<std::unique_ptr<GpuWorkspace>>> allocate_gpu_workspaces(const
   std::vector<std::unique_ptr<GpuWorkspace>> out;
   for (int32_t r = 0; r < spec.world_size; ++r) {
     auto w = GpuWorkspace::create(workspace_bytes(spec, r), device);
+    if (!w) return w.status();
+    out.push_back(std::move(w.value()));
+  }
+  return out;
+}
+
+Result<std::vector<std::unique_ptr<GpuWorkspace>>> allocate_gpu_workspaces(
+    const GroupSpec& spec, const std::vector<int32_t>& rank_devices) {
+  if (static_cast<int32_t>(rank_devices.size()) != spec.world_size)
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "rank_devices has %zu entries, world_size is %d",
+                       rank_devices.size(), spec.world_size);
+  std::vector<int32_t> gpus = rank_devices;
+  std::sort(gpus.begin(), gpus.end());
+  gpus.erase(std::unique(gpus.begin(), gpus.end()), gpus.end());
+  std::vector<std::unique_ptr<GpuWorkspace>> out;
+  for (int32_t r = 0; r < spec.world_size; ++r) {
+    auto w = GpuWorkspace::create(workspace_bytes(spec, r), rank_devices[static_cast<size_t>(r)], gpus);
     if (!w) return w.status();
     out.push_back(std::move(w.value()));
   }
