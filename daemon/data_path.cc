@@ -84,9 +84,9 @@ void Server::on_ring(Member& m, int32_t slot, Op op, uint32_t seq, uint32_t mode
   if (shutting_down_) return refuse(make_status(EPD_ERR_SHUTTING_DOWN, "epd is shutting down"));
   if (g.gpu)
     return refuse(make_status(EPD_ERR_UNSUPPORTED,
-                              "group '%s' runs on GPU %d: ring it with epd_dispatch_async / epd_combine_async, not "
+                              "group '%s' runs on %s: ring it with epd_dispatch_async / epd_combine_async, not "
                               "the host doorbells",
-                              g.spec().name.c_str(), g.gpu->device()));
+                              g.spec().name.c_str(), g.gpu->gpus().c_str()));
   if (g.closed)
     return refuse(make_status(EPD_ERR_GROUP_CLOSED, "group '%s' generation %llu was replaced by a newer generation",
                               g.spec().name.c_str(), static_cast<unsigned long long>(g.spec().generation)));

@@ -1,6 +1,7 @@
 // gpu_group.cc — GpuGroup over epd_cuda (gpu_group.h).
 #include "gpu_group.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 #include <vector>
@@ -41,33 +42,51 @@ GpuGroup::~GpuGroup() {
   impl_->armed.reset();  // leaks its own streams and scratch when undrained
   if (!drained) {
     log_message(LogLevel::kError, LogContext{impl_->spec.name, -1, 0, -1},
-                "GPU group destroyed with operations still armed; leaking its workspaces on GPU " +
-                    std::to_string(device_));
+                "GPU group destroyed with operations still armed; leaking its workspaces on " + gpus());
     for (auto& w : impl_->ws) (void)w.release();
   }
 }
 
-Result<std::unique_ptr<GpuGroup>> GpuGroup::create(const GroupSpec& spec, int32_t device) {
+Result<std::unique_ptr<GpuGroup>> GpuGroup::create(const GroupSpec& spec) {
+  auto devices = gpu_devices_of(spec);
+  if (!devices) return devices.status();
+  if (devices->empty())
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "group '%s' places no rank on a GPU", spec.name.c_str());
   auto n = gpu_probe();
   if (!n) return make_status(n.status().code(), "group '%s' places ranks on GPU %d, but GPU groups are unavailable: %s",
-                             spec.name.c_str(), device, n.status().message().c_str());
-  if (device >= *n)
-    return make_status(EPD_ERR_INVALID_ARGUMENT, "group '%s': placement gpu = %d, but this node has %d GPU(s)",
-                       spec.name.c_str(), device, *n);
+                             spec.name.c_str(), devices->front(), n.status().message().c_str());
+  for (size_t r = 0; r < devices->size(); ++r)
+    if ((*devices)[r] >= *n)
+      return make_status(EPD_ERR_INVALID_ARGUMENT, "group '%s': placement[%zu].gpu = %d, but this node has %d GPU(s)",
+                         spec.name.c_str(), r, (*devices)[r], *n);
   std::unique_ptr<GpuGroup> g(new GpuGroup());
-  g->device_ = device;
+  g->devices_ = *devices;
   g->impl_ = std::make_unique<Impl>();
   g->impl_->spec = spec;
-  auto ws = allocate_gpu_workspaces(spec, device);
+  std::vector<int32_t> gpus = *devices;
+  std::sort(gpus.begin(), gpus.end());
+  gpus.erase(std::unique(gpus.begin(), gpus.end()), gpus.end());
+  if (gpus.size() > 1) EPD_RETURN_IF_ERROR(enable_peer_access(gpus));  // before mapping peers' workspaces
+  auto ws = allocate_gpu_workspaces(spec, *devices);
   if (!ws) return ws.status();
   g->impl_->ws = std::move(ws.value());
   std::vector<uint8_t*> bases;
   for (auto& w : g->impl_->ws) bases.push_back(w->device_ptr());
-  auto armed = ArmedExecutor::create(spec, std::move(bases), device);
+  auto armed = ArmedExecutor::create(spec, std::move(bases), *devices);
   if (!armed) return armed.status();
   g->impl_->armed = std::move(armed.value());
   EPD_RETURN_IF_ERROR(g->impl_->armed->start());
   return g;
+}
+
+int32_t GpuGroup::device(int32_t rank) const { return devices_[static_cast<size_t>(rank)]; }
+
+std::string GpuGroup::gpus() const {
+  std::vector<int32_t> u = devices_;
+  u.erase(std::unique(u.begin(), u.end()), u.end());  // contiguous per GPU
+  std::string out = u.size() > 1 ? "GPUs " : "GPU ";
+  for (size_t i = 0; i < u.size(); ++i) out += (i ? "," : "") + std::to_string(u[i]);
+  return out;
 }
 
 uint64_t GpuGroup::mapped_bytes(int32_t rank) const { return impl_->ws[static_cast<size_t>(rank)]->mapped_bytes(); }

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "spec.h"
 #include "status.h"
@@ -35,10 +36,32 @@ Result<int32_t> gpu_probe();
 // why it is unknown.
 std::string gpu_mps_description(int32_t device);
 
-// The single device every rank of `spec` is placed on, or a specific error:
-// host groups return -1; mixed host/GPU or several GPUs are refused with
-// EPD_ERR_UNSUPPORTED naming the placement entries.
-Result<int32_t> gpu_device_of(const GroupSpec& spec);
+// The GPU of every rank of `spec` (rank order), or an empty vector for a host
+// group. Refused with EPD_ERR_UNSUPPORTED naming the placement entries: a mix
+// of host and GPU ranks, and a GPU whose ranks are not contiguous (each GPU
+// runs one launch sequence over a run of ranks).
+Result<std::vector<int32_t>> gpu_devices_of(const GroupSpec& spec);
+
+// CUDA's view of how this node's GPUs reach each other, for `epctl topology`
+// (rendered beside hwloc's PCIe view) and the group-creation log: every
+// visible device's PCI bus id, and per ordered pair whether peer access is
+// possible, with native atomics, and the driver's performance rank.
+struct GpuPeerView {
+  struct Device {
+    int32_t index = 0;
+    std::string pci_busid;  // as CUDA reports it, e.g. "0000:18:00.0"
+  };
+  struct Link {
+    int32_t from = 0, to = 0;
+    bool access = false;
+    bool native_atomics = false;
+    int32_t performance_rank = -1;
+  };
+  std::vector<Device> devices;
+  std::vector<Link> links;  // every ordered pair (from != to)
+};
+// Probed once and cached; an error (no driver, built without CUDA) says why.
+Result<GpuPeerView> gpu_peer_view();
 
 class GpuGroup {
  public:
@@ -46,11 +69,13 @@ class GpuGroup {
   GpuGroup(const GpuGroup&) = delete;
   GpuGroup& operator=(const GpuGroup&) = delete;
 
-  // Allocates every rank's workspace on `device`, initialises the control
-  // blocks and arms the streams.
-  static Result<std::unique_ptr<GpuGroup>> create(const GroupSpec& spec, int32_t device);
+  // Allocates every rank's workspace on its GPU (gpu_devices_of), mapped for
+  // every GPU of the group (peer access enabled between them), initialises the
+  // control blocks and arms the streams.
+  static Result<std::unique_ptr<GpuGroup>> create(const GroupSpec& spec);
 
-  int32_t device() const { return device_; }
+  int32_t device(int32_t rank) const;
+  std::string gpus() const;  // "GPU 0" or "GPUs 0,1,2,3"
   uint64_t mapped_bytes(int32_t rank) const;
   uint64_t total_bytes() const;  // sum of mapped bytes over ranks
   // A new fd for rank's workspace (the caller sends and closes it).
@@ -69,7 +94,7 @@ class GpuGroup {
  private:
   struct Impl;
   GpuGroup();
-  int32_t device_ = -1;
+  std::vector<int32_t> devices_;  // per rank
   std::unique_ptr<Impl> impl_;
 };
 

@@ -17,10 +17,12 @@ std::string gpu_mps_description(int32_t) { return "MPS unknown: " + no_cuda().me
 struct GpuGroup::Impl {};
 GpuGroup::GpuGroup() = default;
 GpuGroup::~GpuGroup() = default;
-Result<std::unique_ptr<GpuGroup>> GpuGroup::create(const GroupSpec& spec, int32_t device) {
-  return make_status(EPD_ERR_GPU_UNAVAILABLE, "group '%s' places ranks on GPU %d: %s", spec.name.c_str(), device,
-                     no_cuda().message().c_str());
+Result<std::unique_ptr<GpuGroup>> GpuGroup::create(const GroupSpec& spec) {
+  return make_status(EPD_ERR_GPU_UNAVAILABLE, "group '%s' places ranks on GPU %d: %s", spec.name.c_str(),
+                     spec.placement.empty() ? -1 : spec.placement[0].gpu, no_cuda().message().c_str());
 }
+int32_t GpuGroup::device(int32_t) const { return -1; }
+std::string GpuGroup::gpus() const { return "none"; }
 uint64_t GpuGroup::mapped_bytes(int32_t) const { return 0; }
 uint64_t GpuGroup::total_bytes() const { return 0; }
 Result<int> GpuGroup::export_fd(int32_t) const { return no_cuda(); }

@@ -1,31 +1,32 @@
-// gpu_placement.cc — gpu_device_of (gpu_group.h): which single GPU a group's
-// ranks are placed on. Built with or without CUDA.
+// gpu_placement.cc — gpu_devices_of (gpu_group.h): which GPU each rank of a
+// group is placed on. Built with or without CUDA.
 #include <string>
 
 #include "gpu_group.h"
 
 namespace epd {
 
-Result<int32_t> gpu_device_of(const GroupSpec& spec) {
-  int32_t device = EPD_GPU_HOST;
+Result<std::vector<int32_t>> gpu_devices_of(const GroupSpec& spec) {
+  std::vector<int32_t> out;
   for (int32_t r = 0; r < spec.world_size; ++r) {
     const epd_placement_t& p = spec.placement[static_cast<size_t>(r)];
-    if (r == 0) {
-      device = p.gpu;
-      continue;
-    }
-    if (p.gpu == device) continue;
-    if (p.gpu == EPD_GPU_HOST || device == EPD_GPU_HOST)
+    const int32_t first = spec.placement[0].gpu;
+    if ((p.gpu == EPD_GPU_HOST) != (first == EPD_GPU_HOST))
       return make_status(EPD_ERR_UNSUPPORTED,
                          "group '%s': placement[0].gpu = %d but placement[%d].gpu = %d: a group runs entirely on the "
                          "host executor or entirely on GPUs",
-                         spec.name.c_str(), device, r, p.gpu);
-    return make_status(EPD_ERR_UNSUPPORTED,
-                       "group '%s': placement[0].gpu = %d but placement[%d].gpu = %d: a GPU group runs on one GPU "
-                       "per node in this version (ranks across several GPUs are not implemented)",
-                       spec.name.c_str(), device, r, p.gpu);
+                         spec.name.c_str(), first, r, p.gpu);
+    if (p.gpu == EPD_GPU_HOST) continue;
+    if (r > 0 && p.gpu != out.back())
+      for (int32_t q = 0; q < r; ++q)
+        if (out[static_cast<size_t>(q)] == p.gpu)
+          return make_status(EPD_ERR_UNSUPPORTED,
+                             "group '%s': placement[%d].gpu = %d, but placement[%d].gpu = %d too and placement[%d].gpu "
+                             "= %d: each GPU's ranks must be contiguous",
+                             spec.name.c_str(), r, p.gpu, q, p.gpu, r - 1, out.back());
+    out.push_back(p.gpu);
   }
-  return device;
+  return out;
 }
 
 }  // namespace epd

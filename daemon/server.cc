@@ -500,9 +500,9 @@ void Server::on_join(Session& s, const proto::Frame& f) {
   if (Status st = spec.validate(); !st) return fail(st);
   if (shutting_down_) return fail(make_status(EPD_ERR_SHUTTING_DOWN, "epd is shutting down"));
   if (Status st = check_placement(spec); !st) return fail(st);
-  auto device = gpu_device_of(spec);
-  if (!device) return fail(device.status());
-  if (*device != EPD_GPU_HOST)
+  auto devices = gpu_devices_of(spec);
+  if (!devices) return fail(devices.status());
+  if (!devices->empty())
     for (int32_t r = 0; r < spec.world_size; ++r)
       if (spec.placement[static_cast<size_t>(r)].node != static_cast<int32_t>(opts_.config.node_id))
         return fail(make_status(EPD_ERR_UNSUPPORTED,
@@ -577,16 +577,17 @@ Result<Group*> Server::create_group(const GroupSpec& spec) {
   if (!g) return g.status();
   g.value()->created_ns = shm::monotonic_ns();
   Group* raw = g.value().get();
-  if (const int32_t device = spec.placement[0].gpu; device != EPD_GPU_HOST) {
-    auto gpu = GpuGroup::create(spec, device);
+  if (spec.placement[0].gpu != EPD_GPU_HOST) {
+    auto gpu = GpuGroup::create(spec);
     if (!gpu) {
       log_message(LogLevel::kWarn, LogContext{spec.name, -1, 0, -1}, "GPU group refused: " + gpu.status().message());
       return gpu.status();
     }
     raw->gpu = std::move(gpu.value());
     log_message(LogLevel::kInfo, LogContext{spec.name, -1, 0, -1},
-                "GPU group on GPU " + std::to_string(device) + ", " + std::to_string(raw->gpu->total_bytes()) +
-                    " bytes of GPU workspace; " + raw->gpu->describe() + "; " + gpu_mps_description(device));
+                "GPU group on " + raw->gpu->gpus() + ", " + std::to_string(raw->gpu->total_bytes()) +
+                    " bytes of GPU workspace; " + raw->gpu->describe() + "; " +
+                    gpu_mps_description(spec.placement[0].gpu));
   }
   if (Status st = attach_cluster(*raw); !st) return st;
   groups_.emplace(spec.name, std::move(g.value()));
@@ -623,7 +624,7 @@ void Server::complete_join(Member& m) {
   r.group_id = g.id();
   r.generation = g.spec().generation;
   if (g.gpu) {
-    r.gpu_device = g.gpu->device();
+    r.gpu_device = g.gpu->device(m.rank);
     r.gpu_mapped_bytes = g.gpu->mapped_bytes(m.rank);
     if (m.session) send(*m.session, proto::encode(r, m.join_request), {gpu_fd});
     else close(gpu_fd);
@@ -699,7 +700,7 @@ StatusSnapshot Server::snapshot() const {
     row.slots = sp.slots;
     row.timeout_ms = sp.timeout_ms;
     row.workspace_bytes = g.gpu ? g.gpu->total_bytes() : g.workspace().size();
-    row.executor = g.gpu ? "gpu " + std::to_string(g.gpu->device()) : "host";
+    row.executor = g.gpu ? g.gpu->gpus() : "host";
     if (g.gpu) {
       uint64_t ops = 0;
       for (int32_t slot = 0; slot < sp.slots; ++slot) ops += g.gpu->completed(slot);

@@ -307,8 +307,8 @@ TEST_F(IntegrationTest, ClientArgumentErrorsNameTheValue) {
 }
 
 // GPU placements the daemon cannot serve are refused at join with a status
-// naming the placement: a group mixing host and GPU ranks, a group over
-// several GPUs, and (on a machine without a usable GPU, like CI) any GPU group,
+// naming the placement: a group mixing host and GPU ranks, a GPU whose ranks
+// are not contiguous, and (on a machine without a usable GPU, like CI) any GPU group,
 // with the reason the daemon found. With a GPU the last case joins.
 TEST_F(IntegrationTest, GpuPlacementsItCannotServeAreRefusedNamingThem) {
   epd_client_t* a = connect_or_die(socket());
@@ -324,8 +324,9 @@ TEST_F(IntegrationTest, GpuPlacementsItCannotServeAreRefusedNamingThem) {
   epd_group_t* g = nullptr;
   EXPECT_EQ(join_with("mixed", {{0, 0}, {0, EPD_GPU_HOST}}, &g), EPD_ERR_UNSUPPORTED);
   EXPECT_NE(std::string(epd_last_error(a)).find("placement[1].gpu = -1"), std::string::npos) << epd_last_error(a);
-  EXPECT_EQ(join_with("two_gpus", {{0, 0}, {0, 1}}, &g), EPD_ERR_UNSUPPORTED);
-  EXPECT_NE(std::string(epd_last_error(a)).find("placement[1].gpu = 1"), std::string::npos) << epd_last_error(a);
+  EXPECT_EQ(join_with("interleaved", {{0, 0}, {0, 1}, {0, 0}}, &g), EPD_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(epd_last_error(a)).find("placement[2].gpu = 0"), std::string::npos) << epd_last_error(a);
+  EXPECT_NE(std::string(epd_last_error(a)).find("contiguous"), std::string::npos) << epd_last_error(a);
   const epd_status_t rc = join_with("one_gpu", {{0, 0}}, &g);
   if (gpu) {
     EXPECT_EQ(rc, EPD_OK) << epd_last_error(a);
