@@ -78,7 +78,7 @@ Status attach_gpu_workspace(epd_group_impl& g, const proto::JoinReply& jr, int f
                        static_cast<unsigned long long>(l.bytes));
   auto m = GpuWorkspaceMapping::import(**drv, fd, jr.gpu_mapped_bytes, jr.gpu_device);
   if (!m) return m.status();
-  g.gpu_ops = std::make_unique<GpuRankOps>(**drv, g.spec, g.spec.rank, (*m)->base());
+  g.gpu_ops = std::make_unique<GpuRankOps>(**drv, g.spec, g.spec.rank, (*m)->base(), jr.gpu_device);
   g.gpu_map = std::move(m.value());
   g.gpu_device = jr.gpu_device;
   return Status::ok();

@@ -98,4 +98,12 @@ Status GpuDriver::ensure_context(int32_t device) const {
   return Status::ok();
 }
 
+Result<CUcontext> GpuDriver::primary_context(int32_t device) const {
+  CUdevice dev = 0;
+  EPD_CU_CALL(*this, device_get(&dev, device));
+  CUcontext ctx = nullptr;
+  EPD_CU_CALL(*this, primary_ctx_retain(&ctx, dev));  // released at exit with the process
+  return ctx;
+}
+
 }  // namespace epd::cu

@@ -83,6 +83,8 @@ struct GpuDriver {
   // Makes `device`'s primary context current on this thread unless a context
   // already is (a worker's framework has usually done it).
   Status ensure_context(int32_t device) const;
+  // The primary context of `device` (retained for the life of the process).
+  Result<CUcontext> primary_context(int32_t device) const;
 };
 
 }  // namespace epd::cu

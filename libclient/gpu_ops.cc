@@ -45,8 +45,9 @@ Result<std::unique_ptr<GpuWorkspaceMapping>> GpuWorkspaceMapping::import(const c
   return m;
 }
 
-GpuRankOps::GpuRankOps(const cu::GpuDriver& drv, const GroupSpec& spec, int32_t rank, uint8_t* base)
-    : drv_(drv), spec_(spec), rank_(rank), base_(base), layout_(compute_rank_layout(spec, rank)),
+GpuRankOps::GpuRankOps(const cu::GpuDriver& drv, const GroupSpec& spec, int32_t rank, uint8_t* base,
+                       int32_t device)
+    : drv_(drv), spec_(spec), rank_(rank), base_(base), device_(device), layout_(compute_rank_layout(spec, rank)),
       phase_(static_cast<size_t>(spec.slots), Phase::kIdle) {}
 
 GpuRankOps::~GpuRankOps() {
@@ -144,10 +145,27 @@ Status GpuRankOps::combine_wait(int32_t slot, void* stream) {
 }
 
 Status GpuRankOps::read_control(void* dst, uint64_t offset, size_t bytes) const {
-  if (!query_stream_) EPD_CU_CALL(drv_, drv_.stream_create(&query_stream_, cu::CU_STREAM_NON_BLOCKING));
-  EPD_CU_CALL(drv_, drv_.memcpy_dtoh_async(dst, dptr(base_ + offset), bytes, query_stream_));
-  EPD_CU_CALL(drv_, drv_.stream_synchronize(query_stream_));
-  return Status::ok();
+  cu::CUcontext caller = nullptr;
+  EPD_CU_CALL(drv_, drv_.ctx_get_current(&caller));
+  if (!query_ctx_) {
+    if (device_ >= 0) {
+      auto ctx = drv_.primary_context(device_);
+      if (!ctx) return ctx.status();
+      query_ctx_ = *ctx;
+    } else {
+      query_ctx_ = caller;
+    }
+  }
+  if (query_ctx_ != caller) EPD_CU_CALL(drv_, drv_.ctx_set_current(query_ctx_));
+  auto read = [&]() -> Status {
+    if (!query_stream_) EPD_CU_CALL(drv_, drv_.stream_create(&query_stream_, cu::CU_STREAM_NON_BLOCKING));
+    EPD_CU_CALL(drv_, drv_.memcpy_dtoh_async(dst, dptr(base_ + offset), bytes, query_stream_));
+    EPD_CU_CALL(drv_, drv_.stream_synchronize(query_stream_));
+    return Status::ok();
+  };
+  const Status st = read();
+  if (query_ctx_ != caller) drv_.ctx_set_current(caller);  // the caller's context, whatever happened
+  return st;
 }
 
 Result<uint32_t> GpuRankOps::fault_word() const {

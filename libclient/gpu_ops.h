@@ -69,7 +69,10 @@ class GpuRankOps {
  public:
   // `base` is rank `rank`'s workspace in this process (imported mapping, or the
   // daemon's own address in an in-process test). spec must be valid.
-  GpuRankOps(const cu::GpuDriver& drv, const GroupSpec& spec, int32_t rank, uint8_t* base);
+  // device: the GPU the workspace lives on; the host-side reads (status) run
+  // in its primary context, so a process holding ranks of several GPUs reads
+  // each workspace through the device it is mapped for. -1: the current context.
+  GpuRankOps(const cu::GpuDriver& drv, const GroupSpec& spec, int32_t rank, uint8_t* base, int32_t device = -1);
   ~GpuRankOps();
   GpuRankOps(const GpuRankOps&) = delete;
   GpuRankOps& operator=(const GpuRankOps&) = delete;
@@ -110,9 +113,11 @@ class GpuRankOps {
   GroupSpec spec_;
   int32_t rank_;
   uint8_t* base_;
+  int32_t device_;
   RankLayout layout_;
   std::vector<Phase> phase_;
-  mutable cu::CUstream query_stream_ = nullptr;
+  mutable cu::CUstream query_stream_ = nullptr;  // in device_'s primary context
+  mutable cu::CUcontext query_ctx_ = nullptr;
 };
 
 }  // namespace epd

@@ -87,7 +87,10 @@ class ProgressPool {
       EPD_CUDA_RETURN(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev_), host_, 0));
       used_.assign(kWords, false);
     }
-    if (!abort_[device]) EPD_CUDA_RETURN(cudaMalloc(reinterpret_cast<void**>(&abort_[device]), sizeof(uint32_t) * kWords));
+    if (!abort_[device]) {
+      EPD_CUDA_RETURN(cudaSetDevice(device));
+      EPD_CUDA_RETURN(cudaMalloc(reinterpret_cast<void**>(&abort_[device]), sizeof(uint32_t) * kWords));
+    }
     for (int32_t i = 0; i + n <= kWords; ++i) {
       int32_t j = 0;
       while (j < n && !used_[i + j]) ++j;

@@ -1,5 +1,8 @@
 // daemon_gpu_test.cc — GPU groups through the real epd and libepd-client: 8
-// ranks on GPU 0 held by this process (8 sessions, one CUDA stream each)
+// ranks spread over this node's GPUs (all visible ones up to 8, contiguous
+// runs: 8 on one GPU, 4 per GPU on two, one per GPU on eight; EPD_TEST_GPUS=N
+// uses only the first N) held by this process (8 sessions, one CUDA stream each
+// on its rank's GPU)
 // against HostExecutor run in process on the same inputs (both layouts, bf16
 // and fp8 dispatch, every valid weight mode, skewed / masked / one-expert
 // routing, 0 tokens, full capacity, in-place and copied inputs and outputs,
@@ -45,6 +48,19 @@ constexpr int32_t kWorld = 8;
 constexpr int kDeadlineMs = 20000;
 constexpr const char* kWorkerEnv = "EPD_DAEMON_GPU_WORKER";
 
+// GPUs the ranks spread over: every visible one (at most 8), or EPD_TEST_GPUS.
+int32_t test_gpus() {
+  static const int32_t n = [] {
+    auto count = gpu_device_count();
+    int32_t g = count ? std::min<int32_t>(*count, kWorld) : 1;
+    if (const char* e = std::getenv("EPD_TEST_GPUS"); e && std::atoi(e) > 0) g = std::min(g, std::atoi(e));
+    while (kWorld % g) --g;  // whole runs of ranks per GPU
+    return g;
+  }();
+  return n;
+}
+int32_t device_of(int32_t rank) { return rank * test_gpus() / kWorld; }
+
 // cudaStreamQuery until done, at most `ms` (a lost completion fails the test instead of hanging it).
 bool sync_within(cudaStream_t s, int ms) {
   const int64_t end = job::now_ns() + static_cast<int64_t>(ms) * 1000000;
@@ -62,6 +78,7 @@ GroupSpec gpu_spec(const char* name, epd_layout_t layout, epd_mode_t mode, epd_q
   s.name = name;
   s.generation = 1;
   s.timeout_ms = timeout_ms;
+  for (int32_t r = 0; r < kWorld; ++r) s.placement[static_cast<size_t>(r)] = epd_placement_t{0, device_of(r)};
   return s;
 }
 
@@ -121,8 +138,11 @@ class DaemonGpuTest : public DaemonTest {
     if (!(info.capabilities & EPD_CAP_GPU_EXECUTOR))
       GTEST_SKIP() << "the daemon does not advertise EPD_CAP_GPU_EXECUTOR (capabilities 0x" << std::hex
                    << info.capabilities << ")";
-    CUDA_OK(cudaSetDevice(0));
-    CUDA_OK(cudaFree(nullptr));  // the primary context, current on this thread
+    for (int32_t d = test_gpus() - 1; d >= 0; --d) {  // every GPU's primary context; GPU 0's stays current
+      CUDA_OK(cudaSetDevice(d));
+      CUDA_OK(cudaFree(nullptr));
+    }
+    std::printf("ranks over %d GPU(s)\n", test_gpus());
     gpu_ready_ = true;
   }
 
@@ -146,17 +166,22 @@ class DaemonGpuTest : public DaemonTest {
     DaemonTest::TearDown();
   }
 
-  // 8 sessions and 8 non-blocking streams (the legacy stream's cudaMemcpy never waits for them).
+  // 8 sessions and 8 non-blocking streams, each on its rank's GPU (the
+  // legacy stream's cudaMemcpy never waits for them).
   void connect_all() {
     for (int32_t r = 0; r < kWorld; ++r) {
       clients_.push_back(connect_or_die(socket()));
       ASSERT_NE(clients_.back(), nullptr);
       cudaStream_t s = nullptr;
+      CUDA_OK(cudaSetDevice(device_of(r)));
       CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
       streams_.push_back(s);
     }
+    CUDA_OK(cudaSetDevice(0));
     groups_.assign(kWorld, nullptr);
   }
+  // Makes rank r's GPU current (its memory is mapped for that GPU only).
+  void on(int32_t r) { ASSERT_EQ(cudaSetDevice(device_of(r)), cudaSuccess); }
 
   // Joins `ranks` of `spec` at once (each join returns when every rank is in),
   // then reads every joined rank's device addresses.
@@ -183,7 +208,7 @@ class DaemonGpuTest : public DaemonTest {
         epd_gpu_views_t& v = views_[r][s];
         v.struct_size = sizeof v;
         ASSERT_EQ(epd_gpu_views(groups_[r], s, &v), EPD_OK) << epd_last_error(groups_[r]);
-        EXPECT_EQ(v.device, 0);
+        EXPECT_EQ(v.device, spec.placement[static_cast<size_t>(r)].gpu);
         EXPECT_EQ(v.capacity_rows, layout.ranks[r].recv_rows);
         EXPECT_EQ(v.recv_scales != nullptr, layout.ranks[r].scale_blocks > 0);
         uint8_t* base = static_cast<uint8_t*>(v.send_x) - layout.ranks[r].slot[s].send_x;
@@ -204,24 +229,26 @@ class DaemonGpuTest : public DaemonTest {
   }
   void leave_all() { leave({0, 1, 2, 3, 4, 5, 6, 7}); }
 
-  // Device buffers of the copy paths, sized for `m`; allocated while nothing of ours waits.
+  // Device buffers of the copy paths, sized for `m`, on each rank's GPU;
+  // allocated while nothing of ours waits.
   void alloc_buffers(const Group& m) {
     free_buffers();
     const size_t M = static_cast<size_t>(m.spec.max_tokens_per_rank), K = static_cast<size_t>(m.spec.top_k);
     for (int32_t r = 0; r < kWorld; ++r) {
       const RankLayout& l = m.layout.ranks[r];
-      for (size_t bytes : {M * l.in_row_bytes, M * K * 4, M * K * 4, static_cast<size_t>(l.recv_rows) * l.in_row_bytes}) {
+      on(r);
+      for (size_t bytes : {M * l.in_row_bytes, M * K * 4, M * K * 4, static_cast<size_t>(l.recv_rows) * l.in_row_bytes,
+                           sizeof(int32_t)}) {
         void* p = nullptr;
         CUDA_OK(cudaMalloc(&p, bytes));
         buffers_.push_back(p);
       }
     }
-    void* p = nullptr;
-    CUDA_OK(cudaMalloc(&p, kWorld * sizeof(int32_t)));
-    buffers_.push_back(p);
+    CUDA_OK(cudaSetDevice(0));
   }
-  void* buffer(int32_t r, int which) const { return buffers_[static_cast<size_t>(r) * 4 + which]; }
-  int32_t* n_device() const { return static_cast<int32_t*>(buffers_[kWorld * 4]); }
+  // [x, ids, weights, expert_out, n_tokens] of rank r.
+  void* buffer(int32_t r, int which) const { return buffers_[static_cast<size_t>(r) * 5 + which]; }
+  int32_t* n_device(int32_t r) const { return static_cast<int32_t*>(buffer(r, 4)); }
   void free_buffers() {
     for (void* p : buffers_) cudaFree(p);
     buffers_.clear();
@@ -234,6 +261,7 @@ class DaemonGpuTest : public DaemonTest {
     for (int32_t r = 0; r < kWorld; ++r) {
       const RankLayout& l = m.layout.ranks[r];
       const uint64_t at = l.slot[slot].send_hdr;
+      on(r);
       CUDA_OK(cudaMemcpy(bases_[r] + at, m.host[r].data() + at, l.slot_bytes, cudaMemcpyHostToDevice));
     }
   }
@@ -241,6 +269,7 @@ class DaemonGpuTest : public DaemonTest {
     for (int32_t r = 0; r < kWorld; ++r) {
       const RankLayout& l = m.layout.ranks[r];
       const uint64_t at = l.slot[slot].send_hdr;
+      on(r);
       CUDA_OK(cudaMemcpy(m.host[r].data() + at, bases_[r] + at, l.slot_bytes, cudaMemcpyDeviceToHost));
     }
   }
@@ -251,6 +280,7 @@ class DaemonGpuTest : public DaemonTest {
       const RankLayout& l = m.layout.ranks[r];
       std::vector<uint8_t> d(l.bytes);
       const uint64_t at = l.slot[slot].send_hdr;
+      on(r);
       CUDA_OK(cudaMemcpy(d.data() + at, bases_[r] + at, l.slot_bytes, cudaMemcpyDeviceToHost));
       const auto regions = combine ? combine_regions(m.spec, l, slot) : dispatch_regions(l, slot);
       for (auto [b, e] : regions)
@@ -283,6 +313,7 @@ class DaemonGpuTest : public DaemonTest {
       const RankLayout& l = m.layout.ranks[r];
       const SlotOffsets& o = l.slot[slot];
       const size_t x_bytes = static_cast<size_t>(M) * l.in_row_bytes, id_bytes = static_cast<size_t>(M) * K * 4;
+      on(r);
       if (st.copy_inputs) {  // the caller's copies, then poison in the send slot (ids far out of range)
         CUDA_OK(cudaMemcpy(buffer(r, 0), m.host[r].data() + o.send_x, x_bytes, cudaMemcpyHostToDevice));
         CUDA_OK(cudaMemcpy(buffer(r, 1), m.host[r].data() + o.send_ids, id_bytes, cudaMemcpyHostToDevice));
@@ -297,9 +328,12 @@ class DaemonGpuTest : public DaemonTest {
         CUDA_OK(cudaMemset(bases_[r] + o.combine_in, 0x55, bytes));
       }
     }
-    if (st.device_count) {
-      CUDA_OK(cudaMemcpy(n_device(), m.n.data(), kWorld * sizeof(int32_t), cudaMemcpyHostToDevice));
-    }
+    if (st.device_count)
+      for (int32_t r = 0; r < kWorld; ++r) {
+        on(r);
+        CUDA_OK(cudaMemcpy(n_device(r), &m.n[static_cast<size_t>(r)], sizeof(int32_t), cudaMemcpyHostToDevice));
+      }
+    CUDA_OK(cudaSetDevice(0));
     for (int32_t r = 0; r < kWorld; ++r) {
       epd_gpu_dispatch_args_t a{};
       a.struct_size = sizeof a;
@@ -309,7 +343,7 @@ class DaemonGpuTest : public DaemonTest {
         a.topk_ids = static_cast<const int32_t*>(buffer(r, 1));
         a.topk_weights = st.null_weights ? nullptr : static_cast<const float*>(buffer(r, 2));
         if (st.device_count) {
-          a.n_tokens_device = n_device() + r;
+          a.n_tokens_device = n_device(r);
           a.n_tokens = M;
         }
       }
@@ -439,26 +473,26 @@ TEST_F(DaemonGpuTest, GraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCoun
 
   // Allocations before anything waits.
   alloc_buffers(m);
-  int32_t* totals_dev = nullptr;  // [replay][slot][rank]
-  int32_t* n_pinned = nullptr;    // [replay][rank]
-  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&totals_dev), sizeof(int32_t) * kReplays * 2 * kWorld));
-  buffers_.push_back(totals_dev);  // freed with the rest, once nothing waits
-  CUDA_OK(cudaMallocHost(reinterpret_cast<void**>(&n_pinned), sizeof(int32_t) * kReplays * kWorld));
+  int32_t* totals_pinned = nullptr;  // [replay][slot][rank], written by each rank's stream
+  int32_t* n_pinned = nullptr;       // [replay][rank]
+  CUDA_OK(cudaMallocHost(reinterpret_cast<void**>(&n_pinned),
+                         sizeof(int32_t) * (kReplays * kWorld + kReplays * 2 * kWorld)));
   pinned_ = n_pinned;
+  totals_pinned = n_pinned + kReplays * kWorld;
   std::mt19937_64 rng(seed + 9);
   for (int i = 0; i < kReplays * kWorld; ++i) n_pinned[i] = static_cast<int32_t>(rng() % (M + 1));
-  int32_t* n_dev = n_device();
 
   // One graph per rank, each captured on the rank's own stream: what 8 workers would do.
   std::vector<cudaGraph_t> graphs(kWorld, nullptr);
   std::vector<cudaGraphExec_t> execs(kWorld, nullptr);
   for (int32_t r = 0; r < kWorld; ++r) {
+    on(r);
     CUDA_OK(cudaStreamBeginCapture(streams_[r], cudaStreamCaptureModeThreadLocal));
     for (int p = 0; p < kPairs; ++p) {
       const int32_t slot = p % 2;
       epd_gpu_dispatch_args_t a{};
       a.struct_size = sizeof a;
-      a.n_tokens_device = n_dev + r;
+      a.n_tokens_device = n_device(r);
       a.n_tokens = M;
       ASSERT_EQ(epd_dispatch_async(groups_[r], slot, &a, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
       ASSERT_EQ(epd_dispatch_wait_async(groups_[r], slot, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
@@ -484,12 +518,15 @@ TEST_F(DaemonGpuTest, GraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCoun
               static_cast<uint32_t>(n_pinned[i * kWorld + r]);
     }
     for (int32_t r = 0; r < kWorld; ++r) {
-      CUDA_OK(cudaMemcpyAsync(n_dev + r, n_pinned + i * kWorld + r, sizeof(int32_t), cudaMemcpyHostToDevice, streams_[r]));
+      on(r);
+      CUDA_OK(cudaMemcpyAsync(n_device(r), n_pinned + i * kWorld + r, sizeof(int32_t), cudaMemcpyHostToDevice,
+                              streams_[r]));
       CUDA_OK(cudaGraphLaunch(execs[r], streams_[r]));
       for (int32_t s = 0; s < 2; ++s)
-        CUDA_OK(cudaMemcpyAsync(totals_dev + (i * 2 + s) * kWorld + r, views_[r][s].recv_total, sizeof(int32_t),
-                                cudaMemcpyDeviceToDevice, streams_[r]));
+        CUDA_OK(cudaMemcpyAsync(totals_pinned + (i * 2 + s) * kWorld + r, views_[r][s].recv_total, sizeof(int32_t),
+                                cudaMemcpyDeviceToHost, streams_[r]));
     }
+    CUDA_OK(cudaSetDevice(0));
     if (full) {
       sync_all("replay " + std::to_string(i));
       if (HasFatalFailure()) return;
@@ -508,8 +545,7 @@ TEST_F(DaemonGpuTest, GraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCoun
   }
   for (int32_t r = 0; r < kWorld; ++r)
     ASSERT_TRUE(sync_within(streams_[r], 60000)) << "the replays of rank " << r << " did not finish";
-  std::vector<int32_t> totals(static_cast<size_t>(kReplays) * 2 * kWorld);
-  CUDA_OK(cudaMemcpy(totals.data(), totals_dev, totals.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+  const int32_t* totals = totals_pinned;  // every stream has drained
   int mismatches = 0;
   for (int i = 0; i < kReplays; ++i)
     for (int32_t s = 0; s < 2; ++s)
@@ -546,6 +582,7 @@ TEST_F(DaemonGpuTest, BadExpertIdIsReportedByGpuStatusAndTheNextCallSucceeds) {
   ASSERT_TRUE(m.stage(0, Routing::kUniform, std::vector<int32_t>(kWorld, 5), seed + 2).is_ok());
   upload(m, 0);
   const int32_t K = spec.top_k, bad = 999;
+  on(3);
   CUDA_OK(cudaMemcpy(bases_[3] + m.layout.ranks[3].slot[0].send_ids + (1 * K + 2) * sizeof(int32_t), &bad,
                      sizeof bad, cudaMemcpyHostToDevice));
   for (int32_t r = 0; r < kWorld; ++r) {
@@ -581,7 +618,7 @@ TEST(DaemonGpuWorkerRole, Run) {
   const char* sock = std::getenv(kWorkerEnv);
   if (!sock) GTEST_SKIP() << "worker role of DaemonGpuTest.KilledRank* (spawned by it)";
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaSetDevice(device_of(kWorld - 1)));  // this worker process on its rank's GPU
   CUDA_OK(cudaFree(nullptr));
   cudaStream_t st = nullptr;
   CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));

@@ -1,5 +1,5 @@
 // gpu_executor_test.cc — GpuExecutor against HostExecutor: 8 ranks on one
-// GPU, random specs and routings, both layouts and modes, bf16/fp16/fp32 and
+// GPU (and, where visible, across 2, 4 and 8 GPUs), random specs and routings, both layouts and modes, bf16/fp16/fp32 and
 // fp8; dispatch outputs byte-identical (padding rows included, unwritten rows
 // keep the same poison on both sides), combine bitwise equal; faults reported
 // with rank/token/k/value and nothing written; CUDA graph replay with
@@ -21,9 +21,52 @@ namespace {
     if (!count_) GTEST_SKIP() << count_.status().message();                 \
   } while (0)
 
-// Uploads every host mirror into freshly allocated device workspaces.
-void upload(Group& g) {
-  auto ws = allocate_gpu_workspaces(g.spec, 0);
+int visible_gpus() {
+  auto n = gpu_device_count();
+  return n ? *n : 0;
+}
+
+// Ranks over `gpus` GPUs in contiguous runs (rank r on GPU r * gpus / world).
+std::vector<int32_t> spread(int32_t world, int32_t gpus) {
+  std::vector<int32_t> d;
+  for (int32_t r = 0; r < world; ++r) d.push_back(r * gpus / world);
+  return d;
+}
+
+// Enqueues on every GPU of an executor, each shard's part on its own stream.
+class Launcher {
+ public:
+  explicit Launcher(GpuExecutor& ex) : ex_(ex) {
+    for (const auto& sh : ex.shards()) {
+      cudaStream_t s = nullptr;
+      EXPECT_EQ(cudaSetDevice(sh.device), cudaSuccess);
+      EXPECT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+      streams_.push_back(s);
+    }
+  }
+  ~Launcher() {
+    for (cudaStream_t s : streams_) cudaStreamDestroy(s);
+  }
+  Status dispatch(int32_t slot) {
+    for (int32_t i = 0; i < static_cast<int32_t>(streams_.size()); ++i)
+      EPD_RETURN_IF_ERROR(ex_.dispatch_shard(slot, i, streams_[static_cast<size_t>(i)]));
+    return Status::ok();
+  }
+  Status combine(int32_t slot, epd_weight_mode_t mode) {
+    for (int32_t i = 0; i < static_cast<int32_t>(streams_.size()); ++i)
+      EPD_RETURN_IF_ERROR(ex_.combine_shard(slot, i, mode, streams_[static_cast<size_t>(i)]));
+    return Status::ok();
+  }
+
+ private:
+  GpuExecutor& ex_;
+  std::vector<cudaStream_t> streams_;
+};
+
+// Uploads every host mirror into freshly allocated device workspaces (rank r
+// on devices[r]; all on GPU 0 when empty).
+void upload(Group& g, const std::vector<int32_t>& devices = {}) {
+  auto ws = devices.empty() ? allocate_gpu_workspaces(g.spec, 0) : allocate_gpu_workspaces(g.spec, devices);
   ASSERT_TRUE(ws.is_ok()) << ws.status().message();
   g.dev = std::move(ws.value());
   for (size_t r = 0; r < g.host.size(); ++r)
@@ -106,39 +149,48 @@ Case random_case(int i, std::mt19937_64& rng) {
   return c;
 }
 
-// Stages, runs GPU and host executors on the same inputs, compares both phases.
-void run_case(const Case& c, uint64_t seed, int repeats, const GpuTuning& tuning = {}) {
+// Stages, runs GPU and host executors on the same inputs, compares both
+// phases. gpus > 1: the `world` ranks spread over that many GPUs.
+void run_case(const Case& c, uint64_t seed, int repeats, const GpuTuning& tuning = {}, int32_t world = 8,
+              int32_t gpus = 1) {
   SCOPED_TRACE(describe(c, seed) + " tuning(parts=" + std::to_string(tuning.parts) + ",combine_parts=" +
                std::to_string(tuning.combine_parts) + ",fused_per_sm=" + std::to_string(tuning.fused_blocks_per_sm) +
-               ")");
-  Group g(make_spec(8, c.experts, c.top_k, c.hidden, c.max_tokens, c.dtype, c.quant, c.layout, c.mode,
+               ") world=" + std::to_string(world) + " gpus=" + std::to_string(gpus));
+  Group g(make_spec(world, c.experts, c.top_k, c.hidden, c.max_tokens, c.dtype, c.quant, c.layout, c.mode,
                     c.shuffled_owner, seed));
   ASSERT_TRUE(g.spec.validate().is_ok()) << g.spec.validate().message();
   g.poison(seed * 3 + 1);
   std::mt19937_64 rng(seed);
-  std::vector<int32_t> n(8);
+  std::vector<int32_t> n(static_cast<size_t>(world));
   for (auto& v : n)
     v = c.n_pattern == 0 ? 0 : c.n_pattern == 1 ? c.max_tokens : static_cast<int32_t>(rng() % (c.max_tokens + 1));
   Status st = g.stage(c.slot, c.routing, n, seed + 7);
   ASSERT_TRUE(st.is_ok()) << st.message();
-  upload(g);
+  const std::vector<int32_t> devices = spread(world, gpus);
+  upload(g, devices);
   if (::testing::Test::HasFatalFailure()) return;
-  auto ex = GpuExecutor::create(g.spec, g.dev_bases(), 0, tuning);
+  auto ex = GpuExecutor::create(g.spec, g.dev_bases(), devices, tuning);
   ASSERT_TRUE(ex.is_ok()) << ex.status().message();
+  ASSERT_EQ(ex.value()->shards().size(), static_cast<size_t>(gpus));
   SCOPED_TRACE(ex.value()->describe_launch());
   HostExecutor host(g.spec, g.host_bases());
   cudaStream_t stream;
+  CUDA_OK(cudaSetDevice(0));
   CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  Launcher launch(*ex.value());
   for (int rep = 0; rep < repeats; ++rep) {
-    ASSERT_TRUE(ex.value()->dispatch(c.slot, stream).is_ok());
-    Status f = ex.value()->check_fault(stream);
+    // One GPU: the plain calls on one stream; several: every shard's part.
+    st = gpus == 1 ? ex.value()->dispatch(c.slot, stream) : launch.dispatch(c.slot);
+    ASSERT_TRUE(st.is_ok()) << st.message();
+    Status f = ex.value()->check_fault(gpus == 1 ? stream : nullptr);
     ASSERT_TRUE(f.is_ok()) << f.message();
     st = host.dispatch(c.slot);
     ASSERT_TRUE(st.is_ok()) << st.message();
     expect_dispatch_equal(g, c.slot);
     if (::testing::Test::HasFatalFailure()) break;
-    ASSERT_TRUE(ex.value()->combine(c.slot, c.weights, stream).is_ok());
-    f = ex.value()->check_fault(stream);
+    st = gpus == 1 ? ex.value()->combine(c.slot, c.weights, stream) : launch.combine(c.slot, c.weights);
+    ASSERT_TRUE(st.is_ok()) << st.message();
+    f = ex.value()->check_fault(gpus == 1 ? stream : nullptr);
     ASSERT_TRUE(f.is_ok()) << f.message();
     st = host.combine(c.slot, c.weights);
     ASSERT_TRUE(st.is_ok()) << st.message();
@@ -146,6 +198,85 @@ void run_case(const Case& c, uint64_t seed, int repeats, const GpuTuning& tuning
     if (::testing::Test::HasFatalFailure()) break;
   }
   cudaStreamDestroy(stream);
+}
+
+// Several GPUs of this node (2, 4 and 8, as many as are visible), one rank per
+// GPU and 8 ranks in runs per GPU: every shard pushes its rows over NVLink;
+// byte-identical to the host executor. Skipped with fewer than 2 GPUs.
+TEST(GpuExecutor, MatchesHostAcrossGpus) {
+  const int n = visible_gpus();
+  if (n < 2) GTEST_SKIP() << "needs 2 or more GPUs; " << n << " visible";
+  const uint64_t base = 20261126;
+  for (int32_t gpus : {2, 4, 8}) {
+    if (gpus > n) break;
+    for (int i = 0; i < 16; ++i) {
+      std::mt19937_64 rng(base + static_cast<uint64_t>(i));
+      const Case c = random_case(i, rng);
+      const int32_t world = i % 2 ? 8 : gpus;
+      run_case(c, base + static_cast<uint64_t>(i), i % 5 == 0 ? 2 : 1, {}, world, gpus);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+  }
+}
+
+// A bad expert id on a rank of the second GPU: every GPU's part writes
+// nothing, the fault names the rank, and the next call matches the host.
+TEST(GpuExecutor, BadInputAcrossGpusFailsCleanly) {
+  const int n = visible_gpus();
+  if (n < 2) GTEST_SKIP() << "needs 2 or more GPUs; " << n << " visible";
+  const uint64_t seed = 4343;
+  Group g(make_spec(4, 64, 4, 256, 32, EPD_DTYPE_BF16, EPD_QUANT_NONE, EPD_LAYOUT_RANK_MAJOR,
+                    EPD_MODE_HIGH_THROUGHPUT, false, seed));
+  g.poison(seed);
+  ASSERT_TRUE(g.stage(0, Routing::kSkewed, std::vector<int32_t>(4, 32), seed).is_ok());
+  const std::vector<int32_t> devices = spread(4, 2);
+  upload(g, devices);
+  if (::testing::Test::HasFatalFailure()) return;
+  auto ex = GpuExecutor::create(g.spec, g.dev_bases(), devices);
+  ASSERT_TRUE(ex.is_ok()) << ex.status().message();
+  Launcher launch(*ex.value());
+  EXPECT_EQ(ex.value()->dispatch(0, nullptr).code(), EPD_ERR_INVALID_ARGUMENT);  // needs the per-GPU calls
+  const RankLayout& l3 = g.layout.ranks[3];
+  uint8_t* ids3 = g.dev[3]->device_ptr() + l3.slot[0].send_ids;
+  const int32_t K = g.spec.top_k;
+  const int32_t good = reinterpret_cast<const int32_t*>(g.host[3].data() + l3.slot[0].send_ids)[5 * K + 1];
+  std::vector<std::vector<uint8_t>> before;
+  for (int32_t r = 0; r < 4; ++r) before.push_back(download(g, r));
+  const int32_t bad = 300;
+  CUDA_OK(cudaMemcpy(ids3 + (5 * K + 1) * 4, &bad, 4, cudaMemcpyHostToDevice));
+  ASSERT_TRUE(launch.dispatch(0).is_ok());
+  const Status f = ex.value()->check_fault();
+  EXPECT_EQ(f.code(), EPD_ERR_EXPERT_ID_OUT_OF_RANGE) << f.message();
+  EXPECT_NE(f.message().find("rank 3: topk_ids[5][1] = 300"), std::string::npos) << f.message();
+  for (int32_t r = 0; r < 4; ++r) {
+    const std::vector<uint8_t> after = download(g, r);
+    const RankLayout& l = g.layout.ranks[r];
+    EXPECT_EQ(first_difference(after.data(), before[r].data(), l.slot[0].recv_total, l.slot[0].combine_in, l, 0), "")
+        << "rank " << r << " written by a failed dispatch";
+  }
+  CUDA_OK(cudaMemcpy(ids3 + (5 * K + 1) * 4, &good, 4, cudaMemcpyHostToDevice));
+  HostExecutor host(g.spec, g.host_bases());
+  ASSERT_TRUE(launch.dispatch(0).is_ok());
+  ASSERT_TRUE(ex.value()->check_fault().is_ok());
+  ASSERT_TRUE(host.dispatch(0).is_ok());
+  expect_dispatch_equal(g, 0);
+  ASSERT_TRUE(launch.combine(0, EPD_WEIGHTS_ONES).is_ok());
+  ASSERT_TRUE(ex.value()->check_fault().is_ok());
+  ASSERT_TRUE(host.combine(0, EPD_WEIGHTS_ONES).is_ok());
+  expect_combine_equal(g, 0);
+}
+
+// Ranks of one GPU that are not contiguous are refused, naming them.
+TEST(GpuExecutor, RefusesInterleavedGpus) {
+  const int n = visible_gpus();
+  if (n < 2) GTEST_SKIP() << "needs 2 or more GPUs; " << n << " visible";
+  Group g(make_spec(3, 6, 2, 64, 4, EPD_DTYPE_FP16, EPD_QUANT_NONE, EPD_LAYOUT_RANK_MAJOR,
+                    EPD_MODE_HIGH_THROUGHPUT, false, 1));
+  upload(g, {0, 1, 0});
+  if (::testing::Test::HasFatalFailure()) return;
+  auto ex = GpuExecutor::create(g.spec, g.dev_bases(), std::vector<int32_t>{0, 1, 0});
+  EXPECT_EQ(ex.status().code(), EPD_ERR_UNSUPPORTED);
+  EXPECT_NE(ex.status().message().find("rank 2 is on GPU 0"), std::string::npos) << ex.status().message();
 }
 
 TEST(GpuExecutor, MatchesHostOnRandomSpecsAndRoutings) {
