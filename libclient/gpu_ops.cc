@@ -72,7 +72,7 @@ Status GpuRankOps::check_slot(int32_t slot, Phase expected, const char* call) co
                      kNext[static_cast<int>(phase_[slot])]);
 }
 
-Status GpuRankOps::dispatch(int32_t slot, const GpuDispatchArgs& a, void* stream) {
+Status GpuRankOps::dispatch_here(int32_t slot, const GpuDispatchArgs& a, void* stream) {
   EPD_RETURN_IF_ERROR(check_slot(slot, Phase::kIdle, "dispatch"));
   const int32_t M = spec_.max_tokens_per_rank, K = spec_.top_k;
   if (a.n_tokens_host < 0 || a.n_tokens_host > M)
@@ -106,7 +106,7 @@ Status GpuRankOps::dispatch(int32_t slot, const GpuDispatchArgs& a, void* stream
   return Status::ok();
 }
 
-Status GpuRankOps::dispatch_wait(int32_t slot, void* stream) {
+Status GpuRankOps::dispatch_wait_here(int32_t slot, void* stream) {
   if (slot >= 0 && slot < spec_.slots && phase_[slot] == Phase::kIdle)
     return make_status(EPD_ERR_NO_DISPATCH, "rank %d: dispatch_wait on slot %d without a dispatch", rank_, slot);
   EPD_RETURN_IF_ERROR(check_slot(slot, Phase::kDispatched, "dispatch_wait"));
@@ -116,7 +116,7 @@ Status GpuRankOps::dispatch_wait(int32_t slot, void* stream) {
   return Status::ok();
 }
 
-Status GpuRankOps::combine(int32_t slot, epd_weight_mode_t mode, const void* expert_out, int64_t rows, void* stream) {
+Status GpuRankOps::combine_here(int32_t slot, epd_weight_mode_t mode, const void* expert_out, int64_t rows, void* stream) {
   if (slot >= 0 && slot < spec_.slots && phase_[slot] == Phase::kIdle)
     return make_status(EPD_ERR_NO_DISPATCH, "rank %d: combine on slot %d without a dispatch", rank_, slot);
   EPD_RETURN_IF_ERROR(check_slot(slot, Phase::kDispatchWaited, "combine"));
@@ -136,7 +136,7 @@ Status GpuRankOps::combine(int32_t slot, epd_weight_mode_t mode, const void* exp
   return Status::ok();
 }
 
-Status GpuRankOps::combine_wait(int32_t slot, void* stream) {
+Status GpuRankOps::combine_wait_here(int32_t slot, void* stream) {
   EPD_RETURN_IF_ERROR(check_slot(slot, Phase::kCombined, "combine_wait"));
   EPD_CU_CALL(drv_, drv_.wait32(as_stream(stream), word(slot, offsetof(ControlSlot, completion)), kDoneCombine,
                                 cu::CU_STREAM_WAIT_VALUE_AND));
@@ -145,27 +145,25 @@ Status GpuRankOps::combine_wait(int32_t slot, void* stream) {
 }
 
 Status GpuRankOps::read_control(void* dst, uint64_t offset, size_t bytes) const {
-  cu::CUcontext caller = nullptr;
-  EPD_CU_CALL(drv_, drv_.ctx_get_current(&caller));
-  if (!query_ctx_) {
-    if (device_ >= 0) {
-      auto ctx = drv_.primary_context(device_);
-      if (!ctx) return ctx.status();
-      query_ctx_ = *ctx;
-    } else {
-      query_ctx_ = caller;
-    }
-  }
-  if (query_ctx_ != caller) EPD_CU_CALL(drv_, drv_.ctx_set_current(query_ctx_));
-  auto read = [&]() -> Status {
+  return in_rank_context([&]() -> Status {
     if (!query_stream_) EPD_CU_CALL(drv_, drv_.stream_create(&query_stream_, cu::CU_STREAM_NON_BLOCKING));
     EPD_CU_CALL(drv_, drv_.memcpy_dtoh_async(dst, dptr(base_ + offset), bytes, query_stream_));
     EPD_CU_CALL(drv_, drv_.stream_synchronize(query_stream_));
     return Status::ok();
-  };
-  const Status st = read();
-  if (query_ctx_ != caller) drv_.ctx_set_current(caller);  // the caller's context, whatever happened
-  return st;
+  });
+}
+
+Status GpuRankOps::dispatch(int32_t slot, const GpuDispatchArgs& a, void* stream) {
+  return in_rank_context([&] { return dispatch_here(slot, a, stream); });
+}
+Status GpuRankOps::dispatch_wait(int32_t slot, void* stream) {
+  return in_rank_context([&] { return dispatch_wait_here(slot, stream); });
+}
+Status GpuRankOps::combine(int32_t slot, epd_weight_mode_t mode, const void* expert_out, int64_t rows, void* stream) {
+  return in_rank_context([&] { return combine_here(slot, mode, expert_out, rows, stream); });
+}
+Status GpuRankOps::combine_wait(int32_t slot, void* stream) {
+  return in_rank_context([&] { return combine_wait_here(slot, stream); });
 }
 
 Result<uint32_t> GpuRankOps::fault_word() const {

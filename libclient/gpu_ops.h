@@ -69,9 +69,9 @@ class GpuRankOps {
  public:
   // `base` is rank `rank`'s workspace in this process (imported mapping, or the
   // daemon's own address in an in-process test). spec must be valid.
-  // device: the GPU the workspace lives on; the host-side reads (status) run
-  // in its primary context, so a process holding ranks of several GPUs reads
-  // each workspace through the device it is mapped for. -1: the current context.
+  // device: the GPU the workspace lives on; every call runs in its primary
+  // context, so a process holding ranks of several GPUs reaches each
+  // workspace through the device it is mapped for. -1: the current context.
   GpuRankOps(const cu::GpuDriver& drv, const GroupSpec& spec, int32_t rank, uint8_t* base, int32_t device = -1);
   ~GpuRankOps();
   GpuRankOps(const GpuRankOps&) = delete;
@@ -108,6 +108,29 @@ class GpuRankOps {
   Status check_slot(int32_t slot, Phase expected, const char* call) const;
   cu::CUdeviceptr word(int32_t slot, size_t field) const;
   Status read_control(void* dst, uint64_t offset, size_t bytes) const;
+  Status dispatch_here(int32_t slot, const GpuDispatchArgs& a, void* stream);
+  Status dispatch_wait_here(int32_t slot, void* stream);
+  Status combine_here(int32_t slot, epd_weight_mode_t mode, const void* expert_out, int64_t rows, void* stream);
+  Status combine_wait_here(int32_t slot, void* stream);
+  // Runs `body` with the rank's GPU's primary context current (the workspace
+  // is mapped for that GPU only, and copies check access from the current
+  // context), then restores the caller's. A no-op switch when it already is.
+  template <typename F>
+  Status in_rank_context(F&& body) const {
+    if (device_ < 0) return body();
+    cu::CUcontext caller = nullptr;
+    EPD_CU_CALL(drv_, drv_.ctx_get_current(&caller));
+    if (!rank_ctx_) {
+      auto ctx = drv_.primary_context(device_);
+      if (!ctx) return ctx.status();
+      rank_ctx_ = *ctx;
+    }
+    if (rank_ctx_ == caller) return body();
+    EPD_CU_CALL(drv_, drv_.ctx_set_current(rank_ctx_));
+    const Status st = body();
+    drv_.ctx_set_current(caller);
+    return st;
+  }
 
   const cu::GpuDriver& drv_;
   GroupSpec spec_;
@@ -117,7 +140,7 @@ class GpuRankOps {
   RankLayout layout_;
   std::vector<Phase> phase_;
   mutable cu::CUstream query_stream_ = nullptr;  // in device_'s primary context
-  mutable cu::CUcontext query_ctx_ = nullptr;
+  mutable cu::CUcontext rank_ctx_ = nullptr;     // device_'s primary context, once looked up
 };
 
 }  // namespace epd

@@ -2,6 +2,7 @@
 // argument checks, and fault words turned into statuses.
 #include "gpu_executor.h"
 
+#include <cuda.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -121,6 +122,19 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
   if (!planned) return planned.status();
   const bool multi = planned->size() > 1;
   if (multi) {
+    // A kernel loaded lazily on its first launch synchronises its context; with
+    // one GPU spinning in a cross-GPU barrier for a GPU whose launches the host
+    // has not enqueued yet, that never finishes (seen on two H200s: every
+    // barrier ran into its deadline).
+    decltype(&cuModuleGetLoadingMode) loading_mode = nullptr;
+    EPD_RETURN_IF_ERROR(resolve_driver_entry("cuModuleGetLoadingMode", &loading_mode));
+    CUmoduleLoadingMode mode = CU_MODULE_LAZY_LOADING;
+    if (loading_mode(&mode) != CUDA_SUCCESS || mode != CU_MODULE_EAGER_LOADING)
+      return make_status(EPD_ERR_UNSUPPORTED,
+                         "a GPU executor over %zu GPUs needs CUDA_MODULE_LOADING=EAGER (set before CUDA "
+                         "initialises; armed_prepare_environment() does): a lazily loaded kernel synchronises its "
+                         "GPU while another GPU's part waits for it in a cross-GPU barrier",
+                         planned->size());
     std::vector<int32_t> gpus;
     for (const auto& sh : *planned) gpus.push_back(sh.device);
     EPD_RETURN_IF_ERROR(enable_peer_access(gpus));

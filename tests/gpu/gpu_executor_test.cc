@@ -8,10 +8,14 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include "gpu_armed.h"
 #include "gpu_test_util.h"
 
 namespace epd::test {
 namespace {
+
+// Before CUDA initialises: eager module loading, which the multi-GPU executor needs.
+const bool kEnvPrepared = (armed_prepare_environment(), true);
 
 #define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
 

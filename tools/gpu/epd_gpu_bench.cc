@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu_armed.h"
 #include "gpu_executor.h"
 #include "numeric.h"
 
@@ -595,6 +596,7 @@ int run_gpus(int n, int iters, const std::string& only, const std::string& json_
 }  // namespace
 
 int main(int argc, char** argv) {
+  epd::armed_prepare_environment();  // before CUDA initialises: eager loading (the multi-GPU executor needs it)
   std::string json_path, only;
   int iters = 50, gpus = 1;
   bool iters_given = false;
