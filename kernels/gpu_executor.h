@@ -123,7 +123,7 @@ class GpuExecutor {
   // order): its launch sequence pushes its ranks' dispatch rows to every rank
   // and pulls its ranks' combine inputs, over NVLink (peer access is enabled
   // here). The routing scratch and the barrier counters live on shard 0's GPU
-  // (the home GPU). low_latency runs the high_throughput phases here.
+  // (the home GPU). low_latency runs the high_throughput launches here.
   static Result<std::unique_ptr<GpuExecutor>> create(const GroupSpec& spec,
                                                      std::vector<uint8_t*> rank_bases,
                                                      const std::vector<int32_t>& rank_devices,

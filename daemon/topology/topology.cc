@@ -140,8 +140,8 @@ bool within_one_package(hwloc_topology_t topo, hwloc_obj_t obj) {
   return false;
 }
 
-Closeness closeness(hwloc_topology_t topo, hwloc_obj_t gpu, hwloc_obj_t nic) {
-  hwloc_obj_t anc = common_ancestor(gpu, nic);
+Closeness closeness(hwloc_topology_t topo, hwloc_obj_t a, hwloc_obj_t b) {
+  hwloc_obj_t anc = common_ancestor(a, b);
   if (anc == nullptr) return Closeness{Locality::kSystem, 0};
   Closeness c;
   c.neg_depth = -tree_depth(anc);
@@ -403,19 +403,39 @@ const std::vector<NicInfo>& Topology::nics() const { return impl_->nics; }
 const std::vector<NicChoice>& Topology::pick_nics() const { return impl_->pairs; }
 const std::vector<std::string>& Topology::notes() const { return impl_->notes; }
 
-Result<NicChoice> Topology::nic_for_gpu(std::string_view pci_busid) const {
+namespace {
+Result<size_t> find_gpu(const Topology::Impl& t, std::string_view pci_busid) {
   Result<std::string> id = normalize_pci_busid(pci_busid);
   if (!id) return id.status();
-  for (size_t g = 0; g < impl_->gpus.size(); ++g) {
-    if (impl_->gpus[g].pci_busid != *id) continue;
-    if (impl_->pairs.empty()) {
-      return make_status(EPD_ERR_UNSUPPORTED, "GPU %s has no NIC: the topology '%s' has no RDMA NIC",
-                         id->c_str(), impl_->origin.c_str());
-    }
-    return impl_->pairs[g];
+  for (size_t g = 0; g < t.gpus.size(); ++g) {
+    if (t.gpus[g].pci_busid == *id) return g;
   }
   return make_status(EPD_ERR_INVALID_ARGUMENT, "no GPU with PCI bus id %s in the topology '%s' (%zu GPUs)",
-                     id->c_str(), impl_->origin.c_str(), impl_->gpus.size());
+                     id->c_str(), t.origin.c_str(), t.gpus.size());
+}
+}  // namespace
+
+Result<NicChoice> Topology::nic_for_gpu(std::string_view pci_busid) const {
+  Result<size_t> g = find_gpu(*impl_, pci_busid);
+  if (!g) return g.status();
+  if (impl_->pairs.empty()) {
+    return make_status(EPD_ERR_UNSUPPORTED, "GPU %s has no NIC: the topology '%s' has no RDMA NIC",
+                       impl_->gpus[*g].pci_busid.c_str(), impl_->origin.c_str());
+  }
+  return impl_->pairs[*g];
+}
+
+Result<Locality> Topology::gpu_pair_locality(std::string_view pci_busid_a, std::string_view pci_busid_b) const {
+  Result<size_t> a = find_gpu(*impl_, pci_busid_a);
+  if (!a) return a.status();
+  Result<size_t> b = find_gpu(*impl_, pci_busid_b);
+  if (!b) return b.status();
+  if (*a == *b) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "'%.*s' and '%.*s' are the same GPU (%s), not a pair",
+                       static_cast<int>(pci_busid_a.size()), pci_busid_a.data(), static_cast<int>(pci_busid_b.size()),
+                       pci_busid_b.data(), impl_->gpus[*a].pci_busid.c_str());
+  }
+  return closeness(impl_->topo, impl_->gpu_objs[*a], impl_->gpu_objs[*b]).locality;
 }
 
 namespace {

@@ -1,5 +1,6 @@
-// topology.h — the node's GPUs, RDMA NICs and NUMA nodes (from hwloc), and the
-// NIC each GPU should use for inter-node traffic.
+// topology.h — the node's GPUs, RDMA NICs and NUMA nodes (from hwloc), the
+// NIC each GPU should use for inter-node traffic, and the PCIe path between
+// two GPUs (with CUDA's peer facts, the link between them: classify_gpu_link).
 //
 // A Topology is built once, from the live machine or from an hwloc XML file or
 // string (tests, or a saved `lstopo --of xml` of another machine), and is
@@ -38,6 +39,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -60,6 +62,35 @@ enum class Locality : int {
 
 // "pcie_switch", "host_bridge", "numa", "package", "system".
 const char* locality_name(Locality locality);
+
+// What joins one GPU of this node to another, for `epctl topology`. CUDA does
+// not name the link: it says whether a GPU can load/store a peer's memory and
+// whether atomics on it are native. NVLink gives both; PCIe peer-to-peer gives
+// access, and the driver does not report native peer atomics over it (a PCIe
+// fabric with AtomicOps end to end that it did report would show as NVLink).
+enum class GpuLink : int {
+  kNone = 0,    // no CUDA peer access: traffic between them goes through host memory
+  kPcie = 1,    // peer access without native atomics
+  kNvlink = 2,  // peer access with native atomics
+};
+
+// "none", "pcie", "nvlink".
+const char* gpu_link_name(GpuLink link);
+
+struct GpuLinkClass {
+  GpuLink link = GpuLink::kNone;
+  std::optional<Locality> pcie_locality;  // as given: hwloc's, when both GPUs are in its topology
+  // The PCIe path in words for a pair without NVLink (with a hint when peer
+  // access is missing on a path that should allow it); "" for NVLink or
+  // without a PCIe locality.
+  std::string note;
+};
+
+// Pure (no CUDA, no hwloc): the link of one ordered GPU pair from CUDA's facts
+// (cudaDeviceCanAccessPeer, cudaDevP2PAttrNativeAtomicSupported) and hwloc's
+// PCIe locality of the two GPUs (Topology::gpu_pair_locality), when known.
+// Native atomics without access is taken as no access.
+GpuLinkClass classify_gpu_link(bool access, bool native_atomics, std::optional<Locality> pcie_locality);
 
 struct NumaNodeInfo {
   int os_index = -1;
@@ -177,6 +208,12 @@ class Topology {
   ProxyPlacement proxy_for_device(std::string_view device) const;
   // One proxy_for_gpu() per entry of pick_nics(), in the same order.
   std::vector<ProxyPlacement> gpu_proxies() const;
+
+  // How close two GPUs are on the PCIe tree: the same classes and the same
+  // common-ancestor rule as a GPU and its NIC (pick_nics). Symmetric. Bus ids
+  // as nic_for_gpu() accepts them. EPD_ERR_INVALID_ARGUMENT for a malformed
+  // or unknown bus id, or both naming one GPU.
+  Result<Locality> gpu_pair_locality(std::string_view pci_busid_a, std::string_view pci_busid_b) const;
 
   // {"origin", "this_system", "numa_nodes": [{os_index, cpus, local_memory_bytes}],
   //  "gpus": [{pci_busid, vendor_id, device_id, pci_class, os_devices, cuda_index, numa_nodes, cpus}],

@@ -39,7 +39,8 @@ struct SlotScratch {
   int32_t* totals;                 // [D]
   unsigned long long* fault_key;   // min over faulting (rank, token, k, kind); ~0 = none
   uint32_t* abort;                 // 1 when the current dispatch found a fault
-  uint32_t* barrier;               // [2]: arrivals, generation (low_latency grid barrier)
+  uint32_t* barrier;               // [2]: arrivals, generation (low_latency grid barrier), on the
+                                   // launching GPU (one pair per GPU and slot)
 };
 
 struct DispatchParams {
@@ -97,7 +98,8 @@ struct LaunchShape {
 };
 
 // barriers: nullptr on one GPU; else three (after count, prefix, scatter; a
-// null counter in the third skips it) and always the high_throughput phases.
+// null counter in the third skips it) between the high_throughput launches,
+// which a multi-GPU group runs in either mode.
 int launch_dispatch(const DispatchParams& p, const LaunchShape& shape, void* stream,
                     const ShardBarrier* barriers = nullptr);
 int launch_combine(const CombineParams& p, const LaunchShape& shape, void* stream);

@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "epctl_query.h"
 #include "epd/epd.h"
 #include "gpu_armed.h"
 #include "gpu_test_util.h"
@@ -704,6 +705,36 @@ TEST_F(DaemonGpuTest, KilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins
     if (HasFatalFailure()) return;
   }
   leave_all();
+}
+
+// ---- epctl topology: CUDA's peer facts --------------------------------------------------------------
+
+// What `epctl --json topology` says about the GPUs: every visible one with its
+// bus id, every ordered pair once, and peer access as CUDA reports it to
+// this process.
+TEST_F(DaemonGpuTest, TopologyShowsEveryGpuPairAndItsLink) {
+  std::string body;
+  ASSERT_EQ(query_daemon_status(socket(), "topology", true, body), EPD_OK) << body;
+  const size_t at = body.find("\"gpu_peers\"");
+  ASSERT_NE(at, std::string::npos) << body;
+  const std::string peers = body.substr(at);
+  EXPECT_NE(peers.find("\"available\":true"), std::string::npos) << peers;
+  auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (size_t i = peers.find(what); i != std::string::npos; i = peers.find(what, i + 1)) ++n;
+    return n;
+  };
+  auto visible = gpu_device_count();
+  ASSERT_TRUE(visible.is_ok());
+  const size_t n = static_cast<size_t>(*visible);
+  EXPECT_EQ(count("\"pci_busid\""), n) << peers;
+  EXPECT_EQ(count("\"from\":"), n * (n - 1)) << peers;
+  if (test_gpus() > 1) {
+    int access = 0;
+    ASSERT_EQ(cudaDeviceCanAccessPeer(&access, 0, 1), cudaSuccess);
+    EXPECT_EQ(peers.find("\"access\":true") != std::string::npos, access != 0) << peers;
+    std::printf("gpu_peers: %s\n", peers.substr(0, 600).c_str());
+  }
 }
 
 // ---- argument checks on a GPU group ---------------------------------------------------------------
