@@ -105,6 +105,10 @@ struct GpuTuning {
   int32_t parts = 0;                // warps per token row in the dispatch scatter, 1..8
   int32_t combine_parts = 0;        // warps per token row in combine, 1..8
   int32_t fused_blocks_per_sm = 0;  // low_latency cooperative grid, blocks per SM
+  // Multi-GPU barrier: 0 = every GPU adds to every GPU's own word and polls
+  // its own (local polling; the default), 1 = one word on the home GPU that
+  // every GPU adds to and polls.
+  int32_t barrier = 0;
 };
 
 class GpuExecutor {
@@ -157,7 +161,9 @@ class GpuExecutor {
   // device table of the slot's ranks (gpu::ShardBarrier fields). Advances the
   // sequence. counter is nullptr on a single-GPU executor.
   struct BarrierTicket {
-    uint32_t* counter = nullptr;
+    uint32_t* counter = nullptr;        // the word to poll
+    uint32_t* const* peers = nullptr;   // the words to add 1 to (device table), see gpu::ShardBarrier
+    int32_t n_peers = 0;
     uint32_t target = 0;
     uint64_t timeout_ns = 0;
     const void* ranks = nullptr;

@@ -217,6 +217,8 @@ struct ArmedExecutor::Impl {
     const GpuExecutor::BarrierTicket t = ex->take_barrier(s, shard);
     gpu::ShardBarrier b{};
     b.counter = t.counter;
+    b.peers = t.peers;
+    b.n_peers = t.n_peers;
     b.abort_word = d_abort;
     b.target = t.target;
     b.timeout_ns = t.timeout_ns;

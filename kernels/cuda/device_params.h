@@ -80,7 +80,12 @@ struct CombineParams {
 // control blocks). Every GPU enqueues the same sequence of barriers per slot,
 // so the n-th barrier's target is n * GPUs.
 struct ShardBarrier {
-  uint32_t* counter;
+  uint32_t* counter;               // the word this GPU waits on
+  // n_peers > 0: arrive by adding 1 to each of peers[0..n_peers) (every GPU's
+  // own word, this one's included), so the wait polls local memory; 0: arrive
+  // at `counter` itself (one shared word on the home GPU).
+  uint32_t* const* peers;
+  int32_t n_peers;
   const uint32_t* abort_word;      // may be nullptr
   uint32_t target;
   uint64_t timeout_ns;

@@ -100,7 +100,11 @@ __device__ inline bool grid_barrier(uint32_t* bar, uint64_t deadline, const Disp
 // GPU arrived or the abort word is set (the stream then drains on stale data).
 __device__ inline bool shard_barrier_arrive_wait(const ShardBarrier& b) {
   __threadfence_system();  // this GPU's earlier writes (peer stores included) before the arrival
-  atomicAdd_system(b.counter, 1u);
+  if (b.n_peers > 0) {
+    for (int32_t i = 0; i < b.n_peers; ++i) atomicAdd_system(b.peers[i], 1u);
+  } else {
+    atomicAdd_system(b.counter, 1u);
+  }
   const uint64_t deadline = global_timer_ns() + b.timeout_ns;
   for (uint32_t i = 0;; ++i) {
     uint32_t now;

@@ -25,6 +25,7 @@ struct ShardImpl {
   std::vector<void*> allocations;
   gpu::LaunchShape shape{};
   uint32_t* grid_bar = nullptr;          // [slots][4]: this GPU's SlotScratch::barrier words
+  uint32_t** peer_words = nullptr;       // [slots][shards]: every GPU's signal word of the slot
   std::vector<uint32_t> barriers_taken;  // per slot
   void* last_stream = nullptr;
 
@@ -56,6 +57,10 @@ struct GpuExecutor::Impl {
   // would need pool access set per peer).
   std::unique_ptr<GpuWorkspace> shared;
   uint32_t* counters = nullptr;  // [slots], in `shared`
+  // Per shard, on its GPU and mapped for every shard's GPU: one signal word per
+  // slot (GpuTuning::barrier 0).
+  std::vector<std::unique_ptr<GpuWorkspace>> signal;
+  int32_t barrier_mode = 0;
   int32_t dests = 0, chunks = 0, parts = 1, combine_parts = 1;
   std::vector<bool> dispatched;
 
@@ -248,7 +253,34 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
     EPD_CUDA_RETURN(cudaMemsetAsync(sc.fault_key, 0xff, 8, home.setup));
     im.scratch.push_back(sc);
   }
-  if (multi) im.counters = reinterpret_cast<uint32_t*>(block + slot_bytes * S);
+  if (multi) {
+    im.counters = reinterpret_cast<uint32_t*>(block + slot_bytes * S);
+    im.barrier_mode = tuning.barrier;
+    std::vector<int32_t> gpus;
+    for (const Shard& sh : ex->shards_) gpus.push_back(sh.device);
+    for (const Shard& sh : ex->shards_) {
+      auto w = GpuWorkspace::create(static_cast<uint64_t>(S) * 4, sh.device, gpus);
+      if (!w) return w.status();
+      total += w.value()->mapped_bytes();
+      im.signal.push_back(std::move(w.value()));
+    }
+    std::vector<uint32_t*> words(static_cast<size_t>(S) * gpus.size());
+    for (int32_t s = 0; s < S; ++s)
+      for (size_t g = 0; g < gpus.size(); ++g)
+        words[static_cast<size_t>(s) * gpus.size() + g] = reinterpret_cast<uint32_t*>(im.signal[g]->device_ptr()) + s;
+    for (size_t i = 0; i < ex->shards_.size(); ++i) {
+      ShardImpl& si = *im.shards[i];
+      EPD_CUDA_RETURN(cudaSetDevice(si.device));
+      EPD_CUDA_RETURN(cudaMemsetAsync(im.signal[i]->device_ptr(), 0, static_cast<size_t>(S) * 4, si.setup));
+      void* p = nullptr;
+      EPD_RETURN_IF_ERROR(si.alloc(words.size() * sizeof(uint32_t*), &p, &total));
+      si.peer_words = static_cast<uint32_t**>(p);
+      EPD_CUDA_RETURN(cudaMemcpyAsync(si.peer_words, words.data(), words.size() * sizeof(uint32_t*),
+                                      cudaMemcpyHostToDevice, si.setup));
+      EPD_CUDA_RETURN(cudaStreamSynchronize(si.setup));  // `words` goes out of scope
+    }
+    EPD_CUDA_RETURN(cudaSetDevice(home.device));
+  }
 
   // Control blocks: zeroed, then magic and version.
   ControlBlock cb{};
@@ -342,7 +374,8 @@ std::string GpuExecutor::describe_launch() const {
       out += (i ? ", " : "") + std::string("GPU ") + std::to_string(s.device) + ": ranks " +
              std::to_string(s.rank_lo) + (s.rank_hi - s.rank_lo > 1 ? "-" + std::to_string(s.rank_hi - 1) : "");
     }
-    out += "), peer access, cross-GPU barriers";
+    out += std::string("), peer access, cross-GPU barriers (") +
+           (im.barrier_mode == 1 ? "one word on the home GPU" : "a word per GPU, local polling") + ")";
   }
   return out;
 }
@@ -354,7 +387,13 @@ GpuExecutor::BarrierTicket GpuExecutor::take_barrier(int32_t slot, int32_t shard
   ShardImpl& si = *im.shards[static_cast<size_t>(shard)];
   uint32_t& n = si.barriers_taken[static_cast<size_t>(slot)];
   ++n;
-  t.counter = im.counters + slot;
+  if (im.barrier_mode == 1) {
+    t.counter = im.counters + slot;
+  } else {
+    t.counter = reinterpret_cast<uint32_t*>(im.signal[static_cast<size_t>(shard)]->device_ptr()) + slot;
+    t.peers = si.peer_words + static_cast<size_t>(slot) * shards_.size();
+    t.n_peers = static_cast<int32_t>(shards_.size());
+  }
   t.target = n * static_cast<uint32_t>(shards_.size());
   t.timeout_ns = static_cast<uint64_t>(spec_.timeout_ms) * 1000000ull;
   t.ranks = si.ranks + static_cast<size_t>(slot) * spec_.world_size;
@@ -367,6 +406,8 @@ gpu::ShardBarrier to_barrier(const GpuExecutor::BarrierTicket& t, const uint32_t
                              const GpuExecutor::Shard& sh, int32_t slot) {
   gpu::ShardBarrier b{};
   b.counter = t.counter;
+  b.peers = t.peers;
+  b.n_peers = t.n_peers;
   b.abort_word = abort_word;
   b.target = t.target;
   b.timeout_ns = t.timeout_ns;
@@ -400,6 +441,8 @@ Status GpuExecutor::reset_barriers() {
   ShardImpl& home = im.home();
   EPD_CUDA_RETURN(cudaSetDevice(home.device));
   EPD_CUDA_RETURN(cudaMemsetAsync(im.counters, 0, sizeof(uint32_t) * spec_.slots, home.setup));
+  for (auto& w : im.signal)
+    EPD_CUDA_RETURN(cudaMemsetAsync(w->device_ptr(), 0, sizeof(uint32_t) * spec_.slots, home.setup));
   EPD_CUDA_RETURN(cudaStreamSynchronize(home.setup));
   return Status::ok();
 }

@@ -717,7 +717,15 @@ TEST_F(DaemonGpuTest, TopologyShowsEveryGpuPairAndItsLink) {
   ASSERT_EQ(query_daemon_status(socket(), "topology", true, body), EPD_OK) << body;
   const size_t at = body.find("\"gpu_peers\"");
   ASSERT_NE(at, std::string::npos) << body;
-  const std::string peers = body.substr(at);
+  // The gpu_peers object alone (hwloc's "gpus" list follows it): up to its matching brace.
+  size_t end = body.find('{', at), depth = 0;
+  ASSERT_NE(end, std::string::npos) << body;
+  for (; end < body.size(); ++end) {
+    depth += body[end] == '{';
+    depth -= body[end] == '}';
+    if (depth == 0) break;
+  }
+  const std::string peers = body.substr(at, end + 1 - at);
   EXPECT_NE(peers.find("\"available\":true"), std::string::npos) << peers;
   auto count = [&](const std::string& what) {
     size_t n = 0;
@@ -733,7 +741,7 @@ TEST_F(DaemonGpuTest, TopologyShowsEveryGpuPairAndItsLink) {
     int access = 0;
     ASSERT_EQ(cudaDeviceCanAccessPeer(&access, 0, 1), cudaSuccess);
     EXPECT_EQ(peers.find("\"access\":true") != std::string::npos, access != 0) << peers;
-    std::printf("gpu_peers: %s\n", peers.substr(0, 600).c_str());
+    std::printf("gpu_peers: %s\n", peers.c_str());
   }
 }
 

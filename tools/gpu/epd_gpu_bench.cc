@@ -22,6 +22,7 @@
 // without peer access.
 // Usage: epd_gpu_bench [--json FILE] [--iters N] [--only LL|HT] [--gpus N]
 //   [--parts N] [--combine-parts N] [--fused-per-sm N] [--ll-mode low_latency|high_throughput]
+//   [--barrier 0|1]  (multi-GPU barrier: 0 a word per GPU, local polling; 1 one word on the home GPU)
 // (the last four override the executor's launch choices, for sweeps).
 #include <cuda.h>
 #include <cuda_runtime_api.h>
@@ -488,6 +489,31 @@ std::string json_array(const std::vector<double>& v, const char* fmt) {
   return s + "]";
 }
 
+// One cross-GPU barrier's cost: a chain of kChain barriers per GPU on slot 0
+// of an executor with the given GpuTuning::barrier, the slowest GPU's median
+// divided by the chain length (the start skew is spread over the chain).
+double barrier_us(Gpus& G, int iters, int mode) {
+  constexpr int kChain = 50;
+  std::vector<int32_t> rank_gpu(G.n);
+  for (int r = 0; r < G.n; ++r) rank_gpu[r] = r;
+  const GroupSpec spec = make_spec(rank_gpu, 128, EPD_MODE_HIGH_THROUGHPUT, false);
+  auto ws = allocate_gpu_workspaces(spec, rank_gpu);
+  CHECK_OK(ws.status());
+  std::vector<uint8_t*> bases;
+  for (auto& w : ws.value()) bases.push_back(w->device_ptr());
+  GpuTuning t = g_tuning;
+  t.barrier = mode;
+  auto ex = GpuExecutor::create(spec, bases, rank_gpu, t);
+  CHECK_OK(ex.status());
+  auto chain = [&](int g, int) {
+    for (int i = 0; i < kChain; ++i) CHECK_OK(ex.value()->barrier_shard(0, g, G.stream[g]));
+  };
+  (void)run_gated(G, 3, 1, chain);
+  const auto us = run_gated(G, iters, 1, chain);
+  CHECK_OK(ex.value()->check_fault(nullptr));
+  return slowest(us[0]) / kChain;
+}
+
 int run_gpus(int n, int iters, const std::string& only, const std::string& json_path) {
   auto count = gpu_device_count();
   if (!count) {
@@ -534,7 +560,11 @@ int run_gpus(int n, int iters, const std::string& only, const std::string& json_
       results.push_back(run_workload_gpus("HT", 4096, 4096, EPD_MODE_HIGH_THROUGHPUT, fp8, iters, G));
   }
 
+  const double bar_local = barrier_us(G, iters, 0), bar_home = barrier_us(G, iters, 1);
   std::printf("gpus: %d, one rank each; peer access on %d ordered pairs, native atomics on %d\n", n, pairs, atomics);
+  std::printf("cross-GPU barrier (a chain of 50 per GPU): %.2f us each with a word per GPU (local polling, the "
+              "default), %.2f us with one word on the home GPU; runs below use %s\n",
+              bar_local, bar_home, g_tuning.barrier == 1 ? "the home word" : "local polling");
   for (int g = 0; g < n; ++g) std::printf("  GPU %d: %s (%d SMs)\n", g, names[g].c_str(), sms[g]);
   std::printf("start gate: %s\n", G.gate_note.c_str());
   std::printf("us: per op the slowest GPU's median over %d (LL) / %d (HT) iterations\n", iters * 4, iters);
@@ -548,7 +578,9 @@ int run_gpus(int n, int iters, const std::string& only, const std::string& json_
   std::string json = "{\n  \"gpus\": " + std::to_string(n) + ",\n  \"devices\": [";
   for (int g = 0; g < n; ++g) json += (g ? ", \"" : "\"") + names[g] + "\"";
   json += "],\n  \"peer_pairs\": " + std::to_string(pairs) + ",\n  \"native_atomic_pairs\": " +
-          std::to_string(atomics) + ",\n  \"start_gate\": " + (G.wait32 ? "true" : "false") + ",\n  \"results\": [\n";
+          std::to_string(atomics) + ",\n  \"start_gate\": " + (G.wait32 ? "true" : "false") +
+          ",\n  \"barrier_us_local\": " + std::to_string(bar_local) + ",\n  \"barrier_us_home\": " +
+          std::to_string(bar_home) + ",\n  \"results\": [\n";
   auto gbps = [](double bytes, double us) { return us > 0 ? bytes / (us * 1e-6) / 1e9 : 0.0; };
   for (size_t i = 0; i < results.size(); ++i) {
     const ResultN& r = results[i];
@@ -611,6 +643,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--parts") && i + 1 < argc) g_tuning.parts = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--combine-parts") && i + 1 < argc) g_tuning.combine_parts = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--fused-per-sm") && i + 1 < argc) g_tuning.fused_blocks_per_sm = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--barrier") && i + 1 < argc) g_tuning.barrier = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--ll-mode") && i + 1 < argc) {
       auto m = parse_mode(argv[++i]);
       if (!m) {
