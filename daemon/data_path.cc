@@ -77,16 +77,21 @@ void Server::scan_doorbells(Member& m) {
   }
 }
 
-void Server::on_ring(Member& m, int32_t slot, Op op, uint32_t seq, uint32_t mode) {
+void Server::on_ring(Member& m, int32_t slot, Op op, uint32_t seq, uint32_t mode, bool staged) {
   Group& g = *m.group;
   Member::SlotState& ss = m.slots[static_cast<size_t>(slot)];
-  auto refuse = [&](const Status& st) { publish(*m.shm, m.index, slot, op, seq, st); };
+  auto refuse = [&](const Status& st) { g.notify(m, slot, op, seq, st); };
   if (shutting_down_) return refuse(make_status(EPD_ERR_SHUTTING_DOWN, "epd is shutting down"));
   if (g.gpu)
     return refuse(make_status(EPD_ERR_UNSUPPORTED,
                               "group '%s' runs on %s: ring it with epd_dispatch_async / epd_combine_async, not "
                               "the host doorbells",
                               g.spec().name.c_str(), g.gpu->gpus().c_str()));
+  if (g.stage && !staged)
+    return refuse(make_status(EPD_ERR_UNSUPPORTED,
+                              "group '%s' has GPU ranks: ring it with epd_dispatch_async / epd_combine_async, not the "
+                              "host doorbells",
+                              g.spec().name.c_str()));
   if (g.closed)
     return refuse(make_status(EPD_ERR_GROUP_CLOSED, "group '%s' generation %llu was replaced by a newer generation",
                               g.spec().name.c_str(), static_cast<unsigned long long>(g.spec().generation)));
@@ -139,7 +144,7 @@ void Server::try_submit(Group& g, int32_t slot) {
       fail_pending(g, slot, st, Phase::kDispatched);
       return;
     }
-    targets.push_back(Group::Target{m.shm, m.index, ss.seq});
+    targets.push_back(Group::Target{m.shm, m.index, ss.seq, g.stage ? m.rank : -1});
   }
   for (auto& m : g.members()) {
     if (!m) continue;  // another node's rank
@@ -157,10 +162,26 @@ void Server::fail_pending(Group& g, int32_t slot, const Status& st, Phase reset_
   for (auto& m : g.members()) {
     if (!m || !m->joined || !rv.rung[static_cast<size_t>(m->rank)]) continue;
     Member::SlotState& ss = m->slots[static_cast<size_t>(slot)];
-    publish(*m->shm, m->index, slot, rv.op, ss.seq, st);
+    g.notify(*m, slot, rv.op, ss.seq, st);
     ss.phase = rv.op == Op::kCombine && reset_to == Phase::kDispatched ? Phase::kDispatched : Phase::kIdle;
   }
   g.clear_rendezvous(slot);
+}
+
+void Server::on_stage_events() {
+  uint64_t v;
+  while (read(stage_fd_, &v, sizeof v) == sizeof v) {
+  }
+  for (auto& [name, g] : groups_) {
+    if (!g->stage) continue;
+    for (const GpuStage::Ring& r : g->stage->take_rings()) {
+      const auto& m = g->members()[static_cast<size_t>(r.rank)];
+      if (!m || !m->joined) continue;  // left since: its ring died with it
+      Member::SlotState& ss = m->slots[static_cast<size_t>(r.slot)];
+      const Op op = r.op == GpuStage::Op::kDispatch ? Op::kDispatch : Op::kCombine;
+      on_ring(*m, r.slot, op, ss.seq + 1, r.mode, /*staged=*/true);
+    }
+  }
 }
 
 void Server::on_completions() {
@@ -266,6 +287,7 @@ void Server::remove_member(std::shared_ptr<Member> m, const std::string& reason)
     const bool left = reason.find(" left the group") != std::string::npos;
     log_message(left ? LogLevel::kInfo : LogLevel::kWarn, LogContext{g->spec().name, m->rank, m->session_id, m->pid}, msg);
     const Status st(EPD_ERR_PEER_LOST, msg);
+    if (g->stage) g->stage->disarm(m->rank);  // a pending op of this rank fails below
     if (g->gpu) {
       // Every armed wait is released with PEER_LOST so no worker's stream
       // hangs; the survivors leave and join again, and the last join resets.

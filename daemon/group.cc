@@ -1,6 +1,7 @@
 // group.cc — group workspace, rendezvous bookkeeping and the worker thread.
 #include "group.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -33,10 +34,11 @@ std::vector<uint64_t> rank_offsets(const GroupLayout& layout) {
 Result<std::unique_ptr<Group>> Group::create(uint64_t id, const GroupSpec& spec, ThreadPool* pool, CompletionSink sink) {
   const GroupLayout layout = GroupLayout::compute(spec);
   const std::string name = "epd-ws-" + spec.name;
-  // A GPU group's workspaces live in GPU memory (Group::gpu); its memfd is a
-  // placeholder page and no host executor runs over it.
-  const bool on_gpu = !spec.placement.empty() && spec.placement[0].gpu != EPD_GPU_HOST;
-  auto ws = SharedRegion::create(name.c_str(), on_gpu ? 4096 : layout.total_bytes);
+  // A GPU group on one node keeps its workspaces in GPU memory (Group::gpu);
+  // its memfd is a placeholder page and no host executor runs over it. A GPU
+  // group spanning nodes keeps the whole mirror here (Group::stage).
+  const bool placeholder = spec.placement[0].gpu != EPD_GPU_HOST && !spans_nodes(spec);
+  auto ws = SharedRegion::create(name.c_str(), placeholder ? 4096 : layout.total_bytes);
   if (!ws) return ws.status();
   return std::unique_ptr<Group>(new Group(id, spec, std::move(ws.value()), pool, std::move(sink)));
 }
@@ -44,7 +46,7 @@ Result<std::unique_ptr<Group>> Group::create(uint64_t id, const GroupSpec& spec,
 Group::Group(uint64_t id, GroupSpec spec, std::shared_ptr<SharedRegion> ws, ThreadPool* pool, CompletionSink sink)
     : id_(id), spec_(std::move(spec)), layout_(GroupLayout::compute(spec_)), workspace_(std::move(ws)),
       offsets_(rank_offsets(layout_)), sink_(std::move(sink)) {
-  if (spec_.placement[0].gpu == EPD_GPU_HOST) {
+  if (spec_.placement[0].gpu == EPD_GPU_HOST || spans_nodes(spec_)) {
     std::vector<uint8_t*> bases;
     for (uint64_t off : offsets_) bases.push_back(workspace_->data() + off);
     executor_ = std::make_unique<HostExecutor>(spec_, bases, pool);
@@ -86,7 +88,7 @@ void Group::fail_slot(int32_t slot, const Status& st) {
     Member::SlotState& ss = p->slots[static_cast<size_t>(slot)];
     if (!ss.owe_peer_lost) p->peer_lost_msg = st.message();  // an owed report keeps its first cause
     if (!rv.in_flight && rv.rung[static_cast<size_t>(p->rank)]) {
-      publish(*p->shm, p->index, slot, rv.op, ss.seq, st);
+      notify(*p, slot, rv.op, ss.seq, st);
       ss.owe_peer_lost = false;
     } else {
       ss.owe_peer_lost = true;
@@ -144,7 +146,7 @@ void Group::worker_loop() {
     } catch (...) {
       // Only allocation can throw here; tell the ranks instead of leaving them waiting.
       const Status st = make_status(EPD_ERR_NO_MEMORY, "daemon out of memory while finishing slot %d", job.slot);
-      for (Target& t : job.targets) publish(*t.shm, t.index, job.slot, job.op, t.seq, st);
+      for (Target& t : job.targets) finish(t, job.slot, job.op, st, false);
       Completion c;
       c.group_id = id_;
       c.slot = job.slot;
@@ -180,8 +182,34 @@ void Group::run_job(Job& job) {
       c.rows_received.push_back(std::max(0, total));
     }
   }
-  for (Target& t : job.targets) publish(*t.shm, t.index, job.slot, job.op, t.seq, c.status);
+  for (Target& t : job.targets) finish(t, job.slot, job.op, c.status, true);
   sink_(std::move(c));
+}
+
+void Group::finish(Target& t, int32_t slot, Op op, const Status& st, bool with_results) {
+  if (t.rank < 0 || !stage) return publish(*t.shm, t.index, slot, op, t.seq, st);
+  const GpuStage::Op gop = op == Op::kDispatch ? GpuStage::Op::kDispatch : GpuStage::Op::kCombine;
+  Status d = with_results ? stage->deliver(t.rank, slot, gop, st.code()) : stage->fail(t.rank, slot, gop, st.code());
+  if (!d) {
+    std::fprintf(stderr, "epd: group '%s' rank %d slot %d: staging the result to the GPU failed: %s\n",
+                 spec_.name.c_str(), t.rank, slot, d.message().c_str());
+    (void)stage->fail(t.rank, slot, gop, EPD_ERR_CUDA);
+  }
+  publish(*t.shm, t.index, slot, op, t.seq, st);  // the session block too (epctl counters, status text)
+}
+
+void Group::notify(Member& m, int32_t slot, Op op, uint32_t seq, const Status& st) {
+  if (stage && m.shm) {
+    Target t{m.shm, m.index, seq, m.rank};
+    return finish(t, slot, op, st, false);
+  }
+  publish(*m.shm, m.index, slot, op, seq, st);
+}
+
+bool spans_nodes(const GroupSpec& spec) {
+  for (const auto& p : spec.placement)
+    if (p.node != spec.placement[0].node) return true;
+  return false;
 }
 
 }  // namespace epd

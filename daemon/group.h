@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "gpu_group.h"
+#include "gpu_stage.h"
 #include "host_executor.h"
 #include "layout.h"
 #include "shared_region.h"
@@ -132,6 +133,7 @@ class Group {
     std::shared_ptr<SharedRegion> shm;
     uint32_t index = 0;
     uint32_t seq = 0;
+    int32_t rank = -1;  // >= 0: a host-staged GPU rank (results go through `stage`)
   };
   // Runs the op on the worker thread, then publishes to every target.
   void submit(int32_t slot, Op op, epd_weight_mode_t mode, std::vector<Target> targets);
@@ -139,6 +141,13 @@ class Group {
   // GPU groups: the workspaces in GPU memory and the armed executor (control
   // thread); null for host groups, whose workspace is the memfd above.
   std::unique_ptr<GpuGroup> gpu;
+  // A GPU group spanning nodes: its local GPU ranks, staged through the memfd
+  // mirror, which the host executor computes on (gpu_stage.h); null otherwise.
+  // Set by the control thread before any job is submitted.
+  std::unique_ptr<GpuStage> stage;
+  // Tells rank m the outcome of `op` without results: its session block, or
+  // its GPU completion word when the rank is host-staged. Control thread.
+  void notify(Member& m, int32_t slot, Op op, uint32_t seq, const Status& st);
 
   bool closed = false;  // replaced by a newer generation
   bool pinned = false;  // declared in the config: kept while it has no members
@@ -154,6 +163,7 @@ class Group {
   };
   void worker_loop();
   void run_job(Job& job);
+  void finish(Target& t, int32_t slot, Op op, const Status& st, bool with_results);
 
   uint64_t id_;
   GroupSpec spec_;
@@ -174,6 +184,9 @@ class Group {
   bool stop_ = false;
   std::thread worker_;
 };
+
+// Whether the placement names more than one node.
+bool spans_nodes(const GroupSpec& spec);
 
 // Byte offset of every rank's region inside the group workspace.
 std::vector<uint64_t> rank_offsets(const GroupLayout& layout);

@@ -25,7 +25,9 @@ namespace epd {
 
 namespace {
 
-enum Tag : uint64_t { kListen = 1, kSignal = 2, kCompletion = 3, kStop = 4, kSession = 5, kDoorbell = 6, kCluster = 7 };
+enum Tag : uint64_t {
+  kListen = 1, kSignal = 2, kCompletion = 3, kStop = 4, kSession = 5, kDoorbell = 6, kCluster = 7, kStage = 8
+};
 uint64_t tag(Tag t, uint64_t id = 0) { return (static_cast<uint64_t>(t) << 56) | id; }
 
 constexpr size_t kMaxOutQueue = 64;  // records queued for a client that does not read
@@ -55,6 +57,9 @@ Status Server::init() {
   stop_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (completion_fd_ < 0 || stop_fd_ < 0) return errno_status("eventfd", errno);
   EPD_RETURN_IF_ERROR(epoll_add(epfd_, completion_fd_, EPOLLIN, tag(kCompletion)));
+  stage_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (stage_fd_ < 0) return errno_status("eventfd", errno);
+  EPD_RETURN_IF_ERROR(epoll_add(epfd_, stage_fd_, EPOLLIN, tag(kStage)));
   EPD_RETURN_IF_ERROR(epoll_add(epfd_, stop_fd_, EPOLLIN, tag(kStop)));
 
   if (opts_.handle_signals) {
@@ -148,7 +153,7 @@ Server::~Server() {
   sessions_.clear();
   groups_.clear();
   retired_.clear();
-  for (int fd : {epfd_, signal_fd_, completion_fd_, stop_fd_})
+  for (int fd : {epfd_, signal_fd_, completion_fd_, stop_fd_, stage_fd_})
     if (fd >= 0) close(fd);
   if (listen_fd_ >= 0) close(listen_fd_);
   if (own_socket_path_) unlink(opts_.config.socket_path.c_str());
@@ -210,6 +215,7 @@ Status Server::run() {
           break;
         }
         case kCompletion: on_completions(); break;
+        case kStage: on_stage_events(); break;
         case kSession: on_session_io(id, evs[i].events); break;
         case kDoorbell: on_doorbell(id); break;
         case kCluster: on_cluster_events(); break;
@@ -500,16 +506,20 @@ void Server::on_join(Session& s, const proto::Frame& f) {
   if (Status st = spec.validate(); !st) return fail(st);
   if (shutting_down_) return fail(make_status(EPD_ERR_SHUTTING_DOWN, "epd is shutting down"));
   if (Status st = check_placement(spec); !st) return fail(st);
-  auto devices = gpu_devices_of(spec);
-  if (!devices) return fail(devices.status());
-  if (!devices->empty())
+  // One node: the GPU executor needs each GPU's ranks contiguous. Several
+  // nodes (host-staged, gpu_stage.h): every rank on a GPU, checked per node.
+  if (!spans_nodes(spec)) {
+    auto devices = gpu_devices_of(spec);
+    if (!devices) return fail(devices.status());
+  } else {
     for (int32_t r = 0; r < spec.world_size; ++r)
-      if (spec.placement[static_cast<size_t>(r)].node != static_cast<int32_t>(opts_.config.node_id))
+      if ((spec.placement[static_cast<size_t>(r)].gpu == EPD_GPU_HOST) != (spec.placement[0].gpu == EPD_GPU_HOST))
         return fail(make_status(EPD_ERR_UNSUPPORTED,
-                                "group '%s': placement[%d] is on node %d, but GPU groups span one node in this "
-                                "version (this is node %u)",
-                                spec.name.c_str(), r, spec.placement[static_cast<size_t>(r)].node,
-                                opts_.config.node_id));
+                                "group '%s': placement[0].gpu = %d but placement[%d].gpu = %d: a group runs entirely "
+                                "on the host executor or entirely on GPUs",
+                                spec.name.c_str(), spec.placement[0].gpu, r,
+                                spec.placement[static_cast<size_t>(r)].gpu));
+  }
   uint32_t index = shm::kMaxMemberships;
   for (uint32_t i = 0; i < shm::kMaxMemberships; ++i)
     if (!s.members[i]) {
@@ -577,7 +587,30 @@ Result<Group*> Server::create_group(const GroupSpec& spec) {
   if (!g) return g.status();
   g.value()->created_ns = shm::monotonic_ns();
   Group* raw = g.value().get();
-  if (spec.placement[0].gpu != EPD_GPU_HOST) {
+  if (spec.placement[0].gpu != EPD_GPU_HOST && spans_nodes(spec)) {
+    std::vector<int32_t> local;
+    std::vector<uint8_t*> mirror;
+    const std::vector<uint64_t> offsets = rank_offsets(raw->layout());
+    for (int32_t r = 0; r < spec.world_size; ++r) {
+      if (is_local(*raw, r)) local.push_back(r);
+      mirror.push_back(raw->workspace().data() + offsets[static_cast<size_t>(r)]);
+    }
+    const int fd = stage_fd_;
+    auto stage = GpuStage::create(spec, local, mirror, [fd] {
+      const uint64_t one = 1;
+      if (write(fd, &one, sizeof one) < 0) {
+        // eventfd counter saturation is impossible at this rate.
+      }
+    });
+    if (!stage) {
+      log_message(LogLevel::kWarn, LogContext{spec.name, -1, 0, -1}, "GPU group refused: " + stage.status().message());
+      return stage.status();
+    }
+    raw->stage = std::move(stage.value());
+    log_message(LogLevel::kInfo, LogContext{spec.name, -1, 0, -1},
+                "GPU group across nodes: " + raw->stage->describe() + ", " +
+                    std::to_string(raw->stage->total_bytes()) + " bytes of GPU workspace");
+  } else if (spec.placement[0].gpu != EPD_GPU_HOST) {
     auto gpu = GpuGroup::create(spec);
     if (!gpu) {
       log_message(LogLevel::kWarn, LogContext{spec.name, -1, 0, -1}, "GPU group refused: " + gpu.status().message());
@@ -601,9 +634,15 @@ Result<Group*> Server::create_group(const GroupSpec& spec) {
 void Server::complete_join(Member& m) {
   Group& g = *m.group;
   int gpu_fd = -1;  // a GPU group sends the rank's cuMem workspace instead of the memfd
-  if (g.gpu) {
-    auto fd = g.gpu->export_fd(m.rank);
+  if (g.gpu || g.stage) {
+    auto fd = g.gpu ? g.gpu->export_fd(m.rank) : g.stage->export_fd(m.rank);
     if (!fd) return reply_join_error(m, fd.status());  // stays pending; its join deadline removes it
+    if (g.stage) {
+      if (Status st = g.stage->arm(m.rank); !st) {
+        close(*fd);
+        return reply_join_error(m, st);
+      }
+    }
     gpu_fd = *fd;
   }
   shm::Membership* e = shm::membership(m.shm->data(), m.index);
@@ -623,9 +662,9 @@ void Server::complete_join(Member& m) {
   r.member_index = m.index;
   r.group_id = g.id();
   r.generation = g.spec().generation;
-  if (g.gpu) {
-    r.gpu_device = g.gpu->device(m.rank);
-    r.gpu_mapped_bytes = g.gpu->mapped_bytes(m.rank);
+  if (g.gpu || g.stage) {
+    r.gpu_device = g.gpu ? g.gpu->device(m.rank) : g.stage->device(m.rank);
+    r.gpu_mapped_bytes = g.gpu ? g.gpu->mapped_bytes(m.rank) : g.stage->mapped_bytes(m.rank);
     if (m.session) send(*m.session, proto::encode(r, m.join_request), {gpu_fd});
     else close(gpu_fd);
     return;
@@ -700,7 +739,9 @@ StatusSnapshot Server::snapshot() const {
     row.slots = sp.slots;
     row.timeout_ms = sp.timeout_ms;
     row.workspace_bytes = g.gpu ? g.gpu->total_bytes() : g.workspace().size();
-    row.executor = g.gpu ? g.gpu->gpus() : "host";
+    row.executor = g.gpu ? g.gpu->gpus() : g.stage ? "GPU ranks host-staged across nodes" : "host";
+    if (g.stage)
+      if (const Status h = g.stage->health(); !h) row.executor += " (" + h.message() + ")";
     if (g.gpu) {
       uint64_t ops = 0;
       for (int32_t slot = 0; slot < sp.slots; ++slot) ops += g.gpu->completed(slot);

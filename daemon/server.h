@@ -102,7 +102,9 @@ class Server {
   void retire_group(const std::string& name, const std::string& why);
   void maybe_destroy_group(Group* g);
   void scan_doorbells(Member& m);
-  void on_ring(Member& m, int32_t slot, Op op, uint32_t seq, uint32_t mode);
+  // staged: a host-staged GPU rank's ring (GpuStage), not a host doorbell.
+  void on_ring(Member& m, int32_t slot, Op op, uint32_t seq, uint32_t mode, bool staged = false);
+  void on_stage_events();  // rings the GpuStages of multi-node GPU groups queued
   void try_submit(Group& g, int32_t slot);
   void fail_pending(Group& g, int32_t slot, const Status& st, Phase reset_to);
   Group* group_by_id(uint64_t id);
@@ -133,6 +135,7 @@ class Server {
   Options opts_;
   std::unique_ptr<ThreadPool> pool_;
   int epfd_ = -1, listen_fd_ = -1, signal_fd_ = -1, completion_fd_ = -1, stop_fd_ = -1;
+  int stage_fd_ = -1;  // eventfd: a GpuStage queued rings
   bool own_socket_path_ = false;
   bool shutting_down_ = false;
   int64_t started_ns_ = 0;
