@@ -188,6 +188,9 @@ void Group::run_job(Job& job) {
 
 void Group::finish(Target& t, int32_t slot, Op op, const Status& st, bool with_results) {
   if (t.rank < 0 || !stage) return publish(*t.shm, t.index, slot, op, t.seq, st);
+  // The session block first: the worker's epd_gpu_status reads its message
+  // once the completion word below has released its stream.
+  publish(*t.shm, t.index, slot, op, t.seq, st);
   const GpuStage::Op gop = op == Op::kDispatch ? GpuStage::Op::kDispatch : GpuStage::Op::kCombine;
   Status d = with_results ? stage->deliver(t.rank, slot, gop, st.code()) : stage->fail(t.rank, slot, gop, st.code());
   if (!d) {
@@ -195,7 +198,6 @@ void Group::finish(Target& t, int32_t slot, Op op, const Status& st, bool with_r
                  spec_.name.c_str(), t.rank, slot, d.message().c_str());
     (void)stage->fail(t.rank, slot, gop, EPD_ERR_CUDA);
   }
-  publish(*t.shm, t.index, slot, op, t.seq, st);  // the session block too (epctl counters, status text)
 }
 
 void Group::notify(Member& m, int32_t slot, Op op, uint32_t seq, const Status& st) {

@@ -155,6 +155,25 @@ EPD_API epd_status_t epd_combine_wait_async(epd_group_t* group, int32_t slot, vo
   });
 }
 
+namespace {
+
+// A host-staged GPU rank (a group spanning nodes) also finds the daemon's
+// message for a failed op in its session block (the daemon writes it before
+// the completion word): appended when its status matches.
+Status with_daemon_message(const epd_group_impl& g, int32_t slot, const Status& st) {
+  shm::SlotWords& w = g.entry->slot[slot];
+  const std::pair<int32_t*, const char*> ops[] = {{&w.dispatch_status, w.dispatch_msg},
+                                                  {&w.combine_status, w.combine_msg}};
+  for (const auto& [code, msg] : ops) {
+    if (static_cast<epd_status_t>(shm::word(*code).load(std::memory_order_acquire)) != st.code()) continue;
+    const size_t n = strnlen(msg, shm::kMsgBytes);
+    if (n) return Status(st.code(), st.message() + ": " + std::string(msg, n));
+  }
+  return st;
+}
+
+}  // namespace
+
 EPD_API epd_status_t epd_gpu_status(epd_group_t* group, int32_t slot, uint32_t timeout_ms) {
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
@@ -167,7 +186,7 @@ EPD_API epd_status_t epd_gpu_status(epd_group_t* group, int32_t slot, uint32_t t
       const int64_t limit_ms = timeout_ms ? timeout_ms : g->spec.timeout_ms;
       if (Status st = wait_completion(*g, slot, expect, limit_ms); !st) return g->fail(st);
     }
-    const Status st = g->gpu_ops->query(slot);
+    const Status st = with_daemon_message(*g, slot, g->gpu_ops->query(slot));
     if (st) return EPD_OK;
     if (st.code() == EPD_ERR_PEER_LOST || st.code() == EPD_ERR_SHUTTING_DOWN)
       g->gpu_aborted.store(st.code(), std::memory_order_release);
