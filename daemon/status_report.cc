@@ -1,6 +1,8 @@
 // status_report.cc — JSON and text rendering of the daemon snapshot for epctl.
 #include "status_report.h"
 
+#include "cluster.h"
+#include "cpu_list.h"
 #include "topology_view.h"
 
 #include <cstdarg>
@@ -25,6 +27,28 @@ std::string json_quote(const std::string& s) {
   return o + "\"";
 }
 
+std::vector<StatusSnapshot::ClusterThreadRow> cluster_thread_rows(
+    const cluster::ProxyPinning& pinning, const std::vector<cluster::ProxyThreadState>& threads) {
+  std::vector<StatusSnapshot::ClusterThreadRow> rows;
+  for (const cluster::ProxyThreadState& t : threads) {
+    StatusSnapshot::ClusterThreadRow r;
+    r.role = t.role;
+    r.nic = pinning.nic;
+    r.numa_node = pinning.numa_node;
+    if (t.started) {
+      r.tid = t.tid;
+      r.pinned = t.pinned;
+      // An unpinned thread may have read back its inherited affinity: that is not a pinning.
+      if (t.pinned) r.cpus = t.affinity;
+      r.detail = t.detail;
+    } else {
+      r.detail = "not started yet; pinning not known";
+    }
+    rows.push_back(std::move(r));
+  }
+  return rows;
+}
+
 namespace {
 
 std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
@@ -43,12 +67,29 @@ std::string lost_list(const std::vector<int32_t>& v) {
   return s;
 }
 
+// Unknown values (tid 0, NUMA node -1, no NIC) are null; cpus is a list like
+// "0-3,8" as in `epctl topology`'s proxies, "" when not pinned.
+std::string json_cluster_threads(const StatusSnapshot& s) {
+  // Concatenated, not fmt(): the detail has no length bound.
+  std::string o = "[";
+  for (size_t i = 0; i < s.cluster_threads.size(); ++i) {
+    const auto& t = s.cluster_threads[i];
+    o += std::string(i ? "," : "") + "{\"role\":" + json_quote(t.role) +
+         ",\"tid\":" + (t.tid > 0 ? std::to_string(t.tid) : "null") +
+         ",\"pinned\":" + (t.pinned ? "true" : "false") + ",\"cpus\":" + json_quote(format_cpu_list(t.cpus)) +
+         ",\"numa_node\":" + (t.numa_node >= 0 ? std::to_string(t.numa_node) : "null") +
+         ",\"nic\":" + (t.nic.empty() ? "null" : json_quote(t.nic)) + ",\"detail\":" + json_quote(t.detail) + "}";
+  }
+  return o + "]";
+}
+
 std::string json_status(const StatusSnapshot& s) {
   return fmt("{\"pid\":%d,\"uptime_s\":%.3f,\"version\":%s,\"executor\":%s,\"socket\":%s,\"log_target\":%s,"
-             "\"sessions\":%u,\"groups\":%zu,\"shutting_down\":%s,\"gpu\":%s}",
+             "\"sessions\":%u,\"groups\":%zu,\"shutting_down\":%s,\"gpu\":%s,",
              s.pid, s.uptime_s, json_quote(s.version).c_str(), json_quote(s.executor).c_str(),
              json_quote(s.socket_path).c_str(), json_quote(s.log_target).c_str(), s.sessions, s.groups.size(),
-             s.shutting_down ? "true" : "false", json_quote(s.gpu).c_str());
+             s.shutting_down ? "true" : "false", json_quote(s.gpu).c_str()) +
+         "\"cluster_threads\":" + json_cluster_threads(s) + "}";
 }
 
 std::string json_groups(const StatusSnapshot& s) {
@@ -114,10 +155,29 @@ std::string text_sessions(const StatusSnapshot& s) {
 
 std::string age(double s) { return s < 0 ? "never" : fmt("%.1fs ago", s); }
 
+// One line per thread: role, tid, CPUs, NUMA node, NIC ("-": none / not
+// known), then how the CPUs were chosen or why it is not pinned.
+std::string text_cluster_threads(const StatusSnapshot& s) {
+  if (s.cluster_threads.empty()) return {};
+  std::string o = "cluster threads:\n";
+  for (const auto& t : s.cluster_threads) {
+    const std::string cpus = t.pinned && !t.cpus.empty() ? format_cpu_list(t.cpus) : "-";
+    std::string line = fmt("  %-18s  tid %-7s  CPUs %-10s  NUMA %-3s  NIC %-10s  ", t.role.c_str(),
+                           t.tid > 0 ? std::to_string(t.tid).c_str() : "-", cpus.c_str(),
+                           t.numa_node >= 0 ? std::to_string(t.numa_node).c_str() : "-",
+                           t.nic.empty() ? "-" : t.nic.c_str()) +
+                       t.detail;  // no length bound, so not through fmt()
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    o += line + "\n";
+  }
+  return o;
+}
+
 std::string text_status(const StatusSnapshot& s) {
   return fmt("epd %s  pid %d  up %.1fs  executor %s  socket %s  log %s\nsessions %u  groups %zu%s\ngpu: %s\n",
              s.version.c_str(), s.pid, s.uptime_s, s.executor.c_str(), s.socket_path.c_str(), s.log_target.c_str(),
-             s.sessions, s.groups.size(), s.shutting_down ? "  (shutting down)" : "", s.gpu.c_str());
+             s.sessions, s.groups.size(), s.shutting_down ? "  (shutting down)" : "", s.gpu.c_str()) +
+         text_cluster_threads(s);
 }
 
 std::string text_groups(const StatusSnapshot& s) {

@@ -14,6 +14,11 @@
 
 namespace epd {
 
+namespace cluster {
+struct ProxyPinning;
+struct ProxyThreadState;
+}  // namespace cluster
+
 struct StatusSnapshot {
   int32_t pid = 0;
   double uptime_s = 0;
@@ -46,10 +51,28 @@ struct StatusSnapshot {
     uint32_t memberships = 0;
     double connected_s = 0;
   };
+  // One per thread of the cluster link that ships to / receives from the other
+  // nodes (cluster_thread_rows()); empty when the daemon runs no cluster.
+  struct ClusterThreadRow {
+    std::string role;        // "shipping proxy" | "transport progress"
+    int32_t tid = 0;         // OS thread id; 0: not known (not started yet)
+    bool pinned = false;     // its affinity was set to the CPUs chosen near the NIC
+    std::vector<int> cpus;   // pinned: its CPUs as read back; else empty
+    std::string nic;         // the NIC the transport uses; "": not known
+    int32_t numa_node = -1;  // that NIC's NUMA node; -1: not known
+    std::string detail;      // how the CPUs were chosen, or why it is not pinned
+  };
   std::vector<GroupRow> groups;
   std::vector<RankRow> ranks;
   std::vector<SessionRow> sessions_list;
+  std::vector<ClusterThreadRow> cluster_threads;
 };
+
+// The rows for a cluster link's threads: `pinning` is what was asked for
+// (ClusterLink::pinning()), `threads` what each thread got
+// (ClusterLink::proxy_threads()).
+std::vector<StatusSnapshot::ClusterThreadRow> cluster_thread_rows(
+    const cluster::ProxyPinning& pinning, const std::vector<cluster::ProxyThreadState>& threads);
 
 std::string render_status(const StatusSnapshot& s, proto::StatusWhat what, bool json);
 

@@ -81,10 +81,12 @@ struct ProxyPinning {
   std::string reason;     // how it was chosen, or why "...; not pinned" (logged)
 };
 
-// What one of those threads got, for the start-up log and `epctl topology`.
+// What one of those threads got, for the start-up log and `epctl status`
+// (`epctl topology` shows only the plan).
 struct ProxyThreadState {
   std::string role;           // "shipping proxy" | "transport progress"
   bool started = false;
+  int32_t tid = 0;            // its OS thread id (gettid); 0: not started yet
   bool pinned = false;        // the affinity was set to `cpus`
   std::vector<int> affinity;  // the thread's CPUs as read back after pinning (empty: unknown)
   std::string detail;         // the pinning's reason, or the error that left it unpinned

@@ -3,6 +3,8 @@
 // thread near the NIC (see cluster.h).
 #include <pthread.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -52,6 +54,7 @@ void ClusterLink::on_thread_start(size_t index) {
     th.detail = st.is_ok() ? pinning_.reason : "not pinned: " + st.message();
   }
   th.started = true;
+  th.tid = static_cast<int32_t>(syscall(SYS_gettid));  // gettid() needs glibc 2.30
   {
     std::lock_guard<std::mutex> l(mu_);
     th.role = threads_[index].role;

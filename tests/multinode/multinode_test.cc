@@ -14,6 +14,7 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <fstream>
 #include <functional>
 #include <map>
 
@@ -52,6 +53,65 @@ int finish(job::Child& c, job::WorkerResult* res, bool* got, std::string* out, i
     if (job::parse_result(line, *res)) *got = true;
   }
   return c.wait(10000);
+}
+
+// Runs `epctl --socket <node's socket> args...`; its output, or "" and a failure.
+std::string epctl(Cluster& c, int node, const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {epctl_path(), "--socket", c.socket(node)};
+  argv.insert(argv.end(), args.begin(), args.end());
+  job::Child p = job::Child::spawn(argv);
+  std::string out, line;
+  while (p.read_line(line, 10000)) out += line + "\n";
+  EXPECT_EQ(p.wait(10000), 0) << "epctl " << args.back() << " of node " << node << ":\n" << out;
+  return out;
+}
+
+// The value after `"key":` in a one-line JSON object, up to the next , or }.
+std::string json_field(const std::string& obj, const std::string& key) {
+  const size_t at = obj.find("\"" + key + "\":");
+  if (at == std::string::npos) return "";
+  const size_t from = at + key.size() + 3;
+  return obj.substr(from, obj.find_first_of(",}", from) - from);
+}
+
+// The kernel's view of one thread of `pid`: its Cpus_allowed_list, or "" when
+// there is no such thread.
+std::string kernel_cpus_of(const std::string& pid, const std::string& tid) {
+  std::ifstream f("/proc/" + pid + "/task/" + tid + "/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("Cpus_allowed_list:", 0) == 0) return line.substr(line.find_first_not_of(" \t", 18));
+  return "";
+}
+
+// `epctl status` of a node names both cluster threads with their OS thread
+// ids, which are threads of that node's epd; a pinned one's CPUs are what the
+// kernel has for it, an unpinned one says why.
+void expect_cluster_threads_in_status(Cluster& c, int node) {
+  SCOPED_TRACE("node " + std::to_string(node));
+  const std::string j = epctl(c, node, {"--json", "status"});
+  const std::string pid = json_field(j, "pid");
+  const size_t list = j.find("\"cluster_threads\":[");
+  ASSERT_NE(list, std::string::npos) << j;
+  std::string seen_tid;
+  for (const std::string& role : std::vector<std::string>{"shipping proxy", "transport progress"}) {
+    const size_t at = j.find("{\"role\":\"" + role + "\"", list);
+    ASSERT_NE(at, std::string::npos) << role << " missing:\n" << j;
+    const std::string obj = j.substr(at, j.find("\"detail\":", at) - at);
+    const std::string tid = json_field(obj, "tid"), kernel_cpus = kernel_cpus_of(pid, tid);
+    EXPECT_NE(kernel_cpus, "") << role << ": tid " << tid << " is not a thread of epd pid " << pid << ":\n" << j;
+    EXPECT_NE(tid, pid) << role << " names the main thread:\n" << j;
+    EXPECT_NE(tid, seen_tid) << "both roles name one thread:\n" << j;
+    seen_tid = tid;
+    if (json_field(obj, "pinned") == "true") {
+      EXPECT_EQ(json_field(obj, "cpus"), "\"" + kernel_cpus + "\"") << j;
+    } else {
+      EXPECT_NE(j.compare(at + obj.size(), 11, "\"detail\":\"\""), 0)
+          << role << " is not pinned and does not say why:\n" << j;
+    }
+  }
+  const std::string t = epctl(c, node, {"status"});
+  EXPECT_NE(t.find("\ncluster threads:\n  shipping proxy "), std::string::npos) << t;
+  EXPECT_NE(t.find("\n  transport progress "), std::string::npos) << t;
 }
 
 class MultinodeTest : public ::testing::Test {
@@ -93,6 +153,7 @@ TEST_F(MultinodeTest, TwoNodesDispatchAndCombineVerified) {
   // One start-up line names the transport that runs.
   EXPECT_NE(cluster_->log(0).find("daemon-to-daemon transport tcp on " + cluster_->address(0)), std::string::npos)
       << cluster_->log(0);
+  for (int n = 0; n < 2; ++n) expect_cluster_threads_in_status(*cluster_, n);
 }
 
 TEST_F(MultinodeTest, FourNodesDispatchAndCombineVerified) {

@@ -29,6 +29,7 @@ int sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c
 
 std::string epd_path() { return EPD_TEST_DAEMON; }
 std::string worker_path() { return EPD_TEST_WORKER; }
+std::string epctl_path() { return EPD_TEST_EPCTL; }
 
 Cluster::Cluster(int nodes) {
   if (geteuid() != 0) {

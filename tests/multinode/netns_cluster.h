@@ -65,5 +65,6 @@ bool read_until(job::Child& c, const std::string& prefix, std::string& line, int
 
 std::string epd_path();
 std::string worker_path();
+std::string epctl_path();
 
 }  // namespace epd::mn
