@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
@@ -343,7 +345,11 @@ TEST_F(ClusterLinkTest, ProxyAndProgressThreadsPinnedToTheGivenCpus) {
       EXPECT_TRUE(t.started);
       EXPECT_TRUE(t.pinned) << t.detail;
       EXPECT_EQ(t.affinity, std::vector<int>{cpu});
+      // The thread id `epctl status` shows: a thread of this process, not the test's own.
+      EXPECT_NE(t.tid, static_cast<int32_t>(syscall(SYS_gettid)));
+      EXPECT_EQ(access(("/proc/self/task/" + std::to_string(t.tid)).c_str(), F_OK), 0) << "tid " << t.tid;
     }
+    EXPECT_NE(th[0].tid, th[1].tid);
     EXPECT_EQ(n_[id].link->pinning().nic, "mlx5_9");
   }
   // And shipping works from the pinned proxy.
