@@ -140,6 +140,52 @@ struct GpuStage::Impl {
     }
   }
 
+  // Copies exactly the bytes the executor wrote for rank r (every other byte
+  // of the GPU workspace keeps what the worker left there, as with the GPU
+  // executor): dispatch: total, counts, ids / weights / sources of every row
+  // (padding rows included), payload and scales of the received rows;
+  // combine: the rank's n_tokens output rows. Worker thread.
+  Status stage_out(int32_t r, int32_t s, Op op, cudaStream_t st) {
+    const RankLayout& l = lay(r);
+    const SlotOffsets& o = l.slot[s];
+    const uint8_t* m = mirror[static_cast<size_t>(r)];
+    auto h2d = [&](uint64_t at, uint64_t bytes) -> Status {
+      if (bytes) EPD_CUDA_RETURN(cudaMemcpyAsync(dev(r) + at, m + at, bytes, cudaMemcpyHostToDevice, st));
+      return Status::ok();
+    };
+    const uint64_t R = static_cast<uint64_t>(l.recv_rows);
+    if (op == Op::kCombine) {
+      uint32_t n = 0;
+      std::memcpy(&n, m + o.send_hdr, sizeof n);
+      return h2d(o.combine_out, std::min<uint64_t>(n, static_cast<uint64_t>(spec.max_tokens_per_rank)) * l.in_row_bytes);
+    }
+    const uint64_t ids = static_cast<uint64_t>(l.ids_per_row) * 4, scales = static_cast<uint64_t>(l.scale_blocks) * 4;
+    EPD_RETURN_IF_ERROR(h2d(o.recv_total, 4));
+    EPD_RETURN_IF_ERROR(h2d(o.recv_counts, static_cast<uint64_t>(l.local_experts) * 4));
+    EPD_RETURN_IF_ERROR(h2d(o.recv_ids, R * ids));
+    EPD_RETURN_IF_ERROR(h2d(o.recv_weights, R * ids));
+    EPD_RETURN_IF_ERROR(h2d(o.recv_src, R * 8));
+    // Received rows: [0, total) (rank_major), or per local expert e the first
+    // counts[e] rows of its block of world_size * max_tokens_per_rank (expert_major).
+    auto rows = [&](uint64_t first, uint64_t count) -> Status {
+      count = std::min(count, R > first ? R - first : 0);
+      EPD_RETURN_IF_ERROR(h2d(o.recv_x + first * l.recv_row_bytes, count * l.recv_row_bytes));
+      return h2d(o.recv_scales + first * scales, count * scales);
+    };
+    if (spec.layout == EPD_LAYOUT_RANK_MAJOR) {
+      int32_t total = 0;
+      std::memcpy(&total, m + o.recv_total, sizeof total);
+      return rows(0, static_cast<uint64_t>(std::max(total, 0)));
+    }
+    const uint64_t block = static_cast<uint64_t>(spec.world_size) * static_cast<uint64_t>(spec.max_tokens_per_rank);
+    for (int32_t e = 0; e < l.local_experts; ++e) {
+      int32_t c = 0;
+      std::memcpy(&c, m + o.recv_counts + 4 * static_cast<uint64_t>(e), sizeof c);
+      EPD_RETURN_IF_ERROR(rows(static_cast<uint64_t>(e) * block, static_cast<uint64_t>(std::max(c, 0))));
+    }
+    return Status::ok();
+  }
+
   Status write_completion(int32_t r, int32_t s, Op op, epd_status_t status, cudaStream_t st) {
     static_assert(sizeof(uint32_t) == sizeof(ControlSlot::completion), "completion word");
     const uint32_t w = completion_word(done_of(op), status, false);
@@ -280,16 +326,7 @@ Status GpuStage::deliver(int32_t rank, int32_t slot, Op op, epd_status_t status)
   if (!im.ws[static_cast<size_t>(rank)]) return make_status(EPD_ERR_INVALID_ARGUMENT, "rank %d is not on this node", rank);
   EPD_CUDA_RETURN(cudaSetDevice(im.device[static_cast<size_t>(rank)]));
   cudaStream_t st = im.work_stream[static_cast<size_t>(rank)];
-  if (status == EPD_OK) {
-    const RankLayout& l = im.lay(rank);
-    const SlotOffsets& o = l.slot[slot];
-    const uint8_t* m = im.mirror[static_cast<size_t>(rank)];
-    // dispatch: every receive region (padding rows included); combine: every output row.
-    const uint64_t at = op == Op::kDispatch ? o.recv_total : o.combine_out;
-    const uint64_t bytes = op == Op::kDispatch ? o.combine_in - o.recv_total
-                                               : static_cast<uint64_t>(im.spec.max_tokens_per_rank) * l.in_row_bytes;
-    EPD_CUDA_RETURN(cudaMemcpyAsync(im.dev(rank) + at, m + at, bytes, cudaMemcpyHostToDevice, st));
-  }
+  if (status == EPD_OK) EPD_RETURN_IF_ERROR(im.stage_out(rank, slot, op, st));
   return im.write_completion(rank, slot, op, status, st);
 }
 
