@@ -717,6 +717,7 @@ StatusSnapshot Server::snapshot() const {
   s.log_target = log_target_name();
   s.sessions = static_cast<uint32_t>(sessions_.size());
   s.shutting_down = shutting_down_;
+  if (cluster_) s.cluster_threads = cluster_thread_rows(cluster_->pinning(), cluster_->proxy_threads());
   const int64_t now_rt = shm::realtime_ns();
   auto add = [&](const Group& cg) {
     Group& g = const_cast<Group&>(cg);
