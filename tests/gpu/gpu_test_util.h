@@ -204,7 +204,8 @@ inline std::string first_difference(const uint8_t* a, const uint8_t* b, uint64_t
 }
 
 // Rows each destination receives from the first t tokens of a source (rank_major):
-// rows[src][t][d], from the staged routing in the host mirror.
+// rows[src][t][d], from the staged routing in the host mirror (meaningful for
+// t up to the staged count; ids past it are poison and ignored when out of range).
 inline std::vector<std::vector<std::vector<int32_t>>> rank_major_prefix_rows(Group& g, int32_t slot) {
   const int32_t W = g.spec.world_size, M = g.spec.max_tokens_per_rank, K = g.spec.top_k;
   std::vector<std::vector<std::vector<int32_t>>> rows(W, std::vector<std::vector<int32_t>>(M + 1, std::vector<int32_t>(W, 0)));
@@ -215,7 +216,7 @@ inline std::vector<std::vector<std::vector<int32_t>>> rank_major_prefix_rows(Gro
       std::vector<bool> hit(W, false);
       for (int32_t k = 0; k < K; ++k) {
         const int32_t e = ids[t * K + k];
-        if (e >= 0) hit[g.spec.expert_owner[e]] = true;
+        if (e >= 0 && e < g.spec.num_experts) hit[g.spec.expert_owner[e]] = true;  // rows past n: poison
       }
       for (int32_t d = 0; d < W; ++d) rows[src][t + 1][d] += hit[d] ? 1 : 0;
     }
