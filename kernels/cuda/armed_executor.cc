@@ -19,6 +19,7 @@
 #include "cuda_status.h"
 #include "gpu_armed.h"
 #include "gpu_executor.h"
+#include "shard_barrier.h"
 
 namespace epd {
 
@@ -214,19 +215,7 @@ struct ArmedExecutor::Impl {
     return p;
   }
   gpu::ShardBarrier barrier(int32_t shard, int32_t s) {
-    const GpuExecutor::BarrierTicket t = ex->take_barrier(s, shard);
-    gpu::ShardBarrier b{};
-    b.counter = t.counter;
-    b.peers = t.peers;
-    b.n_peers = t.n_peers;
-    b.abort_word = d_abort;
-    b.target = t.target;
-    b.timeout_ns = t.timeout_ns;
-    b.ranks = static_cast<const gpu::DevRank*>(t.ranks);
-    b.rank_lo = shards[static_cast<size_t>(shard)].rank_lo;
-    b.rank_hi = shards[static_cast<size_t>(shard)].rank_hi;
-    b.slot = s;
-    return b;
+    return gpu::to_barrier(ex->take_barrier(s, shard), d_abort, ex->shards()[static_cast<size_t>(shard)], s);
   }
 
   // Enqueues the next operation of slot s on every GPU (caller holds mu).

@@ -12,6 +12,7 @@
 #include "control_block.h"
 #include "cuda_status.h"
 #include "device_params.h"
+#include "shard_barrier.h"
 
 namespace epd {
 
@@ -400,25 +401,7 @@ GpuExecutor::BarrierTicket GpuExecutor::take_barrier(int32_t slot, int32_t shard
   return t;
 }
 
-namespace {
-
-gpu::ShardBarrier to_barrier(const GpuExecutor::BarrierTicket& t, const uint32_t* abort_word,
-                             const GpuExecutor::Shard& sh, int32_t slot) {
-  gpu::ShardBarrier b{};
-  b.counter = t.counter;
-  b.peers = t.peers;
-  b.n_peers = t.n_peers;
-  b.abort_word = abort_word;
-  b.target = t.target;
-  b.timeout_ns = t.timeout_ns;
-  b.ranks = static_cast<const gpu::DevRank*>(t.ranks);
-  b.rank_lo = sh.rank_lo;
-  b.rank_hi = sh.rank_hi;
-  b.slot = slot;
-  return b;
-}
-
-}  // namespace
+using gpu::to_barrier;
 
 Status GpuExecutor::barrier_shard(int32_t slot, int32_t shard, void* stream) {
   if (slot < 0 || slot >= spec_.slots)
