@@ -29,12 +29,10 @@
 #include <thread>
 #include <vector>
 
+#include "daemon_ranks.h"
 #include "epctl_query.h"
 #include "epd/epd.h"
 #include "gpu_armed.h"
-#include "gpu_test_util.h"
-#include "harness.h"
-#include "host_executor.h"
 
 namespace epd::test {
 namespace {
@@ -43,10 +41,7 @@ namespace {
 // never stalls another rank's stream behind it, and eager module loading.
 const bool kEnvPrepared = (armed_prepare_environment(), true);
 
-#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
-
 constexpr int32_t kWorld = 8;
-constexpr int kDeadlineMs = 20000;
 constexpr const char* kWorkerEnv = "EPD_DAEMON_GPU_WORKER";
 
 // GPUs the ranks spread over: every visible one (at most 8), or EPD_TEST_GPUS.
@@ -61,16 +56,6 @@ int32_t test_gpus() {
   return n;
 }
 int32_t device_of(int32_t rank) { return rank * test_gpus() / kWorld; }
-
-// cudaStreamQuery until done, at most `ms` (a lost completion fails the test instead of hanging it).
-bool sync_within(cudaStream_t s, int ms) {
-  const int64_t end = job::now_ns() + static_cast<int64_t>(ms) * 1000000;
-  for (;;) {
-    const cudaError_t e = cudaStreamQuery(s);
-    if (e == cudaSuccess) return true;
-    if (e != cudaErrorNotReady || job::now_ns() > end) return false;
-  }
-}
 
 GroupSpec gpu_spec(const char* name, epd_layout_t layout, epd_mode_t mode, epd_quant_t quant, int32_t hidden,
                    int32_t max_tokens, uint32_t timeout_ms, uint64_t seed) {
@@ -88,302 +73,41 @@ GroupSpec kill_spec() {
   return gpu_spec("killed", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, 16, 3000, 61);
 }
 
-uint64_t fresh_seed() {
-  const uint64_t seed = static_cast<uint64_t>(job::now_ns() % 1000003);
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
-  return seed;
-}
-
-std::vector<int32_t> random_n(std::mt19937_64& rng, int32_t max_tokens) {
-  std::vector<int32_t> n(kWorld);
-  for (auto& v : n) v = static_cast<int32_t>(rng() % static_cast<uint64_t>(max_tokens + 1));
-  return n;
-}
-
-// How one step feeds the daemon.
-struct Step {
-  int32_t slot = 0;
-  epd_weight_mode_t mode = EPD_WEIGHTS_ALREADY_APPLIED;
-  bool copy_inputs = false;   // x, ids, weights copied from separate buffers (else written into send_* in place)
-  bool null_weights = false;  // with copy_inputs: topk_weights NULL (weights 1)
-  bool device_count = false;  // with copy_inputs: n_tokens read from device memory, max_tokens_per_rank rows copied
-  bool copy_outputs = false;  // expert outputs through combine_async's expert_out (else combine_in in place)
-};
-
 class DaemonGpuTest : public DaemonTest {
  protected:
   int deadline_s() const override { return 300; }
-
-  // What a new session learns from the daemon (the probe session is closed
-  // again); a test failure naming the error when it does not answer.
-  epd_client_info_t query_daemon() {
-    epd_client_info_t info{};
-    info.struct_size = sizeof info;
-    epd_client_t* probe = connect_or_die(socket());
-    if (!probe) {
-      ADD_FAILURE() << "no session with epd";
-      return info;
-    }
-    EXPECT_EQ(epd_client_query(probe, &info), EPD_OK) << epd_last_error(probe);
-    epd_client_disconnect(probe);
-    return info;
-  }
 
   void SetUp() override {
     auto count = gpu_device_count();
     if (!count) GTEST_SKIP() << count.status().message();
     DaemonTest::SetUp();
     if (HasFatalFailure()) return;
-    const epd_client_info_t info = query_daemon();
+    const epd_client_info_t info = query_daemon(socket());
     ASSERT_FALSE(HasFailure()) << "epd did not answer a new session";
     if (!(info.capabilities & EPD_CAP_GPU_EXECUTOR))
       GTEST_SKIP() << "the daemon does not advertise EPD_CAP_GPU_EXECUTOR (capabilities 0x" << std::hex
                    << info.capabilities << ")";
-    for (int32_t d = test_gpus() - 1; d >= 0; --d) {  // every GPU's primary context; GPU 0's stays current
-      CUDA_OK(cudaSetDevice(d));
-      CUDA_OK(cudaFree(nullptr));
-    }
+    open_gpu_contexts(test_gpus());
+    if (HasFatalFailure()) return;
     std::printf("ranks over %d GPU(s)\n", test_gpus());
     gpu_ready_ = true;
   }
 
   void TearDown() override {
     if (gpu_ready_) {
-      for (auto*& g : groups_) {
-        epd_group_leave(g);  // a rank still joined after a failure: the daemon aborts and releases our waits
-        g = nullptr;
-      }
-      bool idle = true;
-      for (cudaStream_t s : streams_) idle = sync_within(s, kDeadlineMs) && idle;
-      for (auto* c : clients_) epd_client_disconnect(c);
-      clients_.clear();
-      // cudaFree synchronises the context: only when nothing of ours is still waiting.
-      if (idle) {
-        free_buffers();
-        for (cudaStream_t s : streams_) cudaStreamDestroy(s);
-      }
-      streams_.clear();
+      // cudaFreeHost synchronises too: only when nothing of ours is still waiting.
+      if (ranks_.release() && pinned_) cudaFreeHost(pinned_);
+      pinned_ = nullptr;
     }
     DaemonTest::TearDown();
   }
 
-  // 8 sessions and 8 non-blocking streams, each on its rank's GPU (the
-  // legacy stream's cudaMemcpy never waits for them).
-  void connect_all() {
-    for (int32_t r = 0; r < kWorld; ++r) {
-      clients_.push_back(connect_or_die(socket()));
-      ASSERT_NE(clients_.back(), nullptr);
-      cudaStream_t s = nullptr;
-      CUDA_OK(cudaSetDevice(device_of(r)));
-      CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-      streams_.push_back(s);
-    }
-    CUDA_OK(cudaSetDevice(0));
-    groups_.assign(kWorld, nullptr);
-  }
-  // Makes rank r's GPU current (its memory is mapped for that GPU only).
-  void on(int32_t r) { ASSERT_EQ(cudaSetDevice(device_of(r)), cudaSuccess); }
-
-  // Joins `ranks` of `spec` at once (each join returns when every rank is in),
-  // then reads every joined rank's device addresses.
-  void join(const GroupSpec& spec, const std::vector<int32_t>& ranks) {
-    std::vector<epd_status_t> rc(kWorld, EPD_OK);
-    std::vector<std::string> msg(kWorld);
-    std::vector<std::thread> threads;
-    for (int32_t r : ranks)
-      threads.emplace_back([&, r] {
-        epd_group_spec_t c = spec.to_c();
-        c.rank = r;
-        rc[r] = epd_group_join(clients_[r], &c, &groups_[r]);
-        if (rc[r] != EPD_OK) msg[r] = epd_last_error(clients_[r]);
-      });
-    for (auto& t : threads) t.join();
-    for (int32_t r : ranks) ASSERT_EQ(rc[r], EPD_OK) << "join of rank " << r << " to " << spec.name << ": " << msg[r];
-    const GroupLayout layout = GroupLayout::compute(spec);
-    bases_.assign(kWorld, nullptr);
-    views_.clear();  // (assign() of nested vectors trips g++ 13's -Warray-bounds at -O3)
-    views_.resize(kWorld);
-    for (auto& v : views_) v.resize(static_cast<size_t>(spec.slots));
-    for (int32_t r : ranks)
-      for (int32_t s = 0; s < spec.slots; ++s) {
-        epd_gpu_views_t& v = views_[r][s];
-        v.struct_size = sizeof v;
-        ASSERT_EQ(epd_gpu_views(groups_[r], s, &v), EPD_OK) << epd_last_error(groups_[r]);
-        EXPECT_EQ(v.device, spec.placement[static_cast<size_t>(r)].gpu);
-        EXPECT_EQ(v.capacity_rows, layout.ranks[r].recv_rows);
-        EXPECT_EQ(v.recv_scales != nullptr, layout.ranks[r].scale_blocks > 0);
-        uint8_t* base = static_cast<uint8_t*>(v.send_x) - layout.ranks[r].slot[s].send_x;
-        if (s == 0) bases_[r] = base;
-        ASSERT_EQ(base, bases_[r]) << "slot " << s << " of rank " << r << " is not in the rank's workspace";
-      }
-  }
-  void join_all(const GroupSpec& spec) {
-    std::vector<int32_t> all(kWorld);
-    for (int32_t r = 0; r < kWorld; ++r) all[r] = r;
-    join(spec, all);
-  }
-  void leave(const std::vector<int32_t>& ranks) {
-    for (int32_t r : ranks) {
-      EXPECT_EQ(epd_group_leave(groups_[r]), EPD_OK);
-      groups_[r] = nullptr;
-    }
-  }
-  void leave_all() { leave({0, 1, 2, 3, 4, 5, 6, 7}); }
-
-  // Device buffers of the copy paths, sized for `m`, on each rank's GPU;
-  // allocated while nothing of ours waits.
-  void alloc_buffers(const Group& m) {
-    free_buffers();
-    const size_t M = static_cast<size_t>(m.spec.max_tokens_per_rank), K = static_cast<size_t>(m.spec.top_k);
-    for (int32_t r = 0; r < kWorld; ++r) {
-      const RankLayout& l = m.layout.ranks[r];
-      on(r);
-      for (size_t bytes : {M * l.in_row_bytes, M * K * 4, M * K * 4, static_cast<size_t>(l.recv_rows) * l.in_row_bytes,
-                           sizeof(int32_t)}) {
-        void* p = nullptr;
-        CUDA_OK(cudaMalloc(&p, bytes));
-        buffers_.push_back(p);
-      }
-    }
-    CUDA_OK(cudaSetDevice(0));
-  }
-  // [x, ids, weights, expert_out, n_tokens] of rank r.
-  void* buffer(int32_t r, int which) const { return buffers_[static_cast<size_t>(r) * 5 + which]; }
-  int32_t* n_device(int32_t r) const { return static_cast<int32_t*>(buffer(r, 4)); }
-  void free_buffers() {
-    for (void* p : buffers_) cudaFree(p);
-    buffers_.clear();
-    if (pinned_) cudaFreeHost(pinned_);
-    pinned_ = nullptr;
-  }
-
-  // Host mirror slot area -> daemon workspace (so both executors start from the same bytes).
-  void upload(Group& m, int32_t slot) {
-    for (int32_t r = 0; r < kWorld; ++r) {
-      const RankLayout& l = m.layout.ranks[r];
-      const uint64_t at = l.slot[slot].send_hdr;
-      on(r);
-      CUDA_OK(cudaMemcpy(bases_[r] + at, m.host[r].data() + at, l.slot_bytes, cudaMemcpyHostToDevice));
-    }
-  }
-  void download(Group& m, int32_t slot) {
-    for (int32_t r = 0; r < kWorld; ++r) {
-      const RankLayout& l = m.layout.ranks[r];
-      const uint64_t at = l.slot[slot].send_hdr;
-      on(r);
-      CUDA_OK(cudaMemcpy(m.host[r].data() + at, bases_[r] + at, l.slot_bytes, cudaMemcpyDeviceToHost));
-    }
-  }
-
-  // The daemon's outputs of `slot` equal the mirror's after HostExecutor ran on it.
-  void expect_same(Group& m, int32_t slot, bool combine, const std::string& what) {
-    for (int32_t r = 0; r < kWorld; ++r) {
-      const RankLayout& l = m.layout.ranks[r];
-      std::vector<uint8_t> d(l.bytes);
-      const uint64_t at = l.slot[slot].send_hdr;
-      on(r);
-      CUDA_OK(cudaMemcpy(d.data() + at, bases_[r] + at, l.slot_bytes, cudaMemcpyDeviceToHost));
-      const auto regions = combine ? combine_regions(m.spec, l, slot) : dispatch_regions(l, slot);
-      for (auto [b, e] : regions)
-        ASSERT_EQ(first_difference(d.data(), m.host[r].data(), b, e, l, slot), "")
-            << what << ": " << (combine ? "combine" : "dispatch") << " differs on rank " << r << ", slot " << slot;
-    }
-  }
-
-  void expect_status_ok(int32_t slot, const std::string& what) {
-    for (int32_t r = 0; r < kWorld; ++r)
-      ASSERT_EQ(epd_gpu_status(groups_[r], slot, kDeadlineMs), EPD_OK)
-          << what << ", rank " << r << ": " << epd_last_error(groups_[r]);
-  }
-  void sync_all(const std::string& what) {
-    for (int32_t r = 0; r < kWorld; ++r)
-      ASSERT_TRUE(sync_within(streams_[r], kDeadlineMs)) << what << ": stream of rank " << r << " did not drain";
-  }
-
-  // One dispatch + combine of every rank on st.slot through the daemon, the same
-  // on the mirror with HostExecutor, outputs compared. Inputs: m.stage() of the slot.
-  void run_step(Group& m, const Step& st, const std::string& what) {
-    const int32_t slot = st.slot, M = m.spec.max_tokens_per_rank, K = m.spec.top_k;
-    if (st.null_weights)
-      for (int32_t r = 0; r < kWorld; ++r) {
-        float* w = reinterpret_cast<float*>(m.host[r].data() + m.layout.ranks[r].slot[slot].send_weights);
-        for (int32_t i = 0; i < M * K; ++i) w[i] = 1.0f;
-      }
-    upload(m, slot);
-    for (int32_t r = 0; r < kWorld; ++r) {
-      const RankLayout& l = m.layout.ranks[r];
-      const SlotOffsets& o = l.slot[slot];
-      const size_t x_bytes = static_cast<size_t>(M) * l.in_row_bytes, id_bytes = static_cast<size_t>(M) * K * 4;
-      on(r);
-      if (st.copy_inputs) {  // the caller's copies, then poison in the send slot (ids far out of range)
-        CUDA_OK(cudaMemcpy(buffer(r, 0), m.host[r].data() + o.send_x, x_bytes, cudaMemcpyHostToDevice));
-        CUDA_OK(cudaMemcpy(buffer(r, 1), m.host[r].data() + o.send_ids, id_bytes, cudaMemcpyHostToDevice));
-        CUDA_OK(cudaMemcpy(buffer(r, 2), m.host[r].data() + o.send_weights, id_bytes, cudaMemcpyHostToDevice));
-        CUDA_OK(cudaMemset(bases_[r] + o.send_x, 0x55, x_bytes));
-        CUDA_OK(cudaMemset(bases_[r] + o.send_ids, 0x7f, id_bytes));
-        CUDA_OK(cudaMemset(bases_[r] + o.send_weights, 0x55, id_bytes));
-      }
-      if (st.copy_outputs) {
-        const size_t bytes = static_cast<size_t>(l.recv_rows) * l.in_row_bytes;
-        CUDA_OK(cudaMemcpy(buffer(r, 3), m.host[r].data() + o.combine_in, bytes, cudaMemcpyHostToDevice));
-        CUDA_OK(cudaMemset(bases_[r] + o.combine_in, 0x55, bytes));
-      }
-    }
-    if (st.device_count)
-      for (int32_t r = 0; r < kWorld; ++r) {
-        on(r);
-        CUDA_OK(cudaMemcpy(n_device(r), &m.n[static_cast<size_t>(r)], sizeof(int32_t), cudaMemcpyHostToDevice));
-      }
-    CUDA_OK(cudaSetDevice(0));
-    for (int32_t r = 0; r < kWorld; ++r) {
-      epd_gpu_dispatch_args_t a{};
-      a.struct_size = sizeof a;
-      a.n_tokens = m.n[r];
-      if (st.copy_inputs) {
-        a.x = buffer(r, 0);
-        a.topk_ids = static_cast<const int32_t*>(buffer(r, 1));
-        a.topk_weights = st.null_weights ? nullptr : static_cast<const float*>(buffer(r, 2));
-        if (st.device_count) {
-          a.n_tokens_device = n_device(r);
-          a.n_tokens = M;
-        }
-      }
-      ASSERT_EQ(epd_dispatch_async(groups_[r], slot, &a, streams_[r]), EPD_OK) << what << ": " << epd_last_error(groups_[r]);
-    }
-    for (int32_t r = 0; r < kWorld; ++r)
-      ASSERT_EQ(epd_dispatch_wait_async(groups_[r], slot, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
-    expect_status_ok(slot, what + " dispatch");
-    sync_all(what + " dispatch");
-    if (HasFatalFailure()) return;
-    HostExecutor hx(m.spec, m.host_bases());
-    const Status hd = hx.dispatch(slot);
-    ASSERT_TRUE(hd.is_ok()) << what << ": host dispatch: " << hd.message();
-    expect_same(m, slot, false, what);
-    if (HasFatalFailure()) return;
-    for (int32_t r = 0; r < kWorld; ++r) {
-      const int64_t rows = st.copy_outputs ? m.layout.ranks[r].recv_rows : 0;
-      ASSERT_EQ(epd_combine_async(groups_[r], slot, st.mode, st.copy_outputs ? buffer(r, 3) : nullptr, rows, streams_[r]),
-                EPD_OK)
-          << what << ": " << epd_last_error(groups_[r]);
-    }
-    for (int32_t r = 0; r < kWorld; ++r)
-      ASSERT_EQ(epd_combine_wait_async(groups_[r], slot, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
-    expect_status_ok(slot, what + " combine");
-    sync_all(what + " combine");
-    if (HasFatalFailure()) return;
-    const Status hc = hx.combine(slot, st.mode);
-    ASSERT_TRUE(hc.is_ok()) << what << ": host combine: " << hc.message();
-    expect_same(m, slot, true, what + " weights=" + weight_mode_name(st.mode));
-  }
+  // 8 sessions to the one epd, 8 streams on the ranks' GPUs.
+  void connect_all() { ranks_.connect([this](int32_t) { return socket(); }); }
 
   bool gpu_ready_ = false;
-  std::vector<epd_client_t*> clients_;
-  std::vector<epd_group_t*> groups_;
-  std::vector<cudaStream_t> streams_;
-  std::vector<uint8_t*> bases_;                        // [rank] workspace base in this process
-  std::vector<std::vector<epd_gpu_views_t>> views_;    // [rank][slot]
-  std::vector<void*> buffers_;  // [rank][x, ids, weights, expert_out], n per rank, then test-specific ones
-  void* pinned_ = nullptr;      // host pinned, test-specific
+  DaemonRanks ranks_{kWorld, device_of};
+  void* pinned_ = nullptr;  // host pinned, test-specific
 };
 
 // ---- a: eight ranks, every layout / dtype / weight mode ---------------------------------------
@@ -412,11 +136,11 @@ TEST_F(DaemonGpuTest, EightRanksMatchHostExecutorAcrossLayoutsDtypesAndWeightMod
     const uint64_t cseed = seed * 131 + ci;
     const GroupSpec spec = gpu_spec(c.name, c.layout, c.mode, c.quant, c.hidden, M, 5000, cseed);
     ASSERT_TRUE(spec.validate().is_ok()) << spec.validate().message();
-    join_all(spec);
+    ranks_.join_all(spec);
     if (HasFatalFailure()) return;
     Group m(spec);
     m.poison(cseed + 1);
-    alloc_buffers(m);
+    ranks_.alloc_buffers(m);
     if (HasFatalFailure()) return;
     std::mt19937_64 rng(cseed + 2);
     const std::vector<epd_weight_mode_t> modes =
@@ -428,16 +152,16 @@ TEST_F(DaemonGpuTest, EightRanksMatchHostExecutorAcrossLayoutsDtypesAndWeightMod
       std::vector<int32_t> n;
       Step step;
     };
-    std::vector<int32_t> mixed = random_n(rng, M);
+    std::vector<int32_t> mixed = random_n(rng, kWorld, M);
     mixed[0] = 0;
     mixed[1] = M;
     const Round rounds[] = {
-        {Routing::kUniform, random_n(rng, M), Step{0}},
+        {Routing::kUniform, random_n(rng, kWorld, M), Step{0}},
         {Routing::kSkewed, std::vector<int32_t>(kWorld, M), Step{1, {}, true, false, false, true}},   // full capacity
         {Routing::kUniform, std::vector<int32_t>(kWorld, 0), Step{0}},                              // 0 tokens
         {Routing::kMasked, mixed, Step{1, {}, true, true, true, false}},                            // -1 masking
-        {Routing::kOneExpert, random_n(rng, M), Step{0, {}, false, false, false, true}},
-        {Routing::kSkewed, random_n(rng, M), Step{1, {}, true, false, true, false}},
+        {Routing::kOneExpert, random_n(rng, kWorld, M), Step{0, {}, false, false, false, true}},
+        {Routing::kSkewed, random_n(rng, kWorld, M), Step{1, {}, true, false, true, false}},
     };
     for (size_t ri = 0; ri < std::size(rounds); ++ri) {
       Step st = rounds[ri].step;
@@ -446,10 +170,10 @@ TEST_F(DaemonGpuTest, EightRanksMatchHostExecutorAcrossLayoutsDtypesAndWeightMod
                                routing_name(rounds[ri].routing) + ")";
       const Status staged = m.stage(st.slot, rounds[ri].routing, rounds[ri].n, cseed + 10 + ri);
       ASSERT_TRUE(staged.is_ok()) << staged.message();
-      run_step(m, st, what);
+      ranks_.run_step(m, st, what);
       if (HasFatalFailure()) return;
     }
-    leave_all();
+    ranks_.leave_all();
   }
 }
 
@@ -462,18 +186,18 @@ TEST_F(DaemonGpuTest, GraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCoun
   const GroupSpec spec = gpu_spec("graph", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, M, 5000, seed);
   connect_all();
   if (HasFatalFailure()) return;
-  join_all(spec);
+  ranks_.join_all(spec);
   if (HasFatalFailure()) return;
   Group m(spec);
   m.poison(seed + 1);
   for (int32_t s = 0; s < 2; ++s)
     ASSERT_TRUE(m.stage(s, Routing::kUniform, std::vector<int32_t>(kWorld, M), seed + 5 + s).is_ok());
-  upload(m, 0);
-  upload(m, 1);
+  ranks_.upload(m, 0);
+  ranks_.upload(m, 1);
   const auto prefix0 = rank_major_prefix_rows(m, 0), prefix1 = rank_major_prefix_rows(m, 1);
 
   // Allocations before anything waits.
-  alloc_buffers(m);
+  ranks_.alloc_buffers(m);
   int32_t* totals_pinned = nullptr;  // [replay][slot][rank], written by each rank's stream
   int32_t* n_pinned = nullptr;       // [replay][rank]
   CUDA_OK(cudaMallocHost(reinterpret_cast<void**>(&n_pinned),
@@ -487,21 +211,22 @@ TEST_F(DaemonGpuTest, GraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCoun
   std::vector<cudaGraph_t> graphs(kWorld, nullptr);
   std::vector<cudaGraphExec_t> execs(kWorld, nullptr);
   for (int32_t r = 0; r < kWorld; ++r) {
-    on(r);
-    CUDA_OK(cudaStreamBeginCapture(streams_[r], cudaStreamCaptureModeThreadLocal));
+    epd_group_t* g = ranks_.group(r);
+    cudaStream_t st = ranks_.stream(r);
+    ranks_.on(r);
+    CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
     for (int p = 0; p < kPairs; ++p) {
       const int32_t slot = p % 2;
       epd_gpu_dispatch_args_t a{};
       a.struct_size = sizeof a;
-      a.n_tokens_device = n_device(r);
+      a.n_tokens_device = ranks_.n_device(r);
       a.n_tokens = M;
-      ASSERT_EQ(epd_dispatch_async(groups_[r], slot, &a, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
-      ASSERT_EQ(epd_dispatch_wait_async(groups_[r], slot, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
-      ASSERT_EQ(epd_combine_async(groups_[r], slot, EPD_WEIGHTS_ONES, nullptr, 0, streams_[r]), EPD_OK)
-          << epd_last_error(groups_[r]);
-      ASSERT_EQ(epd_combine_wait_async(groups_[r], slot, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
+      ASSERT_EQ(epd_dispatch_async(g, slot, &a, st), EPD_OK) << epd_last_error(g);
+      ASSERT_EQ(epd_dispatch_wait_async(g, slot, st), EPD_OK) << epd_last_error(g);
+      ASSERT_EQ(epd_combine_async(g, slot, EPD_WEIGHTS_ONES, nullptr, 0, st), EPD_OK) << epd_last_error(g);
+      ASSERT_EQ(epd_combine_wait_async(g, slot, st), EPD_OK) << epd_last_error(g);
     }
-    CUDA_OK(cudaStreamEndCapture(streams_[r], &graphs[r]));
+    CUDA_OK(cudaStreamEndCapture(st, &graphs[r]));
     CUDA_OK(cudaGraphInstantiate(&execs[r], graphs[r], 0));
   }
 
@@ -509,43 +234,44 @@ TEST_F(DaemonGpuTest, GraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCoun
   for (int i = 0; i < kReplays; ++i) {
     const bool full = i % 100 == 37;
     if (full) {  // the mirror starts from the device's bytes and this replay's counts
-      sync_all("before replay " + std::to_string(i));
+      ranks_.sync_all("before replay " + std::to_string(i));
       if (HasFatalFailure()) return;
-      download(m, 0);
-      download(m, 1);
+      ranks_.download(m, 0);
+      ranks_.download(m, 1);
       for (int32_t r = 0; r < kWorld; ++r)
         for (int32_t s = 0; s < 2; ++s)
           reinterpret_cast<SendHeader*>(m.host[r].data() + m.layout.ranks[r].slot[s].send_hdr)->n_tokens =
               static_cast<uint32_t>(n_pinned[i * kWorld + r]);
     }
     for (int32_t r = 0; r < kWorld; ++r) {
-      on(r);
-      CUDA_OK(cudaMemcpyAsync(n_device(r), n_pinned + i * kWorld + r, sizeof(int32_t), cudaMemcpyHostToDevice,
-                              streams_[r]));
-      CUDA_OK(cudaGraphLaunch(execs[r], streams_[r]));
+      cudaStream_t st = ranks_.stream(r);
+      ranks_.on(r);
+      CUDA_OK(cudaMemcpyAsync(ranks_.n_device(r), n_pinned + i * kWorld + r, sizeof(int32_t),
+                              cudaMemcpyHostToDevice, st));
+      CUDA_OK(cudaGraphLaunch(execs[r], st));
       for (int32_t s = 0; s < 2; ++s)
-        CUDA_OK(cudaMemcpyAsync(totals_pinned + (i * 2 + s) * kWorld + r, views_[r][s].recv_total, sizeof(int32_t),
-                                cudaMemcpyDeviceToHost, streams_[r]));
+        CUDA_OK(cudaMemcpyAsync(totals_pinned + (i * 2 + s) * kWorld + r, ranks_.views(r, s).recv_total,
+                                sizeof(int32_t), cudaMemcpyDeviceToHost, st));
     }
     CUDA_OK(cudaSetDevice(0));
     if (full) {
-      sync_all("replay " + std::to_string(i));
+      ranks_.sync_all("replay " + std::to_string(i));
       if (HasFatalFailure()) return;
       HostExecutor hx(m.spec, m.host_bases());
       const std::string what = "replay " + std::to_string(i);
       for (int32_t s = 0; s < 2; ++s) {
         ASSERT_TRUE(hx.dispatch(s).is_ok());
         ASSERT_TRUE(hx.combine(s, EPD_WEIGHTS_ONES).is_ok());
-        expect_same(m, s, false, what);
-        expect_same(m, s, true, what);
-        expect_status_ok(s, what);
+        ranks_.expect_same(m, s, false, what);
+        ranks_.expect_same(m, s, true, what);
+        ranks_.expect_status_ok(s, what);
         if (HasFatalFailure()) return;
       }
       ++checked;
     }
   }
   for (int32_t r = 0; r < kWorld; ++r)
-    ASSERT_TRUE(sync_within(streams_[r], 60000)) << "the replays of rank " << r << " did not finish";
+    ASSERT_TRUE(sync_within(ranks_.stream(r), 60000)) << "the replays of rank " << r << " did not finish";
   const int32_t* totals = totals_pinned;  // every stream has drained
   int mismatches = 0;
   for (int i = 0; i < kReplays; ++i)
@@ -560,12 +286,12 @@ TEST_F(DaemonGpuTest, GraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCoun
       }
   EXPECT_EQ(mismatches, 0);
   EXPECT_EQ(checked, 10);
-  for (int32_t s = 0; s < 2; ++s) expect_status_ok(s, "after the replays");
+  for (int32_t s = 0; s < 2; ++s) ranks_.expect_status_ok(s, "after the replays");
   for (int32_t r = 0; r < kWorld; ++r) {
     cudaGraphExecDestroy(execs[r]);
     cudaGraphDestroy(graphs[r]);
   }
-  leave_all();
+  ranks_.leave_all();
 }
 
 // ---- c: a bad expert id ---------------------------------------------------------------------
@@ -576,40 +302,44 @@ TEST_F(DaemonGpuTest, BadExpertIdIsReportedByGpuStatusAndTheNextCallSucceeds) {
   const GroupSpec spec = gpu_spec("badid", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, 16, 5000, seed);
   connect_all();
   if (HasFatalFailure()) return;
-  join_all(spec);
+  ranks_.join_all(spec);
   if (HasFatalFailure()) return;
   Group m(spec);
   m.poison(seed + 1);
   ASSERT_TRUE(m.stage(0, Routing::kUniform, std::vector<int32_t>(kWorld, 5), seed + 2).is_ok());
-  upload(m, 0);
+  ranks_.upload(m, 0);
   const int32_t K = spec.top_k, bad = 999;
-  on(3);
-  CUDA_OK(cudaMemcpy(bases_[3] + m.layout.ranks[3].slot[0].send_ids + (1 * K + 2) * sizeof(int32_t), &bad,
+  ranks_.on(3);
+  CUDA_OK(cudaMemcpy(ranks_.base(3) + m.layout.ranks[3].slot[0].send_ids + (1 * K + 2) * sizeof(int32_t), &bad,
                      sizeof bad, cudaMemcpyHostToDevice));
   for (int32_t r = 0; r < kWorld; ++r) {
     epd_gpu_dispatch_args_t a{};
     a.struct_size = sizeof a;
     a.n_tokens = 5;
-    ASSERT_EQ(epd_dispatch_async(groups_[r], 0, &a, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
+    ASSERT_EQ(epd_dispatch_async(ranks_.group(r), 0, &a, ranks_.stream(r)), EPD_OK)
+        << epd_last_error(ranks_.group(r));
   }
-  for (int32_t r = 0; r < kWorld; ++r) ASSERT_EQ(epd_dispatch_wait_async(groups_[r], 0, streams_[r]), EPD_OK);
+  for (int32_t r = 0; r < kWorld; ++r)
+    ASSERT_EQ(epd_dispatch_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
   for (int32_t r = 0; r < kWorld; ++r) {
-    EXPECT_EQ(epd_gpu_status(groups_[r], 0, kDeadlineMs), EPD_ERR_EXPERT_ID_OUT_OF_RANGE) << "rank " << r;
-    const std::string msg = epd_last_error(groups_[r]);
+    EXPECT_EQ(epd_gpu_status(ranks_.group(r), 0, kDeadlineMs), EPD_ERR_EXPERT_ID_OUT_OF_RANGE) << "rank " << r;
+    const std::string msg = epd_last_error(ranks_.group(r));
     EXPECT_NE(msg.find("rank 3, token 1, k 2, value 999"), std::string::npos) << "rank " << r << ": " << msg;
   }
   // The slot's order continues with the combine; its status is not asserted.
   for (int32_t r = 0; r < kWorld; ++r)
-    ASSERT_EQ(epd_combine_async(groups_[r], 0, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, streams_[r]), EPD_OK);
-  for (int32_t r = 0; r < kWorld; ++r) ASSERT_EQ(epd_combine_wait_async(groups_[r], 0, streams_[r]), EPD_OK);
-  for (int32_t r = 0; r < kWorld; ++r) (void)epd_gpu_status(groups_[r], 0, kDeadlineMs);
-  sync_all("after the bad id");
+    ASSERT_EQ(epd_combine_async(ranks_.group(r), 0, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, ranks_.stream(r)),
+              EPD_OK);
+  for (int32_t r = 0; r < kWorld; ++r)
+    ASSERT_EQ(epd_combine_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
+  for (int32_t r = 0; r < kWorld; ++r) (void)epd_gpu_status(ranks_.group(r), 0, kDeadlineMs);
+  ranks_.sync_all("after the bad id");
   if (HasFatalFailure()) return;
-  alloc_buffers(m);
+  ranks_.alloc_buffers(m);
   // The next call on the slot: the same inputs with the id restored (run_step uploads the mirror).
-  run_step(m, Step{0, EPD_WEIGHTS_ALREADY_APPLIED}, "after the bad id");
+  ranks_.run_step(m, Step{0, EPD_WEIGHTS_ALREADY_APPLIED}, "after the bad id");
   if (HasFatalFailure()) return;
-  leave_all();
+  ranks_.leave_all();
 }
 
 // ---- d: a rank SIGKILLed mid-step ---------------------------------------------------------------
@@ -652,7 +382,7 @@ TEST_F(DaemonGpuTest, KilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins
   ASSERT_GT(child.pid(), 0);
   watchdog_->add_pid(child.pid());
   const std::vector<int32_t> parent = {0, 1, 2, 3, 4, 5, 6};
-  join(spec, parent);  // returns once the child's rank 7 is in too
+  ranks_.join(spec, parent);  // returns once the child's rank 7 is in too
   if (HasFatalFailure()) return;
   std::string line, seen;
   bool rang = false;
@@ -666,45 +396,51 @@ TEST_F(DaemonGpuTest, KilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins
   epd_gpu_dispatch_args_t a{};
   a.struct_size = sizeof a;
   a.n_tokens = 0;
-  for (int32_t r : parent) ASSERT_EQ(epd_dispatch_async(groups_[r], 0, &a, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
-  for (int32_t r : parent) ASSERT_EQ(epd_dispatch_wait_async(groups_[r], 0, streams_[r]), EPD_OK);
   for (int32_t r : parent)
-    ASSERT_EQ(epd_gpu_status(groups_[r], 0, kDeadlineMs), EPD_OK) << "rank " << r << ": " << epd_last_error(groups_[r]);
+    ASSERT_EQ(epd_dispatch_async(ranks_.group(r), 0, &a, ranks_.stream(r)), EPD_OK)
+        << epd_last_error(ranks_.group(r));
+  for (int32_t r : parent) ASSERT_EQ(epd_dispatch_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
   for (int32_t r : parent)
-    ASSERT_EQ(epd_combine_async(groups_[r], 0, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, streams_[r]), EPD_OK);
-  for (int32_t r : parent) ASSERT_EQ(epd_combine_wait_async(groups_[r], 0, streams_[r]), EPD_OK);
+    ASSERT_EQ(epd_gpu_status(ranks_.group(r), 0, kDeadlineMs), EPD_OK)
+        << "rank " << r << ": " << epd_last_error(ranks_.group(r));
+  for (int32_t r : parent)
+    ASSERT_EQ(epd_combine_async(ranks_.group(r), 0, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, ranks_.stream(r)),
+              EPD_OK);
+  for (int32_t r : parent) ASSERT_EQ(epd_combine_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
 
   const int64_t t0 = job::now_ns();
   child.kill(SIGKILL);
   ASSERT_NE(child.wait(kDeadlineMs), -1);
   for (int32_t r : parent) {
-    const epd_status_t rc = epd_gpu_status(groups_[r], 0, 0);  // 0: the group's timeout_ms
+    const epd_status_t rc = epd_gpu_status(ranks_.group(r), 0, 0);  // 0: the group's timeout_ms
     const double ms = static_cast<double>(job::now_ns() - t0) / 1e6;
-    EXPECT_EQ(rc, EPD_ERR_PEER_LOST) << "rank " << r << ": " << epd_last_error(groups_[r]);
+    EXPECT_EQ(rc, EPD_ERR_PEER_LOST) << "rank " << r << ": " << epd_last_error(ranks_.group(r));
     EXPECT_LT(ms, static_cast<double>(spec.timeout_ms)) << "rank " << r;
-    if (r == 0) std::printf("PEER_LOST seen by rank 0 %.3f ms after SIGKILL: %s\n", ms, epd_last_error(groups_[r]));
+    if (r == 0)
+      std::printf("PEER_LOST seen by rank 0 %.3f ms after SIGKILL: %s\n", ms, epd_last_error(ranks_.group(r)));
   }
-  sync_all("after the abort (the combine waits must be released)");
+  ranks_.sync_all("after the abort (the combine waits must be released)");
   if (HasFatalFailure()) return;
   // The group is aborted until every rank re-joins: later enqueues are refused.
-  EXPECT_EQ(epd_dispatch_async(groups_[0], 1, &a, streams_[0]), EPD_ERR_PEER_LOST) << epd_last_error(groups_[0]);
+  EXPECT_EQ(epd_dispatch_async(ranks_.group(0), 1, &a, ranks_.stream(0)), EPD_ERR_PEER_LOST)
+      << epd_last_error(ranks_.group(0));
 
   // The daemon is healthy: a new session is answered.
-  EXPECT_EQ(query_daemon().daemon_pid, daemon().child().pid());
+  EXPECT_EQ(query_daemon(socket()).daemon_pid, daemon().child().pid());
 
-  leave(parent);
-  join_all(spec);
+  ranks_.leave(parent);
+  ranks_.join_all(spec);
   if (HasFatalFailure()) return;
   Group m(spec);
   m.poison(seed + 1);
-  alloc_buffers(m);
+  ranks_.alloc_buffers(m);
   std::mt19937_64 rng(seed + 2);
   for (int32_t s = 0; s < 2; ++s) {
-    ASSERT_TRUE(m.stage(s, Routing::kSkewed, random_n(rng, spec.max_tokens_per_rank), seed + 3 + s).is_ok());
-    run_step(m, Step{s, EPD_WEIGHTS_ALREADY_APPLIED}, "after the re-join, slot " + std::to_string(s));
+    ASSERT_TRUE(m.stage(s, Routing::kSkewed, random_n(rng, kWorld, spec.max_tokens_per_rank), seed + 3 + s).is_ok());
+    ranks_.run_step(m, Step{s, EPD_WEIGHTS_ALREADY_APPLIED}, "after the re-join, slot " + std::to_string(s));
     if (HasFatalFailure()) return;
   }
-  leave_all();
+  ranks_.leave_all();
 }
 
 // ---- epctl topology: CUDA's peer facts --------------------------------------------------------------
@@ -756,17 +492,14 @@ TEST_F(DaemonGpuTest, GroupWhoseJoinTimesOutIsDestroyedAndEpdStaysResponsive) {
   std::vector<epd_status_t> rc(kWorld, EPD_OK);
   std::vector<std::thread> threads;
   for (int32_t r = 0; r < kWorld - 1; ++r)
-    threads.emplace_back([&, r] {
-      epd_group_spec_t c = spec.to_c();
-      c.rank = r;
-      rc[r] = epd_group_join(clients_[r], &c, &groups_[r]);
-    });
+    threads.emplace_back([&, r] { rc[r] = ranks_.join_rank(spec, r); });
   for (auto& t : threads) t.join();
   for (int32_t r = 0; r < kWorld - 1; ++r) {
     EXPECT_EQ(rc[r], EPD_ERR_TIMEOUT) << "rank " << r;
-    EXPECT_NE(std::string(epd_last_error(clients_[r])).find("rank 7"), std::string::npos) << epd_last_error(clients_[r]);
+    const std::string msg = epd_last_error(ranks_.client(r));
+    EXPECT_NE(msg.find("rank 7"), std::string::npos) << msg;
   }
-  EXPECT_EQ(query_daemon().daemon_pid, daemon().child().pid());
+  EXPECT_EQ(query_daemon(socket()).daemon_pid, daemon().child().pid());
 }
 
 TEST_F(DaemonGpuTest, ArgumentErrorsNameTheValueAndHostCallsAreRefused) {
@@ -776,10 +509,10 @@ TEST_F(DaemonGpuTest, ArgumentErrorsNameTheValueAndHostCallsAreRefused) {
   spec.generation = 1;
   connect_all();
   if (HasFatalFailure()) return;
-  join(spec, {0});
+  ranks_.join(spec, {0});
   if (HasFatalFailure()) return;
-  epd_group_t* g = groups_[0];
-  cudaStream_t s = streams_[0];
+  epd_group_t* g = ranks_.group(0);
+  cudaStream_t s = ranks_.stream(0);
   auto last = [&] { return std::string(epd_last_error(g)); };
   epd_gpu_dispatch_args_t a{};
   a.struct_size = sizeof a;
@@ -825,7 +558,7 @@ TEST_F(DaemonGpuTest, ArgumentErrorsNameTheValueAndHostCallsAreRefused) {
   ASSERT_EQ(epd_combine_wait_async(g, 0, s), EPD_OK) << last();
   EXPECT_EQ(epd_gpu_status(g, 0, kDeadlineMs), EPD_OK) << last();
   ASSERT_TRUE(sync_within(s, kDeadlineMs));
-  leave({0});
+  ranks_.leave({0});
 }
 
 }  // namespace

@@ -37,14 +37,11 @@
 #include <memory>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "daemon_ranks.h"
 #include "epd/epd.h"
 #include "gpu_armed.h"
-#include "gpu_test_util.h"
-#include "harness.h"
-#include "host_executor.h"
 
 namespace epd::test {
 namespace {
@@ -54,11 +51,8 @@ namespace {
 // eager module loading.
 const bool kEnvPrepared = (armed_prepare_environment(), true);
 
-#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
-
 constexpr int32_t kWorld = 4;
 constexpr int32_t kNodes = 2;
-constexpr int kDeadlineMs = 20000;          // any single wait of the test
 constexpr int kReadyMs = 30000;             // a daemon's READY=1
 constexpr uint32_t kGroupTimeoutMs = 10000;  // the groups' timeout_ms
 constexpr int kLossMarginMs = 3000;          // beyond the group's timeout, for PEER_LOST / TIMEOUT to arrive
@@ -79,13 +73,21 @@ int32_t test_gpus() {
 }
 int32_t device_of(int32_t rank) { return test_gpus() > 1 ? node_of(rank) : 0; }
 
-// cudaStreamQuery until done, at most `ms` (a lost completion fails the test instead of hanging it).
-bool sync_within(cudaStream_t s, int ms) {
-  const int64_t end = job::now_ns() + static_cast<int64_t>(ms) * 1000000;
-  for (;;) {
-    const cudaError_t e = cudaStreamQuery(s);
-    if (e == cudaSuccess) return true;
-    if (e != cudaErrorNotReady || job::now_ns() > end) return false;
+// How a failure names rank r: with its node.
+std::string rank_name(int32_t r) { return "rank " + std::to_string(r) + " (node " + std::to_string(node_of(r)) + ")"; }
+
+// The cross-node path runs HostExecutor itself: after a step's dispatch, row
+// counts also from the routing alone (rank_major: one row per (source token,
+// destination rank)).
+void expect_rank_major_rows(Group& m, int32_t slot, const std::string& what) {
+  if (m.spec.layout != EPD_LAYOUT_RANK_MAJOR) return;
+  const auto prefix = rank_major_prefix_rows(m, slot);
+  for (int32_t d = 0; d < kWorld; ++d) {
+    int32_t want = 0;
+    for (int32_t src = 0; src < kWorld; ++src) want += prefix[src][m.n[static_cast<size_t>(src)]][d];
+    int32_t got = 0;
+    std::memcpy(&got, m.host[d].data() + m.layout.ranks[d].slot[slot].recv_total, sizeof got);
+    ASSERT_EQ(got, want) << what << ": recv_total of " << rank_name(d);
   }
 }
 
@@ -96,18 +98,6 @@ GroupSpec gpu_spec(const char* name, epd_layout_t layout, epd_mode_t mode, epd_q
   s.timeout_ms = kGroupTimeoutMs;
   for (int32_t r = 0; r < kWorld; ++r) s.placement[static_cast<size_t>(r)] = epd_placement_t{node_of(r), device_of(r)};
   return s;
-}
-
-uint64_t fresh_seed() {
-  const uint64_t seed = static_cast<uint64_t>(job::now_ns() % 1000003);
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
-  return seed;
-}
-
-std::vector<int32_t> random_n(std::mt19937_64& rng, int32_t max_tokens) {
-  std::vector<int32_t> n(kWorld);
-  for (auto& v : n) v = static_cast<int32_t>(rng() % static_cast<uint64_t>(max_tokens + 1));
-  return n;
 }
 
 // `n` distinct free TCP ports on 127.0.0.1: bound to port 0 together (so they
@@ -235,18 +225,6 @@ class NodeDaemon {
   job::Child child_;
 };
 
-// What a new session to `socket` learns; a test failure naming the error when
-// it does not answer.
-epd_client_info_t query_daemon(const std::string& socket) {
-  epd_client_info_t info{};
-  info.struct_size = sizeof info;
-  epd_client_t* probe = connect_or_die(socket);
-  if (!probe) return info;
-  EXPECT_EQ(epd_client_query(probe, &info), EPD_OK) << epd_last_error(probe);
-  epd_client_disconnect(probe);
-  return info;
-}
-
 class MultinodeGpuTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -266,31 +244,17 @@ class MultinodeGpuTest : public ::testing::Test {
         GTEST_SKIP() << "node " << n << "'s epd does not advertise EPD_CAP_GPU_EXECUTOR (capabilities 0x" << std::hex
                      << info.capabilities << ")";
     }
-    for (int32_t d = test_gpus() - 1; d >= 0; --d) {  // every GPU's primary context; GPU 0's stays current
-      CUDA_OK(cudaSetDevice(d));
-      CUDA_OK(cudaFree(nullptr));
-    }
+    open_gpu_contexts(test_gpus());
+    if (HasFatalFailure()) return;
     std::printf("ranks over %d GPU(s); nodes at %s and %s\n", test_gpus(), addresses_[0].c_str(), addresses_[1].c_str());
     gpu_ready_ = true;
   }
 
   void TearDown() override {
     if (gpu_ready_) {
-      for (auto*& g : groups_) {
-        if (g) epd_group_leave(g);  // a rank still joined after a failure: its daemon aborts and releases our waits
-        g = nullptr;
-      }
-      bool idle = true;
-      for (cudaStream_t s : streams_) idle = sync_within(s, kDeadlineMs) && idle;
-      EXPECT_TRUE(idle) << "a rank's stream did not drain after its group was left";
-      for (auto* c : clients_)
-        if (c) epd_client_disconnect(c);
-      clients_.clear();
+      EXPECT_TRUE(ranks_.release()) << "a rank's stream did not drain after its group was left";
       for (cudaEvent_t e : events_) cudaEventDestroy(e);
       events_.clear();
-      if (idle)
-        for (cudaStream_t s : streams_) cudaStreamDestroy(s);
-      streams_.clear();
     }
     for (size_t n = 0; n < nodes_.size(); ++n) {
       const int rc = nodes_[n]->stop(10000);
@@ -336,151 +300,9 @@ class MultinodeGpuTest : public ::testing::Test {
     FAIL() << why;  // TearDown prints the logs
   }
 
-  // Sessions: ranks 0, 1 to node 0's socket, 2, 3 to node 1's; one
-  // non-blocking stream each on its rank's GPU (the legacy stream's cudaMemcpy
-  // never waits for them).
+  // Sessions: ranks 0, 1 to node 0's socket, 2, 3 to node 1's; a stream each on its rank's GPU.
   void connect_all() {
-    for (int32_t r = 0; r < kWorld; ++r) {
-      clients_.push_back(connect_or_die(nodes_[static_cast<size_t>(node_of(r))]->socket()));
-      ASSERT_NE(clients_.back(), nullptr) << "rank " << r;
-      cudaStream_t s = nullptr;
-      CUDA_OK(cudaSetDevice(device_of(r)));
-      CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-      streams_.push_back(s);
-    }
-    CUDA_OK(cudaSetDevice(0));
-    groups_.assign(kWorld, nullptr);
-  }
-  // Makes rank r's GPU current (its workspace is mapped for that GPU only).
-  void on(int32_t r) { ASSERT_EQ(cudaSetDevice(device_of(r)), cudaSuccess); }
-
-  // Joins every rank at once, each through its node's daemon (each join
-  // returns when every rank on both nodes is in), then reads every rank's
-  // device addresses.
-  void join_all(const GroupSpec& spec) {
-    std::vector<epd_status_t> rc(kWorld, EPD_OK);
-    std::vector<std::string> msg(kWorld);
-    std::vector<std::thread> threads;
-    for (int32_t r = 0; r < kWorld; ++r)
-      threads.emplace_back([&, r] {
-        epd_group_spec_t c = spec.to_c();
-        c.rank = r;
-        rc[r] = epd_group_join(clients_[r], &c, &groups_[r]);
-        if (rc[r] != EPD_OK) msg[r] = epd_last_error(clients_[r]);
-      });
-    for (auto& t : threads) t.join();
-    for (int32_t r = 0; r < kWorld; ++r)
-      ASSERT_EQ(rc[r], EPD_OK) << "join of rank " << r << " (node " << node_of(r) << ") to " << spec.name << ": "
-                               << msg[r];
-    const GroupLayout layout = GroupLayout::compute(spec);
-    bases_.assign(kWorld, nullptr);
-    for (int32_t r = 0; r < kWorld; ++r)
-      for (int32_t s = 0; s < spec.slots; ++s) {
-        epd_gpu_views_t v{};
-        v.struct_size = sizeof v;
-        ASSERT_EQ(epd_gpu_views(groups_[r], s, &v), EPD_OK) << "rank " << r << ": " << epd_last_error(groups_[r]);
-        EXPECT_EQ(v.device, spec.placement[static_cast<size_t>(r)].gpu) << "rank " << r;
-        EXPECT_EQ(v.capacity_rows, layout.ranks[r].recv_rows) << "rank " << r;
-        EXPECT_EQ(v.recv_scales != nullptr, layout.ranks[r].scale_blocks > 0) << "rank " << r;
-        ASSERT_NE(v.send_x, nullptr) << "rank " << r << ", slot " << s;
-        uint8_t* base = static_cast<uint8_t*>(v.send_x) - layout.ranks[r].slot[s].send_x;
-        if (s == 0) bases_[r] = base;
-        ASSERT_EQ(base, bases_[r]) << "slot " << s << " of rank " << r << " is not in the rank's workspace";
-      }
-  }
-  void leave(const std::vector<int32_t>& ranks) {
-    for (int32_t r : ranks) {
-      EXPECT_EQ(epd_group_leave(groups_[r]), EPD_OK) << "rank " << r;
-      groups_[r] = nullptr;
-    }
-  }
-
-  // Host mirror slot area -> the rank's device workspace (both executors start from the same bytes).
-  void upload(Group& m, int32_t slot) {
-    for (int32_t r = 0; r < kWorld; ++r) {
-      const RankLayout& l = m.layout.ranks[r];
-      const uint64_t at = l.slot[slot].send_hdr;
-      on(r);
-      CUDA_OK(cudaMemcpy(bases_[r] + at, m.host[r].data() + at, l.slot_bytes, cudaMemcpyHostToDevice));
-    }
-    CUDA_OK(cudaSetDevice(0));
-  }
-
-  // The daemons' outputs of `slot` equal the mirror's after HostExecutor ran on it.
-  void expect_same(Group& m, int32_t slot, bool combine, const std::string& what) {
-    for (int32_t r = 0; r < kWorld; ++r) {
-      const RankLayout& l = m.layout.ranks[r];
-      std::vector<uint8_t> d(l.bytes);
-      const uint64_t at = l.slot[slot].send_hdr;
-      on(r);
-      CUDA_OK(cudaMemcpy(d.data() + at, bases_[r] + at, l.slot_bytes, cudaMemcpyDeviceToHost));
-      const auto regions = combine ? combine_regions(m.spec, l, slot) : dispatch_regions(l, slot);
-      for (auto [b, e] : regions)
-        ASSERT_EQ(first_difference(d.data(), m.host[r].data(), b, e, l, slot), "")
-            << what << ": " << (combine ? "combine" : "dispatch") << " differs on rank " << r << " (node "
-            << node_of(r) << "), slot " << slot;
-    }
-    CUDA_OK(cudaSetDevice(0));
-  }
-
-  void expect_status_ok(int32_t slot, const std::string& what) {
-    for (int32_t r = 0; r < kWorld; ++r)
-      ASSERT_EQ(epd_gpu_status(groups_[r], slot, kDeadlineMs), EPD_OK)
-          << what << ", rank " << r << " (node " << node_of(r) << "): " << epd_last_error(groups_[r]);
-  }
-  void sync_all(const std::string& what) {
-    for (int32_t r = 0; r < kWorld; ++r)
-      ASSERT_TRUE(sync_within(streams_[r], kDeadlineMs)) << what << ": stream of rank " << r << " did not drain";
-  }
-
-  // One dispatch + combine of every rank on `slot` through the daemons (inputs
-  // and expert outputs written in place), the same on the mirror with
-  // HostExecutor, outputs compared. Inputs: m.stage() of the slot.
-  void run_step(Group& m, int32_t slot, epd_weight_mode_t mode, const std::string& what) {
-    upload(m, slot);
-    if (HasFatalFailure()) return;
-    for (int32_t r = 0; r < kWorld; ++r) {
-      epd_gpu_dispatch_args_t a{};
-      a.struct_size = sizeof a;
-      a.n_tokens = m.n[static_cast<size_t>(r)];
-      ASSERT_EQ(epd_dispatch_async(groups_[r], slot, &a, streams_[r]), EPD_OK)
-          << what << ", rank " << r << ": " << epd_last_error(groups_[r]);
-    }
-    for (int32_t r = 0; r < kWorld; ++r)
-      ASSERT_EQ(epd_dispatch_wait_async(groups_[r], slot, streams_[r]), EPD_OK)
-          << what << ", rank " << r << ": " << epd_last_error(groups_[r]);
-    expect_status_ok(slot, what + " dispatch");
-    sync_all(what + " dispatch");
-    if (HasFatalFailure()) return;
-    HostExecutor hx(m.spec, m.host_bases());
-    const Status hd = hx.dispatch(slot);
-    ASSERT_TRUE(hd.is_ok()) << what << ": host dispatch: " << hd.message();
-    expect_same(m, slot, false, what);
-    if (HasFatalFailure()) return;
-    // The cross-node path runs HostExecutor itself: row counts also from the
-    // routing alone (rank_major: one row per (source token, destination rank)).
-    if (m.spec.layout == EPD_LAYOUT_RANK_MAJOR) {
-      const auto prefix = rank_major_prefix_rows(m, slot);
-      for (int32_t d = 0; d < kWorld; ++d) {
-        int32_t want = 0;
-        for (int32_t src = 0; src < kWorld; ++src) want += prefix[src][m.n[static_cast<size_t>(src)]][d];
-        int32_t got = 0;
-        std::memcpy(&got, m.host[d].data() + m.layout.ranks[d].slot[slot].recv_total, sizeof got);
-        ASSERT_EQ(got, want) << what << ": recv_total of rank " << d << " (node " << node_of(d) << ")";
-      }
-    }
-    for (int32_t r = 0; r < kWorld; ++r)
-      ASSERT_EQ(epd_combine_async(groups_[r], slot, mode, nullptr, 0, streams_[r]), EPD_OK)
-          << what << ", rank " << r << ": " << epd_last_error(groups_[r]);
-    for (int32_t r = 0; r < kWorld; ++r)
-      ASSERT_EQ(epd_combine_wait_async(groups_[r], slot, streams_[r]), EPD_OK)
-          << what << ", rank " << r << ": " << epd_last_error(groups_[r]);
-    expect_status_ok(slot, what + " combine");
-    sync_all(what + " combine");
-    if (HasFatalFailure()) return;
-    const Status hc = hx.combine(slot, mode);
-    ASSERT_TRUE(hc.is_ok()) << what << ": host combine: " << hc.message();
-    expect_same(m, slot, true, what + " weights=" + weight_mode_name(mode));
+    ranks_.connect([this](int32_t r) { return nodes_[static_cast<size_t>(node_of(r))]->socket(); });
   }
 
   struct Case {
@@ -502,7 +324,7 @@ class MultinodeGpuTest : public ::testing::Test {
       const uint64_t cseed = seed * 131 + ci;
       const GroupSpec spec = gpu_spec(c.name, c.layout, c.mode, c.quant, cseed);
       ASSERT_TRUE(spec.validate().is_ok()) << spec.validate().message();
-      join_all(spec);
+      ranks_.join_all(spec);
       if (HasFatalFailure()) return;
       Group m(spec);
       m.poison(cseed + 1);
@@ -512,7 +334,7 @@ class MultinodeGpuTest : public ::testing::Test {
           c.layout == EPD_LAYOUT_RANK_MAJOR
               ? std::vector<epd_weight_mode_t>{EPD_WEIGHTS_ALREADY_APPLIED, EPD_WEIGHTS_ONES}
               : std::vector<epd_weight_mode_t>{EPD_WEIGHTS_APPLY, EPD_WEIGHTS_ALREADY_APPLIED, EPD_WEIGHTS_ONES};
-      std::vector<int32_t> mixed = random_n(rng, M);
+      std::vector<int32_t> mixed = random_n(rng, kWorld, M);
       mixed[0] = 0;  // node 0 sends nothing from rank 0, node 1 a full rank 3
       mixed[3] = M;
       struct Round {
@@ -521,12 +343,12 @@ class MultinodeGpuTest : public ::testing::Test {
         int32_t slot;
       };
       const Round rounds[] = {
-          {Routing::kUniform, random_n(rng, M), 0},
+          {Routing::kUniform, random_n(rng, kWorld, M), 0},
           {Routing::kSkewed, std::vector<int32_t>(kWorld, M), 1},  // full capacity
           {Routing::kUniform, std::vector<int32_t>(kWorld, 0), 0},  // 0 tokens
           {Routing::kMasked, mixed, 1},                             // -1 masking
-          {Routing::kOneExpert, random_n(rng, M), 0},
-          {Routing::kSkewed, random_n(rng, M), 1},
+          {Routing::kOneExpert, random_n(rng, kWorld, M), 0},
+          {Routing::kSkewed, random_n(rng, kWorld, M), 1},
       };
       for (size_t ri = 0; ri < std::size(rounds); ++ri) {
         const epd_weight_mode_t mode = modes[ri % modes.size()];
@@ -534,10 +356,10 @@ class MultinodeGpuTest : public ::testing::Test {
                                  routing_name(rounds[ri].routing) + ")";
         const Status staged = m.stage(rounds[ri].slot, rounds[ri].routing, rounds[ri].n, cseed + 10 + ri);
         ASSERT_TRUE(staged.is_ok()) << staged.message();
-        run_step(m, rounds[ri].slot, mode, what);
+        ranks_.run_step(m, Step{rounds[ri].slot, mode}, what, expect_rank_major_rows);
         if (HasFatalFailure()) return;
       }
-      leave({0, 1, 2, 3});
+      ranks_.leave_all();
     }
   }
 
@@ -546,11 +368,8 @@ class MultinodeGpuTest : public ::testing::Test {
   std::vector<std::unique_ptr<NodeDaemon>> nodes_;  // [node]
   std::vector<std::string> addresses_;              // [node] "127.0.0.1:port"
   bool gpu_ready_ = false;
-  std::vector<epd_client_t*> clients_;  // [rank]
-  std::vector<epd_group_t*> groups_;    // [rank]
-  std::vector<cudaStream_t> streams_;   // [rank]
+  DaemonRanks ranks_{kWorld, device_of, rank_name};
   std::vector<cudaEvent_t> events_;
-  std::vector<uint8_t*> bases_;  // [rank] workspace base in this process
 };
 
 // ---- results across nodes -----------------------------------------------------------------
@@ -577,27 +396,28 @@ TEST_F(MultinodeGpuTest, NodeDaemonKilledWhileNode0RangGivesPeerLostWithinTheTim
   const GroupSpec spec = gpu_spec("mn_killed", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, seed);
   connect_all();
   if (HasFatalFailure()) return;
-  join_all(spec);
+  ranks_.join_all(spec);
   if (HasFatalFailure()) return;
   Group m(spec);
   m.poison(seed + 1);
   std::mt19937_64 rng(seed + 2);
-  ASSERT_TRUE(m.stage(0, Routing::kUniform, random_n(rng, spec.max_tokens_per_rank), seed + 3).is_ok());
-  upload(m, 0);
+  ASSERT_TRUE(m.stage(0, Routing::kUniform, random_n(rng, kWorld, spec.max_tokens_per_rank), seed + 3).is_ok());
+  ranks_.upload(m, 0);
   if (HasFatalFailure()) return;
 
   const std::vector<int32_t> rang = {0, 1};  // node 0's ranks
   for (int32_t r : rang) {
-    on(r);
+    ranks_.on(r);
     cudaEvent_t e = nullptr;
     CUDA_OK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     events_.push_back(e);
     epd_gpu_dispatch_args_t a{};
     a.struct_size = sizeof a;
     a.n_tokens = m.n[static_cast<size_t>(r)];
-    ASSERT_EQ(epd_dispatch_async(groups_[r], 0, &a, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
-    CUDA_OK(cudaEventRecord(e, streams_[r]));  // passed once the doorbell is written
-    ASSERT_EQ(epd_dispatch_wait_async(groups_[r], 0, streams_[r]), EPD_OK) << epd_last_error(groups_[r]);
+    epd_group_t* g = ranks_.group(r);
+    ASSERT_EQ(epd_dispatch_async(g, 0, &a, ranks_.stream(r)), EPD_OK) << epd_last_error(g);
+    CUDA_OK(cudaEventRecord(e, ranks_.stream(r)));  // passed once the doorbell is written
+    ASSERT_EQ(epd_dispatch_wait_async(g, 0, ranks_.stream(r)), EPD_OK) << epd_last_error(g);
   }
   for (size_t i = 0; i < rang.size(); ++i) {
     const int64_t end = job::now_ns() + static_cast<int64_t>(kDeadlineMs) * 1000000;
@@ -605,7 +425,7 @@ TEST_F(MultinodeGpuTest, NodeDaemonKilledWhileNode0RangGivesPeerLostWithinTheTim
     while (e == cudaErrorNotReady && job::now_ns() < end) e = cudaEventQuery(events_[i]);
     ASSERT_EQ(e, cudaSuccess) << "rank " << rang[i] << "'s dispatch doorbell was not written: " << cudaGetErrorString(e);
     // Ranks 2 and 3 never rang: the dispatch wait must still hold the stream.
-    EXPECT_EQ(cudaStreamQuery(streams_[static_cast<size_t>(rang[i])]), cudaErrorNotReady)
+    EXPECT_EQ(cudaStreamQuery(ranks_.stream(rang[i])), cudaErrorNotReady)
         << "rank " << rang[i] << "'s dispatch completed without node 1's ranks";
   }
 
@@ -614,9 +434,9 @@ TEST_F(MultinodeGpuTest, NodeDaemonKilledWhileNode0RangGivesPeerLostWithinTheTim
   ASSERT_NE(nodes_[1]->child().wait(kDeadlineMs), -1) << "node 1's epd did not die on SIGKILL";
   const int bound_ms = static_cast<int>(spec.timeout_ms) + kLossMarginMs;
   for (int32_t r : rang) {
-    const epd_status_t rc = epd_gpu_status(groups_[r], 0, static_cast<uint32_t>(bound_ms));
+    const epd_status_t rc = epd_gpu_status(ranks_.group(r), 0, static_cast<uint32_t>(bound_ms));
     const double status_ms = static_cast<double>(job::now_ns() - t0) / 1e6;
-    const std::string msg = epd_last_error(groups_[r]);
+    const std::string msg = epd_last_error(ranks_.group(r));
     std::printf("rank %d: %s %.3f ms after SIGKILL: %s\n", r, epd_status_string(rc), status_ms, msg.c_str());
     EXPECT_TRUE(rc == EPD_ERR_PEER_LOST || rc == EPD_ERR_TIMEOUT) << "rank " << r << ": " << epd_status_string(rc)
                                                                   << ": " << msg;
@@ -625,18 +445,15 @@ TEST_F(MultinodeGpuTest, NodeDaemonKilledWhileNode0RangGivesPeerLostWithinTheTim
     }
     // The stream is released by the daemon's completion word, not by our wait giving up.
     const int left_ms = std::max(1, bound_ms - static_cast<int>(status_ms));
-    ASSERT_TRUE(sync_within(streams_[static_cast<size_t>(r)], left_ms))
+    ASSERT_TRUE(sync_within(ranks_.stream(r), left_ms))
         << "rank " << r << "'s stream did not drain within " << bound_ms << " ms of the SIGKILL";
     const double drained_ms = static_cast<double>(job::now_ns() - t0) / 1e6;
     EXPECT_LT(drained_ms, static_cast<double>(bound_ms)) << "rank " << r;
   }
   // Node 0's epd is healthy: a new session is answered by the same daemon.
   EXPECT_EQ(query_daemon(nodes_[0]->socket()).daemon_pid, nodes_[0]->child().pid());
-  leave(rang);
-  for (int32_t r : {2, 3}) {  // their daemon is gone: the leave only releases this process's side
-    (void)epd_group_leave(groups_[r]);
-    groups_[r] = nullptr;
-  }
+  ranks_.leave(rang);
+  ranks_.drop({2, 3});  // their daemon is gone: the leave only releases this process's side
 }
 
 }  // namespace

@@ -31,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -387,6 +388,31 @@ std::vector<double> peer_bound_us(Gpus& G, const std::vector<size_t>& bytes, int
   return us;
 }
 
+// make_spec's group with one rank per GPU (rank r on GPU r of n): its
+// workspaces, their bases and an executor over them with `tuning`. The
+// executor is destroyed before the workspaces (member order).
+struct RankPerGpu {
+  GroupSpec spec;
+  std::vector<int32_t> rank_gpu;
+  std::vector<std::unique_ptr<GpuWorkspace>> workspaces;
+  std::vector<uint8_t*> bases;
+  std::unique_ptr<GpuExecutor> executor;
+};
+
+RankPerGpu rank_per_gpu(int n, int capacity, epd_mode_t mode, bool fp8, const GpuTuning& tuning) {
+  RankPerGpu g;
+  for (int r = 0; r < n; ++r) g.rank_gpu.push_back(r);
+  g.spec = make_spec(g.rank_gpu, capacity, mode, fp8);
+  auto ws = allocate_gpu_workspaces(g.spec, g.rank_gpu);
+  CHECK_OK(ws.status());
+  g.workspaces = std::move(ws.value());
+  for (auto& w : g.workspaces) g.bases.push_back(w->device_ptr());
+  auto ex = GpuExecutor::create(g.spec, g.bases, g.rank_gpu, tuning);
+  CHECK_OK(ex.status());
+  g.executor = std::move(ex.value());
+  return g;
+}
+
 struct ResultN {
   std::string name;
   int tokens = 0, capacity = 0;
@@ -402,18 +428,13 @@ struct ResultN {
 
 ResultN run_workload_gpus(const char* name, int tokens, int capacity, epd_mode_t mode, bool fp8, int iters, Gpus& G) {
   const int W = G.n;
-  std::vector<int32_t> rank_gpu(W);
-  for (int r = 0; r < W; ++r) rank_gpu[r] = r;
-  const GroupSpec spec = make_spec(rank_gpu, capacity, mode, fp8);
+  const RankPerGpu group = rank_per_gpu(W, capacity, mode, fp8, g_tuning);
+  const GroupSpec& spec = group.spec;
+  const std::vector<uint8_t*>& bases = group.bases;
   const GroupLayout layout = GroupLayout::compute(spec);
-  auto ws = allocate_gpu_workspaces(spec, rank_gpu);
-  CHECK_OK(ws.status());
-  std::vector<uint8_t*> bases;
-  for (auto& w : ws.value()) bases.push_back(w->device_ptr());
-  const std::vector<int64_t> rows = fill_inputs(spec, layout, bases, rank_gpu, tokens);
-  auto ex = GpuExecutor::create(spec, bases, rank_gpu, g_tuning);
-  CHECK_OK(ex.status());
-  GpuExecutor& gpu = *ex.value();
+  // After the executor's creation, which writes only the control blocks, not slot 0.
+  const std::vector<int64_t> rows = fill_inputs(spec, layout, bases, group.rank_gpu, tokens);
+  GpuExecutor& gpu = *group.executor;
   const auto& shards = gpu.shards();
   for (int g = 0; g < W; ++g)
     if (static_cast<int>(shards.size()) != W || shards[g].device != g || shards[g].rank_lo != g) {
@@ -489,28 +510,34 @@ std::string json_array(const std::vector<double>& v, const char* fmt) {
   return s + "]";
 }
 
+// Writes `json` to `path` (nothing when it is empty). 0, or 1 once the error is printed.
+int write_json(const std::string& path, const std::string& json) {
+  if (path.empty()) return 0;
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) {
+    std::perror(path.c_str());
+    return 1;
+  }
+  std::fputs(json.c_str(), f);
+  std::fclose(f);
+  return 0;
+}
+
 // One cross-GPU barrier's cost: a chain of kChain barriers per GPU on slot 0
 // of an executor with the given GpuTuning::barrier, the slowest GPU's median
 // divided by the chain length (the start skew is spread over the chain).
 double barrier_us(Gpus& G, int iters, int mode) {
   constexpr int kChain = 50;
-  std::vector<int32_t> rank_gpu(G.n);
-  for (int r = 0; r < G.n; ++r) rank_gpu[r] = r;
-  const GroupSpec spec = make_spec(rank_gpu, 128, EPD_MODE_HIGH_THROUGHPUT, false);
-  auto ws = allocate_gpu_workspaces(spec, rank_gpu);
-  CHECK_OK(ws.status());
-  std::vector<uint8_t*> bases;
-  for (auto& w : ws.value()) bases.push_back(w->device_ptr());
   GpuTuning t = g_tuning;
   t.barrier = mode;
-  auto ex = GpuExecutor::create(spec, bases, rank_gpu, t);
-  CHECK_OK(ex.status());
+  const RankPerGpu group = rank_per_gpu(G.n, 128, EPD_MODE_HIGH_THROUGHPUT, false, t);
+  GpuExecutor& gpu = *group.executor;
   auto chain = [&](int g, int) {
-    for (int i = 0; i < kChain; ++i) CHECK_OK(ex.value()->barrier_shard(0, g, G.stream[g]));
+    for (int i = 0; i < kChain; ++i) CHECK_OK(gpu.barrier_shard(0, g, G.stream[g]));
   };
   (void)run_gated(G, 3, 1, chain);
   const auto us = run_gated(G, iters, 1, chain);
-  CHECK_OK(ex.value()->check_fault(nullptr));
+  CHECK_OK(gpu.check_fault(nullptr));
   return slowest(us[0]) / kChain;
 }
 
@@ -613,16 +640,7 @@ int run_gpus(int n, int iters, const std::string& only, const std::string& json_
             (i + 1 < results.size() ? "," : "") + "\n";
   }
   json += "  ]\n}\n";
-  if (!json_path.empty()) {
-    FILE* f = std::fopen(json_path.c_str(), "w");
-    if (!f) {
-      std::perror(json_path.c_str());
-      return 1;
-    }
-    std::fputs(json.c_str(), f);
-    std::fclose(f);
-  }
-  return 0;
+  return write_json(json_path, json);
 }
 
 }  // namespace
@@ -719,14 +737,5 @@ int main(int argc, char** argv) {
     json += b;
   }
   json += "  ]\n}\n";
-  if (!json_path.empty()) {
-    FILE* f = std::fopen(json_path.c_str(), "w");
-    if (!f) {
-      std::perror(json_path.c_str());
-      return 1;
-    }
-    std::fputs(json.c_str(), f);
-    std::fclose(f);
-  }
-  return 0;
+  return write_json(json_path, json);
 }
