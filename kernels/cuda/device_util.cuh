@@ -98,17 +98,13 @@ __device__ inline bool grid_barrier(uint32_t* bar, uint64_t deadline, const Disp
 // up), then waits for the other GPUs. Returns false on timeout, after
 // recording kFaultTimeout in the served ranks' control blocks; true when every
 // GPU arrived or the abort word is set (the stream then drains on stale data).
-__device__ inline void shard_barrier_arrive(const ShardBarrier& b) {
+__device__ inline bool shard_barrier_arrive_wait(const ShardBarrier& b) {
   __threadfence_system();  // this GPU's earlier writes (peer stores included) before the arrival
   if (b.n_peers > 0) {
     for (int32_t i = 0; i < b.n_peers; ++i) atomicAdd_system(b.peers[i], 1u);
   } else {
     atomicAdd_system(b.counter, 1u);
   }
-}
-
-// The waiting half (after this GPU arrived, maybe in an earlier kernel).
-__device__ inline bool shard_barrier_wait(const ShardBarrier& b) {
   const uint64_t deadline = global_timer_ns() + b.timeout_ns;
   for (uint32_t i = 0;; ++i) {
     uint32_t now;
@@ -123,38 +119,6 @@ __device__ inline bool shard_barrier_wait(const ShardBarrier& b) {
   }
   __threadfence_system();
   return true;
-}
-
-__device__ inline bool shard_barrier_arrive_wait(const ShardBarrier& b) {
-  shard_barrier_arrive(b);
-  return shard_barrier_wait(b);
-}
-
-// A multi-GPU launch's halves of the cross-GPU barriers around it: every
-// block waits for `wait` before its work (one thread polls this GPU's own
-// word), and the last block to finish arrives at `arrive` for the whole grid
-// (blocks_done counts finished blocks; the last one resets it). Null counters:
-// no barrier (one GPU).
-struct PhaseSync {
-  ShardBarrier wait;
-  ShardBarrier arrive;
-  uint32_t* blocks_done;
-};
-
-__device__ inline void phase_enter(const PhaseSync& s) {
-  if (!s.wait.counter) return;
-  if (threadIdx.x == 0) (void)shard_barrier_wait(s.wait);  // a timeout is in the fault words; the grid goes on
-  __syncthreads();
-}
-
-__device__ inline void phase_leave(const PhaseSync& s) {
-  if (!s.arrive.counter) return;
-  __syncthreads();  // the block's stores happen before thread 0's fence (cumulativity)
-  if (threadIdx.x != 0) return;
-  __threadfence_system();
-  if (atomicAdd(s.blocks_done, 1u) != gridDim.x - 1) return;
-  atomicExch(s.blocks_done, 0u);
-  shard_barrier_arrive(s.arrive);  // every block's stores are ordered before this (fenced above, observed here)
 }
 
 // ---- element conversions (exact widening; RNE narrowing like numeric.h) ------

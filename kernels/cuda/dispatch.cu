@@ -21,9 +21,7 @@
 // sequence per GPU, each serving its own ranks (DispatchParams::rank_lo/hi:
 // count and scatter push its sources' rows over NVLink, prefix scans its
 // destinations), with cross-GPU barriers (ShardBarrier) between the phases;
-// the routing scratch lives on the group's home GPU. A launch's last block
-// arrives at the barrier after it and every block of the next launch waits
-// for it (PhaseSync), so the barriers cost no launches of their own. A fault (bad id, duplicate id, count above
+// the routing scratch lives on the group's home GPU. A fault (bad id, duplicate id, count above
 // capacity) found by `count` makes `scatter` write nothing.
 #include <cuda_runtime.h>
 
@@ -396,25 +394,19 @@ __device__ void scatter_phase(const DispatchParams& p, uint8_t* smem) {
   }
 }
 
-__global__ void __launch_bounds__(kThreads) dispatch_count(DispatchParams p, PhaseSync sync) {
+__global__ void __launch_bounds__(kThreads) dispatch_count(DispatchParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
-  phase_enter(sync);
   count_phase(p, smem);
-  phase_leave(sync);
 }
 
-__global__ void __launch_bounds__(kThreads) dispatch_prefix(DispatchParams p, PhaseSync sync) {
+__global__ void __launch_bounds__(kThreads) dispatch_prefix(DispatchParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
-  phase_enter(sync);
   prefix_phase(p, smem);
-  phase_leave(sync);
 }
 
-__global__ void __launch_bounds__(kThreads) dispatch_scatter(DispatchParams p, PhaseSync sync) {
+__global__ void __launch_bounds__(kThreads) dispatch_scatter(DispatchParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
-  phase_enter(sync);
   scatter_phase(p, smem);
-  phase_leave(sync);
 }
 
 // low_latency: the three phases in one cooperative launch.
@@ -430,11 +422,6 @@ __global__ void __launch_bounds__(kThreads) dispatch_fused(DispatchParams p) {
 
 __global__ void __launch_bounds__(32) shard_barrier_kernel(ShardBarrier b) {
   if (threadIdx.x == 0) shard_barrier_arrive_wait(b);
-}
-
-// The waiting half of a barrier the previous launch arrived at.
-__global__ void __launch_bounds__(32) shard_wait_kernel(ShardBarrier b) {
-  if (threadIdx.x == 0) shard_barrier_wait(b);
 }
 
 uint64_t count_smem(const DispatchParams& p) { return static_cast<uint64_t>(kWarps) * p.dests * 4; }
@@ -469,14 +456,14 @@ int fused_blocks_per_sm(const DispatchParams& p, int* blocks) {
 
 int launch_dispatch(const DispatchParams& p, const LaunchShape& shape, void* stream, const ShardBarrier* barriers) {
   auto st = static_cast<cudaStream_t>(stream);
-  if (barriers) {  // multi-GPU: each launch waits for the barrier before it and arrives at the one after it
-    uint32_t* done = p.scratch.barrier + 2;  // this GPU's finished-block counter of the slot
-    dispatch_count<<<shape.count_blocks, kThreads, count_smem(p), st>>>(p, PhaseSync{{}, barriers[0], done});
-    dispatch_prefix<<<shape.prefix_blocks, kThreads, kWarps * sizeof(int32_t), st>>>(
-        p, PhaseSync{barriers[0], barriers[1], done});
-    dispatch_scatter<<<shape.scatter_blocks, kThreads, scatter_smem(), st>>>(
-        p, PhaseSync{barriers[1], barriers[2], done});
-    if (barriers[2].counter) shard_wait_kernel<<<1, 32, 0, st>>>(barriers[2]);
+  if (barriers) {  // multi-GPU: the phases separated by cross-GPU barriers
+    dispatch_count<<<shape.count_blocks, kThreads, count_smem(p), st>>>(p);
+    if (int e = launch_shard_barrier(barriers[0], st)) return e;
+    dispatch_prefix<<<shape.prefix_blocks, kThreads, kWarps * sizeof(int32_t), st>>>(p);
+    if (int e = launch_shard_barrier(barriers[1], st)) return e;
+    dispatch_scatter<<<shape.scatter_blocks, kThreads, scatter_smem(), st>>>(p);
+    if (barriers[2].counter)
+      if (int e = launch_shard_barrier(barriers[2], st)) return e;
     return static_cast<int>(cudaGetLastError());
   }
   if (shape.low_latency) {
@@ -492,9 +479,9 @@ int launch_dispatch(const DispatchParams& p, const LaunchShape& shape, void* str
     cfg.numAttrs = 1;
     return static_cast<int>(cudaLaunchKernelEx(&cfg, dispatch_fused, p));
   }
-  dispatch_count<<<shape.count_blocks, kThreads, count_smem(p), st>>>(p, PhaseSync{});
-  dispatch_prefix<<<shape.prefix_blocks, kThreads, kWarps * sizeof(int32_t), st>>>(p, PhaseSync{});
-  dispatch_scatter<<<shape.scatter_blocks, kThreads, scatter_smem(), st>>>(p, PhaseSync{});
+  dispatch_count<<<shape.count_blocks, kThreads, count_smem(p), st>>>(p);
+  dispatch_prefix<<<shape.prefix_blocks, kThreads, kWarps * sizeof(int32_t), st>>>(p);
+  dispatch_scatter<<<shape.scatter_blocks, kThreads, scatter_smem(), st>>>(p);
   return static_cast<int>(cudaGetLastError());
 }
 
