@@ -206,6 +206,15 @@ class DaemonRanks {
   void leave_all() { leave(all()); }
   // Leaves without a check: the ranks' daemon may be gone, the leave only
   // releases this process's side.
+  // A new session for rank r to `socket` (its daemon was restarted); the old
+  // one is closed. Call with the rank not joined.
+  void reconnect(int32_t r, const std::string& socket) {
+    auto& c = clients_[static_cast<size_t>(r)];
+    if (c) epd_client_disconnect(c);
+    c = connect_or_die(socket);
+    ASSERT_NE(c, nullptr) << name(r);
+  }
+
   void drop(const std::vector<int32_t>& ranks) {
     for (int32_t r : ranks) {
       (void)epd_group_leave(group(r));

@@ -390,7 +390,7 @@ TEST_F(MultinodeGpuTest, Fp8DispatchOnTwoNodesMatchesHostExecutorInBothLayouts) 
 // Node 1's epd is SIGKILLed: node 0's ranks get PEER_LOST (or the group's
 // TIMEOUT) within the group's timeout plus a margin, their streams drain, and
 // node 0's epd keeps answering.
-TEST_F(MultinodeGpuTest, NodeDaemonKilledWhileNode0RangGivesPeerLostWithinTheTimeout) {
+TEST_F(MultinodeGpuTest, NodeDaemonKilledWhileNode0RangGivesPeerLostWithinTheTimeoutAndRejoins) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const GroupSpec spec = gpu_spec("mn_killed", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, seed);
@@ -454,6 +454,23 @@ TEST_F(MultinodeGpuTest, NodeDaemonKilledWhileNode0RangGivesPeerLostWithinTheTim
   EXPECT_EQ(query_daemon(nodes_[0]->socket()).daemon_pid, nodes_[0]->child().pid());
   ranks_.leave(rang);
   ranks_.drop({2, 3});  // their daemon is gone: the leave only releases this process's side
+
+  // Node 1 comes back (node 0's epd keeps running): every rank joins the same
+  // generation again, node 1's through new sessions, and a verified step runs.
+  const std::string why = nodes_[1]->start(addresses_, kReadyMs);
+  ASSERT_EQ(why, "") << why;
+  watchdog_->add_pid(nodes_[1]->child().pid());
+  for (int32_t r : {2, 3}) ranks_.reconnect(r, nodes_[1]->socket());
+  if (HasFatalFailure()) return;
+  ranks_.join_all(spec);
+  if (HasFatalFailure()) return;
+  for (int32_t s = 0; s < 2; ++s) {
+    ASSERT_TRUE(m.stage(s, Routing::kSkewed, random_n(rng, kWorld, spec.max_tokens_per_rank), seed + 10 + s).is_ok());
+    ranks_.run_step(m, Step{s, EPD_WEIGHTS_ALREADY_APPLIED}, "after node 1 restarted, slot " + std::to_string(s),
+                    expect_rank_major_rows);
+    if (HasFatalFailure()) return;
+  }
+  ranks_.leave_all();
 }
 
 }  // namespace
