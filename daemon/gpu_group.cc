@@ -63,11 +63,7 @@ Result<std::unique_ptr<GpuGroup>> GpuGroup::create(const GroupSpec& spec) {
   g->devices_ = *devices;
   g->impl_ = std::make_unique<Impl>();
   g->impl_->spec = spec;
-  std::vector<int32_t> gpus = *devices;
-  std::sort(gpus.begin(), gpus.end());
-  gpus.erase(std::unique(gpus.begin(), gpus.end()), gpus.end());
-  if (gpus.size() > 1) EPD_RETURN_IF_ERROR(enable_peer_access(gpus));  // before mapping peers' workspaces
-  auto ws = allocate_gpu_workspaces(spec, *devices);
+  auto ws = allocate_gpu_workspaces(spec, *devices);  // enables peer access between the GPUs
   if (!ws) return ws.status();
   g->impl_->ws = std::move(ws.value());
   std::vector<uint8_t*> bases;

@@ -36,10 +36,14 @@ Result<int32_t> gpu_probe();
 // why it is unknown.
 std::string gpu_mps_description(int32_t device);
 
+// Whether the placement names more than one node.
+bool spans_nodes(const GroupSpec& spec);
+
 // The GPU of every rank of `spec` (rank order), or an empty vector for a host
 // group. Refused with EPD_ERR_UNSUPPORTED naming the placement entries: a mix
-// of host and GPU ranks, and a GPU whose ranks are not contiguous (each GPU
-// runs one launch sequence over a run of ranks).
+// of host and GPU ranks, and, on one node, a GPU whose ranks are not
+// contiguous (each GPU runs one launch sequence over a run of ranks; a group
+// spanning nodes is host-staged, gpu_stage.h, and has no such rule).
 Result<std::vector<int32_t>> gpu_devices_of(const GroupSpec& spec);
 
 // CUDA's view of how this node's GPUs reach each other, for `epctl topology`

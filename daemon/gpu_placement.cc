@@ -6,7 +6,14 @@
 
 namespace epd {
 
+bool spans_nodes(const GroupSpec& spec) {
+  for (const auto& p : spec.placement)
+    if (p.node != spec.placement[0].node) return true;
+  return false;
+}
+
 Result<std::vector<int32_t>> gpu_devices_of(const GroupSpec& spec) {
+  const bool one_node = !spans_nodes(spec);
   std::vector<int32_t> out;
   for (int32_t r = 0; r < spec.world_size; ++r) {
     const epd_placement_t& p = spec.placement[static_cast<size_t>(r)];
@@ -17,7 +24,7 @@ Result<std::vector<int32_t>> gpu_devices_of(const GroupSpec& spec) {
                          "host executor or entirely on GPUs",
                          spec.name.c_str(), first, r, p.gpu);
     if (p.gpu == EPD_GPU_HOST) continue;
-    if (r > 0 && p.gpu != out.back())
+    if (one_node && r > 0 && p.gpu != out.back())
       for (int32_t q = 0; q < r; ++q)
         if (out[static_cast<size_t>(q)] == p.gpu)
           return make_status(EPD_ERR_UNSUPPORTED,

@@ -208,10 +208,4 @@ void Group::notify(Member& m, int32_t slot, Op op, uint32_t seq, const Status& s
   publish(*m.shm, m.index, slot, op, seq, st);
 }
 
-bool spans_nodes(const GroupSpec& spec) {
-  for (const auto& p : spec.placement)
-    if (p.node != spec.placement[0].node) return true;
-  return false;
-}
-
 }  // namespace epd

@@ -185,9 +185,6 @@ class Group {
   std::thread worker_;
 };
 
-// Whether the placement names more than one node.
-bool spans_nodes(const GroupSpec& spec);
-
 // Byte offset of every rank's region inside the group workspace.
 std::vector<uint64_t> rank_offsets(const GroupLayout& layout);
 

@@ -506,20 +506,7 @@ void Server::on_join(Session& s, const proto::Frame& f) {
   if (Status st = spec.validate(); !st) return fail(st);
   if (shutting_down_) return fail(make_status(EPD_ERR_SHUTTING_DOWN, "epd is shutting down"));
   if (Status st = check_placement(spec); !st) return fail(st);
-  // One node: the GPU executor needs each GPU's ranks contiguous. Several
-  // nodes (host-staged, gpu_stage.h): every rank on a GPU, checked per node.
-  if (!spans_nodes(spec)) {
-    auto devices = gpu_devices_of(spec);
-    if (!devices) return fail(devices.status());
-  } else {
-    for (int32_t r = 0; r < spec.world_size; ++r)
-      if ((spec.placement[static_cast<size_t>(r)].gpu == EPD_GPU_HOST) != (spec.placement[0].gpu == EPD_GPU_HOST))
-        return fail(make_status(EPD_ERR_UNSUPPORTED,
-                                "group '%s': placement[0].gpu = %d but placement[%d].gpu = %d: a group runs entirely "
-                                "on the host executor or entirely on GPUs",
-                                spec.name.c_str(), spec.placement[0].gpu, r,
-                                spec.placement[static_cast<size_t>(r)].gpu));
-  }
+  if (auto devices = gpu_devices_of(spec); !devices) return fail(devices.status());
   uint32_t index = shm::kMaxMemberships;
   for (uint32_t i = 0; i < shm::kMaxMemberships; ++i)
     if (!s.members[i]) {

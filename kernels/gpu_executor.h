@@ -78,7 +78,8 @@ class GpuWorkspace {
 // One workspace per rank of `spec` (spec order), each workspace_bytes(spec, r) long.
 Result<std::vector<std::unique_ptr<GpuWorkspace>>> allocate_gpu_workspaces(const GroupSpec& spec,
                                                                            int32_t device);
-// Multi-GPU: rank r's workspace on rank_devices[r], mapped for every GPU listed.
+// Multi-GPU: rank r's workspace on rank_devices[r], mapped for every GPU listed
+// (peer access enabled between them first; refused naming a pair without it).
 Result<std::vector<std::unique_ptr<GpuWorkspace>>> allocate_gpu_workspaces(
     const GroupSpec& spec, const std::vector<int32_t>& rank_devices);
 

@@ -161,6 +161,7 @@ namespace {
 // message for a failed op in its session block (the daemon writes it before
 // the completion word): appended when its status matches.
 Status with_daemon_message(const epd_group_impl& g, int32_t slot, const Status& st) {
+  if (st.is_ok()) return st;
   shm::SlotWords& w = g.entry->slot[slot];
   const std::pair<int32_t*, const char*> ops[] = {{&w.dispatch_status, w.dispatch_msg},
                                                   {&w.combine_status, w.combine_msg}};

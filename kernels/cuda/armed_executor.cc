@@ -315,16 +315,22 @@ struct ArmedExecutor::Impl {
   // either operation, a graph replay included) passes at once instead of
   // blocking its stream until reset(). Each GPU writes its own ranks' words.
   Status seal(epd_status_t reason) {
+    EPD_RETURN_IF_ERROR(write_slot_words(offsetof(ControlSlot, completion),
+                                         completion_word(kDoneDispatch | kDoneCombine, reason, true)));
+    for (const auto& sh : shards) EPD_CUDA_RETURN(cudaStreamSynchronize(sh.abort_stream));
+    return Status::ok();
+  }
+
+  // Enqueues `value` into `field` of every slot of every rank, each GPU its own
+  // ranks' words on its abort stream.
+  Status write_slot_words(size_t field, uint32_t value) {
     const MemOps& m = memops();
-    const uint32_t w = completion_word(kDoneDispatch | kDoneCombine, reason, true);
     for (const auto& sh : shards) {
       EPD_CUDA_RETURN(cudaSetDevice(sh.device));
       const auto st = reinterpret_cast<CUstream>(sh.abort_stream);
       for (int32_t s = 0; s < spec.slots; ++s)
-        for (int32_t r = sh.rank_lo; r < sh.rank_hi; ++r)
-          EPD_CU_RETURN(m.write32(st, word(r, s, offsetof(ControlSlot, completion)), w, 0));
+        for (int32_t r = sh.rank_lo; r < sh.rank_hi; ++r) EPD_CU_RETURN(m.write32(st, word(r, s, field), value, 0));
     }
-    for (const auto& sh : shards) EPD_CUDA_RETURN(cudaStreamSynchronize(sh.abort_stream));
     return Status::ok();
   }
 
@@ -346,14 +352,7 @@ struct ArmedExecutor::Impl {
     EPD_CUDA_RETURN(cudaSetDevice(home().device));
     EPD_CU_RETURN(m.write32(reinterpret_cast<CUstream>(home().abort_stream), reinterpret_cast<CUdeviceptr>(d_abort),
                             static_cast<uint32_t>(-reason), 0));
-    for (const auto& sh : shards) {
-      EPD_CUDA_RETURN(cudaSetDevice(sh.device));
-      const auto st = reinterpret_cast<CUstream>(sh.abort_stream);
-      for (int32_t s = 0; s < spec.slots; ++s)
-        for (int32_t r = sh.rank_lo; r < sh.rank_hi; ++r)
-          EPD_CU_RETURN(m.write32(st, word(r, s, offsetof(ControlSlot, doorbell)), kAbortRing, 0));
-    }
-    return Status::ok();
+    return write_slot_words(offsetof(ControlSlot, doorbell), kAbortRing);
   }
 };
 

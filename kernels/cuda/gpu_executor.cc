@@ -128,6 +128,8 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
   auto planned = plan_shards(rank_devices, *count);
   if (!planned) return planned.status();
   const bool multi = planned->size() > 1;
+  std::vector<int32_t> gpus;  // one per shard
+  for (const Shard& sh : *planned) gpus.push_back(sh.device);
   if (multi) {
     // A kernel loaded lazily on its first launch synchronises its context; with
     // one GPU spinning in a cross-GPU barrier for a GPU whose launches the host
@@ -142,8 +144,6 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
                          "initialises; armed_prepare_environment() does): a lazily loaded kernel synchronises its "
                          "GPU while another GPU's part waits for it in a cross-GPU barrier",
                          planned->size());
-    std::vector<int32_t> gpus;
-    for (const auto& sh : *planned) gpus.push_back(sh.device);
     EPD_RETURN_IF_ERROR(enable_peer_access(gpus));
   }
 
@@ -228,8 +228,6 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
   uint8_t* block = nullptr;
   const uint64_t block_bytes = slot_bytes * S + 256;
   if (multi) {
-    std::vector<int32_t> gpus;
-    for (const Shard& sh : ex->shards_) gpus.push_back(sh.device);
     auto ws = GpuWorkspace::create(block_bytes, home.device, gpus);
     if (!ws) return ws.status();
     im.shared = std::move(ws.value());
@@ -257,8 +255,6 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
   if (multi) {
     im.counters = reinterpret_cast<uint32_t*>(block + slot_bytes * S);
     im.barrier_mode = tuning.barrier;
-    std::vector<int32_t> gpus;
-    for (const Shard& sh : ex->shards_) gpus.push_back(sh.device);
     for (const Shard& sh : ex->shards_) {
       auto w = GpuWorkspace::create(static_cast<uint64_t>(S) * 4, sh.device, gpus);
       if (!w) return w.status();

@@ -155,6 +155,7 @@ Result<std::vector<std::unique_ptr<GpuWorkspace>>> allocate_gpu_workspaces(
   std::vector<int32_t> gpus = rank_devices;
   std::sort(gpus.begin(), gpus.end());
   gpus.erase(std::unique(gpus.begin(), gpus.end()), gpus.end());
+  if (gpus.size() > 1) EPD_RETURN_IF_ERROR(enable_peer_access(gpus));  // or the pair without it, named
   std::vector<std::unique_ptr<GpuWorkspace>> out;
   for (int32_t r = 0; r < spec.world_size; ++r) {
     auto w = GpuWorkspace::create(workspace_bytes(spec, r), rank_devices[static_cast<size_t>(r)], gpus);
