@@ -24,29 +24,12 @@
 
 #include "epd/types.h"
 #include "layout.h"
+#include "staging.h"
 #include "spec.h"
 #include "status.h"
 #include "thread_pool.h"
 
 namespace epd {
-
-// One rank's dispatch inputs as a caller holds them.
-struct DispatchInputs {
-  const void* x = nullptr;             // [n][hidden] in spec.dtype
-  const void* topk_ids = nullptr;      // [n][top_k] int32 or int64
-  epd_id_dtype_t id_dtype = EPD_ID_INT32;
-  const float* topk_weights = nullptr; // [n][top_k]; may be NULL (weights 1)
-  int32_t n_tokens = 0;
-};
-
-// Checks one rank's inputs (n within capacity, ids in [-1, num_experts), no
-// expert twice in a token) and copies them into the rank's send slot. Pointers
-// may be NULL only when n_tokens == 0. Writes nothing on error.
-Status stage_dispatch_inputs(const GroupSpec& spec, const RankLayout& layout, uint8_t* base,
-                             int32_t slot, const DispatchInputs& in);
-
-// Checks one id row; `where` prefixes the message ("rank 3: ").
-Status check_id_row(const GroupSpec& spec, const int32_t* ids, int32_t token, const char* where);
 
 class HostExecutor {
  public:

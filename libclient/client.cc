@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
@@ -21,7 +22,7 @@
 
 #include "client_internal.h"
 #include "epd/epd.h"
-#include "host_executor.h"
+#include "staging.h"
 #include "layout.h"
 #include "protocol.h"
 #include "shm_layout.h"
