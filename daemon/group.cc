@@ -1,25 +1,10 @@
 // group.cc — group workspace, rendezvous bookkeeping and the worker thread.
 #include "group.h"
 
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
 namespace epd {
-
-void publish(SharedRegion& shm, uint32_t index, int32_t slot, Op op, uint32_t seq, const Status& st) {
-  shm::Membership* m = shm::membership(shm.data(), index);
-  shm::SlotWords& w = m->slot[slot];
-  char* msg = op == Op::kDispatch ? w.dispatch_msg : w.combine_msg;
-  const std::string& text = st.message();
-  const size_t n = std::min(text.size(), static_cast<size_t>(shm::kMsgBytes - 1));
-  std::memcpy(msg, text.data(), n);
-  msg[n] = '\0';
-  uint32_t* done = op == Op::kDispatch ? &w.dispatch_done : &w.combine_done;
-  shm::word(op == Op::kDispatch ? w.dispatch_status : w.combine_status).store(st.code(), std::memory_order_relaxed);
-  shm::word(*done).store(seq, std::memory_order_seq_cst);
-  if (shm::word(w.waiters).load(std::memory_order_seq_cst) != 0) shm::futex_wake_all(done);
-}
 
 std::vector<uint64_t> rank_offsets(const GroupLayout& layout) {
   std::vector<uint64_t> off;
@@ -31,22 +16,27 @@ std::vector<uint64_t> rank_offsets(const GroupLayout& layout) {
   return off;
 }
 
-Result<std::unique_ptr<Group>> Group::create(uint64_t id, const GroupSpec& spec, ThreadPool* pool, CompletionSink sink) {
+Result<std::unique_ptr<Group>> Group::create(uint64_t id, const GroupSpec& spec, const BackendEnv& env,
+                                             ThreadPool* pool, CompletionSink sink) {
+  auto backend = make_backend(spec, env);
+  if (!backend) return backend.status();
   const GroupLayout layout = GroupLayout::compute(spec);
   const std::string name = "epd-ws-" + spec.name;
-  // A GPU group on one node keeps its workspaces in GPU memory (Group::gpu);
-  // its memfd is a placeholder page and no host executor runs over it. A GPU
-  // group spanning nodes keeps the whole mirror here (Group::stage).
-  const bool placeholder = spec.placement[0].gpu != EPD_GPU_HOST && !spans_nodes(spec);
-  auto ws = SharedRegion::create(name.c_str(), placeholder ? 4096 : layout.total_bytes);
+  auto ws = SharedRegion::create(name.c_str(), backend.value()->host_workspace_bytes(layout));
   if (!ws) return ws.status();
-  return std::unique_ptr<Group>(new Group(id, spec, std::move(ws.value()), pool, std::move(sink)));
+  std::unique_ptr<Group> g(new Group(id, spec, std::move(backend.value()), std::move(ws.value()), pool, std::move(sink)));
+  std::vector<uint8_t*> bases;
+  if (g->workspace_->size() >= layout.total_bytes)
+    for (uint64_t off : g->offsets_) bases.push_back(g->workspace_->data() + off);
+  EPD_RETURN_IF_ERROR(g->backend_->start(bases));
+  return g;
 }
 
-Group::Group(uint64_t id, GroupSpec spec, std::shared_ptr<SharedRegion> ws, ThreadPool* pool, CompletionSink sink)
+Group::Group(uint64_t id, GroupSpec spec, std::unique_ptr<GroupBackend> backend, std::shared_ptr<SharedRegion> ws,
+             ThreadPool* pool, CompletionSink sink)
     : id_(id), spec_(std::move(spec)), layout_(GroupLayout::compute(spec_)), workspace_(std::move(ws)),
-      offsets_(rank_offsets(layout_)), sink_(std::move(sink)) {
-  if (spec_.placement[0].gpu == EPD_GPU_HOST || spans_nodes(spec_)) {
+      offsets_(rank_offsets(layout_)), backend_(std::move(backend)), sink_(std::move(sink)) {
+  if (backend_->runs_host_executor()) {
     std::vector<uint8_t*> bases;
     for (uint64_t off : offsets_) bases.push_back(workspace_->data() + off);
     executor_ = std::make_unique<HostExecutor>(spec_, bases, pool);
@@ -146,7 +136,7 @@ void Group::worker_loop() {
     } catch (...) {
       // Only allocation can throw here; tell the ranks instead of leaving them waiting.
       const Status st = make_status(EPD_ERR_NO_MEMORY, "daemon out of memory while finishing slot %d", job.slot);
-      for (Target& t : job.targets) finish(t, job.slot, job.op, st, false);
+      for (Target& t : job.targets) backend_->finish(t, job.slot, job.op, st, false);
       Completion c;
       c.group_id = id_;
       c.slot = job.slot;
@@ -165,7 +155,11 @@ void Group::run_job(Job& job) {
   // The executor must not throw; anything thrown is a bug reported as INTERNAL
   // rather than taking the daemon down.
   try {
-    c.status = job.op == Op::kDispatch ? executor_->dispatch(job.slot) : executor_->combine(job.slot, job.mode);
+    if (!executor_)
+      c.status = make_status(EPD_ERR_INTERNAL, "group '%s' (%s backend) runs no host executor", spec_.name.c_str(),
+                             backend_->kind());
+    else
+      c.status = job.op == Op::kDispatch ? executor_->dispatch(job.slot) : executor_->combine(job.slot, job.mode);
   } catch (const std::exception& e) {
     c.status = make_status(EPD_ERR_INTERNAL, "executor threw: %s", e.what());
   }
@@ -182,30 +176,13 @@ void Group::run_job(Job& job) {
       c.rows_received.push_back(std::max(0, total));
     }
   }
-  for (Target& t : job.targets) finish(t, job.slot, job.op, c.status, true);
+  for (Target& t : job.targets) backend_->finish(t, job.slot, job.op, c.status, true);
   sink_(std::move(c));
 }
 
-void Group::finish(Target& t, int32_t slot, Op op, const Status& st, bool with_results) {
-  if (t.rank < 0 || !stage) return publish(*t.shm, t.index, slot, op, t.seq, st);
-  // The session block first: the worker's epd_gpu_status reads its message
-  // once the completion word below has released its stream.
-  publish(*t.shm, t.index, slot, op, t.seq, st);
-  const GpuStage::Op gop = op == Op::kDispatch ? GpuStage::Op::kDispatch : GpuStage::Op::kCombine;
-  Status d = with_results ? stage->deliver(t.rank, slot, gop, st.code()) : stage->fail(t.rank, slot, gop, st.code());
-  if (!d) {
-    std::fprintf(stderr, "epd: group '%s' rank %d slot %d: staging the result to the GPU failed: %s\n",
-                 spec_.name.c_str(), t.rank, slot, d.message().c_str());
-    (void)stage->fail(t.rank, slot, gop, EPD_ERR_CUDA);
-  }
-}
-
 void Group::notify(Member& m, int32_t slot, Op op, uint32_t seq, const Status& st) {
-  if (stage && m.shm) {
-    Target t{m.shm, m.index, seq, m.rank};
-    return finish(t, slot, op, st, false);
-  }
-  publish(*m.shm, m.index, slot, op, seq, st);
+  if (!m.shm) return;
+  backend_->finish(Target{m.shm, m.index, seq, m.rank}, slot, op, st, false);
 }
 
 }  // namespace epd

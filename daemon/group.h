@@ -1,10 +1,12 @@
-// group.h — one EP group inside the daemon: its spec, its workspace (one memfd
-// holding every rank's region at its offset), the host executor over it, the
-// members holding its ranks, per-slot rendezvous state, and the worker thread
+// group.h — one EP group inside the daemon: its spec, its host workspace (one
+// memfd holding every rank's region at its offset), its backend (what executes
+// it: backend/backend.h), the members holding its ranks, per-slot rendezvous
+// state, and — when the backend runs the host executor — the worker thread
 // that runs dispatch/combine off the control thread.
 //
-// Ownership: the Server owns Groups (by name) and Sessions; a Member is shared
-// between its Group (by rank) and its Session (by shm entry index).
+// Ownership: the Rendezvous owns Groups (by name), the Server owns Sessions; a
+// Member is shared between its Group (by rank) and its Session (by shm entry
+// index). The Group owns its backend.
 // Thread-safety: everything but the job queue is touched only by the control
 // thread. submit() is called by the control thread; the worker thread runs the
 // executor, publishes results into the members' session blocks (kept alive by
@@ -27,10 +29,10 @@
 #include <thread>
 #include <vector>
 
-#include "gpu_group.h"
-#include "gpu_stage.h"
+#include "backend.h"
 #include "host_executor.h"
 #include "layout.h"
+#include "session_block.h"
 #include "shared_region.h"
 #include "shm_layout.h"
 #include "spec.h"
@@ -40,13 +42,6 @@ namespace epd {
 
 struct Session;
 class Group;
-
-enum class Op : uint8_t { kNone, kDispatch, kCombine };
-enum class Phase : uint8_t { kIdle, kDispatchRung, kDispatched, kCombineRung };
-
-// Writes status, message and completion sequence of one op into a session
-// block and wakes its futex waiters. Safe from any thread.
-void publish(SharedRegion& shm, uint32_t index, int32_t slot, Op op, uint32_t seq, const Status& st);
 
 // One rank of one group, held by one session.
 struct Member {
@@ -87,9 +82,11 @@ class Group {
  public:
   using CompletionSink = std::function<void(Completion)>;
 
-  // pool runs the executor's parallel loops (null = the process-wide pool).
-  static Result<std::unique_ptr<Group>> create(uint64_t id, const GroupSpec& spec, ThreadPool* pool,
-                                               CompletionSink sink);
+  // Makes the backend (make_backend), the host workspace it asks for, starts
+  // the backend and, when it runs the host executor, the worker. pool runs
+  // the executor's parallel loops (null = the process-wide pool).
+  static Result<std::unique_ptr<Group>> create(uint64_t id, const GroupSpec& spec, const BackendEnv& env,
+                                               ThreadPool* pool, CompletionSink sink);
   ~Group();  // stops the worker after the running job
 
   uint64_t id() const { return id_; }
@@ -100,6 +97,7 @@ class Group {
 
   // Member by rank (null: absent). Control thread only.
   std::vector<std::shared_ptr<Member>>& members() { return members_; }
+  const std::vector<std::shared_ptr<Member>>& members() const { return members_; }
   int32_t present() const;
   int32_t joined() const;
 
@@ -111,6 +109,7 @@ class Group {
     std::string reason;
   };
   std::vector<LostRank>& lost() { return lost_; }
+  const std::vector<LostRank>& lost() const { return lost_; }
 
   struct SlotRendezvous {
     Op op = Op::kNone;
@@ -121,6 +120,7 @@ class Group {
     bool shipped = false;       // multi-node: the local ranks' regions went to the other nodes
   };
   SlotRendezvous& rendezvous(int32_t slot) { return slots_[static_cast<size_t>(slot)]; }
+  const SlotRendezvous& rendezvous(int32_t slot) const { return slots_[static_cast<size_t>(slot)]; }
   void clear_rendezvous(int32_t slot);
   // A rank of the group is gone (st: PEER_LOST naming it). Members whose op on
   // `slot` is rung and not yet running get st now; every other member owes st
@@ -129,24 +129,15 @@ class Group {
   void fail_slot(int32_t slot, const Status& st);
   int32_t in_flight() const;
 
-  struct Target {
-    std::shared_ptr<SharedRegion> shm;
-    uint32_t index = 0;
-    uint32_t seq = 0;
-    int32_t rank = -1;  // >= 0: a host-staged GPU rank (results go through `stage`)
-  };
-  // Runs the op on the worker thread, then publishes to every target.
+  using Target = RankTarget;
+  // Runs the op on the worker thread (backends that run the host executor),
+  // then tells every target through the backend.
   void submit(int32_t slot, Op op, epd_weight_mode_t mode, std::vector<Target> targets);
 
-  // GPU groups: the workspaces in GPU memory and the armed executor (control
-  // thread); null for host groups, whose workspace is the memfd above.
-  std::unique_ptr<GpuGroup> gpu;
-  // A GPU group spanning nodes: its local GPU ranks, staged through the memfd
-  // mirror, which the host executor computes on (gpu_stage.h); null otherwise.
-  // Set by the control thread before any job is submitted.
-  std::unique_ptr<GpuStage> stage;
-  // Tells rank m the outcome of `op` without results: its session block, or
-  // its GPU completion word when the rank is host-staged. Control thread.
+  GroupBackend& backend() { return *backend_; }
+  const GroupBackend& backend() const { return *backend_; }
+  // Tells rank m the outcome of `op` without results (a refusal, a failure),
+  // through the backend. Control thread.
   void notify(Member& m, int32_t slot, Op op, uint32_t seq, const Status& st);
 
   bool closed = false;  // replaced by a newer generation
@@ -154,7 +145,8 @@ class Group {
   int64_t created_ns = 0;
 
  private:
-  Group(uint64_t id, GroupSpec spec, std::shared_ptr<SharedRegion> ws, ThreadPool* pool, CompletionSink sink);
+  Group(uint64_t id, GroupSpec spec, std::unique_ptr<GroupBackend> backend, std::shared_ptr<SharedRegion> ws,
+        ThreadPool* pool, CompletionSink sink);
   struct Job {
     int32_t slot;
     Op op;
@@ -163,14 +155,14 @@ class Group {
   };
   void worker_loop();
   void run_job(Job& job);
-  void finish(Target& t, int32_t slot, Op op, const Status& st, bool with_results);
 
   uint64_t id_;
   GroupSpec spec_;
   GroupLayout layout_;
   std::shared_ptr<SharedRegion> workspace_;
   std::vector<uint64_t> offsets_;
-  std::unique_ptr<HostExecutor> executor_;
+  std::unique_ptr<GroupBackend> backend_;
+  std::unique_ptr<HostExecutor> executor_;  // null unless the backend runs the host executor
   CompletionSink sink_;
   std::vector<std::shared_ptr<Member>> members_;
   std::vector<LostRank> lost_;

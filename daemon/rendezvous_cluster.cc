@@ -1,4 +1,4 @@
-// cluster_glue.cc — the Server's multi-node side: a group whose placement names
+// rendezvous_cluster.cc — groups spanning nodes. A group whose placement names
 // other nodes is attached to the cluster link (cluster/cluster.h); its join
 // completes when every rank on every node is present; once all local ranks
 // rang an op of a slot, their regions are shipped to the other nodes, whose
@@ -7,12 +7,12 @@
 // a node that comes back (new daemon, same generation) is taken in again.
 // Shipping runs on the cluster link's proxy thread (pinned near the NIC the
 // transport uses): ship_if_ready() starts it and picks up its outcome when
-// Event::kShipped comes back. Control thread only, like the rest of the Server.
+// Event::kShipped comes back. Control thread only, like the rest of the Rendezvous.
 #include <algorithm>
 #include <map>
 
 #include "logging.h"
-#include "server.h"
+#include "rendezvous.h"
 
 #ifdef EPD_HAVE_HWLOC
 #include "topology.h"
@@ -52,8 +52,8 @@ cluster::ProxyPinning proxy_pinning(const std::string& listen_address) {
 
 }  // namespace
 
-Status Server::init_cluster() {
-  const DaemonConfig& c = opts_.config;
+Status Rendezvous::init_cluster() {
+  const DaemonConfig& c = config_;
   if (c.listen_address.empty()) {
     if (!c.peers.empty())
       log_message(LogLevel::kWarn, "cluster.peers is set but cluster.listen_address is not: running as a single node");
@@ -79,18 +79,26 @@ Status Server::init_cluster() {
   return Status::ok();
 }
 
-bool Server::is_local(const Group& g, int32_t rank) const {
-  return g.spec().placement[static_cast<size_t>(rank)].node == static_cast<int32_t>(opts_.config.node_id);
+int Rendezvous::cluster_fd() const { return cluster_ ? cluster_->event_fd() : -1; }
+
+std::string Rendezvous::cluster_summary() const {
+  if (!cluster_) return "single node";
+  return "node " + std::to_string(cluster_->node_id()) + ", daemon-to-daemon transport " + cluster_->transport_name() +
+         " on " + cluster_->listen_address();
 }
 
-bool Server::multi_node(const Group& g) const {
+bool Rendezvous::is_local(const Group& g, int32_t rank) const {
+  return g.spec().placement[static_cast<size_t>(rank)].node == static_cast<int32_t>(config_.node_id);
+}
+
+bool Rendezvous::multi_node(const Group& g) const {
   for (int32_t r = 0; r < g.spec().world_size; ++r)
     if (!is_local(g, r)) return true;
   return false;
 }
 
-Status Server::check_placement(const GroupSpec& spec) const {
-  const int32_t me = static_cast<int32_t>(opts_.config.node_id);
+Status Rendezvous::check_placement(const GroupSpec& spec) const {
+  const int32_t me = static_cast<int32_t>(config_.node_id);
   const int32_t node = spec.placement[static_cast<size_t>(spec.rank)].node;
   if (node != me)
     return make_status(EPD_ERR_INVALID_ARGUMENT,
@@ -106,7 +114,7 @@ Status Server::check_placement(const GroupSpec& spec) const {
   return Status::ok();
 }
 
-Status Server::attach_cluster(Group& g) {
+Status Rendezvous::attach_cluster(Group& g) {
   if (!multi_node(g)) return Status::ok();
   if (!cluster_)  // a [[group]] of the config placed across nodes on a daemon without [cluster]
     return make_status(EPD_ERR_UNSUPPORTED, "group '%s' places ranks on other nodes, but this daemon has no [cluster] listen_address",
@@ -115,7 +123,7 @@ Status Server::attach_cluster(Group& g) {
   return cluster_->attach(g.spec(), ws->data(), ws->size(), ws);
 }
 
-void Server::cluster_present_changed(Group& g) {
+void Rendezvous::cluster_present_changed(Group& g) {
   if (!multi_node(g) || g.closed) return;
   std::vector<int32_t> present;
   for (const auto& m : g.members())
@@ -123,7 +131,7 @@ void Server::cluster_present_changed(Group& g) {
   cluster_->set_present(g.spec().name, g.spec().generation, present);
 }
 
-std::vector<int32_t> Server::missing_ranks(Group& g) const {
+std::vector<int32_t> Rendezvous::missing_ranks(const Group& g) const {
   std::vector<uint8_t> remote;
   if (multi_node(g) && !cluster_->remote_present(g.spec().name, g.spec().generation, &remote)) remote.clear();
   std::vector<int32_t> missing;
@@ -135,50 +143,35 @@ std::vector<int32_t> Server::missing_ranks(Group& g) const {
   return missing;
 }
 
-void Server::maybe_complete_joins(Group& g) {
+void Rendezvous::maybe_complete_joins(Group& g) {
   if (g.closed) return;
   bool pending = false;
   for (const auto& m : g.members()) pending = pending || (m && !m->joined);
   if (!pending) return;
   if (multi_node(g)) {
     std::vector<uint8_t> remote;
-    if (Status st = cluster_->remote_present(g.spec().name, g.spec().generation, &remote); !st) {
-      std::vector<std::shared_ptr<Member>> refused;
-      for (auto& m : g.members())
-        if (m && !m->joined) {
-          reply_join_error(*m, st);
-          refused.push_back(m);
-        }
-      log_message(LogLevel::kWarn, LogContext{g.spec().name, -1, 0, -1}, "join refused: " + st.message());
-      for (auto& m : refused) remove_member(m, "join refused: " + st.message());
-      return;
-    }
+    if (Status st = cluster_->remote_present(g.spec().name, g.spec().generation, &remote); !st)
+      return refuse_pending_joins(g, st, LogLevel::kWarn, "join refused: " + st.message());
   }
   if (!missing_ranks(g).empty()) return;
-  if (g.gpu && g.gpu->aborted()) {
-    // After a rank loss every armed wait was released: the group runs again
-    // only once every rank has left and joined afresh (the survivors' streams
-    // and slot order start over), then the executor is cleared and re-armed.
-    for (const auto& m : g.members())
-      if (m && m->joined) return;
-    if (Status st = g.gpu->reset(); !st) {
-      std::vector<std::shared_ptr<Member>> refused;
-      for (auto& m : g.members())
-        if (m) {
-          reply_join_error(*m, st);
-          refused.push_back(m);
-        }
-      log_message(LogLevel::kError, LogContext{g.spec().name, -1, 0, -1}, "GPU executor reset failed: " + st.message());
-      for (auto& m : refused) remove_member(m, "GPU executor reset failed");
-      return;
-    }
-    log_message(LogLevel::kInfo, LogContext{g.spec().name, -1, 0, -1}, "GPU executor reset; every rank joined again");
+  auto proceed = g.backend().joins_may_complete(g.joined());
+  if (!proceed) {
+    // Every present member is refused, the ones still joined from before too.
+    std::vector<std::shared_ptr<Member>> refused;
+    for (auto& m : g.members())
+      if (m) {
+        reply_join_error(*m, proceed.status());
+        refused.push_back(m);
+      }
+    for (auto& m : refused) remove_member(m, proceed.status().message());
+    return;
   }
+  if (!*proceed) return;
   for (auto& m : g.members())
     if (m && !m->joined) complete_join(*m);
 }
 
-bool Server::ship_if_ready(Group& g, int32_t slot) {
+bool Rendezvous::ship_if_ready(Group& g, int32_t slot) {
   if (!multi_node(g)) return true;
   Group::SlotRendezvous& rv = g.rendezvous(slot);
   if (rv.shipped) return true;
@@ -211,10 +204,10 @@ bool Server::ship_if_ready(Group& g, int32_t slot) {
   return true;
 }
 
-void Server::apply_arrivals(Group& g, int32_t slot) {
+void Rendezvous::apply_arrivals(Group& g, int32_t slot) {
   if (!multi_node(g) || g.closed) return;
   Group::SlotRendezvous& rv = g.rendezvous(slot);
-  for (transport::NodeId node : cluster::other_nodes(g.spec(), opts_.config.node_id)) {
+  for (transport::NodeId node : cluster::other_nodes(g.spec(), config_.node_id)) {
     if (rv.in_flight) return;  // applied when the running job completes
     const auto kind = cluster_->peek_arrival(g.spec().name, g.spec().generation, node, slot);
     if (!kind) continue;
@@ -235,7 +228,7 @@ void Server::apply_arrivals(Group& g, int32_t slot) {
   try_submit(g, slot);
 }
 
-void Server::on_cluster_events() {
+void Rendezvous::on_cluster_events() {
   for (const cluster::Event& e : cluster_->take_events()) {
     auto it = groups_.find(e.group);
     Group* g = it != groups_.end() && it->second->spec().generation == e.generation ? it->second.get() : nullptr;
@@ -249,28 +242,30 @@ void Server::on_cluster_events() {
       case cluster::Event::Kind::kShipped:
         if (g && !g->closed) try_submit(*g, e.slot);  // ship_if_ready() takes the outcome
         break;
-      case cluster::Event::Kind::kPeerState: {
-        if (e.status.is_ok()) {
-          log_message(LogLevel::kInfo, "cluster: node " + std::to_string(e.node) + " connected");
-        } else {
-          log_message(LogLevel::kWarn, "cluster: node " + std::to_string(e.node) + " lost: " + e.status.to_string());
-        }
-        std::vector<Group*> affected;
-        for (auto& [name, gp] : groups_)
-          for (const epd_placement_t& p : gp->spec().placement)
-            if (p.node == static_cast<int32_t>(e.node)) {
-              affected.push_back(gp.get());
-              break;
-            }
-        for (Group* a : affected)
-          on_remote_state(*a, e.status.is_ok() ? -1 : static_cast<int64_t>(e.node), e.status.message());
+      case cluster::Event::Kind::kPeerState:
+        on_peer_state(e);
         break;
-      }
     }
   }
 }
 
-void Server::on_remote_state(Group& g, int64_t gone_node, const std::string& why) {
+void Rendezvous::on_peer_state(const cluster::Event& e) {
+  if (e.status.is_ok()) {
+    log_message(LogLevel::kInfo, "cluster: node " + std::to_string(e.node) + " connected");
+  } else {
+    log_message(LogLevel::kWarn, "cluster: node " + std::to_string(e.node) + " lost: " + e.status.to_string());
+  }
+  std::vector<Group*> affected;
+  for (auto& [name, gp] : groups_)
+    for (const epd_placement_t& p : gp->spec().placement)
+      if (p.node == static_cast<int32_t>(e.node)) {
+        affected.push_back(gp.get());
+        break;
+      }
+  for (Group* a : affected) on_remote_state(*a, e.status.is_ok() ? -1 : static_cast<int64_t>(e.node), e.status.message());
+}
+
+void Rendezvous::on_remote_state(Group& g, int64_t gone_node, const std::string& why) {
   if (!multi_node(g) || g.closed) return;
   std::vector<uint8_t> present;
   if (!cluster_->remote_present(g.spec().name, g.spec().generation, &present)) {
@@ -296,7 +291,7 @@ void Server::on_remote_state(Group& g, int64_t gone_node, const std::string& why
   for (int32_t slot = 0; slot < g.spec().slots; ++slot) try_submit(g, slot);  // a node that came back can receive now
 }
 
-void Server::remote_ranks_lost(Group& g, const std::vector<int32_t>& ranks, const std::string& why, bool node_gone) {
+void Rendezvous::remote_ranks_lost(Group& g, const std::vector<int32_t>& ranks, const std::string& why, bool node_gone) {
   const int32_t node = g.spec().placement[static_cast<size_t>(ranks[0])].node;
   const std::string msg = "group '" + g.spec().name + "': rank" + plural(ranks.size()) + " " + cluster::rank_list(ranks) +
                           " on node " + std::to_string(node) + " lost: " + why;

@@ -1,0 +1,361 @@
+// rendezvous.cc — the groups' lifecycle: creation (config and joins), joins
+// completing, members leaving or lost, generations replaced, deadlines and
+// shutdown. The slot rendezvous is in rendezvous_slots.cc, what crosses nodes
+// in rendezvous_cluster.cc.
+#include "rendezvous.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "gpu_group.h"
+#include "logging.h"
+
+namespace epd {
+
+namespace {
+
+std::string rank_list(const std::vector<int32_t>& ranks) {
+  std::string s;
+  for (size_t i = 0; i < ranks.size(); ++i) s += (i ? ", " : "") + std::to_string(ranks[i]);
+  return s;
+}
+
+void signal_eventfd(int fd) {
+  const uint64_t one = 1;
+  if (write(fd, &one, sizeof one) < 0) {
+    // eventfd counter saturation is impossible at this rate.
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Rendezvous>> Rendezvous::create(const DaemonConfig& config, ThreadPool* pool, SessionSink& sink) {
+  std::unique_ptr<Rendezvous> r(new Rendezvous(config, pool, sink));
+  EPD_RETURN_IF_ERROR(r->init());
+  return r;
+}
+
+Status Rendezvous::init() {
+  completion_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  rings_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (completion_fd_ < 0 || rings_fd_ < 0) return errno_status("eventfd", errno);
+  EPD_RETURN_IF_ERROR(init_cluster());
+  // Groups declared in the config exist (with their memory) before any worker joins.
+  for (GroupSpec spec : config_.groups) {
+    if (spec.timeout_ms == 0) spec.timeout_ms = config_.join_timeout_ms;
+    if (Status st = spec.validate(); !st)
+      return make_status(st.code(), "config group '%s': %s", spec.name.c_str(), st.message().c_str());
+    if (groups_.count(spec.name))
+      return make_status(EPD_ERR_INVALID_SPEC, "config declares group '%s' twice", spec.name.c_str());
+    auto g = create_group(spec);
+    if (!g) return make_status(g.status().code(), "config group '%s': %s", spec.name.c_str(), g.status().message().c_str());
+    g.value()->pinned = true;
+  }
+  return Status::ok();
+}
+
+Rendezvous::~Rendezvous() {
+  groups_.clear();
+  retired_.clear();
+  cluster_.reset();
+  for (int fd : {completion_fd_, rings_fd_})
+    if (fd >= 0) close(fd);
+}
+
+Result<Group*> Rendezvous::create_group(const GroupSpec& spec) {
+  const uint64_t gid = next_group_id_++;
+  BackendEnv env;
+  env.node_id = static_cast<int32_t>(config_.node_id);
+  const int rings = rings_fd_;
+  env.wake = [rings] { signal_eventfd(rings); };
+  const int done = completion_fd_;
+  auto g = Group::create(gid, spec, env, pool_, [this, done](Completion c) {
+    {
+      std::lock_guard<std::mutex> lk(completions_mu_);
+      completions_.push_back(std::move(c));
+    }
+    signal_eventfd(done);
+  });
+  const LogContext ctx{spec.name, -1, 0, -1};
+  if (!g) {
+    log_message(LogLevel::kWarn, ctx, "group refused: " + g.status().message());
+    return g.status();
+  }
+  g.value()->created_ns = shm::monotonic_ns();
+  Group* raw = g.value().get();
+  if (Status st = attach_cluster(*raw); !st) return st;
+  groups_.emplace(spec.name, std::move(g.value()));
+  log_message(LogLevel::kInfo, ctx,
+              "group created: generation " + std::to_string(spec.generation) + ", world_size " +
+                  std::to_string(spec.world_size) + ", " + raw->backend().kind() + " backend (" +
+                  raw->backend().created_line() + "), host workspace " + std::to_string(raw->workspace().size()) +
+                  " bytes");
+  return raw;
+}
+
+Group* Rendezvous::group_by_id(uint64_t id) {
+  for (auto& [n, g] : groups_)
+    if (g->id() == id) return g.get();
+  for (auto& g : retired_)
+    if (g->id() == id) return g.get();
+  return nullptr;
+}
+
+Status Rendezvous::join(Session& s, uint32_t index, GroupSpec spec, uint64_t rid) {
+  EPD_RETURN_IF_ERROR(check_placement(spec));
+  if (auto devices = gpu_devices_of(spec); !devices) return devices.status();
+  auto it = groups_.find(spec.name);
+  if (it != groups_.end()) {
+    Group& g = *it->second;
+    if (spec.generation < g.spec().generation)
+      return make_status(EPD_ERR_STALE_GENERATION, "group '%s': generation %llu is older than the group's %llu",
+                         spec.name.c_str(), static_cast<unsigned long long>(spec.generation),
+                         static_cast<unsigned long long>(g.spec().generation));
+    if (spec.generation > g.spec().generation) {
+      retire_group(spec.name, "replaced by generation " + std::to_string(spec.generation));
+      it = groups_.end();
+    } else {
+      if (Status st = g.spec().compare(spec); !st)
+        return make_status(st.code(), "group '%s': %s", spec.name.c_str(), st.message().c_str());
+      if (const auto& holder = g.members()[static_cast<size_t>(spec.rank)])
+        return make_status(EPD_ERR_DUPLICATE_RANK, "group '%s': rank %d is already %s by session %llu (pid %d)",
+                           spec.name.c_str(), spec.rank, holder->joined ? "joined" : "joining",
+                           static_cast<unsigned long long>(holder->session_id), holder->pid);
+    }
+  }
+  if (it == groups_.end()) {
+    auto g = create_group(spec);
+    if (!g) return g.status();
+    it = groups_.find(spec.name);
+  }
+  Group& g = *it->second;
+  auto m = std::make_shared<Member>();
+  m->session = &s;
+  m->shm = s.shm;
+  m->session_id = s.id;
+  m->pid = s.pid;
+  m->uid = s.uid;
+  m->group = &g;
+  m->rank = spec.rank;
+  m->index = index;
+  m->join_request = rid;
+  m->join_deadline_ns = shm::monotonic_ns() + static_cast<int64_t>(spec.timeout_ms) * 1000000LL;
+  s.members[index] = m;
+  g.members()[static_cast<size_t>(spec.rank)] = m;
+  cluster_present_changed(g);
+  maybe_complete_joins(g);
+  return Status::ok();
+}
+
+void Rendezvous::complete_join(Member& m) {
+  Group& g = *m.group;
+  auto ex = g.backend().export_rank(m.rank, g.workspace());
+  if (!ex) return reply_join_error(m, ex.status());  // stays pending; its join deadline removes it
+  shm::Membership* e = shm::membership(m.shm->data(), m.index);
+  std::memset(static_cast<void*>(e), 0, sizeof *e);
+  e->rank = m.rank;
+  e->group_id = g.id();
+  shm::word(e->active).store(1, std::memory_order_release);
+  m.joined = true;
+  m.joined_at_ns = shm::monotonic_ns();
+  m.slots = {};
+  auto& lost = g.lost()[static_cast<size_t>(m.rank)];
+  const bool rejoin = lost.lost;
+  lost = Group::LostRank{};
+  log_message(LogLevel::kInfo, LogContext{g.spec().name, m.rank, m.session_id, m.pid},
+              rejoin ? "rank re-joined" : "rank joined");
+  proto::JoinReply r;
+  r.member_index = m.index;
+  r.group_id = g.id();
+  r.generation = g.spec().generation;
+  if (ex->gpu) {
+    r.gpu_device = ex->gpu_device;
+    r.gpu_mapped_bytes = ex->gpu_mapped_bytes;
+  } else {
+    r.workspace_bytes = ex->workspace_bytes;
+  }
+  if (m.session) sink_.send(*m.session, proto::encode(r, m.join_request), {ex->fd});
+  else close(ex->fd);
+}
+
+void Rendezvous::reply_join_error(Member& m, const Status& st) {
+  if (!m.session) return;
+  proto::JoinReply r;
+  r.status = st.code();
+  r.message = st.message();
+  sink_.send(*m.session, proto::encode(r, m.join_request), {});
+}
+
+void Rendezvous::refuse_pending_joins(Group& g, const Status& st, LogLevel level, const std::string& log_line) {
+  std::vector<std::shared_ptr<Member>> refused;
+  for (auto& m : g.members())
+    if (m && !m->joined) {
+      reply_join_error(*m, st);
+      refused.push_back(m);
+    }
+  log_message(level, LogContext{g.spec().name, -1, 0, -1}, log_line);
+  for (auto& m : refused) remove_member(m, log_line);
+}
+
+void Rendezvous::remove_member(std::shared_ptr<Member> m, const std::string& reason) {
+  Group* g = m->group;
+  if (m->session) {
+    m->session->members[m->index] = nullptr;
+    shm::word(shm::membership(m->shm->data(), m->index)->active).store(0);
+  }
+  m->session = nullptr;
+  if (!g) return;
+  auto& slot_ref = g->members()[static_cast<size_t>(m->rank)];
+  if (slot_ref == m) slot_ref = nullptr;
+  const bool was_joined = m->joined;
+  m->joined = false;
+  const LogContext ctx{g->spec().name, m->rank, m->session_id, m->pid};
+  if (was_joined && !g->closed && !shutting_down_) {
+    auto& lost = g->lost()[static_cast<size_t>(m->rank)];
+    lost.lost = true;
+    lost.pid = m->pid;
+    lost.session_id = m->session_id;
+    lost.since_ns = shm::monotonic_ns();
+    lost.reason = reason;
+    const std::string msg = "group '" + g->spec().name + "': rank " + std::to_string(m->rank) + " was lost: " + reason;
+    const bool left = reason.find(" left the group") != std::string::npos;
+    log_message(left ? LogLevel::kInfo : LogLevel::kWarn, ctx, msg);
+    g->backend().rank_gone(m->rank, ctx);
+    // Pending ops fail now; every other slot of every member fails its next op once.
+    const Status st(EPD_ERR_PEER_LOST, msg);
+    for (int32_t slot = 0; slot < g->spec().slots; ++slot) g->fail_slot(slot, st);
+  } else if (!was_joined) {
+    log_message(LogLevel::kInfo, ctx, "pending join withdrawn: " + reason);
+  }
+  m->group = nullptr;
+  cluster_present_changed(*g);
+  maybe_destroy_group(g);
+}
+
+void Rendezvous::retire_group(const std::string& name, const std::string& why) {
+  auto it = groups_.find(name);
+  if (it == groups_.end()) return;
+  std::unique_ptr<Group> g = std::move(it->second);
+  groups_.erase(it);
+  g->closed = true;
+  log_message(LogLevel::kInfo, LogContext{name, -1, 0, -1},
+              "group generation " + std::to_string(g->spec().generation) + " closed: " + why);
+  const Status st = make_status(EPD_ERR_GROUP_CLOSED, "group '%s' generation %llu was %s", name.c_str(),
+                                static_cast<unsigned long long>(g->spec().generation), why.c_str());
+  std::vector<std::shared_ptr<Member>> pending;
+  for (auto& m : g->members())
+    if (m && !m->joined) {
+      reply_join_error(*m, st);
+      pending.push_back(m);
+    }
+  for (int32_t slot = 0; slot < g->spec().slots; ++slot)
+    if (!g->rendezvous(slot).in_flight) fail_pending(*g, slot, st, Phase::kIdle);
+  Group* raw = g.get();
+  retired_.push_back(std::move(g));
+  for (auto& m : pending) remove_member(m, "group replaced");
+  maybe_destroy_group(raw);
+}
+
+void Rendezvous::maybe_destroy_group(Group* g) {
+  if (g->present() > 0 || g->in_flight() > 0 || (g->pinned && !g->closed)) return;
+  auto forget = [&] {
+    if (cluster_) cluster_->detach(g->spec().name, g->spec().generation);
+    remote_seen_.erase(g->id());
+  };
+  for (auto it = groups_.begin(); it != groups_.end(); ++it)
+    if (it->second.get() == g) {
+      log_message(LogLevel::kInfo, LogContext{g->spec().name, -1, 0, -1}, "group destroyed: no members left");
+      forget();
+      groups_.erase(it);  // joins the idle worker
+      return;
+    }
+  for (auto it = retired_.begin(); it != retired_.end(); ++it)
+    if (it->get() == g) {
+      forget();
+      retired_.erase(it);
+      return;
+    }
+}
+
+// ---- deadlines and shutdown --------------------------------------------------------------
+void Rendezvous::expire_joins(Group& g, int64_t now, std::vector<std::shared_ptr<Member>>& expired) {
+  const std::vector<int32_t> missing = missing_ranks(g);
+  for (auto& m : g.members()) {
+    if (!m || m->joined || now < m->join_deadline_ns) continue;
+    reply_join_error(*m, make_status(EPD_ERR_TIMEOUT, "group '%s': rank%s %s of world_size %d did not join within %u ms",
+                                     g.spec().name.c_str(), missing.size() > 1 ? "s" : "", rank_list(missing).c_str(),
+                                     g.spec().world_size, g.spec().timeout_ms));
+    expired.push_back(m);
+  }
+}
+
+void Rendezvous::expire_slots(Group& g, int64_t now) {
+  for (int32_t slot = 0; slot < g.spec().slots; ++slot) {
+    Group::SlotRendezvous& rv = g.rendezvous(slot);
+    if (rv.rung_count == 0 || rv.in_flight) continue;
+    if (now - rv.first_ring_ns < static_cast<int64_t>(g.spec().timeout_ms) * 1000000LL) continue;
+    std::vector<int32_t> late;
+    for (int32_t r = 0; r < g.spec().world_size; ++r)
+      if (!rv.rung[static_cast<size_t>(r)]) late.push_back(r);
+    fail_pending(g, slot,
+                 make_status(EPD_ERR_TIMEOUT, "group '%s' slot %d: %s waited %u ms for rank%s %s", g.spec().name.c_str(),
+                             slot, op_name(rv.op), g.spec().timeout_ms, late.size() > 1 ? "s" : "",
+                             rank_list(late).c_str()),
+                 Phase::kDispatched);
+  }
+}
+
+void Rendezvous::on_timers(int64_t now) {
+  std::vector<std::shared_ptr<Member>> expired;
+  for (auto& [name, g] : groups_) {
+    expire_joins(*g, now, expired);
+    expire_slots(*g, now);
+  }
+  for (auto& m : expired) remove_member(m, "join timed out");
+}
+
+int64_t Rendezvous::next_deadline_ns(int64_t limit) const {
+  int64_t next = limit;
+  for (const auto& [n, gp] : groups_) {
+    Group& g = *gp;
+    for (const auto& m : g.members())
+      if (m && !m->joined) next = std::min(next, m->join_deadline_ns);
+    for (int32_t s = 0; s < g.spec().slots; ++s) {
+      const auto& rv = g.rendezvous(s);
+      if (rv.rung_count > 0 && !rv.in_flight)
+        next = std::min<int64_t>(next, rv.first_ring_ns + static_cast<int64_t>(g.spec().timeout_ms) * 1000000LL);
+    }
+  }
+  return next;
+}
+
+void Rendezvous::begin_shutdown(const Status& st) {
+  shutting_down_ = true;
+  auto drain = [&](Group& g) {
+    for (auto& m : g.members())
+      if (m && !m->joined) reply_join_error(*m, st);
+    for (int32_t slot = 0; slot < g.spec().slots; ++slot)
+      if (!g.rendezvous(slot).in_flight) fail_pending(g, slot, st, Phase::kIdle);
+  };
+  for (auto& [n, g] : groups_) drain(*g);
+  for (auto& g : retired_) drain(*g);
+}
+
+int32_t Rendezvous::busy() const {
+  int32_t busy = 0;
+  for (const auto& [name, g] : groups_) busy += g->in_flight();
+  for (const auto& g : retired_) busy += g->in_flight();
+  return busy;
+}
+
+int32_t Rendezvous::ranks_joined() const {
+  int32_t ranks = 0;
+  for (const auto& [name, g] : groups_) ranks += g->joined();
+  return ranks;
+}
+
+}  // namespace epd

@@ -1,0 +1,52 @@
+// session.h — one client connection of the daemon: its socket, credentials,
+// shared session block, doorbell eventfd, the group memberships it holds and
+// its queue of replies not yet sent.
+//
+// Ownership: the Server owns Sessions (by id); a Member (group.h) points back
+// at its Session until one of them goes. Thread-safety: control thread only.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shared_region.h"
+#include "shm_layout.h"
+
+namespace epd {
+
+struct Member;
+
+struct Session {
+  uint64_t id = 0;
+  int fd = -1;
+  int doorbell_fd = -1;  // eventfd the client writes after ringing a doorbell
+  int32_t pid = 0;
+  uint32_t uid = 0, gid = 0;
+  bool hello = false;
+  std::string name;
+  std::shared_ptr<SharedRegion> shm;
+  std::array<std::shared_ptr<Member>, shm::kMaxMemberships> members;
+  struct Out {
+    std::vector<uint8_t> record;
+    std::vector<int> fds;  // owned (dup'd), closed after sending
+  };
+  std::deque<Out> outq;
+  bool want_out = false;
+  bool closing = false;  // close once outq is flushed
+  int protocol_errors = 0;
+  int64_t connected_ns = 0;
+};
+
+// How the rendezvous answers a session without owning it: the Server sends
+// (queued, never blocking) and closes the fds after sending.
+class SessionSink {
+ public:
+  virtual ~SessionSink() = default;
+  virtual void send(Session& s, std::vector<uint8_t> record, std::vector<int> fds) = 0;
+};
+
+}  // namespace epd
