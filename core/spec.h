@@ -1,5 +1,6 @@
 // spec.h — epd::GroupSpec, the C++ form of epd_group_spec_t, with validation
-// and field-by-field comparison.
+// and field-by-field comparison, and for_each_spec_field, which walks the field
+// list of spec_fields.h for code that handles every field the same way.
 //
 // A GroupSpec owns its arrays (placement, expert_owner is always filled: the
 // contiguous default is materialised), so it can outlive the C struct it was
@@ -9,34 +10,27 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "epd/types.h"
+#include "spec_fields.h"
 #include "status.h"
 
 namespace epd {
 
 struct GroupSpec {
-  std::string name;
-  uint64_t generation = 0;
-  int32_t world_size = 0;
-  int32_t rank = 0;
-  std::vector<epd_placement_t> placement;  // world_size entries
-  int32_t num_experts = 0;
-  int32_t top_k = 0;
-  std::vector<int32_t> expert_owner;  // num_experts entries
-  int32_t hidden = 0;
-  epd_dtype_t dtype = EPD_DTYPE_BF16;
-  epd_quant_t dispatch_quant = EPD_QUANT_NONE;
-  int32_t max_tokens_per_rank = 0;
-  epd_mode_t mode = EPD_MODE_HIGH_THROUGHPUT;
-  epd_layout_t layout = EPD_LAYOUT_RANK_MAJOR;
-  int32_t slots = 2;
-  uint32_t timeout_ms = 30000;
-  int32_t sm_budget = 0;
+  // One member per row of EPD_GROUP_SPEC_FIELDS, in its order, starting at
+  // the row's C default.
+#define EPD_SPEC_MEMBER(n, type, c_default, ...) type n = c_default;
+#define EPD_SPEC_HAND_MEMBER(n, cpp_type) cpp_type n;
+  EPD_GROUP_SPEC_FIELDS(EPD_SPEC_MEMBER, EPD_SPEC_HAND_MEMBER)
+#undef EPD_SPEC_MEMBER
+#undef EPD_SPEC_HAND_MEMBER
 
   // Built from a C spec: copies the arrays, fills the defaults (contiguous
-  // owners, host placement, timeout). Does not validate; call validate().
+  // owners, host placement). timeout_ms 0 stays 0 (the daemon's default).
+  // Does not validate; call validate().
   static Result<GroupSpec> from_c(const epd_group_spec_t& c);
   // A C view of this spec; its pointers borrow from *this.
   epd_group_spec_t to_c() const;
@@ -48,6 +42,15 @@ struct GroupSpec {
   // Returns OK or EPD_ERR_SPEC_MISMATCH naming the first differing field with
   // both values ("hidden: group has 7168, join has 4096").
   Status compare(const GroupSpec& other) const;
+
+  // The daemon, on a spec it received: timeout_ms 0 becomes its configured
+  // default (server.join_timeout_ms) before the spec is compared or a group made.
+  void resolve_timeout(uint32_t daemon_default_ms) {
+    if (timeout_ms == 0) timeout_ms = daemon_default_ms;
+  }
+  // The deadline for a client's own waits: timeout_ms, or kDefaultTimeoutMs
+  // when it is 0 (a client does not know the daemon's configured default).
+  uint32_t effective_timeout_ms() const { return timeout_ms != 0 ? timeout_ms : kDefaultTimeoutMs; }
 
   // Contiguous default owner of expert e.
   static int32_t contiguous_owner(int32_t e, int32_t num_experts, int32_t world_size);
@@ -63,6 +66,88 @@ struct GroupSpec {
 // already reduced per rank, so only already_applied / ones; expert_major takes
 // all three. EPD_ERR_BAD_WEIGHT_MODE naming the value otherwise.
 Status check_weight_mode(const GroupSpec& spec, epd_weight_mode_t mode);
+
+// ---- the field list, walked -----------------------------------------------------------
+// One X row of EPD_GROUP_SPEC_FIELDS as for_each_spec_field hands it out.
+template <typename T>
+struct SpecScalar {
+  using Type = T;
+  using Member = T GroupSpec::*;
+  using CMember = T epd_group_spec_t::*;
+  SpecFieldId id;
+  const char* name;
+  Member member;
+  CMember c_member;
+  T c_default;
+  SpecCheck check;
+  int64_t lo, hi;
+  unsigned flags;
+  bool has(unsigned flag) const { return (flags & flag) != 0; }
+};
+// One H row: every site has its own code for it.
+struct SpecHand {
+  SpecFieldId id;
+  const char* name;
+};
+template <typename F>
+inline constexpr bool kIsSpecHand = std::is_same_v<std::decay_t<F>, SpecHand>;
+
+// Calls f(SpecScalar<T>) or f(SpecHand) for every row, in the list's order.
+template <typename F>
+void for_each_spec_field(F&& f) {
+#define EPD_SPEC_VISIT_X(n, type, c_default, check, lo, hi, flags)                                 \
+  f(SpecScalar<type>{SpecFieldId::n, #n, &GroupSpec::n, &epd_group_spec_t::n, c_default, SpecCheck::check, \
+                     lo, hi, flags});
+#define EPD_SPEC_VISIT_H(n, cpp_type) f(SpecHand{SpecFieldId::n, #n});
+  EPD_GROUP_SPEC_FIELDS(EPD_SPEC_VISIT_X, EPD_SPEC_VISIT_H)
+#undef EPD_SPEC_VISIT_X
+#undef EPD_SPEC_VISIT_H
+}
+
+// ---- enum names (EnumNames<E> in spec_fields.h) ----------------------------------------
+template <typename E>
+const char* enum_name(E v) {
+  for (const auto& e : EnumNames<E>::kNames)
+    if (e.value == v) return e.name;
+  return "invalid";
+}
+
+template <typename E>
+bool enum_known(E v) {
+  for (const auto& e : EnumNames<E>::kNames)
+    if (e.value == v) return true;
+  return false;
+}
+
+// The names, comma-separated ("bf16, fp16, fp32").
+template <typename E>
+std::string enum_options() {
+  std::string options;
+  for (const auto& e : EnumNames<E>::kNames) {
+    options += options.empty() ? "" : ", ";
+    options += e.name;
+  }
+  return options;
+}
+
+// Name -> value; EPD_ERR_INVALID_ARGUMENT "<what> '<s>' is not one of: a, b".
+template <typename E>
+Result<E> parse_enum(const std::string& s, const char* what) {
+  for (const auto& e : EnumNames<E>::kNames)
+    if (s == e.name) return e.value;
+  return make_status(EPD_ERR_INVALID_ARGUMENT, "%s '%s' is not one of: %s", what, s.c_str(),
+                     enum_options<E>().c_str());
+}
+
+// A field's value as text: an integer in decimal, an enum by its name.
+template <typename T>
+std::string spec_value_text(T v) {
+  if constexpr (std::is_enum_v<T>) {
+    return enum_name(v);
+  } else {
+    return std::to_string(v);
+  }
+}
 
 const char* dtype_name(epd_dtype_t d);
 const char* quant_name(epd_quant_t q);

@@ -46,7 +46,7 @@ Status Rendezvous::init() {
   EPD_RETURN_IF_ERROR(init_cluster());
   // Groups declared in the config exist (with their memory) before any worker joins.
   for (GroupSpec spec : config_.groups) {
-    if (spec.timeout_ms == 0) spec.timeout_ms = config_.join_timeout_ms;
+    spec.resolve_timeout(config_.join_timeout_ms);
     if (Status st = spec.validate(); !st)
       return make_status(st.code(), "config group '%s': %s", spec.name.c_str(), st.message().c_str());
     if (groups_.count(spec.name))

@@ -34,6 +34,7 @@ void Server::handle_record(Session& s, proto::Received& rx) {
       {proto::MsgType::kLeave, &Server::on_leave, false},
       {proto::MsgType::kStatus, &Server::on_status, false},
   };
+  static_assert(proto::handles_every_request(kHandlers), "one handler per client-to-daemon message of core/wire");
   for (int fd : rx.fds) close(fd);
   uint64_t request_id = 0;
   if (rx.data.size() >= proto::kHeaderBytes) std::memcpy(&request_id, rx.data.data() + 16, 8);
@@ -138,7 +139,7 @@ void Server::on_join(Session& s, const proto::Frame& f) {
   auto j = proto::decode_join(f);
   if (!j) return fail(j.status());
   GroupSpec spec = std::move(j->spec);
-  if (spec.timeout_ms == 0) spec.timeout_ms = opts_.config.join_timeout_ms;
+  spec.resolve_timeout(opts_.config.join_timeout_ms);
   if (Status st = spec.validate(); !st) return fail(st);
   if (shutting_down_) return fail(make_status(EPD_ERR_SHUTTING_DOWN, "epd is shutting down"));
   uint32_t index = shm::kMaxMemberships;

@@ -4,7 +4,8 @@
 //
 // Per slot the armed stream holds, for each operation ahead of time:
 //   cuStreamWaitValue32(doorbell of every rank, kRingDispatch | kRingCombine, AND)
-//   GpuExecutor::dispatch (or combine, with the weight mode from the ranks' control words)
+//   GpuExecutor::dispatch (or combine, with the weight mode from the ranks' control words),
+//     i.e. the launch sequence of the executor's variant (variant_name())
 //   a completion kernel: the kernels' fault words (or the abort reason) become a
 //   status, written with kDoneDispatch / kDoneCombine into every rank's
 //   completion word and into a host-mapped progress word for the re-arm thread.
@@ -25,8 +26,9 @@
 // CUDA-free header (implementation in kernels/cuda/armed_*.cc, target epd_cuda).
 // Ownership: the executor owns its GpuExecutor, streams and scratch; it does not
 // own the workspaces (rank_bases), which must outlive it.
-// Thread-safety: abort(), aborted(), completed() and describe() may be called
-// from any thread; start(), reset() and destruction from one owner thread.
+// Thread-safety: abort(), aborted(), completed(), describe() and
+// variant_name() may be called from any thread; start(), reset() and
+// destruction from one owner thread.
 #pragma once
 
 #include <atomic>
@@ -66,10 +68,12 @@ MpsState detect_mps(int32_t device);
 struct ArmedOptions {
   int32_t depth = 8;        // operations armed ahead per slot (>= 2)
   uint32_t poll_us = 20;    // re-arm thread poll period; off the critical path while depth > 0 remain
-  // low_latency groups run the high_throughput kernels here unless this is set
-  // (same bytes: the contract is mode-independent). Seen on an H100, driver
-  // 580: enqueueing the cooperative low_latency launch behind an armed wait
-  // did not return to the host, so the re-arm thread stalled.
+  // low_latency groups on one GPU run the high_throughput variant here unless
+  // this is set (same bytes: the contract is mode-independent; the executor
+  // gets GpuTuning::behind_armed_waits, and variant_name() / describe() say
+  // so). Seen on an H100, driver 580: enqueueing the cooperative low_latency
+  // launch behind an armed wait did not return to the host, so the re-arm
+  // thread stalled.
   bool allow_cooperative = false;
 };
 
@@ -118,7 +122,13 @@ class ArmedExecutor {
   // The first error the re-arm thread hit (a CUDA error, or a kernel timeout
   // fault, after which it aborts itself with EPD_ERR_TIMEOUT); OK otherwise.
   Status health() const;
+  // "armed: GPU 0, 8 ranks, 2 slots, depth 8, ...; variant high_throughput
+  // (<what it launches>; <why>); parts=..." (the executor's describe_variant()).
   std::string describe() const;
+  // The launch variant that runs behind the armed waits ("high_throughput",
+  // "low_latency", "multi_gpu"; gpu_launch_plan.h): a low_latency group on one
+  // GPU runs "high_throughput" unless ArmedOptions::allow_cooperative.
+  const char* variant_name() const;
   const GpuExecutor& executor() const;
 
  private:

@@ -3,7 +3,8 @@
 // on peers with CUDA peer access), plus the cuMem allocator of those workspaces.
 //
 // Multi-GPU groups (one rank per GPU, or contiguous runs of ranks per GPU) run
-// one launch sequence per GPU ("shard"), joined by cross-GPU barriers.
+// one launch sequence per GPU ("shard"), joined by cross-GPU barriers. Which
+// launches run is one LaunchVariant, picked at creation (gpu_launch_plan.h).
 //
 // CUDA-free on purpose: streams are `void*` (a cudaStream_t, nullptr = the
 // legacy default stream) and device addresses are `uint8_t*`, so the daemon and
@@ -34,6 +35,7 @@
 #include <vector>
 
 #include "epd/types.h"
+#include "gpu_launch_plan.h"
 #include "layout.h"
 #include "spec.h"
 #include "status.h"
@@ -101,17 +103,6 @@ Status enable_peer_access(const std::vector<int32_t>& devices);
 // PCI bus id of a device ("0000:1b:00.0"), for matching hwloc's topology.
 Result<std::string> gpu_pci_bus_id(int32_t device);
 
-// Launch tuning; a zero field keeps the executor's own choice. For benchmarks.
-struct GpuTuning {
-  int32_t parts = 0;                // warps per token row in the dispatch scatter, 1..8
-  int32_t combine_parts = 0;        // warps per token row in combine, 1..8
-  int32_t fused_blocks_per_sm = 0;  // low_latency cooperative grid, blocks per SM
-  // Multi-GPU barrier: 0 = every GPU adds to every GPU's own word and polls
-  // its own (local polling; the default), 1 = one word on the home GPU that
-  // every GPU adds to and polls.
-  int32_t barrier = 0;
-};
-
 class GpuExecutor {
  public:
   ~GpuExecutor();
@@ -128,7 +119,7 @@ class GpuExecutor {
   // order): its launch sequence pushes its ranks' dispatch rows to every rank
   // and pulls its ranks' combine inputs, over NVLink (peer access is enabled
   // here). The routing scratch and the barrier counters live on shard 0's GPU
-  // (the home GPU). low_latency runs the high_throughput launches here.
+  // (the home GPU). Every mode runs LaunchVariant::kMultiGpu here.
   static Result<std::unique_ptr<GpuExecutor>> create(const GroupSpec& spec,
                                                      std::vector<uint8_t*> rank_bases,
                                                      const std::vector<int32_t>& rank_devices,
@@ -186,8 +177,15 @@ class GpuExecutor {
   const GroupSpec& spec() const { return spec_; }
   // Device scratch this executor allocated beside the workspaces (bytes).
   uint64_t scratch_bytes() const { return scratch_bytes_; }
-  // The launch shape chosen: "parts=8 combine_parts=8 fused_blocks=396 ...".
-  std::string describe_launch() const;
+  // The launch variant that runs (choose_launch_variant over spec, tuning
+  // and GPUs), its name, and "variant low_latency (one cooperative launch per
+  // dispatch, ...; mode low_latency on one GPU)": what it launches and why.
+  LaunchVariant variant() const;
+  const char* variant_name() const;
+  std::string describe_variant() const;
+  // The launch shape chosen: "variant=low_latency parts=8 combine_parts=8
+  // fused_blocks=396 ..."; without the variant token when with_variant is false.
+  std::string describe_launch(bool with_variant = true) const;
 
  private:
   struct Impl;

@@ -1,5 +1,7 @@
 // client.cc — libepd-client: the C ABI of epd/epd.h over the control protocol
-// (protocol.h) and the shared session block (shm_layout.h).
+// (protocol.h) and the shared session block (shm_layout.h): connection, joins,
+// the host data path, last-error messages, and the deprecated 0.1 names of
+// these calls (each forwards to its replacement).
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -82,8 +84,35 @@ using namespace epd::client_detail;
 constexpr int64_t kSpinNs = 20000;             // spin before sleeping on the futex
 constexpr int64_t kSliceNs = 100 * 1000000LL;  // futex slice: the connection is checked between slices
 
-thread_local std::string tls_connect_error;
+// The message of the last failed call on this thread that has no handle to
+// keep it (connect, spec queries): epd_client_last_error(NULL).
+thread_local std::string tls_error;
+// The copy handed out by the last *_last_error call on this thread.
 thread_local std::string tls_returned;
+
+// Records `st` as this thread's handle-less error and returns its code.
+epd_status_t fail_without_handle(const Status& st) {
+  try {
+    tls_error = st.to_string();
+  } catch (...) {
+  }
+  return st.code();
+}
+
+// Copies `msg` into this thread's returned string (valid until the next copy).
+const char* hand_out(const std::string& msg) {
+  try {
+    tls_returned = msg;
+  } catch (...) {
+    return "out of memory";
+  }
+  return tls_returned.c_str();
+}
+
+const char* handle_error(const Handle& h) {
+  std::lock_guard<std::mutex> lk(h.err_mu);
+  return hand_out(h.last_error);
+}
 
 // The status carried by an ERROR record, or OK when `f` is not one.
 Status error_of(const proto::Frame& f) {
@@ -127,7 +156,7 @@ Status wait_seq(epd_group_impl& g, uint32_t* word, uint32_t seq, uint32_t* waite
                 const char* what, int32_t slot) {
   auto done = [&] { return static_cast<int32_t>(shm::word(*word).load(std::memory_order_acquire) - seq) >= 0; };
   const int64_t start = shm::monotonic_ns();
-  const int64_t limit_ms = timeout_ms ? timeout_ms : g.spec.timeout_ms;
+  const int64_t limit_ms = timeout_ms ? timeout_ms : g.spec.effective_timeout_ms();
   const int64_t deadline = start + limit_ms * 1000000LL;
   while (shm::monotonic_ns() - start < kSpinNs)
     for (int i = 0; i < 64; ++i) {
@@ -161,10 +190,7 @@ extern "C" {
 
 EPD_API epd_status_t epd_client_connect(const char* socket_path, epd_client_t** out) {
   return guarded([&]() -> epd_status_t {
-    auto fail = [](const Status& st) {
-      tls_connect_error = st.to_string();
-      return st.code();
-    };
+    auto fail = [](const Status& st) { return fail_without_handle(st); };
     if (!out) return fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL"));
     const char* path = socket_path ? socket_path : getenv("EPD_SOCKET");
     if (!path || !*path) path = EPD_DEFAULT_SOCKET;
@@ -268,7 +294,7 @@ EPD_API epd_status_t epd_group_join(epd_client_t* client, const epd_group_spec_t
     std::lock_guard<std::mutex> lk(conn.mu);
     const uint64_t rid = conn.next_rid++;
     proto::Join j{spec.value()};
-    auto rx = conn.call(proto::encode(j, rid), rid, static_cast<int64_t>(spec->timeout_ms) * 1000000LL + kRequestNs);
+    auto rx = conn.call(proto::encode(j, rid), rid, static_cast<int64_t>(spec->effective_timeout_ms()) * 1000000LL + kRequestNs);
     if (!rx) return c->fail(rx.status());
     auto f = proto::decode_frame(rx->data.data(), rx->data.size());
     Status st = f ? error_of(*f) : f.status();
@@ -347,11 +373,11 @@ EPD_API epd_status_t epd_group_leave(epd_group_t* group) {
   });
 }
 
-EPD_API epd_status_t epd_dispatch(epd_group_t* group, int32_t slot, const epd_dispatch_args_t* args) {
+EPD_API epd_status_t epd_group_dispatch(epd_group_t* group, int32_t slot, const epd_dispatch_args_t* args) {
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
-    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_dispatch"));
+    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_group_dispatch"));
     if (Status st = check_slot(*g, slot); !st) return g->fail(st);
     if (!args || args->struct_size < offsetof(epd_dispatch_args_t, n_tokens) + sizeof(int32_t))
       return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "args is NULL or its struct_size = %u is too small",
@@ -376,11 +402,12 @@ EPD_API epd_status_t epd_dispatch(epd_group_t* group, int32_t slot, const epd_di
   });
 }
 
-EPD_API epd_status_t epd_dispatch_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms, epd_dispatch_result_t* out) {
+EPD_API epd_status_t epd_group_dispatch_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms,
+                                             epd_dispatch_result_t* out) {
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
-    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_dispatch_wait"));
+    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_group_dispatch_wait"));
     if (Status st = check_slot(*g, slot); !st) return g->fail(st);
     if (!out || out->struct_size < sizeof(epd_dispatch_result_t))
       return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL or its struct_size = %u is below %zu",
@@ -423,11 +450,11 @@ EPD_API epd_status_t epd_dispatch_wait(epd_group_t* group, int32_t slot, uint32_
   });
 }
 
-EPD_API epd_status_t epd_combine(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode) {
+EPD_API epd_status_t epd_group_combine(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode) {
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
-    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_combine"));
+    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_group_combine"));
     if (Status st = check_slot(*g, slot); !st) return g->fail(st);
     if (Status st = check_weight_mode(g->spec, weight_mode); !st) return g->fail(st);
     if (Status st = check_live(*g); !st) return g->fail(st);
@@ -443,11 +470,11 @@ EPD_API epd_status_t epd_combine(epd_group_t* group, int32_t slot, epd_weight_mo
   });
 }
 
-EPD_API epd_status_t epd_combine_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms, const void** out) {
+EPD_API epd_status_t epd_group_combine_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms, const void** out) {
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
-    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_combine_wait"));
+    if (g->is_gpu()) return g->fail(host_call_on_gpu_group(*g, "epd_group_combine_wait"));
     if (Status st = check_slot(*g, slot); !st) return g->fail(st);
     if (!out) return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL"));
     auto& s = g->slots[slot];
@@ -467,36 +494,63 @@ EPD_API epd_status_t epd_combine_wait(epd_group_t* group, int32_t slot, uint32_t
   });
 }
 
-EPD_API epd_status_t epd_workspace_bytes(const epd_group_spec_t* cspec, int32_t node, int32_t gpu, uint64_t* bytes) {
+EPD_API epd_status_t epd_group_spec_workspace_bytes(const epd_group_spec_t* cspec, int32_t node, int32_t gpu,
+                                                    uint64_t* bytes) {
   return guarded([&]() -> epd_status_t {
-    if (!cspec || !bytes) return EPD_ERR_INVALID_ARGUMENT;
+    if (!cspec || !bytes)
+      return fail_without_handle(make_status(EPD_ERR_INVALID_ARGUMENT, "%s is NULL", cspec ? "bytes" : "spec"));
     auto spec = epd::GroupSpec::from_c(*cspec);
-    if (!spec) return spec.status().code();
-    if (Status st = spec->validate(); !st) return st.code();
+    if (!spec) return fail_without_handle(spec.status());
+    if (Status st = spec->validate(); !st) return fail_without_handle(st);
     *bytes = epd::GroupLayout::compute(spec.value()).bytes_on(spec.value(), node, gpu);
     return EPD_OK;
   });
 }
 
+EPD_API const char* epd_client_last_error(const epd_client_t* client) {
+  if (!client) return hand_out(tls_error);
+  const auto* h = static_cast<const epd_client_impl*>(client);
+  if (h->magic != kClientMagic) return "not an epd_client_t handle";
+  return handle_error(*h);
+}
+
+EPD_API const char* epd_group_last_error(const epd_group_t* group) {
+  if (!group) return "";
+  const auto* h = static_cast<const epd_group_impl*>(group);
+  if (h->magic != kGroupMagic) return "not an epd_group_t handle";
+  return handle_error(*h);
+}
+
+// ---- deprecated 0.1 names, removed in 0.3: each forwards to its replacement ----
+
+EPD_API epd_status_t epd_dispatch(epd_group_t* group, int32_t slot, const epd_dispatch_args_t* args) {
+  return epd_group_dispatch(group, slot, args);
+}
+
+EPD_API epd_status_t epd_dispatch_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms,
+                                       epd_dispatch_result_t* out) {
+  return epd_group_dispatch_wait(group, slot, timeout_ms, out);
+}
+
+EPD_API epd_status_t epd_combine(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode) {
+  return epd_group_combine(group, slot, weight_mode);
+}
+
+EPD_API epd_status_t epd_combine_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms, const void** out) {
+  return epd_group_combine_wait(group, slot, timeout_ms, out);
+}
+
+EPD_API epd_status_t epd_workspace_bytes(const epd_group_spec_t* spec, int32_t node, int32_t gpu, uint64_t* bytes) {
+  return epd_group_spec_workspace_bytes(spec, node, gpu, bytes);
+}
+
 EPD_API const char* epd_last_error(const void* handle) {
-  if (!handle) {
-    try {
-      tls_returned = tls_connect_error;
-    } catch (...) {
-      return "out of memory";
-    }
-    return tls_returned.c_str();
-  }
-  auto* h = static_cast<Handle*>(const_cast<void*>(handle));
-  // Both handle kinds start with Handle; anything else gets a fixed answer.
-  if (h->magic != kClientMagic && h->magic != kGroupMagic) return "not an epd handle";
-  std::lock_guard<std::mutex> lk(h->err_mu);
-  try {
-    tls_returned = h->last_error;
-  } catch (...) {
-    return "out of memory";
-  }
-  return tls_returned.c_str();
+  // Both handle kinds start with Handle, so the magic tells which one this is.
+  if (!handle) return epd_client_last_error(nullptr);
+  const uint32_t magic = static_cast<const Handle*>(handle)->magic;
+  if (magic == kClientMagic) return epd_client_last_error(static_cast<const epd_client_t*>(handle));
+  if (magic == kGroupMagic) return epd_group_last_error(static_cast<const epd_group_t*>(handle));
+  return "not an epd handle";
 }
 
 }  // extern "C"

@@ -1,7 +1,8 @@
 // client_gpu.cc — libepd-client's GPU groups (epd.h, "GPU groups"): the join
 // imports this rank's cuMem workspace (GpuWorkspaceMapping), the stream calls
-// enqueue through GpuRankOps on the caller's stream, and epd_gpu_status polls
-// the slot's completion word on the host with a deadline.
+// enqueue through GpuRankOps on the caller's stream, epd_group_gpu_status
+// polls the slot's completion word on the host with a deadline, and the
+// deprecated 0.1 names of these calls forward to them.
 #include <poll.h>
 
 #include <cstring>
@@ -16,14 +17,15 @@ namespace {
 constexpr int64_t kBusyPollNs = 200 * 1000;  // re-read at once this long, then every ~1 ms
 
 const char* const kStreamCalls =
-    "epd_dispatch_async / epd_dispatch_wait_async / epd_combine_async / epd_combine_wait_async";
+    "epd_group_dispatch_async / epd_group_dispatch_wait_async / epd_group_combine_async / "
+    "epd_group_combine_wait_async";
 
 Status check_gpu(const epd_group_impl& g, const char* call) {
   if (!g.is_gpu())
     return make_status(EPD_ERR_UNSUPPORTED,
                        "%s on group '%s' (rank %d): a host group has no GPU workspace; the stream calls need every "
-                       "rank placed on a GPU (placement gpu >= 0); use epd_dispatch / epd_dispatch_wait / "
-                       "epd_combine / epd_combine_wait",
+                       "rank placed on a GPU (placement gpu >= 0); use epd_group_dispatch / "
+                       "epd_group_dispatch_wait / epd_group_combine / epd_group_combine_wait",
                        call, g.spec.name.c_str(), g.spec.rank);
   return Status::ok();
 }
@@ -41,21 +43,25 @@ Status check_enqueue(const epd_group_impl& g, int32_t slot, const char* call) {
 }
 
 // Waits until the completion word of `slot` carries `expect` (or the abort
-// bit), polling it at most until `deadline`.
+// bit), polling it at most until `deadline`. gpu_mu is held for each read
+// only, so a status call waiting on one slot does not hold up another's.
 Status wait_completion(epd_group_impl& g, int32_t slot, uint32_t expect, int64_t limit_ms) {
   const int64_t start = shm::monotonic_ns();
   const int64_t deadline = start + limit_ms * 1000000LL;
   for (;;) {
-    auto w = g.gpu_ops->completion(slot);
+    auto w = [&] {
+      std::lock_guard<std::mutex> lk(g.gpu_mu);
+      return g.gpu_ops->completion(slot);
+    }();
     if (!w) return w.status();
     if (*w & (expect | kArmedAbortBit)) return Status::ok();
     if (g.conn->hung_up()) return g.conn->lost_status();
     const int64_t now = shm::monotonic_ns();
     if (now >= deadline)
       return make_status(EPD_ERR_TIMEOUT,
-                         "epd_gpu_status on slot %d (rank %d): the %s enqueued last has not completed within %lld ms "
-                         "(completion word 0x%08x; the caller's stream has not reached it, or a rank has not rung; "
-                         "'epctl ranks' shows which)",
+                         "epd_group_gpu_status on slot %d (rank %d): the %s enqueued last has not completed "
+                         "within %lld ms (completion word 0x%08x; the caller's stream has not reached it, or a rank "
+                         "has not rung; 'epctl ranks' shows which)",
                          slot, g.spec.rank, expect == kDoneDispatch ? "dispatch" : "combine",
                          static_cast<long long>(limit_ms), *w);
     if (now - start > kBusyPollNs) {
@@ -99,12 +105,12 @@ using epd::Status;
 
 extern "C" {
 
-EPD_API epd_status_t epd_dispatch_async(epd_group_t* group, int32_t slot, const epd_gpu_dispatch_args_t* args,
-                                        void* stream) {
+EPD_API epd_status_t epd_group_dispatch_async(epd_group_t* group, int32_t slot, const epd_gpu_dispatch_args_t* args,
+                                              void* stream) {
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
-    if (Status st = check_enqueue(*g, slot, "epd_dispatch_async"); !st) return g->fail(st);
+    if (Status st = check_enqueue(*g, slot, "epd_group_dispatch_async"); !st) return g->fail(st);
     if (!args || args->struct_size < sizeof(epd_gpu_dispatch_args_t))
       return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "args is NULL or its struct_size = %u is below %zu",
                                  args ? args->struct_size : 0, sizeof(epd_gpu_dispatch_args_t)));
@@ -123,33 +129,33 @@ EPD_API epd_status_t epd_dispatch_async(epd_group_t* group, int32_t slot, const 
   });
 }
 
-EPD_API epd_status_t epd_dispatch_wait_async(epd_group_t* group, int32_t slot, void* stream) {
+EPD_API epd_status_t epd_group_dispatch_wait_async(epd_group_t* group, int32_t slot, void* stream) {
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
-    if (Status st = check_enqueue(*g, slot, "epd_dispatch_wait_async"); !st) return g->fail(st);
+    if (Status st = check_enqueue(*g, slot, "epd_group_dispatch_wait_async"); !st) return g->fail(st);
     if (Status st = g->gpu_ops->dispatch_wait(slot, stream); !st) return g->fail(st);
     return EPD_OK;
   });
 }
 
-EPD_API epd_status_t epd_combine_async(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode,
-                                       const void* expert_out, int64_t rows, void* stream) {
+EPD_API epd_status_t epd_group_combine_async(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode,
+                                             const void* expert_out, int64_t rows, void* stream) {
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
-    if (Status st = check_enqueue(*g, slot, "epd_combine_async"); !st) return g->fail(st);
+    if (Status st = check_enqueue(*g, slot, "epd_group_combine_async"); !st) return g->fail(st);
     if (Status st = g->gpu_ops->combine(slot, weight_mode, expert_out, rows, stream); !st) return g->fail(st);
     g->slots[slot].gpu_expect.store(epd::kDoneCombine, std::memory_order_release);
     return EPD_OK;
   });
 }
 
-EPD_API epd_status_t epd_combine_wait_async(epd_group_t* group, int32_t slot, void* stream) {
+EPD_API epd_status_t epd_group_combine_wait_async(epd_group_t* group, int32_t slot, void* stream) {
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
-    if (Status st = check_enqueue(*g, slot, "epd_combine_wait_async"); !st) return g->fail(st);
+    if (Status st = check_enqueue(*g, slot, "epd_group_combine_wait_async"); !st) return g->fail(st);
     if (Status st = g->gpu_ops->combine_wait(slot, stream); !st) return g->fail(st);
     return EPD_OK;
   });
@@ -175,19 +181,21 @@ Status with_daemon_message(const epd_group_impl& g, int32_t slot, const Status& 
 
 }  // namespace
 
-EPD_API epd_status_t epd_gpu_status(epd_group_t* group, int32_t slot, uint32_t timeout_ms) {
+EPD_API epd_status_t epd_group_gpu_status(epd_group_t* group, int32_t slot, uint32_t timeout_ms) {
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
-    if (Status st = check_gpu(*g, "epd_gpu_status"); !st) return g->fail(st);
+    if (Status st = check_gpu(*g, "epd_group_gpu_status"); !st) return g->fail(st);
     if (Status st = check_slot(*g, slot); !st) return g->fail(st);
-    std::lock_guard<std::mutex> lk(g->gpu_mu);
     const uint32_t expect = g->slots[slot].gpu_expect.load(std::memory_order_acquire);
     if (expect != 0) {
-      const int64_t limit_ms = timeout_ms ? timeout_ms : g->spec.timeout_ms;
+      const int64_t limit_ms = timeout_ms ? timeout_ms : g->spec.effective_timeout_ms();
       if (Status st = wait_completion(*g, slot, expect, limit_ms); !st) return g->fail(st);
     }
-    const Status st = with_daemon_message(*g, slot, g->gpu_ops->query(slot));
+    const Status st = with_daemon_message(*g, slot, [&] {
+      std::lock_guard<std::mutex> lk(g->gpu_mu);
+      return g->gpu_ops->query(slot);
+    }());
     if (st) return EPD_OK;
     if (st.code() == EPD_ERR_PEER_LOST || st.code() == EPD_ERR_SHUTTING_DOWN)
       g->gpu_aborted.store(st.code(), std::memory_order_release);
@@ -195,11 +203,11 @@ EPD_API epd_status_t epd_gpu_status(epd_group_t* group, int32_t slot, uint32_t t
   });
 }
 
-EPD_API epd_status_t epd_gpu_views(epd_group_t* group, int32_t slot, epd_gpu_views_t* out) {
+EPD_API epd_status_t epd_group_gpu_views(epd_group_t* group, int32_t slot, epd_gpu_views_t* out) {
   return guarded([&]() -> epd_status_t {
     epd_group_impl* g = as_group(group);
     if (!g) return EPD_ERR_INVALID_ARGUMENT;
-    if (Status st = check_gpu(*g, "epd_gpu_views"); !st) return g->fail(st);
+    if (Status st = check_gpu(*g, "epd_group_gpu_views"); !st) return g->fail(st);
     if (Status st = check_slot(*g, slot); !st) return g->fail(st);
     if (!out || out->struct_size < sizeof(epd_gpu_views_t))
       return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL or its struct_size = %u is below %zu",
@@ -227,6 +235,34 @@ EPD_API epd_status_t epd_gpu_views(epd_group_t* group, int32_t slot, epd_gpu_vie
     out->combine_row_bytes = l.in_row_bytes;
     return EPD_OK;
   });
+}
+
+// ---- deprecated 0.1 names, removed in 0.3: each forwards to its replacement ----
+
+EPD_API epd_status_t epd_dispatch_async(epd_group_t* group, int32_t slot, const epd_gpu_dispatch_args_t* args,
+                                        void* stream) {
+  return epd_group_dispatch_async(group, slot, args, stream);
+}
+
+EPD_API epd_status_t epd_dispatch_wait_async(epd_group_t* group, int32_t slot, void* stream) {
+  return epd_group_dispatch_wait_async(group, slot, stream);
+}
+
+EPD_API epd_status_t epd_combine_async(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode,
+                                       const void* expert_out, int64_t rows, void* stream) {
+  return epd_group_combine_async(group, slot, weight_mode, expert_out, rows, stream);
+}
+
+EPD_API epd_status_t epd_combine_wait_async(epd_group_t* group, int32_t slot, void* stream) {
+  return epd_group_combine_wait_async(group, slot, stream);
+}
+
+EPD_API epd_status_t epd_gpu_status(epd_group_t* group, int32_t slot, uint32_t timeout_ms) {
+  return epd_group_gpu_status(group, slot, timeout_ms);
+}
+
+EPD_API epd_status_t epd_gpu_views(epd_group_t* group, int32_t slot, epd_gpu_views_t* out) {
+  return epd_group_gpu_views(group, slot, out);
 }
 
 }  // extern "C"

@@ -8,7 +8,9 @@
 // mapping of a host group, or the imported GPU mapping and its GpuRankOps.
 // Thread-safety: Connection::mu serialises requests; a handle's last error is
 // behind err_mu; a group's slots may be driven from different threads, one
-// thread per slot; gpu_mu serialises host queries of a GPU group.
+// thread per slot (per-slot state only: Slot below, GpuRankOps' phase per
+// slot); gpu_mu serialises a GPU group's host reads, one read at a time, so
+// status calls on different slots do not wait for each other's deadlines.
 #pragma once
 
 #include <poll.h>
@@ -43,7 +45,7 @@ constexpr int64_t kRequestNs = 10 * 1000000000LL;
 struct Handle {
   explicit Handle(uint32_t m) : magic(m) {}
   uint32_t magic;
-  std::mutex err_mu;
+  mutable std::mutex err_mu;  // guards last_error; read by the const *_last_error calls
   std::string last_error;
   epd_status_t fail(const Status& st) {
     std::lock_guard<std::mutex> lk(err_mu);
@@ -116,7 +118,7 @@ struct epd_group_impl : Handle {
   int32_t gpu_device = -1;
   std::unique_ptr<GpuWorkspaceMapping> gpu_map;
   std::unique_ptr<GpuRankOps> gpu_ops;
-  std::mutex gpu_mu;  // host queries (GpuRankOps' private stream)
+  std::mutex gpu_mu;  // each GpuRankOps host read (completion, query): they share a private stream
   // The abort status (EPD_ERR_PEER_LOST, ...) once a query saw the daemon
   // abort this group's GPU calls: later enqueues are refused, since a wait
   // enqueued after the abort drained may never complete.

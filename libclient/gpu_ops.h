@@ -15,9 +15,15 @@
 //
 // Ownership: GpuWorkspaceMapping owns its mapping (not the file descriptor it
 // was imported from). GpuRankOps borrows the driver table and the base address.
-// Thread-safety: one thread at a time per object (a worker drives its rank).
+// Thread-safety: the enqueue calls of different slots may run concurrently
+// (each touches only its slot's phase; the rank's context is looked up once,
+// atomically); calls on one slot, one thread at a time. The host reads
+// (query, completion, fault_word) share one private stream: one at a time,
+// from any thread, concurrently with the enqueue calls. layout() and base()
+// are constant.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -120,13 +126,17 @@ class GpuRankOps {
     if (device_ < 0) return body();
     cu::CUcontext caller = nullptr;
     EPD_CU_CALL(drv_, drv_.ctx_get_current(&caller));
-    if (!rank_ctx_) {
+    cu::CUcontext rank_ctx = rank_ctx_.load(std::memory_order_acquire);
+    if (!rank_ctx) {
+      // Threads racing here each retain the same primary context; one more
+      // retain of a context kept for the life of the process is harmless.
       auto ctx = drv_.primary_context(device_);
       if (!ctx) return ctx.status();
-      rank_ctx_ = *ctx;
+      rank_ctx = *ctx;
+      rank_ctx_.store(rank_ctx, std::memory_order_release);
     }
-    if (rank_ctx_ == caller) return body();
-    EPD_CU_CALL(drv_, drv_.ctx_set_current(rank_ctx_));
+    if (rank_ctx == caller) return body();
+    EPD_CU_CALL(drv_, drv_.ctx_set_current(rank_ctx));
     const Status st = body();
     drv_.ctx_set_current(caller);
     return st;
@@ -139,8 +149,8 @@ class GpuRankOps {
   int32_t device_;
   RankLayout layout_;
   std::vector<Phase> phase_;
-  mutable cu::CUstream query_stream_ = nullptr;  // in device_'s primary context
-  mutable cu::CUcontext rank_ctx_ = nullptr;     // device_'s primary context, once looked up
+  mutable cu::CUstream query_stream_ = nullptr;  // in device_'s primary context; host reads only
+  mutable std::atomic<cu::CUcontext> rank_ctx_{nullptr};  // device_'s primary context, once looked up
 };
 
 }  // namespace epd

@@ -58,7 +58,7 @@ Stats through_daemon(const std::string& socket, const epd_group_spec_t& spec, in
   epd_group_t* g = nullptr;
   std::vector<int64_t> t;
   if (epd_client_connect(socket.c_str(), &c) != EPD_OK || epd_group_join(c, &spec, &g) != EPD_OK) {
-    std::fprintf(stderr, "connect/join failed: %s\n", epd_last_error(c));
+    std::fprintf(stderr, "connect/join failed: %s\n", epd_client_last_error(c));
     return {0, 0, 0};
   }
   epd_dispatch_args_t a{};
@@ -69,9 +69,9 @@ Stats through_daemon(const std::string& socket, const epd_group_spec_t& spec, in
   for (int i = 0; i < iters + 100; ++i) {
     const int32_t slot = i % 2;
     const int64_t t0 = now_ns();
-    if (epd_dispatch(g, slot, &a) != EPD_OK || epd_dispatch_wait(g, slot, 0, &r) != EPD_OK ||
-        epd_combine(g, slot, EPD_WEIGHTS_ONES) != EPD_OK || epd_combine_wait(g, slot, 0, &out) != EPD_OK) {
-      std::fprintf(stderr, "round trip failed: %s\n", epd_last_error(g));
+    if (epd_group_dispatch(g, slot, &a) != EPD_OK || epd_group_dispatch_wait(g, slot, 0, &r) != EPD_OK ||
+        epd_group_combine(g, slot, EPD_WEIGHTS_ONES) != EPD_OK || epd_group_combine_wait(g, slot, 0, &out) != EPD_OK) {
+      std::fprintf(stderr, "round trip failed: %s\n", epd_group_last_error(g));
       break;
     }
     if (i >= 100) t.push_back(now_ns() - t0);  // the first 100 warm up

@@ -113,6 +113,26 @@ double percentile_us(std::vector<int64_t> v, double p) {
   return static_cast<double>(v[i]) / 1000.0;
 }
 
+// One dispatch left waiting on slot rank % 2 (the other ranks never ring):
+// prints how the wait ended, for the fault tests that stop the daemon under it.
+int ring_and_wait(epd_client_t* c, epd_group_t* g, int32_t rank) {
+  epd_dispatch_result_t res{};
+  res.struct_size = sizeof res;
+  epd_dispatch_args_t a{};
+  a.struct_size = sizeof a;
+  const int32_t slot = rank % 2;
+  epd_status_t rc = epd_group_dispatch(g, slot, &a);
+  std::printf("WAITING slot=%d\n", slot);
+  if (rc == EPD_OK) rc = epd_group_dispatch_wait(g, slot, 30000, &res);
+  const int64_t t = now_ns();
+  const char* name = epd_status_string(rc);
+  std::printf("%s %" PRId64 " %s\n", rc == EPD_ERR_DAEMON_LOST ? "DAEMON_LOST" : rc == EPD_ERR_SHUTTING_DOWN ? "SHUTTING_DOWN" : name,
+              t, epd_group_last_error(g));
+  epd_group_leave(g);
+  epd_client_disconnect(c);
+  return rc == EPD_ERR_DAEMON_LOST || rc == EPD_ERR_SHUTTING_DOWN ? 0 : 4;
+}
+
 }  // namespace
 
 int run_worker(const WorkerOptions& o) {
@@ -120,7 +140,7 @@ int run_worker(const WorkerOptions& o) {
   const Workload& w = o.work;
   epd_client_t* c = nullptr;
   if (epd_client_connect(o.socket.c_str(), &c) != EPD_OK) {
-    std::printf("ERROR connect: %s\n", epd_last_error(nullptr));
+    std::printf("ERROR connect: %s\n", epd_client_last_error(nullptr));
     return 2;
   }
   epd_group_spec_t spec = make_spec(w, o.rank);
@@ -131,28 +151,14 @@ int run_worker(const WorkerOptions& o) {
   }
   epd_group_t* g = nullptr;
   if (epd_group_join(c, &spec, &g) != EPD_OK) {
-    std::printf("ERROR join: %s\n", epd_last_error(c));
+    std::printf("ERROR join: %s\n", epd_client_last_error(c));
     epd_client_disconnect(c);
     return 3;
   }
   std::printf("JOINED rank=%d\n", o.rank);
   epd_dispatch_result_t res{};
   res.struct_size = sizeof res;
-  if (o.ring_and_wait) {
-    epd_dispatch_args_t a{};
-    a.struct_size = sizeof a;
-    const int32_t slot = o.rank % 2;
-    epd_status_t rc = epd_dispatch(g, slot, &a);
-    std::printf("WAITING slot=%d\n", slot);
-    if (rc == EPD_OK) rc = epd_dispatch_wait(g, slot, 30000, &res);
-    const int64_t t = now_ns();
-    const char* name = epd_status_string(rc);
-    std::printf("%s %" PRId64 " %s\n", rc == EPD_ERR_DAEMON_LOST ? "DAEMON_LOST" : rc == EPD_ERR_SHUTTING_DOWN ? "SHUTTING_DOWN" : name,
-                t, epd_last_error(g));
-    epd_group_leave(g);
-    epd_client_disconnect(c);
-    return rc == EPD_ERR_DAEMON_LOST || rc == EPD_ERR_SHUTTING_DOWN ? 0 : 4;
-  }
+  if (o.ring_and_wait) return ring_and_wait(c, g, o.rank);
   std::vector<int64_t> lat_d, lat_c;
   int64_t tokens = 0, rows = 0, peer_lost = 0;
   const int64_t wall0 = now_ns();
@@ -182,8 +188,8 @@ int run_worker(const WorkerOptions& o) {
       a.topk_weights = in.weights.data();
       a.n_tokens = in.n;
       const int64_t t0 = now_ns();
-      epd_status_t rc = epd_dispatch(g, slot, &a);
-      if (rc == EPD_OK) rc = epd_dispatch_wait(g, slot, 0, &res);
+      epd_status_t rc = epd_group_dispatch(g, slot, &a);
+      if (rc == EPD_OK) rc = epd_group_dispatch_wait(g, slot, 0, &res);
       const int64_t t1 = now_ns();
       const void* out = nullptr;
       int64_t t2 = t1, t3 = t1;
@@ -204,8 +210,8 @@ int run_worker(const WorkerOptions& o) {
                    static_cast<const float*>(res.x) + static_cast<int64_t>(r) * w.hidden, o.rank,
                    static_cast<float*>(res.combine_in) + static_cast<int64_t>(r) * w.hidden);
         t2 = now_ns();
-        if (bad.empty()) rc = epd_combine(g, slot, EPD_WEIGHTS_ALREADY_APPLIED);
-        if (bad.empty() && rc == EPD_OK) rc = epd_combine_wait(g, slot, 0, &out);
+        if (bad.empty()) rc = epd_group_combine(g, slot, EPD_WEIGHTS_ALREADY_APPLIED);
+        if (bad.empty() && rc == EPD_OK) rc = epd_group_combine_wait(g, slot, 0, &out);
         t3 = now_ns();
         if (bad.empty() && rc == EPD_OK && o.verify && !o.empty)
           bad = check_combine(w, o.rank, step, in, static_cast<const float*>(out));
@@ -216,12 +222,12 @@ int run_worker(const WorkerOptions& o) {
         break;
       }
       if (rc == EPD_ERR_PEER_LOST && o.tolerate_peer_lost && ++retries <= 8) {
-        std::printf("PEER_LOST %" PRId64 " %s\n", now_ns(), epd_last_error(g));
+        std::printf("PEER_LOST %" PRId64 " %s\n", now_ns(), epd_group_last_error(g));
         ++peer_lost;
         continue;  // redo the step once the rank is back
       }
       if (rc != EPD_OK) {
-        std::printf("ERROR step %" PRId64 ": %s\n", step, epd_last_error(g));
+        std::printf("ERROR step %" PRId64 ": %s\n", step, epd_group_last_error(g));
         exit_code = 5;
         break;
       }

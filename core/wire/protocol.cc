@@ -8,6 +8,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <type_traits>
 
 namespace epd::proto {
 
@@ -127,19 +128,8 @@ constexpr size_t kMaxText = 64 * 1024;
 }  // namespace
 
 const char* msg_type_name(MsgType t) {
-  switch (t) {
-    case MsgType::kHello: return "HELLO";
-    case MsgType::kHelloReply: return "HELLO_REPLY";
-    case MsgType::kJoin: return "JOIN";
-    case MsgType::kJoinReply: return "JOIN_REPLY";
-    case MsgType::kLeave: return "LEAVE";
-    case MsgType::kLeaveReply: return "LEAVE_REPLY";
-    case MsgType::kStatus: return "STATUS";
-    case MsgType::kStatusReply: return "STATUS_REPLY";
-    case MsgType::kError: return "ERROR";
-    case MsgType::kShutdown: return "SHUTDOWN";
-  }
-  return "UNKNOWN";
+  const MsgInfo* m = find_msg(t);
+  return m ? m->name : "UNKNOWN";
 }
 
 Result<Frame> decode_frame(const uint8_t* data, size_t len) {
@@ -164,8 +154,7 @@ Result<Frame> decode_frame(const uint8_t* data, size_t len) {
                        "protocol version %u.%u of the peer is not compatible with version %u.%u (major "
                        "versions differ)",
                        f.header.major, f.header.minor, kMajor, kMinor);
-  if (type < static_cast<uint16_t>(MsgType::kHello) || type > static_cast<uint16_t>(MsgType::kShutdown))
-    return make_status(EPD_ERR_PROTOCOL, "unknown message type %u", type);
+  if (find_msg(type) == nullptr) return make_status(EPD_ERR_PROTOCOL, "unknown message type %u", type);
   f.header.type = static_cast<MsgType>(type);
   if (f.header.flags != 0)
     return make_status(EPD_ERR_PROTOCOL, "header flags = 0x%x, must be 0", f.header.flags);
@@ -203,24 +192,34 @@ std::vector<uint8_t> encode(const HelloReply& m, uint64_t id) {
   return w.finish();
 }
 
+namespace {
+
+// A spec field on the wire, by its type (spec_fields.h): enums travel as u32.
+template <typename T>
+void put_spec_scalar(Writer& w, T v) {
+  if constexpr (std::is_enum_v<T>) {
+    w.u32(static_cast<uint32_t>(v));
+  } else if constexpr (std::is_same_v<T, int32_t>) {
+    w.i32(v);
+  } else if constexpr (std::is_same_v<T, uint32_t>) {
+    w.u32(v);
+  } else {
+    static_assert(std::is_same_v<T, uint64_t>, "a spec field type without a wire encoding");
+    w.u64(v);
+  }
+}
+
+}  // namespace
+
+// The spec: its name, every scalar of the field list in order (timeout_ms 0,
+// "the daemon's default", travels as 0), then placement and expert_owner.
 std::vector<uint8_t> encode(const Join& m, uint64_t id) {
   Writer w(MsgType::kJoin, id);
   const GroupSpec& s = m.spec;
   w.str(s.name);
-  w.u64(s.generation);
-  w.i32(s.world_size);
-  w.i32(s.rank);
-  w.i32(s.num_experts);
-  w.i32(s.top_k);
-  w.i32(s.hidden);
-  w.u32(static_cast<uint32_t>(s.dtype));
-  w.u32(static_cast<uint32_t>(s.dispatch_quant));
-  w.i32(s.max_tokens_per_rank);
-  w.u32(static_cast<uint32_t>(s.mode));
-  w.u32(static_cast<uint32_t>(s.layout));
-  w.i32(s.slots);
-  w.u32(s.timeout_ms);
-  w.i32(s.sm_budget);
+  for_each_spec_field([&](const auto& f) {
+    if constexpr (!kIsSpecHand<decltype(f)>) put_spec_scalar(w, s.*f.member);
+  });
   w.u32(static_cast<uint32_t>(s.placement.size()));
   for (const auto& p : s.placement) {
     w.i32(p.node);
@@ -283,6 +282,23 @@ namespace {
 
 void check_status_code(Reader& r, int32_t v) { r.range("status", v, EPD_ERR_GROUP_CLOSED - 64, 0); }
 
+// The table's rows that carry the Reply payload (LEAVE_REPLY, ERROR, SHUTDOWN).
+bool has_reply_payload(MsgType t) {
+  const MsgInfo* m = find_msg(t);
+  return m != nullptr && m->decode == &decode_payload<decode_reply>;
+}
+
+// "LEAVE_REPLY, ERROR or SHUTDOWN", from the table.
+std::string reply_type_names() {
+  std::vector<const char*> names;
+  for (const MsgInfo& m : kMessages)
+    if (has_reply_payload(m.type)) names.push_back(m.name);
+  std::string s;
+  for (size_t i = 0; i < names.size(); ++i)
+    s += std::string(i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
+  return s;
+}
+
 }  // namespace
 
 Result<Hello> decode_hello(const Frame& f) {
@@ -311,28 +327,39 @@ Result<HelloReply> decode_hello_reply(const Frame& f) {
   return m;
 }
 
+namespace {
+
+template <typename T>
+T get_spec_scalar(Reader& r, const char* field) {
+  if constexpr (std::is_enum_v<T>) {
+    return static_cast<T>(r.u32(field));
+  } else if constexpr (std::is_same_v<T, int32_t>) {
+    return r.i32(field);
+  } else if constexpr (std::is_same_v<T, uint32_t>) {
+    return r.u32(field);
+  } else {
+    static_assert(std::is_same_v<T, uint64_t>, "a spec field type without a wire encoding");
+    return r.u64(field);
+  }
+}
+
+}  // namespace
+
 Result<Join> decode_join(const Frame& f) {
   EPD_RETURN_IF_ERROR(expect_type(f, MsgType::kJoin));
   Reader r(f, "JOIN");
   Join m;
   GroupSpec& s = m.spec;
   s.name = r.str("name", EPD_NAME_MAX - 1);
-  s.generation = r.u64("generation");
-  s.world_size = r.i32("world_size");
-  r.range("world_size", s.world_size, 1, EPD_MAX_WORLD_SIZE);
-  s.rank = r.i32("rank");
-  s.num_experts = r.i32("num_experts");
-  r.range("num_experts", s.num_experts, 1, EPD_MAX_EXPERTS);
-  s.top_k = r.i32("top_k");
-  s.hidden = r.i32("hidden");
-  s.dtype = static_cast<epd_dtype_t>(r.u32("dtype"));
-  s.dispatch_quant = static_cast<epd_quant_t>(r.u32("dispatch_quant"));
-  s.max_tokens_per_rank = r.i32("max_tokens_per_rank");
-  s.mode = static_cast<epd_mode_t>(r.u32("mode"));
-  s.layout = static_cast<epd_layout_t>(r.u32("layout"));
-  s.slots = r.i32("slots");
-  s.timeout_ms = r.u32("timeout_ms");
-  s.sm_budget = r.i32("sm_budget");
+  for_each_spec_field([&](const auto& field) {
+    if constexpr (!kIsSpecHand<decltype(field)>) {
+      using T = typename std::decay_t<decltype(field)>::Type;
+      s.*field.member = get_spec_scalar<T>(r, field.name);
+      // The array sizes are bounded before the arrays are read.
+      if (field.id == SpecFieldId::world_size) r.range(field.name, s.world_size, 1, EPD_MAX_WORLD_SIZE);
+      if (field.id == SpecFieldId::num_experts) r.range(field.name, s.num_experts, 1, EPD_MAX_EXPERTS);
+    }
+  });
   const uint32_t np = r.u32("placement count");
   if (r.ok() && np != static_cast<uint32_t>(s.world_size))
     r.fail("JOIN: placement count %u differs from world_size %d", np, s.world_size);
@@ -386,8 +413,8 @@ Result<Leave> decode_leave(const Frame& f) {
 
 Result<Reply> decode_reply(const Frame& f) {
   const MsgType t = f.header.type;
-  if (t != MsgType::kLeaveReply && t != MsgType::kError && t != MsgType::kShutdown)
-    return make_status(EPD_ERR_PROTOCOL, "expected LEAVE_REPLY, ERROR or SHUTDOWN, got %s", msg_type_name(t));
+  if (!has_reply_payload(t))
+    return make_status(EPD_ERR_PROTOCOL, "expected %s, got %s", reply_type_names().c_str(), msg_type_name(t));
   Reader r(f, msg_type_name(t));
   Reply m;
   m.status = r.i32("status");
@@ -421,26 +448,16 @@ Result<StatusReply> decode_status_reply(const Frame& f) {
   return m;
 }
 
+Status decode_join_checked(const Frame& f) {
+  auto j = decode_join(f);
+  if (!j) return j.status();
+  return j->spec.validate();
+}
+
 Status decode_any(const uint8_t* data, size_t len) {
   auto f = decode_frame(data, len);
   if (!f) return f.status();
-  switch (f->header.type) {
-    case MsgType::kHello: return decode_hello(*f).status();
-    case MsgType::kHelloReply: return decode_hello_reply(*f).status();
-    case MsgType::kJoin: {
-      auto j = decode_join(*f);
-      if (!j) return j.status();
-      return j->spec.validate();
-    }
-    case MsgType::kJoinReply: return decode_join_reply(*f).status();
-    case MsgType::kLeave: return decode_leave(*f).status();
-    case MsgType::kStatus: return decode_status_query(*f).status();
-    case MsgType::kStatusReply: return decode_status_reply(*f).status();
-    case MsgType::kLeaveReply:
-    case MsgType::kError:
-    case MsgType::kShutdown: return decode_reply(*f).status();
-  }
-  return make_status(EPD_ERR_INTERNAL, "unhandled message type");
+  return find_msg(f->header.type)->decode(*f);  // decode_frame accepts only the table's types
 }
 
 // ---- socket I/O --------------------------------------------------------------------------

@@ -11,10 +11,14 @@
 // Thread-safety: pure functions over caller-owned buffers.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "epd/epd.h"  // EPD_CAP_*
 #include "spec.h"
 #include "status.h"
 
@@ -28,18 +32,21 @@ constexpr size_t kHeaderBytes = 24;
 constexpr size_t kMaxMessage = 128 * 1024;
 constexpr int kMaxFds = 4;
 
+// The wire value of each message type. Its name, direction and payload codec
+// are in kMessages below (the one table; see "message table").
 enum class MsgType : uint16_t {
-  kHello = 1,        // client -> daemon: Hello
-  kHelloReply = 2,   // daemon -> client: HelloReply + fds [session shm, doorbell eventfd]
-  kJoin = 3,         // client -> daemon: Join
-  kJoinReply = 4,    // daemon -> client: JoinReply + fd [group workspace] on success
-  kLeave = 5,        // client -> daemon: Leave
-  kLeaveReply = 6,   // daemon -> client: Reply
-  kStatus = 7,       // client -> daemon: StatusQuery
-  kStatusReply = 8,  // daemon -> client: StatusReply
-  kError = 9,        // daemon -> client: Reply (a request could not be decoded or served)
-  kShutdown = 10,    // daemon -> client: Reply (the daemon is stopping)
+  kHello = 1,
+  kHelloReply = 2,
+  kJoin = 3,
+  kJoinReply = 4,
+  kLeave = 5,
+  kLeaveReply = 6,
+  kStatus = 7,
+  kStatusReply = 8,
+  kError = 9,
+  kShutdown = 10,
 };
+// The table's name of `t` ("HELLO"), or "UNKNOWN" for a value not in it.
 const char* msg_type_name(MsgType t);
 
 struct Header {
@@ -68,11 +75,13 @@ struct Hello {
   std::string client_name;
 };
 
-constexpr uint64_t kCapHostExecutor = 1u << 0;
-constexpr uint64_t kCapRankMajor = 1u << 1;
-constexpr uint64_t kCapExpertMajor = 1u << 2;
-constexpr uint64_t kCapFp8Dispatch = 1u << 3;
-constexpr uint64_t kCapGpuExecutor = 1u << 4;
+// HelloReply::capabilities bits: the public EPD_CAP_* values (epd.h is their
+// one definition; these names are for the daemon's C++ code).
+constexpr uint64_t kCapHostExecutor = EPD_CAP_HOST_EXECUTOR;
+constexpr uint64_t kCapRankMajor = EPD_CAP_RANK_MAJOR;
+constexpr uint64_t kCapExpertMajor = EPD_CAP_EXPERT_MAJOR;
+constexpr uint64_t kCapFp8Dispatch = EPD_CAP_FP8_DISPATCH;
+constexpr uint64_t kCapGpuExecutor = EPD_CAP_GPU_EXECUTOR;
 
 struct HelloReply {
   int32_t status = EPD_OK;
@@ -85,7 +94,7 @@ struct HelloReply {
 };
 
 struct Join {
-  GroupSpec spec;
+  GroupSpec spec;  // as the client gave it: timeout_ms 0 (the daemon's default) travels as 0
 };
 
 struct JoinReply {
@@ -139,12 +148,111 @@ Result<HelloReply> decode_hello_reply(const Frame& f);
 Result<Join> decode_join(const Frame& f);  // spec decoded, not validated
 Result<JoinReply> decode_join_reply(const Frame& f);
 Result<Leave> decode_leave(const Frame& f);
-Result<Reply> decode_reply(const Frame& f);  // kLeaveReply, kError, kShutdown
+Result<Reply> decode_reply(const Frame& f);  // the table's Reply rows: LEAVE_REPLY, ERROR, SHUTDOWN
 Result<StatusQuery> decode_status_query(const Frame& f);
 Result<StatusReply> decode_status_reply(const Frame& f);
 
-// Decodes any record by its type (the fuzz target's entry point).
+// Decodes any record by its type (the fuzz target's entry point): the frame,
+// then the payload with its row's decoder in kMessages.
 Status decode_any(const uint8_t* data, size_t len);
+
+// ---- message table ------------------------------------------------------------------
+// Every message type once: wire value, name, direction and the payload decoder
+// decode_any() runs. decode_frame() accepts exactly these types, msg_type_name()
+// reads the names, decode_reply() accepts the rows whose decoder is the Reply
+// one, and the daemon keys its request handlers on the kToDaemon rows
+// (kRequestTypes). A new message is: a MsgType value, a row here, its payload
+// struct with encode() / decode_*(), and (for a request) a daemon handler.
+enum class Direction : uint8_t { kToDaemon, kToClient };
+
+// A row's decoder: decodes and checks the payload, keeps only the outcome.
+template <auto Decode>
+Status decode_payload(const Frame& f) {
+  return Decode(f).status();
+}
+Status decode_join_checked(const Frame& f);  // decode_join(), then the spec's validate()
+
+struct MsgInfo {
+  MsgType type;
+  const char* name;
+  Direction direction;
+  Status (*decode)(const Frame&);
+};
+
+inline constexpr MsgInfo kMessages[] = {
+    {MsgType::kHello, "HELLO", Direction::kToDaemon, decode_payload<decode_hello>},
+    // HelloReply + fds [session shm, doorbell eventfd]
+    {MsgType::kHelloReply, "HELLO_REPLY", Direction::kToClient, decode_payload<decode_hello_reply>},
+    {MsgType::kJoin, "JOIN", Direction::kToDaemon, decode_join_checked},
+    // JoinReply + fd [group workspace] on success
+    {MsgType::kJoinReply, "JOIN_REPLY", Direction::kToClient, decode_payload<decode_join_reply>},
+    {MsgType::kLeave, "LEAVE", Direction::kToDaemon, decode_payload<decode_leave>},
+    {MsgType::kLeaveReply, "LEAVE_REPLY", Direction::kToClient, decode_payload<decode_reply>},
+    {MsgType::kStatus, "STATUS", Direction::kToDaemon, decode_payload<decode_status_query>},
+    {MsgType::kStatusReply, "STATUS_REPLY", Direction::kToClient, decode_payload<decode_status_reply>},
+    // a request could not be decoded or served
+    {MsgType::kError, "ERROR", Direction::kToClient, decode_payload<decode_reply>},
+    // the daemon is stopping
+    {MsgType::kShutdown, "SHUTDOWN", Direction::kToClient, decode_payload<decode_reply>},
+};
+
+// The row of wire value `type`, or nullptr when the table has none.
+constexpr const MsgInfo* find_msg(uint16_t type) {
+  for (const MsgInfo& m : kMessages)
+    if (static_cast<uint16_t>(m.type) == type) return &m;
+  return nullptr;
+}
+constexpr const MsgInfo* find_msg(MsgType type) { return find_msg(static_cast<uint16_t>(type)); }
+
+// Wire values and names are unique, every row has a decoder.
+constexpr bool message_table_is_valid() {
+  for (size_t i = 0; i < std::size(kMessages); ++i) {
+    if (kMessages[i].decode == nullptr || kMessages[i].name == nullptr) return false;
+    for (size_t j = 0; j < i; ++j) {
+      if (kMessages[i].type == kMessages[j].type) return false;
+      if (std::string_view(kMessages[i].name) == kMessages[j].name) return false;
+    }
+  }
+  return true;
+}
+static_assert(message_table_is_valid(), "kMessages: a wire value or name is repeated, or a decoder is missing");
+
+// The client -> daemon types (the requests), in table order: what the daemon's
+// handler table covers.
+inline constexpr size_t kNumRequestTypes = [] {
+  size_t n = 0;
+  for (const MsgInfo& m : kMessages) n += m.direction == Direction::kToDaemon;
+  return n;
+}();
+inline constexpr std::array<MsgType, kNumRequestTypes> kRequestTypes = [] {
+  std::array<MsgType, kNumRequestTypes> a{};
+  size_t n = 0;
+  for (const MsgInfo& m : kMessages)
+    if (m.direction == Direction::kToDaemon) a[n++] = m.type;
+  return a;
+}();
+
+// The position of `t` in kRequestTypes (a dense index for an array of
+// handlers), or kNumRequestTypes when `t` is not a request.
+constexpr size_t request_index(MsgType t) {
+  for (size_t i = 0; i < kNumRequestTypes; ++i)
+    if (kRequestTypes[i] == t) return i;
+  return kNumRequestTypes;
+}
+
+// For a static_assert on a handler table: true when the rows' `.type` fields
+// name every request type exactly once and nothing else.
+template <typename Rows>
+constexpr bool handles_every_request(const Rows& rows) {
+  std::array<int, kNumRequestTypes> seen{};
+  size_t n = 0;
+  for (const auto& row : rows) {
+    const size_t i = request_index(row.type);
+    if (i == kNumRequestTypes || seen[i]++ != 0) return false;
+    ++n;
+  }
+  return n == kNumRequestTypes;
+}
 
 // ---- socket I/O ---------------------------------------------------------------------
 // Sends one record with optional fds. Returns 0, or -errno (EAGAIN when `nonblock`

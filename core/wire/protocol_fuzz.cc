@@ -4,7 +4,8 @@
 // (build with -DEPD_LIBFUZZER). Otherwise main() runs N inputs: valid records
 // of every type, each mutated (bit flips, truncation, length and type edits,
 // random bytes), and checks that decoding never crashes and returns a
-// protocol-family status for malformed input. Usage: epd_protocol_fuzz [N] [seed]
+// protocol-family status for malformed input; first, that the corpus covers
+// the message table. Usage: epd_protocol_fuzz [N] [seed]
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -42,10 +43,50 @@ std::vector<std::vector<uint8_t>> corpus() {
   c.push_back(encode(j, 3));
   c.push_back(encode(JoinReply{}, 4));
   c.push_back(encode(Leave{2}, 5));
+  c.push_back(encode(MsgType::kLeaveReply, Reply{EPD_OK, ""}, 5));
   c.push_back(encode(MsgType::kError, Reply{EPD_ERR_PROTOCOL, "x"}, 6));
   c.push_back(encode(StatusQuery{}, 7));
   c.push_back(encode(StatusReply{0, "{}"}, 8));
+  c.push_back(encode(MsgType::kShutdown, Reply{EPD_ERR_SHUTTING_DOWN, "stopping"}, 0));
   return c;
+}
+
+// Every row of the message table has a record in the corpus (a new message
+// needs one here), decode_frame accepts exactly the table's types, and every
+// corpus record decodes.
+bool corpus_covers_table(const std::vector<std::vector<uint8_t>>& c) {
+  using namespace epd::proto;
+  for (const MsgInfo& m : kMessages) {
+    bool found = false;
+    for (const auto& rec : c) {
+      auto f = decode_frame(rec.data(), rec.size());
+      found = found || (f && f->header.type == m.type);
+    }
+    if (!found) {
+      std::fprintf(stderr, "the corpus has no %s record: add one to corpus()\n", m.name);
+      return false;
+    }
+  }
+  // decode_frame accepts exactly the table's types (every 16-bit value tried).
+  std::vector<uint8_t> probe = encode(MsgType::kError, Reply{EPD_ERR_PROTOCOL, "x"}, 1);
+  for (uint32_t t = 0; t <= 0xffff; ++t) {
+    const uint16_t v = static_cast<uint16_t>(t);
+    std::memcpy(probe.data() + 8, &v, 2);
+    auto f = decode_frame(probe.data(), probe.size());
+    if (static_cast<bool>(f) != (find_msg(v) != nullptr)) {
+      std::fprintf(stderr, "decode_frame %s type %u, which the table %s\n", f ? "accepted" : "refused",
+                   static_cast<unsigned>(v), find_msg(v) ? "lists" : "does not list");
+      return false;
+    }
+  }
+  for (const auto& rec : c) {
+    const epd::Status st = decode_any(rec.data(), rec.size());
+    if (!st.is_ok()) {
+      std::fprintf(stderr, "a valid corpus record failed to decode: %s\n", st.to_string().c_str());
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace
@@ -56,12 +97,7 @@ int main(int argc, char** argv) {
   std::printf("epd_protocol_fuzz: %ld inputs, seed %u\n", n, seed);
   std::mt19937 rng(seed);
   const auto base = corpus();
-  for (const auto& b : base)
-    if (!epd::proto::decode_any(b.data(), b.size()).is_ok() &&
-        epd::proto::decode_frame(b.data(), b.size())->header.type != epd::proto::MsgType::kJoin) {
-      std::fprintf(stderr, "a valid corpus record failed to decode\n");
-      return 1;
-    }
+  if (!corpus_covers_table(base)) return 1;
   long malformed = 0;
   for (long i = 0; i < n; ++i) {
     std::vector<uint8_t> in = base[rng() % base.size()];

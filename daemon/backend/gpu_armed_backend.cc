@@ -41,7 +41,7 @@ class GpuArmedBackend final : public GroupBackend {
 
   Status accept_host_ring() const override {
     return make_status(EPD_ERR_UNSUPPORTED,
-                       "group '%s' runs on %s: ring it with epd_dispatch_async / epd_combine_async, not the host "
+                       "group '%s' runs on %s: ring it with epd_group_dispatch_async / epd_group_combine_async, not the host "
                        "doorbells",
                        spec_.name.c_str(), gpu_->gpus().c_str());
   }
@@ -75,7 +75,7 @@ class GpuArmedBackend final : public GroupBackend {
   std::string status_text() const override {
     uint64_t ops = 0;
     for (int32_t slot = 0; slot < spec_.slots; ++slot) ops += gpu_->completed(slot);
-    std::string text = gpu_->gpus() + ", " + std::to_string(ops) + " ops since reset";
+    std::string text = gpu_->gpus() + ", variant " + gpu_->variant() + ", " + std::to_string(ops) + " ops since reset";
     if (const Status health = gpu_->health(); !health) text += " (" + health.message() + ")";
     if (gpu_->aborted()) text += " (aborted: waiting for every rank to join again)";
     return text;

@@ -53,7 +53,7 @@ class GpuStagedBackend final : public GroupBackend {
 
   Status accept_host_ring() const override {
     return make_status(EPD_ERR_UNSUPPORTED,
-                       "group '%s' has GPU ranks: ring it with epd_dispatch_async / epd_combine_async, not the host "
+                       "group '%s' has GPU ranks: ring it with epd_group_dispatch_async / epd_group_combine_async, not the host "
                        "doorbells",
                        spec_.name.c_str());
   }
@@ -66,7 +66,7 @@ class GpuStagedBackend final : public GroupBackend {
   }
 
   void finish(const RankTarget& t, int32_t slot, Op op, const Status& st, bool with_results) override {
-    // The session block first: the worker's epd_gpu_status reads its message
+    // The session block first: the worker's epd_group_gpu_status reads its message
     // once the completion word below has released its stream.
     publish(*t.shm, t.index, slot, op, t.seq, st);
     if (t.rank < 0) return;

@@ -113,4 +113,6 @@ uint64_t GpuGroup::completed(int32_t slot) const { return impl_->armed->complete
 
 std::string GpuGroup::describe() const { return impl_->armed->describe(); }
 
+const char* GpuGroup::variant() const { return impl_->armed->variant_name(); }
+
 }  // namespace epd

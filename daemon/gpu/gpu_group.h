@@ -11,7 +11,7 @@
 // Ownership: a GpuGroup owns its workspaces and executor. An executor whose
 // abort did not drain may still run queued work later: the GpuGroup then
 // leaks its workspaces rather than unmapping live memory (logged).
-// Thread-safety: control thread only, except describe()/completed().
+// Thread-safety: control thread only, except describe()/variant()/completed().
 #pragma once
 
 #include <cstdint>
@@ -93,7 +93,11 @@ class GpuGroup {
   Status reset();
   Status health() const;
   uint64_t completed(int32_t slot) const;
+  // The armed executor, its launch variant (what it launches and why) and launch shape.
   std::string describe() const;
+  // The launch variant that runs: "high_throughput", "low_latency" or
+  // "multi_gpu" (kernels/gpu_launch_plan.h); "none" without CUDA.
+  const char* variant() const;
 
  private:
   struct Impl;

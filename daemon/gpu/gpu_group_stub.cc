@@ -33,5 +33,6 @@ Status GpuGroup::reset() { return Status::ok(); }
 Status GpuGroup::health() const { return no_cuda(); }
 uint64_t GpuGroup::completed(int32_t) const { return 0; }
 std::string GpuGroup::describe() const { return no_cuda().message(); }
+const char* GpuGroup::variant() const { return "none"; }
 
 }  // namespace epd

@@ -1,21 +1,21 @@
-// gpu_stage.cc — GpuStage (gpu_stage.h) over the CUDA runtime: the local GPU
-// ranks' cuMem workspaces, the poller thread and the staging copies.
+// gpu_stage.cc — GpuStage (gpu_stage.h) over epd_cuda: the local GPU ranks'
+// cuMem workspaces (gpu_executor.h), the poller thread, and the staging
+// copies through GpuStageCopy (gpu_stage_copy.h: every CUDA call is there).
 #include "gpu_stage.h"
-
-#include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <thread>
 
 #include "control_block.h"
-#include "cuda_status.h"
 #include "gpu_executor.h"
+#include "gpu_stage_copy.h"
 #include "layout.h"
 
 namespace epd {
@@ -29,6 +29,8 @@ constexpr uint32_t done_of(GpuStage::Op op) {
   return op == GpuStage::Op::kDispatch ? kDoneDispatch : kDoneCombine;
 }
 
+using Lane = GpuStageCopy::Lane;
+
 }  // namespace
 
 struct GpuStage::Impl {
@@ -38,8 +40,8 @@ struct GpuStage::Impl {
   std::vector<uint8_t*> mirror;                        // [rank] host mirror region
   std::vector<std::unique_ptr<GpuWorkspace>> ws;       // [rank], null when remote
   std::vector<int32_t> device;                         // [rank], -1 when remote
-  std::vector<cudaStream_t> poll_stream, work_stream, ctl_stream;  // [rank]
-  ControlSlot* snapshot = nullptr;                     // pinned [rank][slot], the poller's reads
+  std::vector<uint8_t*> bases;                         // [rank] workspace device addresses, null when remote
+  std::unique_ptr<GpuStageCopy> copies;                // per rank a poll, a work and a control lane
   std::function<void()> wake;
   uint32_t poll_us = 50;
 
@@ -53,22 +55,20 @@ struct GpuStage::Impl {
   std::thread poller;
   std::mutex ctl_mu;  // fail() and arm() share the control streams
 
-  uint8_t* dev(int32_t r) const { return ws[static_cast<size_t>(r)]->device_ptr(); }
+  uint8_t* dev(int32_t r) const { return bases[static_cast<size_t>(r)]; }
   const RankLayout& lay(int32_t r) const { return layout.ranks[static_cast<size_t>(r)]; }
 
   // Copies what `op` needs from rank r's GPU workspace into the mirror (poller thread).
   Status stage_in(int32_t r, int32_t s, Op op) {
     const RankLayout& l = lay(r);
     const SlotOffsets& o = l.slot[s];
-    cudaStream_t st = poll_stream[static_cast<size_t>(r)];
     uint8_t* m = mirror[static_cast<size_t>(r)];
-    auto d2h = [&](uint64_t at, uint64_t bytes) -> Status {
-      if (bytes) EPD_CUDA_RETURN(cudaMemcpyAsync(m + at, dev(r) + at, bytes, cudaMemcpyDeviceToHost, st));
-      return Status::ok();
+    auto d2h = [&](uint64_t at, uint64_t bytes) {
+      return copies->copy_to_host(r, Lane::kPoll, m + at, dev(r) + at, bytes);
     };
     if (op == Op::kDispatch) {
       EPD_RETURN_IF_ERROR(d2h(o.send_hdr, sizeof(SendHeader)));
-      EPD_CUDA_RETURN(cudaStreamSynchronize(st));
+      EPD_RETURN_IF_ERROR(copies->sync(r, Lane::kPoll));
       uint32_t n = 0;
       std::memcpy(&n, m + o.send_hdr, sizeof n);
       // The count is the worker's: copy at most capacity rows (the executor reports a larger count).
@@ -80,8 +80,7 @@ struct GpuStage::Impl {
     } else {
       EPD_RETURN_IF_ERROR(d2h(o.combine_in, static_cast<uint64_t>(l.recv_rows) * l.in_row_bytes));
     }
-    EPD_CUDA_RETURN(cudaStreamSynchronize(st));
-    return Status::ok();
+    return copies->sync(r, Lane::kPoll);
   }
 
   // Reads every armed rank's control slots; queues and stages rings (poller thread).
@@ -92,17 +91,10 @@ struct GpuStage::Impl {
       for (int32_t r : local)
         if (armed[static_cast<size_t>(r)]) ranks.push_back(r);
     }
-    const size_t S = static_cast<size_t>(spec.slots);
-    for (int32_t r : ranks) {
-      EPD_CUDA_RETURN(cudaSetDevice(device[static_cast<size_t>(r)]));
-      EPD_CUDA_RETURN(cudaMemcpyAsync(snapshot + static_cast<size_t>(r) * S, dev(r) + offsetof(ControlBlock, slot),
-                                      sizeof(ControlSlot) * S, cudaMemcpyDeviceToHost,
-                                      poll_stream[static_cast<size_t>(r)]));
-    }
-    for (int32_t r : ranks) EPD_CUDA_RETURN(cudaStreamSynchronize(poll_stream[static_cast<size_t>(r)]));
+    EPD_RETURN_IF_ERROR(copies->read_control_slots(ranks, bases));
     for (int32_t r : ranks)
       for (int32_t s = 0; s < spec.slots; ++s) {
-        const ControlSlot& cs = snapshot[static_cast<size_t>(r) * S + static_cast<size_t>(s)];
+        const ControlSlot& cs = copies->control_slots(r)[s];
         Op op;
         {
           std::lock_guard<std::mutex> l(mu);
@@ -112,7 +104,6 @@ struct GpuStage::Impl {
         // Each ring overwrites the other op's bit; the next op cannot ring
         // before this one completes, so no ring is missed between two polls.
         if ((cs.doorbell & ring_of(op)) == 0 || (cs.doorbell & kArmedAbortBit)) continue;
-        EPD_CUDA_RETURN(cudaSetDevice(device[static_cast<size_t>(r)]));
         EPD_RETURN_IF_ERROR(stage_in(r, s, op));
         std::lock_guard<std::mutex> l(mu);
         if (!armed[static_cast<size_t>(r)]) continue;  // left meanwhile
@@ -145,13 +136,12 @@ struct GpuStage::Impl {
   // executor): dispatch: total, counts, ids / weights / sources of every row
   // (padding rows included), payload and scales of the received rows;
   // combine: the rank's n_tokens output rows. Worker thread.
-  Status stage_out(int32_t r, int32_t s, Op op, cudaStream_t st) {
+  Status stage_out(int32_t r, int32_t s, Op op, Lane lane) {
     const RankLayout& l = lay(r);
     const SlotOffsets& o = l.slot[s];
     const uint8_t* m = mirror[static_cast<size_t>(r)];
-    auto h2d = [&](uint64_t at, uint64_t bytes) -> Status {
-      if (bytes) EPD_CUDA_RETURN(cudaMemcpyAsync(dev(r) + at, m + at, bytes, cudaMemcpyHostToDevice, st));
-      return Status::ok();
+    auto h2d = [&](uint64_t at, uint64_t bytes) {
+      return copies->copy_to_device(r, lane, dev(r) + at, m + at, bytes);
     };
     const uint64_t R = static_cast<uint64_t>(l.recv_rows);
     if (op == Op::kCombine) {
@@ -186,14 +176,13 @@ struct GpuStage::Impl {
     return Status::ok();
   }
 
-  Status write_completion(int32_t r, int32_t s, Op op, epd_status_t status, cudaStream_t st) {
+  Status write_completion(int32_t r, int32_t s, Op op, epd_status_t status, Lane lane) {
     static_assert(sizeof(uint32_t) == sizeof(ControlSlot::completion), "completion word");
     const uint32_t w = completion_word(done_of(op), status, false);
     const uint64_t at = offsetof(ControlBlock, slot) + sizeof(ControlSlot) * static_cast<uint64_t>(s) +
                         offsetof(ControlSlot, completion);
-    EPD_CUDA_RETURN(cudaMemcpyAsync(dev(r) + at, &w, sizeof w, cudaMemcpyHostToDevice, st));
-    EPD_CUDA_RETURN(cudaStreamSynchronize(st));  // `w` is on this stack
-    return Status::ok();
+    EPD_RETURN_IF_ERROR(copies->copy_to_device(r, lane, dev(r) + at, &w, sizeof w));
+    return copies->sync(r, lane);  // `w` is on this stack
   }
 };
 
@@ -207,13 +196,7 @@ GpuStage::~GpuStage() {
   }
   impl_->cv.notify_all();
   if (impl_->poller.joinable()) impl_->poller.join();
-  for (size_t r = 0; r < impl_->device.size(); ++r) {
-    if (impl_->device[r] < 0) continue;
-    cudaSetDevice(impl_->device[r]);
-    for (auto* v : {&impl_->poll_stream, &impl_->work_stream, &impl_->ctl_stream})
-      if ((*v)[r]) cudaStreamDestroy((*v)[r]);
-  }
-  if (impl_->snapshot) cudaFreeHost(impl_->snapshot);
+  impl_->copies.reset();  // the streams go before the workspaces they copy
 }
 
 Result<std::unique_ptr<GpuStage>> GpuStage::create(const GroupSpec& spec, std::vector<int32_t> local_ranks,
@@ -236,9 +219,7 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(const GroupSpec& spec, std::v
   im.poll_us = std::max<uint32_t>(poll_us, 1);
   im.ws.resize(W);
   im.device.assign(W, -1);
-  im.poll_stream.assign(W, nullptr);
-  im.work_stream.assign(W, nullptr);
-  im.ctl_stream.assign(W, nullptr);
+  im.bases.assign(W, nullptr);
   im.armed.assign(W, false);
   im.expect.assign(W, std::vector<Op>(static_cast<size_t>(spec.slots), Op::kDispatch));
   for (int32_t r : im.local) {
@@ -250,16 +231,17 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(const GroupSpec& spec, std::v
                          spec.name.c_str(), r, d, *n);
     auto w = GpuWorkspace::create(workspace_bytes(spec, r), d);
     if (!w) return w.status();
+    im.bases[static_cast<size_t>(r)] = w.value()->device_ptr();
     im.ws[static_cast<size_t>(r)] = std::move(w.value());
     im.device[static_cast<size_t>(r)] = d;
-    EPD_CUDA_RETURN(cudaSetDevice(d));
-    for (auto* v : {&im.poll_stream, &im.work_stream, &im.ctl_stream})
-      EPD_CUDA_RETURN(cudaStreamCreateWithFlags(&(*v)[static_cast<size_t>(r)], cudaStreamNonBlocking));
+  }
+  auto copies = GpuStageCopy::create(im.device, spec.slots);  // the local ranks' streams, the pinned snapshot
+  if (!copies) return copies.status();
+  im.copies = std::move(copies.value());
+  for (int32_t r : im.local) {
     EPD_RETURN_IF_ERROR(g->arm(r));  // control block initialised; disarmed again below until the rank joins
     g->disarm(r);
   }
-  EPD_CUDA_RETURN(cudaMallocHost(reinterpret_cast<void**>(&im.snapshot), sizeof(ControlSlot) * W * spec.slots));
-  std::memset(im.snapshot, 0, sizeof(ControlSlot) * W * spec.slots);
   im.poller = std::thread([&im] { im.poll_loop(); });
   return g;
 }
@@ -292,10 +274,8 @@ Status GpuStage::arm(int32_t rank) {
   cb.version = kControlVersion;
   {
     std::lock_guard<std::mutex> c(im.ctl_mu);
-    EPD_CUDA_RETURN(cudaSetDevice(im.device[static_cast<size_t>(rank)]));
-    cudaStream_t st = im.ctl_stream[static_cast<size_t>(rank)];
-    EPD_CUDA_RETURN(cudaMemcpyAsync(im.dev(rank), &cb, sizeof cb, cudaMemcpyHostToDevice, st));
-    EPD_CUDA_RETURN(cudaStreamSynchronize(st));
+    EPD_RETURN_IF_ERROR(im.copies->copy_to_device(rank, Lane::kControl, im.dev(rank), &cb, sizeof cb));
+    EPD_RETURN_IF_ERROR(im.copies->sync(rank, Lane::kControl));  // `cb` is on this stack
   }
   std::lock_guard<std::mutex> l(im.mu);
   im.armed[static_cast<size_t>(rank)] = true;
@@ -324,19 +304,15 @@ std::vector<GpuStage::Ring> GpuStage::take_rings() {
 Status GpuStage::deliver(int32_t rank, int32_t slot, Op op, epd_status_t status) {
   Impl& im = *impl_;
   if (!im.ws[static_cast<size_t>(rank)]) return make_status(EPD_ERR_INVALID_ARGUMENT, "rank %d is not on this node", rank);
-  EPD_CUDA_RETURN(cudaSetDevice(im.device[static_cast<size_t>(rank)]));
-  cudaStream_t st = im.work_stream[static_cast<size_t>(rank)];
-  if (status == EPD_OK) EPD_RETURN_IF_ERROR(im.stage_out(rank, slot, op, st));
-  return im.write_completion(rank, slot, op, status, st);
+  if (status == EPD_OK) EPD_RETURN_IF_ERROR(im.stage_out(rank, slot, op, Lane::kWork));
+  return im.write_completion(rank, slot, op, status, Lane::kWork);
 }
 
 Status GpuStage::fail(int32_t rank, int32_t slot, Op op, epd_status_t status) {
   Impl& im = *impl_;
   if (!im.ws[static_cast<size_t>(rank)]) return make_status(EPD_ERR_INVALID_ARGUMENT, "rank %d is not on this node", rank);
   std::lock_guard<std::mutex> c(im.ctl_mu);
-  EPD_CUDA_RETURN(cudaSetDevice(im.device[static_cast<size_t>(rank)]));
-  return im.write_completion(rank, slot, op, status == EPD_OK ? EPD_ERR_INTERNAL : status,
-                             im.ctl_stream[static_cast<size_t>(rank)]);
+  return im.write_completion(rank, slot, op, status == EPD_OK ? EPD_ERR_INTERNAL : status, Lane::kControl);
 }
 
 Status GpuStage::health() const {

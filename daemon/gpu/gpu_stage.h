@@ -5,7 +5,7 @@
 //
 // The workers see an ordinary GPU group: their workspaces are in GPU memory
 // (cuMem, handed over at join as for one-node GPU groups) and they ring and
-// wait with epd_dispatch_async / epd_*_wait_async on their streams. Here a
+// wait with epd_group_dispatch_async / epd_group_*_wait_async on their streams. Here a
 // poller thread reads the local ranks' control slots (doorbells, weight mode)
 // every `poll_us`; when a rank rings, it copies what the op needs from the GPU
 // into the mirror (dispatch: the send header and the used send rows; combine:

@@ -1,5 +1,6 @@
 // config.cc — epd.toml parsing (toml++), command-line overrides (CLI11) and the
-// effective config printed back as TOML. See config.h.
+// effective config printed back as TOML. See config.h; the [[group]] tables are
+// in config_groups.cc.
 //
 // The printer is hand-written (not toml++'s formatter) so --print-config works
 // in builds without toml++ and keeps a stable key order.
@@ -18,14 +19,7 @@
 
 #include <CLI/CLI.hpp>
 
-#if EPD_HAVE_TOMLPLUSPLUS
-#if __has_include(<toml++/toml.hpp>)
-#include <toml++/toml.hpp>
-#else
-#include <toml++/toml.h>
-#endif
-#endif
-
+#include "config_toml.h"
 #include "logging.h"
 
 #ifndef EPD_VERSION_STRING
@@ -33,7 +27,49 @@
 #endif
 
 namespace epd {
+
+namespace config_detail {
+
+std::string quoted(const std::string& s) { return "'" + s + "'"; }
+
+bool parse_uint(const std::string& s, uint64_t lo, uint64_t hi, uint64_t* out) {
+  uint64_t v = 0;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size() || v < lo || v > hi)
+    return false;
+  *out = v;
+  return true;
+}
+
+std::string toml_string(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char ch : s) {
+    switch (ch) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\t': out += "\\t"; break;
+      case '\n': out += "\\n"; break;
+      case '\f': out += "\\f"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (ch < 0x20 || ch == 0x7f) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+          out += buf;
+        } else {
+          out += static_cast<char>(ch);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace config_detail
+
 namespace {
+
+using namespace config_detail;
 
 // ---- field checks: each returns "" when valid, else the reason ("is not ...") --
 
@@ -83,18 +119,6 @@ std::string why_address(const std::string& a) {
 
 std::string why_listen_address(const std::string& a) { return a.empty() ? "" : why_address(a); }
 
-std::string quoted(const std::string& s) { return "'" + s + "'"; }
-
-// Parses an unsigned decimal within [lo, hi].
-bool parse_uint(const std::string& s, uint64_t lo, uint64_t hi, uint64_t* out) {
-  uint64_t v = 0;
-  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size() || v < lo || v > hi)
-    return false;
-  *out = v;
-  return true;
-}
-
 // "0660", "660" or "0o660".
 bool parse_mode_text(std::string s, uint32_t* out) {
   if (s.rfind("0o", 0) == 0) s = s.substr(2);
@@ -105,288 +129,9 @@ bool parse_mode_text(std::string s, uint32_t* out) {
   return true;
 }
 
-std::string placement_text(const epd_placement_t& p) {
-  return std::to_string(p.node) + ":" +
-         (p.gpu == EPD_GPU_HOST ? std::string("host") : std::to_string(p.gpu));
-}
-
-// "host", "<gpu>", "<node>:<gpu>", "<node>:host".
-[[maybe_unused]] bool parse_placement_text(const std::string& s, epd_placement_t* out) {
-  const size_t colon = s.find(':');
-  std::string node_text = colon == std::string::npos ? "0" : s.substr(0, colon);
-  std::string gpu_text = colon == std::string::npos ? s : s.substr(colon + 1);
-  uint64_t node = 0, gpu = 0;
-  if (!parse_uint(node_text, 0, INT32_MAX, &node)) return false;
-  if (gpu_text == "host") {
-    *out = {static_cast<int32_t>(node), EPD_GPU_HOST};
-    return true;
-  }
-  if (!parse_uint(gpu_text, 0, INT32_MAX, &gpu)) return false;
-  *out = {static_cast<int32_t>(node), static_cast<int32_t>(gpu)};
-  return true;
-}
-
-// Fills the defaults a config group may leave out (placement: every rank on the
-// host of node 0; expert_owner: contiguous). Leaves bad sizes for validate().
-[[maybe_unused]] void fill_group_defaults(GroupSpec* g) {
-  if (g->placement.empty() && g->world_size >= 1 && g->world_size <= EPD_MAX_WORLD_SIZE)
-    g->placement.assign(static_cast<size_t>(g->world_size), epd_placement_t{0, EPD_GPU_HOST});
-  if (g->expert_owner.empty() && g->num_experts >= g->world_size && g->world_size >= 1 &&
-      g->num_experts <= EPD_MAX_EXPERTS) {
-    g->expert_owner.resize(static_cast<size_t>(g->num_experts));
-    for (int32_t e = 0; e < g->num_experts; ++e)
-      g->expert_owner[e] = GroupSpec::contiguous_owner(e, g->num_experts, g->world_size);
-  }
-}
-
-bool owners_contiguous(const GroupSpec& g) {
-  for (int32_t e = 0; e < static_cast<int32_t>(g.expert_owner.size()); ++e)
-    if (g.expert_owner[e] != GroupSpec::contiguous_owner(e, g.num_experts, g.world_size))
-      return false;
-  return true;
-}
-
-bool placement_default(const GroupSpec& g) {
-  for (const auto& p : g.placement)
-    if (p.node != 0 || p.gpu != EPD_GPU_HOST) return false;
-  return true;
-}
-
-// ---- TOML output ------------------------------------------------------------
-
-std::string toml_string(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char ch : s) {
-    switch (ch) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\b': out += "\\b"; break;
-      case '\t': out += "\\t"; break;
-      case '\n': out += "\\n"; break;
-      case '\f': out += "\\f"; break;
-      case '\r': out += "\\r"; break;
-      default:
-        if (ch < 0x20 || ch == 0x7f) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", ch);
-          out += buf;
-        } else {
-          out += static_cast<char>(ch);
-        }
-    }
-  }
-  return out + "\"";
-}
-
-template <typename T, typename F>
-std::string toml_array(const std::vector<T>& v, F&& item) {
-  std::string out = "[";
-  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + item(v[i]);
-  return out + "]";
-}
-
 // ---- TOML input -----------------------------------------------------------------
 
 #if EPD_HAVE_TOMLPLUSPLUS
-
-// Reads typed values out of a parsed document. The first error is kept in
-// `error` and every later read is a no-op, so callers check once at the end.
-class TomlReader {
- public:
-  explicit TomlReader(std::string origin) : origin_(std::move(origin)) {}
-
-  bool ok() const { return error.is_ok(); }
-  Status error;
-
-  std::string where(const toml::node& n) const {
-    const auto line = n.source().begin.line;
-    return line ? origin_ + ":" + std::to_string(line) : origin_;
-  }
-
-  void fail(const toml::node& n, const std::string& key, const std::string& why) {
-    if (ok())
-      error = make_status(EPD_ERR_INVALID_ARGUMENT, "%s: %s = %s %s", where(n).c_str(),
-                          key.c_str(), render(n).c_str(), why.c_str());
-  }
-  void fail_plain(const std::string& msg) {
-    if (ok()) error = Status(EPD_ERR_INVALID_ARGUMENT, msg);
-  }
-
-  static std::string render(const toml::node& n) {
-    if (const auto* s = n.as_string()) return quoted(s->get());
-    std::ostringstream os;
-    n.visit([&](const auto& v) { os << v; });
-    std::string text = os.str();
-    for (char& ch : text)
-      if (ch == '\n') ch = ' ';
-    if (text.size() > 80) text = text.substr(0, 77) + "...";
-    return text;
-  }
-
-  // Every key of `t` must be in `known`.
-  void check_keys(const toml::table& t, const std::string& prefix,
-                  std::initializer_list<std::string_view> known) {
-    for (auto&& [k, v] : t) {
-      bool found = false;
-      for (auto name : known) found = found || k.str() == name;
-      if (!found && ok())
-        error = make_status(EPD_ERR_INVALID_ARGUMENT, "%s: unknown key '%s%s' (known: %s)",
-                            where(v).c_str(), prefix.c_str(), std::string(k.str()).c_str(),
-                            join(known).c_str());
-    }
-  }
-
-  void read_string(const toml::table& t, const std::string& prefix, const char* key,
-                   std::string* out, std::string (*check)(const std::string&) = nullptr) {
-    const toml::node* n = t.get(key);
-    if (!n || !ok()) return;
-    const auto* s = n->as_string();
-    if (!s) return fail(*n, prefix + key, "is not a string");
-    if (check) {
-      std::string why = check(s->get());
-      if (!why.empty()) return fail(*n, prefix + key, why);
-    }
-    *out = s->get();
-  }
-
-  template <typename Int>
-  void read_int(const toml::table& t, const std::string& prefix, const char* key, Int* out,
-                int64_t lo, int64_t hi) {
-    const toml::node* n = t.get(key);
-    if (!n || !ok()) return;
-    int64_t v = 0;
-    if (!int_value(*n, prefix + key, lo, hi, &v)) return;
-    *out = static_cast<Int>(v);
-  }
-
-  bool int_value(const toml::node& n, const std::string& key, int64_t lo, int64_t hi,
-                 int64_t* out) {
-    const auto* i = n.as_integer();
-    if (!i) {
-      fail(n, key, "is not an integer");
-      return false;
-    }
-    if (i->get() < lo || i->get() > hi) {
-      fail(n, key, "is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-      return false;
-    }
-    *out = i->get();
-    return true;
-  }
-
-  void read_bool(const toml::table& t, const std::string& prefix, const char* key, bool* out) {
-    const toml::node* n = t.get(key);
-    if (!n || !ok()) return;
-    const auto* b = n->as_boolean();
-    if (!b) return fail(*n, prefix + key, "is not true or false");
-    *out = b->get();
-  }
-
-  const toml::array* array(const toml::table& t, const std::string& prefix, const char* key) {
-    const toml::node* n = t.get(key);
-    if (!n || !ok()) return nullptr;
-    const auto* a = n->as_array();
-    if (!a) fail(*n, prefix + key, "is not an array");
-    return a;
-  }
-
-  const toml::table* table(const toml::table& t, const char* key) {
-    const toml::node* n = t.get(key);
-    if (!n || !ok()) return nullptr;
-    const auto* tt = n->as_table();
-    if (!tt) fail(*n, key, "is not a table ([" + std::string(key) + "])");
-    return tt;
-  }
-
-  const std::string& origin() const { return origin_; }
-
- private:
-  static std::string join(std::initializer_list<std::string_view> names) {
-    std::string s;
-    for (auto n : names) s += (s.empty() ? "" : ", ") + std::string(n);
-    return s;
-  }
-
-  std::string origin_;
-};
-
-void read_group(TomlReader& r, const toml::table& t, size_t index, uint32_t default_timeout,
-                GroupSpec* g) {
-  const std::string prefix = "group[" + std::to_string(index) + "].";
-  r.check_keys(t, prefix,
-               {"name", "generation", "world_size", "placement", "num_experts", "top_k",
-                "expert_owner", "hidden", "dtype", "dispatch_quant", "max_tokens_per_rank",
-                "mode", "layout", "slots", "timeout_ms", "sm_budget"});
-  for (const char* required :
-       {"name", "world_size", "num_experts", "top_k", "hidden", "max_tokens_per_rank"}) {
-    if (!t.get(required) && r.ok())
-      r.fail_plain(r.where(t) + ": " + prefix.substr(0, prefix.size() - 1) +
-                   " is missing the required key '" + required + "'");
-  }
-  g->rank = 0;
-  g->timeout_ms = default_timeout;
-  r.read_string(t, prefix, "name", &g->name);
-  r.read_int(t, prefix, "generation", &g->generation, 0, INT64_MAX);
-  r.read_int(t, prefix, "world_size", &g->world_size, INT32_MIN, INT32_MAX);
-  r.read_int(t, prefix, "num_experts", &g->num_experts, INT32_MIN, INT32_MAX);
-  r.read_int(t, prefix, "top_k", &g->top_k, INT32_MIN, INT32_MAX);
-  r.read_int(t, prefix, "hidden", &g->hidden, INT32_MIN, INT32_MAX);
-  r.read_int(t, prefix, "max_tokens_per_rank", &g->max_tokens_per_rank, INT32_MIN, INT32_MAX);
-  r.read_int(t, prefix, "slots", &g->slots, INT32_MIN, INT32_MAX);
-  r.read_int(t, prefix, "timeout_ms", &g->timeout_ms, 1, UINT32_MAX);
-  r.read_int(t, prefix, "sm_budget", &g->sm_budget, 0, INT32_MAX);
-
-  // Enumerations, through the core's name parsers.
-  const auto read_enum = [&](const char* key, auto parse, auto* out) {
-    std::string text;
-    const bool present = t.get(key) != nullptr;
-    r.read_string(t, prefix, key, &text);
-    if (!present || !r.ok()) return;
-    auto v = parse(text);
-    if (!v.is_ok())
-      return r.fail(*t.get(key), prefix + key, v.status().message().substr(v.status().message().find(" is ") + 1));
-    *out = *v;
-  };
-  read_enum("dtype", parse_dtype, &g->dtype);
-  read_enum("dispatch_quant", parse_quant, &g->dispatch_quant);
-  read_enum("mode", parse_mode, &g->mode);
-  read_enum("layout", parse_layout, &g->layout);
-
-  if (const toml::array* a = r.array(t, prefix, "placement")) {
-    for (size_t i = 0; i < a->size() && r.ok(); ++i) {
-      const toml::node& el = *a->get(i);
-      const std::string key = prefix + "placement[" + std::to_string(i) + "]";
-      epd_placement_t p{};
-      if (const auto* s = el.as_string()) {
-        if (!parse_placement_text(s->get(), &p))
-          return r.fail(el, key, "is not 'host', '<gpu>', '<node>:<gpu>' or '<node>:host'");
-      } else if (el.as_integer()) {
-        int64_t gpu = 0;
-        if (!r.int_value(el, key, 0, INT32_MAX, &gpu)) return;
-        p = {0, static_cast<int32_t>(gpu)};
-      } else {
-        return r.fail(el, key, "is neither a string nor a GPU ordinal");
-      }
-      g->placement.push_back(p);
-    }
-  }
-  if (const toml::array* a = r.array(t, prefix, "expert_owner")) {
-    for (size_t i = 0; i < a->size() && r.ok(); ++i) {
-      int64_t owner = 0;
-      if (!r.int_value(*a->get(i), prefix + "expert_owner[" + std::to_string(i) + "]", 0,
-                       INT32_MAX, &owner))
-        return;
-      g->expert_owner.push_back(static_cast<int32_t>(owner));
-    }
-  }
-  if (!r.ok()) return;
-  fill_group_defaults(g);
-  Status st = g->validate();
-  if (!st.is_ok())
-    r.error = Status(st.code() == EPD_ERR_FP8_ALIGNMENT ? st.code() : EPD_ERR_INVALID_ARGUMENT,
-                     r.where(t) + ": group[" + std::to_string(index) + "] ('" + g->name +
-                         "'): " + st.message());
-}
 
 Result<DaemonConfig> parse_toml_document(const std::string& text, const std::string& origin) {
   toml::table doc;
@@ -651,30 +396,7 @@ std::string print_config(const DaemonConfig& c) {
   o << "peers = " << toml_array(c.peers, toml_string) << "\n";
   o << "transport = " << toml_string(c.transport) << "\n";
   o << "rdma_fallback_to_tcp = " << (c.rdma_fallback_to_tcp ? "true" : "false") << "\n";
-  for (const GroupSpec& g : c.groups) {
-    o << "\n[[group]]\n";
-    o << "name = " << toml_string(g.name) << "\n";
-    o << "generation = " << g.generation << "\n";
-    o << "world_size = " << g.world_size << "\n";
-    if (!placement_default(g))
-      o << "placement = "
-        << toml_array(g.placement, [](const epd_placement_t& p) { return toml_string(placement_text(p)); })
-        << "\n";
-    o << "num_experts = " << g.num_experts << "\n";
-    o << "top_k = " << g.top_k << "\n";
-    if (!owners_contiguous(g))
-      o << "expert_owner = "
-        << toml_array(g.expert_owner, [](int32_t r) { return std::to_string(r); }) << "\n";
-    o << "hidden = " << g.hidden << "\n";
-    o << "dtype = " << toml_string(dtype_name(g.dtype)) << "\n";
-    o << "dispatch_quant = " << toml_string(quant_name(g.dispatch_quant)) << "\n";
-    o << "max_tokens_per_rank = " << g.max_tokens_per_rank << "\n";
-    o << "mode = " << toml_string(mode_name(g.mode)) << "\n";
-    o << "layout = " << toml_string(layout_name(g.layout)) << "\n";
-    o << "slots = " << g.slots << "\n";
-    o << "timeout_ms = " << g.timeout_ms << "\n";
-    o << "sm_budget = " << g.sm_budget << "\n";
-  }
+  for (const GroupSpec& g : c.groups) print_group(o, g);
   return o.str();
 }
 

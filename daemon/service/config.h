@@ -26,7 +26,7 @@ struct DaemonConfig {
   std::string socket_group;                       // group owning the socket ("" = daemon's)
   uint32_t max_sessions = 1024;
   std::vector<uint32_t> allowed_uids;             // empty = any peer that can open the socket
-  uint32_t join_timeout_ms = 30000;               // default when a spec says 0
+  uint32_t join_timeout_ms = kDefaultTimeoutMs;   // deadline of a join (or [[group]]) whose timeout_ms is 0
   // [executor]
   uint32_t host_threads = 0;                      // host executor threads, 0 = all cores
   // [log]

@@ -17,61 +17,19 @@ struct ConnectPrivate {
 };
 }  // namespace
 
-Status RdmaTransport::connect(NodeId peer, Deadline d) {
-  std::unique_lock<std::mutex> l(mu_);
-  auto addr_it = cfg_.peers.find(peer);
-  if (peer == cfg_.node_id || addr_it == cfg_.peers.end()) {
-    return make_status(EPD_ERR_INVALID_ARGUMENT, "node %u has no address for peer node %u", cfg_.node_id, peer);
+Result<LinkPtr> RdmaTransport::dial_locked(NodeId peer, const std::string& addr, const sockaddr_storage& sa,
+                                           socklen_t) {
+  rdma_cm_id* id = nullptr;
+  if (rdma_create_id(ec_, &id, nullptr, RDMA_PS_TCP)) return rdma_err("rdma_create_id", errno, "node " + std::to_string(peer));
+  RConnPtr c = new_conn(id, true, peer, addr);
+  sockaddr_storage dst = sa;
+  if (rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr*>(&dst), 2000)) {
+    Status s = rdma_err("rdma_resolve_addr", errno, label(c));
+    conns_.erase(c->key);
+    rdma_destroy_id(id);
+    return s;
   }
-  const std::string addr = addr_it->second;
-  if (cfg_.node_id > peer) {
-    const uint64_t seq0 = error_seq_[peer];
-    bool ok = state_cv_.wait_until(l, d, [&] { return shut_down_ || by_peer_.count(peer) || error_seq_[peer] != seq0; });
-    if (by_peer_.count(peer)) return Status::ok();
-    if (ok && !shut_down_) return last_error_[peer];
-    return make_status(EPD_ERR_TIMEOUT, "node %u (%s) did not connect to node %u before the deadline", peer,
-                       addr.c_str(), cfg_.node_id);
-  }
-  std::string host;
-  uint16_t port = 0;
-  EPD_RETURN_IF_ERROR(split_host_port(addr, &host, &port));
-  Status last = make_status(EPD_ERR_TIMEOUT, "connect to node %u (%s): deadline passed", peer, addr.c_str());
-  for (int attempt = 0; attempt < 100000 && Clock::now() < d; ++attempt) {
-    if (shut_down_) return make_status(EPD_ERR_SHUTTING_DOWN, "node %u: transport is shut down", cfg_.node_id);
-    if (by_peer_.count(peer)) return Status::ok();
-    addrinfo hints{}, *res = nullptr;
-    hints.ai_flags = AI_NUMERICSERV;
-    hints.ai_socktype = SOCK_STREAM;
-    if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) || !res) {
-      return make_status(EPD_ERR_INVALID_ARGUMENT, "cannot resolve '%s' of node %u", addr.c_str(), peer);
-    }
-    rdma_cm_id* id = nullptr;
-    if (rdma_create_id(ec_, &id, nullptr, RDMA_PS_TCP)) {
-      freeaddrinfo(res);
-      return rdma_err("rdma_create_id", errno, "node " + std::to_string(peer));
-    }
-    RConnPtr c = new_conn(id, true, peer, addr);
-    int rc = rdma_resolve_addr(id, nullptr, res->ai_addr, 2000);
-    freeaddrinfo(res);
-    if (rc) {
-      Status s = rdma_err("rdma_resolve_addr", errno, label(c));
-      conns_.erase(c->key);
-      rdma_destroy_id(id);
-      return s;
-    }
-    state_cv_.wait_until(l, d, [&] { return shut_down_ || c->outcome.has_value(); });
-    if (!c->outcome) {
-      c->abandoned = true;  // the proxy thread tears it down
-      return make_status(EPD_ERR_TIMEOUT, "connect to node %u (%s): no authenticated connection before the deadline",
-                         peer, addr.c_str());
-    }
-    if (c->outcome->is_ok()) return Status::ok();
-    last = *c->outcome;
-    if (!c->transient) return last;
-    state_cv_.wait_until(l, std::min(d, Clock::now() + milliseconds(20 + 10 * std::min(attempt, 20))),
-                         [&] { return shut_down_; });
-  }
-  return last;
+  return LinkPtr(c);
 }
 
 void RdmaTransport::disconnect(NodeId peer) {
@@ -100,7 +58,8 @@ void RdmaTransport::shutdown() {
     std::lock_guard<std::mutex> l(mu_);
     FrameHeader h;
     h.type = FrameType::kBye;
-    for (auto& [peer, c] : by_peer_) (void)post_frame(c, h, nullptr, 0, Clock::now(), false);
+    for (const LinkPtr& c : established_links_locked())
+      (void)post_frame(std::static_pointer_cast<RConn>(c), h, nullptr, 0, Clock::now(), false);
   }
   state_cv_.notify_all();
   stopping_ = true;
@@ -136,7 +95,7 @@ void RdmaTransport::shutdown() {
 
 void RdmaTransport::run() {
   tls_proxy_owner = this;
-  if (cfg_.on_progress_thread_start) deliver([&] { cfg_.on_progress_thread_start(); });
+  if (cfg_.on_progress_thread_start) deliver("on_progress_thread_start", cfg_.on_progress_thread_start);
   const int tick_ms = static_cast<int>(std::clamp<long long>(cfg_.heartbeat_interval.count() / 4, 1, 250));
   epoll_event evs[8];
   while (!stopping_) {
@@ -172,22 +131,7 @@ void RdmaTransport::run() {
 }
 
 void RdmaTransport::start_handshake(const RConnPtr& c) {
-  HandshakeParams p;
-  p.my_node = cfg_.node_id;
-  p.major = cfg_.protocol_major;
-  p.minor = cfg_.protocol_minor;
-  p.secret = cfg_.cluster_secret;
-  if (c->dialed) p.expected_peer = c->expected;
-  p.is_known_peer = [this](uint32_t n) {
-    std::lock_guard<std::mutex> l(mu_);
-    return cfg_.peers.count(n) > 0;
-  };
-  p.local_regions = [this] {
-    std::lock_guard<std::mutex> l(mu_);
-    return advert();
-  };
-  p.remote = c->remote;
-  c->hs.emplace(std::move(p));
+  c->hs.emplace(handshake_params(*c));
   c->last_rx = Clock::now();
   send_raw(c, c->hs->hello_frame());
 }
@@ -240,7 +184,7 @@ void RdmaTransport::on_cm_event(rdma_cm_event* ev) {
         const bool bad_magic = !have_priv || priv.magic != kFrameMagic;
         Status s = make_status(bad_magic ? EPD_ERR_PROTOCOL : EPD_ERR_VERSION_MISMATCH, "%s: %s", remote.c_str(),
                                why.c_str());
-        deliver([&] { cb_.on_peer_state(have_priv ? priv.node : kUnknownNode, s); });
+        deliver("on_peer_state", [&] { cb_.on_peer_state(have_priv ? priv.node : kUnknownNode, s); });
       }
       return;
     }
@@ -347,7 +291,7 @@ void RdmaTransport::on_completion(const ibv_wc& wc) {
   if (wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
     if (!c->established) return fail(c, make_status(EPD_ERR_PROTOCOL, "%s wrote before the handshake", label(c).c_str()));
     const NodeId peer = c->peer;
-    deliver([&] { if (cb_.on_write) cb_.on_write(peer, ntohl(wc.imm_data), wc.byte_len); });
+    deliver("on_write", [&] { if (cb_.on_write) cb_.on_write(peer, ntohl(wc.imm_data), wc.byte_len); });
   } else {
     const uint8_t* buf = c->recv_buf.data() + size_t(slot) * c->slot;
     credited = !(wc.byte_len == kHeaderBytes && buf[4] == static_cast<uint8_t>(FrameType::kHeartbeat));
@@ -389,7 +333,7 @@ void RdmaTransport::on_frame(const RConnPtr& c, const uint8_t* buf, size_t len) 
   switch (h->type) {
     case FrameType::kMessage: {
       const NodeId peer = c->peer;
-      deliver([&] { if (cb_.on_message) cb_.on_message(peer, h->a, payload, h->length); });
+      deliver("on_message", [&] { if (cb_.on_message) cb_.on_message(peer, h->a, payload, h->length); });
       return;
     }
     case FrameType::kRegions: {
@@ -422,21 +366,15 @@ void RdmaTransport::promote(const RConnPtr& c) {
   {
     std::lock_guard<std::mutex> l(mu_);
     // Regions registered since our AUTH_OK was built (handshake.h says why).
-    // Posted in the same mu_ section that puts c into by_peer_ (add_region
-    // reads regions_ and by_peer_ under mu_ too), so every region is in the
+    // Posted in the same mu_ section that makes c the peer's connection
+    // (add_region reads regions_ and the peer table under mu_ too), so every region is in the
     // AUTH_OK, here, or pushed by add_region; and no caller's SEND precedes it
     // on the QP. The deadline is now: the proxy thread must not wait, and a
     // fresh connection has its slots and all but the handshake's credits.
-    const std::vector<uint8_t> adv = regions_frame_after_handshake(advert());
+    const std::vector<uint8_t> adv = regions_frame_after_handshake(region_advert_locked());
     if (!adv.empty()) advertised = post_whole_frame(c, adv, Clock::now());
     if (advertised) {
-      c->peer = peer;
-      c->established = true;
-      c->outcome = Status::ok();
-      auto it = by_peer_.find(peer);
-      if (it != by_peer_.end() && it->second != c) old = it->second;
-      by_peer_[peer] = c;
-      last_error_.erase(peer);
+      old = std::static_pointer_cast<RConn>(install_locked(c, peer));
       std::lock_guard<std::mutex> cl(c->mu);
       for (const RegionInfo& r : c->hs->peer_regions()) c->peer_regions[r.id] = r;
     }
@@ -445,26 +383,16 @@ void RdmaTransport::promote(const RConnPtr& c) {
   state_cv_.notify_all();
   if (old) fail(old, make_status(EPD_ERR_PEER_LOST, "node %u: connection replaced by a new one", peer));
   transport_log(cfg_, LogSeverity::kInfo, "node " + std::to_string(cfg_.node_id) + " connected to " + label(c) + " over rdma");
-  deliver([&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, Status::ok()); });
+  deliver("on_peer_state", [&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, Status::ok()); });
 }
 
 void RdmaTransport::fail(const RConnPtr& c, const Status& s) {
-  NodeId peer = c->peer != kUnknownNode ? c->peer : (c->hs && c->hs->peer_node()) ? *c->hs->peer_node() : c->expected;
+  const NodeId peer = peer_of(*c);
   bool first;
   {
     std::lock_guard<std::mutex> l(mu_);
-    first = !c->reported;
-    c->reported = true;
-    if (first) {
-      if (!c->outcome) c->outcome = s;
-      auto it = by_peer_.find(peer);
-      if (it != by_peer_.end() && it->second == c) by_peer_.erase(it);
-      if (peer != kUnknownNode && !by_peer_.count(peer) && !c->transient) {
-        last_error_[peer] = s;
-        ++error_seq_[peer];
-      }
-      c->close_by = Clock::now() + milliseconds(2000);
-    }
+    first = record_failure_locked(c, peer, s);
+    if (first) c->close_by = Clock::now() + milliseconds(2000);
   }
   state_cv_.notify_all();
   {
@@ -479,7 +407,7 @@ void RdmaTransport::fail(const RConnPtr& c, const Status& s) {
   if (c->id && c->id->qp) rdma_disconnect(c->id);
   if (c->transient) return;  // the dialer retries; nothing to report yet
   transport_log(cfg_, LogSeverity::kWarn, "node " + std::to_string(cfg_.node_id) + ": " + s.to_string());
-  deliver([&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, s); });
+  deliver("on_peer_state", [&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, s); });
 }
 
 void RdmaTransport::destroy(const RConnPtr& c) {
@@ -487,8 +415,7 @@ void RdmaTransport::destroy(const RConnPtr& c) {
     std::lock_guard<std::mutex> l(mu_);
     conns_.erase(c->key);
     if (c->id && c->id->qp) by_qpn_.erase(c->id->qp->qp_num);
-    auto it = by_peer_.find(c->peer);
-    if (it != by_peer_.end() && it->second == c) by_peer_.erase(it);
+    drop_locked(c);
   }
   std::lock_guard<std::mutex> l(c->mu);
   c->dead = true;

@@ -8,9 +8,9 @@ namespace rdma_detail {
 
 Status RdmaTransport::start() {
   EPD_RETURN_IF_ERROR(validate_config(cfg_));
-  if (cfg_.rdma_queue_depth < 4 * kReserve || cfg_.rdma_message_slot_bytes < 4096) {
-    return make_status(EPD_ERR_INVALID_ARGUMENT, "rdma_queue_depth %u must be >= %u and slot bytes %u >= 4096",
-                       cfg_.rdma_queue_depth, 4 * kReserve, cfg_.rdma_message_slot_bytes);
+  if (cfg_.rdma.queue_depth < 4 * kReserve || cfg_.rdma.message_slot_bytes < 4096) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "rdma queue_depth %u must be >= %u and slot bytes %u >= 4096",
+                       cfg_.rdma.queue_depth, 4 * kReserve, cfg_.rdma.message_slot_bytes);
   }
   int num = 0;
   ibv_device** devs = ibv_get_device_list(&num);
@@ -21,12 +21,12 @@ Status RdmaTransport::start() {
   }
   ibv_device* dev = nullptr;
   for (int i = 0; i < num && !dev; ++i) {
-    if (cfg_.rdma_device.empty() || cfg_.rdma_device == ibv_get_device_name(devs[i])) dev = devs[i];
+    if (cfg_.rdma.device.empty() || cfg_.rdma.device == ibv_get_device_name(devs[i])) dev = devs[i];
   }
   if (!dev) {
     ibv_free_device_list(devs);
     return make_status(EPD_ERR_RDMA, "node %u: RDMA device '%s' not found among %d devices", cfg_.node_id,
-                       cfg_.rdma_device.c_str(), num);
+                       cfg_.rdma.device.c_str(), num);
   }
   ctx_ = ibv_open_device(dev);
   const std::string dev_name = ibv_get_device_name(dev);
@@ -82,8 +82,8 @@ Status RdmaTransport::add_region(uint32_t id, uint8_t* addr, size_t bytes, ibv_m
       return make_status(EPD_ERR_INVALID_ARGUMENT, "region %u is already registered", id);
     }
     regions_[id] = LocalRegion{addr, bytes, mr};
-    adv = encode_regions(advert());
-    for (auto& [peer, c] : by_peer_) peers.push_back(c);
+    adv = encode_regions(region_advert_locked());
+    for (const LinkPtr& c : established_links_locked()) peers.push_back(std::static_pointer_cast<RConn>(c));
   }
   // Posted outside mu_: the proxy thread needs it to return the credits we may wait for.
   FrameHeader h;
@@ -95,20 +95,10 @@ Status RdmaTransport::add_region(uint32_t id, uint8_t* addr, size_t bytes, ibv_m
   return Status::ok();
 }
 
-std::vector<RegionInfo> RdmaTransport::advert() {
+std::vector<RegionInfo> RdmaTransport::region_advert_locked() {
   std::vector<RegionInfo> out;
   for (auto& [id, r] : regions_) out.push_back(RegionInfo{id, r.mr->rkey, reinterpret_cast<uint64_t>(r.addr), r.bytes});
   return out;
-}
-
-Result<RConnPtr> RdmaTransport::established(NodeId peer) const {
-  std::lock_guard<std::mutex> l(mu_);
-  if (shut_down_) return make_status(EPD_ERR_SHUTTING_DOWN, "node %u: transport is shut down", cfg_.node_id);
-  auto it = by_peer_.find(peer);
-  if (it != by_peer_.end()) return it->second;
-  auto e = last_error_.find(peer);
-  if (e != last_error_.end()) return e->second;
-  return make_status(EPD_ERR_PEER_LOST, "node %u is not connected to node %u", peer, cfg_.node_id);
 }
 
 RConnPtr RdmaTransport::new_conn(rdma_cm_id* id, bool dialed, NodeId expected, const std::string& remote) {
@@ -128,8 +118,8 @@ Status RdmaTransport::setup_qp(const RConnPtr& c) {
     return make_status(EPD_ERR_RDMA, "%s: route uses RDMA device %s; this transport opened %s",
                        label(c).c_str(), ibv_get_device_name(c->id->verbs->device), ibv_get_device_name(ctx_->device));
   }
-  c->depth = cfg_.rdma_queue_depth;
-  c->slot = cfg_.rdma_message_slot_bytes;
+  c->depth = cfg_.rdma.queue_depth;
+  c->slot = cfg_.rdma.message_slot_bytes;
   ibv_qp_init_attr qa{};
   qa.send_cq = cq_;
   qa.recv_cq = cq_;
@@ -141,7 +131,7 @@ Status RdmaTransport::setup_qp(const RConnPtr& c) {
   if (rdma_create_qp(c->id, pd_, &qa)) return rdma_err("rdma_create_qp", errno, label(c));
   c->recv_buf.resize(size_t(c->depth) * c->slot);
   c->send_buf.resize(size_t(c->depth) * c->slot);
-  c->staging.resize(cfg_.rdma_staging_bytes);
+  c->staging.resize(cfg_.rdma.staging_bytes);
   c->recv_mr = ibv_reg_mr(pd_, c->recv_buf.data(), c->recv_buf.size(), IBV_ACCESS_LOCAL_WRITE);
   c->send_mr = ibv_reg_mr(pd_, c->send_buf.data(), c->send_buf.size(), 0);
   c->staging_mr = ibv_reg_mr(pd_, c->staging.data(), c->staging.size(), 0);

@@ -6,7 +6,9 @@
 // region (rkey/addr from AUTH_OK / REGIONS), seen by the peer as a
 // RECV_RDMA_WITH_IMM completion.
 //
-// Flow control: each side posts rdma_queue_depth receives; a sender holds
+// Connecting (dial_locked starts each attempt), the peer table and the
+// handshake glue are ConnectedTransport's.
+// Flow control: each side posts rdma.queue_depth receives; a sender holds
 // (depth - kReserve) credits, spends one per SEND/WRITE_WITH_IMM, and gets them
 // back in credit frames (HEARTBEAT with a = count) that themselves use the
 // reserve and are not credited.
@@ -32,9 +34,7 @@
 #include <thread>
 #include <unordered_map>
 
-#include "handshake.h"
-#include "transport.h"
-#include "wire.h"
+#include "connected_transport.h"
 
 namespace epd::transport {
 namespace rdma_detail {
@@ -51,28 +51,16 @@ inline Status rdma_err(const char* call, int err, const std::string& ctx) {
 }
 
 struct LocalRegion {
-  uint8_t* addr = nullptr;  // host address, or the iova of a dmabuf region
+  uint8_t* addr = nullptr;  // host address
   size_t bytes = 0;
   ibv_mr* mr = nullptr;
 };
 
-struct RConn {
-  uint64_t key = 0;
+struct RConn : LinkState {
   rdma_cm_id* id = nullptr;
-  bool dialed = false;
-  NodeId expected = kUnknownNode;
-  std::string remote;
   // mu_ of the transport:
-  NodeId peer = kUnknownNode;
-  bool established = false, reported = false;
-  bool abandoned = false;   // dialer gave up / disconnect(): proxy tears it down
-  bool transient = false;   // dial failed before connecting: the dialer retries
-  Clock::time_point created = Clock::now();
   Clock::time_point close_by;
-  std::optional<Status> outcome;
   // proxy thread only:
-  std::optional<Handshake> hs;
-  Clock::time_point last_rx = Clock::now();
   uint32_t to_return = 0;
   // buffers (registered once, owned here):
   uint32_t depth = 0, slot = 0;
@@ -97,35 +85,20 @@ using RConnPtr = std::shared_ptr<RConn>;
 // Set on a transport's proxy thread: send()/write() from callbacks never wait.
 inline thread_local const void* tls_proxy_owner = nullptr;
 
-class RdmaTransport final : public Transport {
+class RdmaTransport final : public ConnectedTransport {
  public:
-  RdmaTransport(TransportConfig c, TransportCallbacks cb) : cfg_(std::move(c)), cb_(std::move(cb)) {}
+  RdmaTransport(TransportConfig c, TransportCallbacks cb) : ConnectedTransport(std::move(c), std::move(cb)) {}
   ~RdmaTransport() override { shutdown(); }
   Status start();
   const char* name() const override { return "rdma"; }
   std::string listen_address() const override { return bound_; }
-  void set_peer_address(NodeId peer, const std::string& a) override {
-    std::lock_guard<std::mutex> l(mu_);
-    cfg_.peers[peer] = a;
-  }
   Status register_region(uint32_t id, void* addr, size_t bytes) override {
     if (!addr || !bytes) return make_status(EPD_ERR_INVALID_ARGUMENT, "region %u is empty", id);
     ibv_mr* mr = ibv_reg_mr(pd_, addr, bytes, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
     if (!mr) return rdma_err("ibv_reg_mr", errno, "region " + std::to_string(id));
     return add_region(id, static_cast<uint8_t*>(addr), bytes, mr);
   }
-  Status register_dmabuf_region(uint32_t id, int fd, uint64_t offset, size_t bytes, uint64_t iova) override {
-    ibv_mr* mr = ibv_reg_dmabuf_mr(pd_, offset, bytes, iova, fd,
-                                   IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-    if (!mr) return rdma_err("ibv_reg_dmabuf_mr", errno, "dmabuf region " + std::to_string(id));
-    return add_region(id, reinterpret_cast<uint8_t*>(iova), bytes, mr);
-  }
-  Status connect(NodeId peer, Deadline d) override;
   void disconnect(NodeId peer) override;
-  Status peer_status(NodeId peer) const override {
-    Result<RConnPtr> c = established(peer);
-    return c ? Status::ok() : c.status();
-  }
   Status send(NodeId peer, uint32_t tag, const void* data, size_t bytes, Deadline d) override {
     FrameHeader h;
     h.type = FrameType::kMessage;
@@ -141,9 +114,18 @@ class RdmaTransport final : public Transport {
   void shutdown() override;
 
  private:
+  // ConnectedTransport.
+  Result<LinkPtr> dial_locked(NodeId peer, const std::string& addr, const sockaddr_storage& sa,
+                              socklen_t len) override;
+  std::vector<RegionInfo> region_advert_locked() override;
+  void wake() override;
+
   Status add_region(uint32_t id, uint8_t* addr, size_t bytes, ibv_mr* mr);
-  std::vector<RegionInfo> advert();
-  Result<RConnPtr> established(NodeId peer) const;
+  Result<RConnPtr> established(NodeId peer) const {
+    Result<LinkPtr> c = established_link(peer);
+    if (!c) return c.status();
+    return std::static_pointer_cast<RConn>(*c);
+  }
   Status setup_qp(const RConnPtr& c);
   // Sends a frame from a slot; `credited` frames spend a peer receive credit.
   Status post_frame(const RConnPtr& c, FrameHeader h, const void* data, size_t bytes, Deadline d, bool credited);
@@ -153,7 +135,6 @@ class RdmaTransport final : public Transport {
   void send_raw(const RConnPtr& c, const std::vector<uint8_t>& frame);
   void start_handshake(const RConnPtr& c);
   void return_credits(const RConnPtr& c);
-  void wake();
   Status post_write(const RConnPtr& c, std::unique_lock<std::mutex>& l, const RegionInfo& r, uint64_t off,
                     const uint8_t* src, uint32_t lkey, size_t n, bool with_imm, uint32_t imm, bool staged);
   void run();
@@ -166,20 +147,10 @@ class RdmaTransport final : public Transport {
   void tick();
   RConnPtr new_conn(rdma_cm_id* id, bool dialed, NodeId expected, const std::string& remote);
   std::string label(const RConnPtr& c) const {
-    NodeId p = c->peer != kUnknownNode ? c->peer : (c->hs && c->hs->peer_node()) ? *c->hs->peer_node() : c->expected;
+    const NodeId p = peer_of(*c);
     return p == kUnknownNode ? c->remote : "node " + std::to_string(p) + " (" + c->remote + ")";
   }
-  template <typename F>
-  void deliver(F&& f) {
-    try {
-      f();
-    } catch (...) {
-      transport_log(cfg_, LogSeverity::kError, "rdma transport: a callback threw");
-    }
-  }
 
-  TransportConfig cfg_;
-  const TransportCallbacks cb_;
   std::string bound_;
   rdma_event_channel* ec_ = nullptr;
   rdma_cm_id* listen_id_ = nullptr;
@@ -190,15 +161,10 @@ class RdmaTransport final : public Transport {
   int epoll_fd_ = -1, wake_fd_ = -1;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
-  mutable std::mutex mu_;
-  std::condition_variable state_cv_;
+  // --- guarded by mu_ ---
   uint64_t next_key_ = 1;
-  bool shut_down_ = false;
   std::unordered_map<uint64_t, RConnPtr> conns_;
   std::unordered_map<uint32_t, RConnPtr> by_qpn_;
-  std::unordered_map<NodeId, RConnPtr> by_peer_;
-  std::unordered_map<NodeId, Status> last_error_;
-  std::unordered_map<NodeId, uint64_t> error_seq_;
   std::unordered_map<uint32_t, LocalRegion> regions_;
 };
 

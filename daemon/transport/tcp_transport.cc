@@ -15,6 +15,10 @@ std::string TcpTransport::label(const ConnPtr& c) const {
 
 Status TcpTransport::start() {
   EPD_RETURN_IF_ERROR(validate_config(cfg_));
+  if (cfg_.tcp.max_queued_bytes < cfg_.max_message_bytes) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "max_queued_bytes %zu must be >= max_message_bytes %zu (> 0)",
+                       cfg_.tcp.max_queued_bytes, cfg_.max_message_bytes);
+  }
   sockaddr_storage ss{};
   socklen_t len = 0;
   EPD_RETURN_IF_ERROR(resolve(cfg_.listen_address, &ss, &len));
@@ -53,7 +57,7 @@ void TcpTransport::wake() {
   (void)n;  // EAGAIN: the counter is already non-zero, the thread will wake
 }
 
-std::vector<RegionInfo> TcpTransport::region_advert() {
+std::vector<RegionInfo> TcpTransport::region_advert_locked() {
   std::vector<RegionInfo> out;
   for (const auto& [id, r] : regions_) out.push_back(RegionInfo{id, 0, 0, r.bytes});
   return out;
@@ -69,26 +73,18 @@ Status TcpTransport::register_region(uint32_t region_id, void* addr, size_t byte
     return make_status(EPD_ERR_INVALID_ARGUMENT, "region %u is already registered", region_id);
   }
   regions_[region_id] = Region{static_cast<uint8_t*>(addr), bytes};
-  std::vector<uint8_t> adv = encode_regions(region_advert());
+  std::vector<uint8_t> adv = encode_regions(region_advert_locked());
   FrameHeader h;
   h.type = FrameType::kRegions;
-  for (auto& [peer, c] : by_peer_) push_control(c, make_frame(h, adv.data(), adv.size()));
+  for (const LinkPtr& c : established_links_locked())
+    push_control(std::static_pointer_cast<Conn>(c), make_frame(h, adv.data(), adv.size()));
   return Status::ok();
 }
 
 Result<ConnPtr> TcpTransport::established(NodeId peer) const {
-  std::lock_guard<std::mutex> l(mu_);
-  if (shut_down_) return make_status(EPD_ERR_SHUTTING_DOWN, "node %u: transport is shut down", cfg_.node_id);
-  auto it = by_peer_.find(peer);
-  if (it != by_peer_.end()) return it->second;
-  auto e = last_error_.find(peer);
-  if (e != last_error_.end()) return e->second;
-  return make_status(EPD_ERR_PEER_LOST, "node %u is not connected to node %u", peer, cfg_.node_id);
-}
-
-Status TcpTransport::peer_status(NodeId peer) const {
-  Result<ConnPtr> c = established(peer);
-  return c ? Status::ok() : c.status();
+  Result<LinkPtr> c = established_link(peer);
+  if (!c) return c.status();
+  return std::static_pointer_cast<Conn>(*c);
 }
 
 void TcpTransport::set_epollout(const ConnPtr& c, bool on) {
@@ -129,13 +125,14 @@ Status TcpTransport::enqueue(NodeId peer, FrameHeader h, const void* data, size_
     }
   }
   const size_t total = kHeaderBytes + bytes;
-  while (!c->dead && (c->writer_active || (c->queued > 0 && c->queued + total > cfg_.max_queued_bytes))) {
+  const size_t max_queued = cfg_.tcp.max_queued_bytes;
+  while (!c->dead && (c->writer_active || (c->queued > 0 && c->queued + total > max_queued))) {
     if (on_progress || c->tx_cv.wait_until(l, d) == std::cv_status::timeout) {
       if (c->dead) break;
-      if (!c->writer_active && c->queued > 0 && c->queued + total > cfg_.max_queued_bytes) {
+      if (!c->writer_active && c->queued > 0 && c->queued + total > max_queued) {
         return make_status(EPD_ERR_TIMEOUT,
                            "send to node %u: its queue (%zu of %zu bytes) did not drain before the deadline",
-                           peer, c->queued, cfg_.max_queued_bytes);
+                           peer, c->queued, max_queued);
       }
       if (c->writer_active) {
         return make_status(EPD_ERR_TIMEOUT, "send to node %u: another sender held the connection past the deadline",
@@ -224,97 +221,43 @@ Status TcpTransport::flush(NodeId peer, Deadline d) {
   return c->dead ? c->dead_status : Status::ok();
 }
 
-Status TcpTransport::connect(NodeId peer, Deadline d) {
-  std::unique_lock<std::mutex> l(mu_);
-  if (peer == cfg_.node_id) {
-    return make_status(EPD_ERR_INVALID_ARGUMENT, "node %u cannot connect to itself", peer);
+Result<LinkPtr> TcpTransport::dial_locked(NodeId peer, const std::string& addr, const sockaddr_storage& ss,
+                                          socklen_t len) {
+  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno_status("socket", errno);
+  auto c = std::make_shared<Conn>();
+  c->fd = fd;
+  c->key = next_key_++;
+  c->remote = addr;
+  c->dialed = true;
+  c->connecting = true;
+  c->expected = peer;
+  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&ss), len);
+  if (rc != 0 && errno != EINPROGRESS) {
+    int e = errno;
+    ::close(fd);
+    return make_status(EPD_ERR_PEER_LOST, "connect to node %u (%s): %s", peer, addr.c_str(), strerror(e));
   }
-  auto addr_it = cfg_.peers.find(peer);
-  if (addr_it == cfg_.peers.end()) {
-    return make_status(EPD_ERR_INVALID_ARGUMENT, "node %u has no address for peer node %u",
-                       cfg_.node_id, peer);
-  }
-  const std::string addr = addr_it->second;
-  if (cfg_.node_id > peer) {  // the lower id dials; wait for it
-    if (by_peer_.count(peer)) return Status::ok();
-    auto refused = refusal_.find(peer);
-    if (refused != refusal_.end()) return refused->second;
-    const uint64_t seq0 = error_seq_[peer];
-    bool ok = state_cv_.wait_until(l, d, [&] {
-      return shut_down_ || by_peer_.count(peer) || error_seq_[peer] != seq0;
-    });
-    if (shut_down_) return make_status(EPD_ERR_SHUTTING_DOWN, "node %u: transport is shut down", cfg_.node_id);
-    if (by_peer_.count(peer)) return Status::ok();
-    if (ok) return last_error_[peer];
-    return make_status(EPD_ERR_TIMEOUT,
-                       "node %u (%s) did not connect to node %u before the deadline", peer,
-                       addr.c_str(), cfg_.node_id);
-  }
-  Status last = make_status(EPD_ERR_TIMEOUT, "connect to node %u (%s): deadline passed", peer, addr.c_str());
-  sockaddr_storage ss{};
-  socklen_t len = 0;
-  l.unlock();  // name resolution may take a while; the progress thread needs mu_
-  Status resolved = resolve(addr, &ss, &len);
-  l.lock();
-  if (!resolved) {
-    return make_status(resolved.code(), "node %u: %s", peer, resolved.message().c_str());
-  }
-  for (int attempt = 0; attempt < 100000; ++attempt) {
-    if (shut_down_) return make_status(EPD_ERR_SHUTTING_DOWN, "node %u: transport is shut down", cfg_.node_id);
-    if (by_peer_.count(peer)) return Status::ok();
-    if (Clock::now() >= d) return last;
-    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return errno_status("socket", errno);
-    auto c = std::make_shared<Conn>();
-    c->fd = fd;
-    c->key = next_key_++;
-    c->remote = addr;
-    c->dialed = true;
-    c->peer = kUnknownNode;
-    c->connecting = true;
-    c->expected = peer;
-    int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len);
-    if (rc != 0 && errno != EINPROGRESS) {
-      int e = errno;
-      ::close(fd);
-      return make_status(EPD_ERR_PEER_LOST, "connect to node %u (%s): %s", peer, addr.c_str(), strerror(e));
-    }
-    conns_[c->key] = c;
-    epoll_event ev{};
-    ev.events = EPOLLOUT | EPOLLIN;
-    ev.data.u64 = c->key;
-    c->want_out = true;
-    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
-    state_cv_.wait_until(l, d, [&] { return shut_down_ || c->outcome.has_value(); });
-    if (!c->outcome) {
-      c->failed = true;  // the progress thread closes it
-      wake();
-      return make_status(EPD_ERR_TIMEOUT, "connect to node %u (%s): no authenticated connection before the deadline",
-                         peer, addr.c_str());
-    }
-    if (c->outcome->is_ok()) return Status::ok();
-    last = *c->outcome;
-    if (!c->transient) return last;
-    // Not listening yet (or reset before a byte): retry until the deadline.
-    state_cv_.wait_until(l, std::min(d, Clock::now() + milliseconds(20 + 10 * std::min(attempt, 20))),
-                         [&] { return shut_down_; });
-  }
-  return last;
+  conns_[c->key] = c;
+  epoll_event ev{};
+  ev.events = EPOLLOUT | EPOLLIN;
+  ev.data.u64 = c->key;
+  c->want_out = true;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+  return LinkPtr(c);
 }
 
 void TcpTransport::disconnect(NodeId peer) {
   ConnPtr c;
   {
     std::lock_guard<std::mutex> l(mu_);
-    auto it = by_peer_.find(peer);
-    if (it == by_peer_.end()) return;
-    c = it->second;
+    c = std::static_pointer_cast<Conn>(peer_link_locked(peer));
+    if (!c) return;
     FrameHeader h;
     h.type = FrameType::kBye;
     push_control(c, make_frame(h, nullptr, 0));
-    by_peer_.erase(it);
-    last_error_[peer] = make_status(EPD_ERR_PEER_LOST, "node %u disconnected from node %u", cfg_.node_id, peer);
-    ++error_seq_[peer];
+    record_disconnect_locked(
+        peer, make_status(EPD_ERR_PEER_LOST, "node %u disconnected from node %u", cfg_.node_id, peer));
     c->close_requested = true;
     c->reported = true;
   }
@@ -332,7 +275,8 @@ void TcpTransport::shutdown() {
     shut_down_ = true;
     FrameHeader h;
     h.type = FrameType::kBye;
-    for (auto& [peer, c] : by_peer_) {
+    for (const LinkPtr& link : established_links_locked()) {
+      Conn* c = static_cast<Conn*>(link.get());
       std::lock_guard<std::mutex> tl(c->tx_mu);
       uint8_t hdr[kHeaderBytes];
       encode_header(h, hdr);
@@ -355,7 +299,7 @@ void TcpTransport::shutdown() {
     c->fd = -1;
   }
   conns_.clear();
-  by_peer_.clear();
+  for (const LinkPtr& c : established_links_locked()) drop_locked(c);
   for (int* fd : {&listen_fd_, &epoll_fd_, &wake_fd_}) {
     if (*fd >= 0) ::close(*fd);
     *fd = -1;

@@ -1,4 +1,5 @@
-// transport.cc — config checks, address parsing, the make_transport policy.
+// transport.cc — config checks, address parsing, the log hook (registry.cc has
+// the kinds and make_transport).
 #include "transport.h"
 
 #include <arpa/inet.h>
@@ -119,61 +120,10 @@ Status validate_config(const TransportConfig& c) {
                        static_cast<long long>(c.heartbeat_interval.count()),
                        static_cast<long long>(c.peer_timeout.count()));
   }
-  if (c.max_message_bytes == 0 || c.max_queued_bytes < c.max_message_bytes) {
-    return make_status(EPD_ERR_INVALID_ARGUMENT,
-                       "max_queued_bytes %zu must be >= max_message_bytes %zu (> 0)",
-                       c.max_queued_bytes, c.max_message_bytes);
+  if (c.max_message_bytes == 0) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "max_message_bytes must be > 0");
   }
   return Status::ok();
 }
-
-Result<std::unique_ptr<Transport>> make_transport(const TransportConfig& config,
-                                                  TransportCallbacks callbacks) {
-  if (config.kind == "tcp") {
-    Result<std::unique_ptr<Transport>> t = create_tcp_transport(config, std::move(callbacks));
-    if (t) {
-      transport_log(config, LogSeverity::kInfo,
-                    "node " + std::to_string(config.node_id) + ": daemon-to-daemon transport tcp on " +
-                        (*t)->listen_address());
-    }
-    return t;
-  }
-  if (config.kind != "rdma") {
-    return make_status(EPD_ERR_INVALID_ARGUMENT, "transport kind '%s' is not 'tcp' or 'rdma'",
-                       config.kind.c_str());
-  }
-  Result<std::unique_ptr<Transport>> r = create_rdma_transport(config, callbacks);
-  if (r) {
-    transport_log(config, LogSeverity::kInfo,
-                  "node " + std::to_string(config.node_id) + ": daemon-to-daemon transport rdma on " +
-                      (*r)->listen_address());
-    return r;
-  }
-  if (!config.rdma_fallback_to_tcp) {
-    transport_log(config, LogSeverity::kError,
-                  "rdma transport requested and unavailable, refusing to start (set "
-                  "rdma_fallback_to_tcp to use tcp): " + r.status().to_string());
-    return r.status();
-  }
-  transport_log(config, LogSeverity::kWarn,
-                "rdma transport unavailable, falling back to tcp: " + r.status().to_string());
-  Result<std::unique_ptr<Transport>> t = create_tcp_transport(config, std::move(callbacks));
-  if (t) {
-    transport_log(config, LogSeverity::kInfo,
-                  "node " + std::to_string(config.node_id) +
-                      ": daemon-to-daemon transport tcp (fallback from rdma) on " + (*t)->listen_address());
-  }
-  return t;
-}
-
-#ifndef EPD_HAVE_RDMA
-Result<std::unique_ptr<Transport>> create_rdma_transport(const TransportConfig& config,
-                                                         TransportCallbacks) {
-  return make_status(EPD_ERR_UNSUPPORTED,
-                     "node %u: this build has no RDMA verbs transport (libibverbs/librdmacm were not "
-                     "found at configure time)",
-                     config.node_id);
-}
-#endif
 
 }  // namespace epd::transport

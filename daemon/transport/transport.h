@@ -1,7 +1,10 @@
 // transport.h — the daemon-to-daemon transport: one instance per daemon,
-// connecting it to the daemons of other nodes. Two implementations share this
-// interface: "tcp" (tcp_transport.h, works everywhere, host-staged) and "rdma"
-// (rdma_transport.h, libibverbs + librdmacm, built when EPD_HAVE_RDMA).
+// connecting it to the daemons of other nodes. Implementations are kinds in a
+// registry (transport_kinds(), registry.cc), each with a factory and its own
+// option struct in TransportConfig: "tcp" (tcp_*.cc, works everywhere,
+// host-staged) and "rdma" (rdma_*.cc, libibverbs + librdmacm, built when
+// EPD_HAVE_RDMA). Both build on ConnectedTransport (connected_transport.h):
+// one connect-with-backoff and one handshake bookkeeping for every kind.
 //
 // What it provides, per peer node: an authenticated connection (handshake.h:
 // protocol version + mutual HMAC challenge-response over a shared cluster
@@ -27,7 +30,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 
 #include "status.h"
 
@@ -41,8 +46,22 @@ inline Deadline deadline_after(std::chrono::milliseconds ms) { return Clock::now
 
 enum class LogSeverity { kInfo, kWarn, kError };
 
+// The "tcp" kind's own options.
+struct TcpOptions {
+  size_t max_queued_bytes = 64u << 20;  // per-peer send queue bound, >= max_message_bytes
+};
+
+// The "rdma" kind's own options.
+struct RdmaOptions {
+  std::string device;                      // ibv device name; empty: the one rdma_cm picks
+  uint32_t queue_depth = 256;              // posted receives / send work requests per QP
+  uint32_t message_slot_bytes = 64u << 10;  // largest send() over verbs, incl. 32-byte header
+  size_t staging_bytes = 8u << 20;         // bounce buffer for write() from unregistered memory
+};
+
+// What every kind takes, plus each kind's option struct.
 struct TransportConfig {
-  std::string kind = "tcp";        // "tcp" | "rdma" (make_transport)
+  std::string kind = "tcp";        // a name in transport_kinds() (make_transport)
   bool rdma_fallback_to_tcp = false;  // "rdma" without a device: fall back, or refuse
   NodeId node_id = 0;
   // "host:port" to listen on (port 0: ephemeral; see listen_address()). Never
@@ -53,15 +72,11 @@ struct TransportConfig {
   std::chrono::milliseconds heartbeat_interval{1000};
   std::chrono::milliseconds peer_timeout{5000};  // silence (no frame at all) → EPD_ERR_TIMEOUT
   size_t max_message_bytes = 16u << 20;   // send() payload limit, checked on both sides
-  size_t max_queued_bytes = 64u << 20;    // per-peer send queue bound
   // Protocol version spoken; tests override it to check the refusal.
   uint16_t protocol_major = 1;
   uint16_t protocol_minor = 0;
-  // RDMA only.
-  std::string rdma_device;        // ibv device name; empty: the one rdma_cm picks
-  uint32_t rdma_queue_depth = 256;  // posted receives / send work requests per QP
-  uint32_t rdma_message_slot_bytes = 64u << 10;  // largest send() over verbs, incl. 32-byte header
-  size_t rdma_staging_bytes = 8u << 20;  // bounce buffer for write() from unregistered memory
+  TcpOptions tcp;
+  RdmaOptions rdma;
   // Log hook (start-up line, refusals, lost peers). Default: stderr.
   std::function<void(LogSeverity, const std::string&)> log;
   // Called once on the progress / completion proxy thread when it starts (the
@@ -97,10 +112,9 @@ class Transport {
   // Registers [addr, addr + bytes) of host memory as region `region_id`, which
   // peers may write into. Regions registered before connect() are advertised
   // in the handshake; later ones are advertised to connected peers at once.
+  // (Host memory only: multi-node groups ship host mirrors; GPU memory would
+  // come as a dmabuf registration once a caller exists.)
   virtual Status register_region(uint32_t region_id, void* addr, size_t bytes) = 0;
-  // GPU memory exported as a dmabuf fd (RDMA only; TCP: EPD_ERR_UNSUPPORTED).
-  virtual Status register_dmabuf_region(uint32_t region_id, int dmabuf_fd, uint64_t offset,
-                                        size_t bytes, uint64_t iova) = 0;
 
   // Returns once `peer` is connected and authenticated. The node with the lower
   // id dials; the other waits for the inbound connection. Refusals (wrong
@@ -135,21 +149,43 @@ class Transport {
 };
 
 // Checks what every implementation needs (node id, secret length, listen
-// address given, timeouts positive, peers parseable).
+// address given, timeouts positive, peers parseable); each kind checks its
+// own option struct when it starts.
 Status validate_config(const TransportConfig& config);
 
 // "host:port" → host and port; "[v6]:port" accepted. Errors name the string.
 Status split_host_port(const std::string& s, std::string* host, uint16_t* port);
 
+// ---- kinds ------------------------------------------------------------------------
+// The factories, one per kind (tcp_transport.cc, rdma_progress.cc).
 Result<std::unique_ptr<Transport>> create_tcp_transport(const TransportConfig& config,
                                                         TransportCallbacks callbacks);
 // EPD_ERR_UNSUPPORTED when built without RDMA; EPD_ERR_RDMA without a device.
 Result<std::unique_ptr<Transport>> create_rdma_transport(const TransportConfig& config,
                                                          TransportCallbacks callbacks);
 
-// The daemon's policy: config.kind "tcp" → TCP; "rdma" → RDMA, and when that
-// cannot start, TCP if config.rdma_fallback_to_tcp else the RDMA error. Logs
-// which transport runs (and why a fallback happened) through config.log.
+// A row of the registry: the name TransportConfig::kind selects, the factory,
+// and the kind make_transport() falls back to when this one cannot start —
+// only when the config flag `fallback_allowed` points to is set (the refusal
+// names it as `fallback_option`).
+struct TransportKind {
+  const char* name;
+  Result<std::unique_ptr<Transport>> (*create)(const TransportConfig&, TransportCallbacks);
+  const char* fallback = nullptr;  // nullptr: none
+  bool TransportConfig::*fallback_allowed = nullptr;
+  const char* fallback_option = nullptr;
+};
+
+// Every kind of this build (rdma is listed without EPD_HAVE_RDMA too: its
+// factory then says EPD_ERR_UNSUPPORTED).
+std::span<const TransportKind> transport_kinds();
+// The kind named `name`, or nullptr.
+const TransportKind* find_transport_kind(std::string_view name);
+
+// The daemon's policy: the kind config.kind names; when it cannot start, its
+// fallback kind if the config allows it (rdma → tcp with rdma_fallback_to_tcp),
+// else its error. Logs which transport runs (and why a fallback happened)
+// through config.log.
 Result<std::unique_ptr<Transport>> make_transport(const TransportConfig& config,
                                                   TransportCallbacks callbacks);
 

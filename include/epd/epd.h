@@ -11,16 +11,24 @@
  * of the reduced outputs. Views stay valid (address-stable) until the next
  * dispatch on the same slot or until the group is left.
  *
+ * Names: epd_<object>_<verb>, the object being what the call acts on: a
+ * client (epd_client_*), a group handle (epd_group_*) or a group spec
+ * (epd_group_spec_*). The 0.1 names (epd_dispatch, epd_gpu_views,
+ * epd_last_error, ...) remain as deprecated aliases at the end of this file
+ * until 0.3.
+ *
  * Errors: every function returns an epd_status_t (EPD_OK = 0, negative
- * errors); outputs are written only on success; epd_last_error(handle) gives a
- * message naming the offending value. Faults: a lost peer rank gives
- * EPD_ERR_PEER_LOST (naming the rank) from the pending or next wait of each
- * slot; a dead daemon gives EPD_ERR_DAEMON_LOST within about 100 ms; a stopping
- * daemon gives EPD_ERR_SHUTTING_DOWN. Every wait has a deadline.
+ * errors); outputs are written only on success; epd_client_last_error(client)
+ * and epd_group_last_error(group) give a message naming the offending value.
+ * Faults: a lost peer rank gives EPD_ERR_PEER_LOST (naming the rank) from the
+ * pending or next wait of each slot; a dead daemon gives EPD_ERR_DAEMON_LOST
+ * within about 100 ms; a stopping daemon gives EPD_ERR_SHUTTING_DOWN. Every
+ * wait has a deadline.
  *
  * Thread-safety, per function below. In short: a client may be shared by the
  * threads of a process; a group's different slots may be driven from
- * different threads; one slot is driven by one thread at a time.
+ * different threads; one slot is driven by one thread at a time; nothing may
+ * run on a group while it is left.
  */
 #pragma once
 
@@ -56,7 +64,7 @@ typedef struct epd_client_info {
  * EPD_DEFAULT_SOCKET) and maps the session block. *out is set on success.
  * Errors: EPD_ERR_DAEMON_LOST (no daemon there), EPD_ERR_VERSION_MISMATCH,
  * EPD_ERR_PERMISSION, EPD_ERR_PROTOCOL, EPD_ERR_SYSTEM. The message of a failed
- * connect is available from epd_last_error(NULL) on the calling thread.
+ * connect is available from epd_client_last_error(NULL) on the calling thread.
  * Thread-safe. */
 EPD_API epd_status_t epd_client_connect(const char* socket_path, epd_client_t** out);
 
@@ -70,19 +78,37 @@ EPD_API void epd_client_disconnect(epd_client_t* client);
  * Thread-safe. */
 EPD_API epd_status_t epd_client_query(epd_client_t* client, epd_client_info_t* out);
 
+/* The message of the last failed call on `client` (joins included), or, for
+ * NULL, of the last failed call on the calling thread that had no handle to
+ * keep it (epd_client_connect, epd_group_spec_workspace_bytes). "" when none;
+ * a fixed message when `client` is not a client handle. The string belongs to
+ * the library and stays valid until the calling thread's next
+ * epd_client_last_error / epd_group_last_error. Thread-safe (not with
+ * epd_client_disconnect of the same client). */
+EPD_API const char* epd_client_last_error(const epd_client_t* client);
+
 /* Joins a group with `spec` (validated here first, then by the daemon). The
  * first join creates the group; later joins must match field by field
  * (EPD_ERR_SPEC_MISMATCH names the field and both values). Blocks until all
  * world_size ranks have joined or spec->timeout_ms passes (EPD_ERR_TIMEOUT
  * names the missing ranks). Other errors: EPD_ERR_DUPLICATE_RANK,
- * EPD_ERR_STALE_GENERATION, EPD_ERR_INVALID_SPEC, EPD_ERR_UNSUPPORTED.
- * Thread-safe (joins of one client are serialised). */
+ * EPD_ERR_STALE_GENERATION, EPD_ERR_INVALID_SPEC, EPD_ERR_UNSUPPORTED; the
+ * message is the client's (epd_client_last_error). Thread-safe (joins of one
+ * client are serialised). */
 EPD_API epd_status_t epd_group_join(epd_client_t* client, const epd_group_spec_t* spec, epd_group_t** out);
 
 /* Leaves the group and frees the handle; the other ranks see this rank lost.
- * NULL is ignored (returns EPD_OK). Not thread-safe with other calls on the
- * same group. */
+ * Every view and device address taken from the handle goes with it. NULL is
+ * ignored (returns EPD_OK). Not thread-safe with any other call on the same
+ * group. */
 EPD_API epd_status_t epd_group_leave(epd_group_t* group);
+
+/* The message of the last failed call on `group`; "" when none or for NULL; a
+ * fixed message when `group` is not a group handle. The string belongs to the
+ * library and stays valid until the calling thread's next
+ * epd_client_last_error / epd_group_last_error. Thread-safe (not with
+ * epd_group_leave of the same group). */
+EPD_API const char* epd_group_last_error(const epd_group_t* group);
 
 typedef struct epd_dispatch_args {
   uint32_t struct_size;          /* sizeof(epd_dispatch_args_t) */
@@ -123,7 +149,7 @@ typedef struct epd_dispatch_result {
  * Errors: EPD_ERR_BAD_SLOT, EPD_ERR_SLOT_BUSY, EPD_ERR_CAPACITY_EXCEEDED,
  * EPD_ERR_EXPERT_ID_OUT_OF_RANGE, EPD_ERR_INVALID_ARGUMENT, and the fault
  * statuses. Thread-safe for different slots. */
-EPD_API epd_status_t epd_dispatch(epd_group_t* group, int32_t slot, const epd_dispatch_args_t* args);
+EPD_API epd_status_t epd_group_dispatch(epd_group_t* group, int32_t slot, const epd_dispatch_args_t* args);
 
 /* Waits (spin briefly, then a shared futex in slices that also watch the
  * daemon connection) until every rank's dispatch of `slot` is done, at most
@@ -131,23 +157,24 @@ EPD_API epd_status_t epd_dispatch(epd_group_t* group, int32_t slot, const epd_di
  * EPD_ERR_TIMEOUT leaves the dispatch in flight (wait again); any other error
  * ends it (the slot is free for a new dispatch). Calling it again after
  * success returns the same views. Thread-safe for different slots. */
-EPD_API epd_status_t epd_dispatch_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms,
-                                       epd_dispatch_result_t* out);
+EPD_API epd_status_t epd_group_dispatch_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms,
+                                             epd_dispatch_result_t* out);
 
 /* Rings the combine doorbell of `slot` after a successful dispatch_wait and
  * after the caller wrote its expert outputs into combine_in. Uses the routing
  * captured at dispatch. rank_major accepts EPD_WEIGHTS_ALREADY_APPLIED or
  * EPD_WEIGHTS_ONES; expert_major accepts all three. Every rank must pass the
  * same mode. Thread-safe for different slots. */
-EPD_API epd_status_t epd_combine(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode);
+EPD_API epd_status_t epd_group_combine(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode);
 
 /* Waits for the combine of `slot` like dispatch_wait and sets *out to a view
  * of the reduced outputs, [n_tokens][hidden] in the group's dtype (n_tokens of
  * this rank's dispatch), valid until the next dispatch on the slot. The slot
  * is free again afterwards. Thread-safe for different slots. */
-EPD_API epd_status_t epd_combine_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms, const void** out);
+EPD_API epd_status_t epd_group_combine_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms,
+                                            const void** out);
 
-/* ---- GPU groups (every rank of the group placed on one GPU of this node) ----
+/* ---- GPU groups (every rank of the group placed on a GPU: placement gpu >= 0) ----
  *
  * The daemon owns each rank's workspace in GPU memory and keeps, per slot, a
  * stream armed ahead of time that waits for every rank's doorbell, runs the
@@ -156,16 +183,31 @@ EPD_API epd_status_t epd_combine_wait(epd_group_t* group, int32_t slot, uint32_t
  * CUstream passed as void*; NULL = the legacy default stream); they are only
  * copies, memsets and stream memory operations with constant values, so they
  * are legal inside CUDA graph capture and a captured graph can be replayed.
- * The host calls above (epd_dispatch, ...) return EPD_ERR_UNSUPPORTED on a GPU
- * group. Per slot the calls alternate dispatch_async -> dispatch_wait_async
- * -> combine_async -> combine_wait_async (EPD_ERR_SLOT_BUSY otherwise).
+ * The host calls above (epd_group_dispatch, ...) return EPD_ERR_UNSUPPORTED on
+ * a GPU group. Per slot the calls alternate dispatch_async ->
+ * dispatch_wait_async -> combine_async -> combine_wait_async (checked when
+ * enqueued: EPD_ERR_SLOT_BUSY / EPD_ERR_NO_DISPATCH otherwise) and must also
+ * execute in that order: enqueue a slot's calls on one stream, or order the
+ * streams yourself (events), since each doorbell overwrites the previous one.
  *
- * Errors surface on the host: epd_gpu_status() reports the status of the
- * slot's last completed operation: a bad expert id (naming rank, token, k and
- * value; the next call works), EPD_ERR_PEER_LOST when a rank of the group died
- * or left (every armed wait is then released so no stream hangs; every rank
- * must leave and join again before the group runs again), or
- * EPD_ERR_SHUTTING_DOWN. */
+ * Errors surface on the host: epd_group_gpu_status() reports the status of
+ * the slot's last completed operation: a bad expert id (naming rank, token, k
+ * and value; the next call works), EPD_ERR_PEER_LOST when a rank of the group
+ * died or left (every armed wait is then released so no stream hangs; every
+ * rank must leave and join again before the group runs again), or
+ * EPD_ERR_SHUTTING_DOWN. After either abort the enqueue calls refuse with it.
+ *
+ * Thread-safety of the six calls below, on one group handle:
+ *  - the four enqueue calls: different slots from different threads at once;
+ *    one slot from one thread at a time (calls on one slot must not overlap;
+ *    moving a slot between threads needs the caller's own synchronisation);
+ *  - epd_group_gpu_status: any thread, any slot, concurrently with the
+ *    enqueue calls and with other status calls (their device reads take turns
+ *    on one private stream, one short copy at a time);
+ *  - epd_group_gpu_views: no driver call at all; any thread, any time (also
+ *    during capture), concurrently with every other call;
+ *  - none of them concurrently with epd_group_leave of the group.
+ * Different groups are independent, whichever threads and GPUs they use. */
 
 typedef struct epd_gpu_dispatch_args {
   uint32_t struct_size;            /* sizeof(epd_gpu_dispatch_args_t) */
@@ -178,8 +220,8 @@ typedef struct epd_gpu_dispatch_args {
 
 /* Device addresses of one slot of this rank's workspace (mapped into this
  * process at join). Layouts and row sizes as in epd_dispatch_result_t. (The
- * struct tag differs from the function epd_gpu_views below: in C++ a function
- * of the tag's name would hide the struct.) */
+ * struct tag differs from the deprecated function epd_gpu_views: in C++ a
+ * function of the tag's name would hide the struct.) */
 typedef struct epd_gpu_slot_views {
   uint32_t struct_size;            /* sizeof(epd_gpu_views_t), set by the caller */
   int32_t device;                  /* CUDA device ordinal of the group */
@@ -204,35 +246,87 @@ typedef struct epd_gpu_slot_views {
 /* Enqueues on `stream`: the input copy into the send slot (skipped when x is
  * NULL), the token count and the dispatch doorbell. Checks on the host only
  * what the host knows (slot, order, n_tokens bound); expert ids are checked by
- * the kernel. */
-EPD_API epd_status_t epd_dispatch_async(epd_group_t* group, int32_t slot, const epd_gpu_dispatch_args_t* args,
-                                        void* stream);
-/* Enqueues on `stream` a wait for the slot's dispatch completion. */
-EPD_API epd_status_t epd_dispatch_wait_async(epd_group_t* group, int32_t slot, void* stream);
+ * the kernel (epd_group_gpu_status reports them). Legal during capture. */
+EPD_API epd_status_t epd_group_dispatch_async(epd_group_t* group, int32_t slot, const epd_gpu_dispatch_args_t* args,
+                                              void* stream);
+/* Enqueues on `stream` a wait for the slot's dispatch completion; recv_* of
+ * the views then hold the received rows. Legal during capture. */
+EPD_API epd_status_t epd_group_dispatch_wait_async(epd_group_t* group, int32_t slot, void* stream);
 /* Enqueues the copy of `rows` expert-output rows (device, dtype) into
  * combine_in (skipped when expert_out is NULL), the weight mode and the
- * combine doorbell. */
-EPD_API epd_status_t epd_combine_async(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode,
-                                       const void* expert_out, int64_t rows, void* stream);
+ * combine doorbell. Legal during capture. */
+EPD_API epd_status_t epd_group_combine_async(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode,
+                                             const void* expert_out, int64_t rows, void* stream);
 /* Enqueues on `stream` a wait for the slot's combine completion; combine_out
- * then holds this rank's reduced outputs. */
-EPD_API epd_status_t epd_combine_wait_async(epd_group_t* group, int32_t slot, void* stream);
-/* Host, never during capture: waits at most timeout_ms (0: the group's
- * timeout_ms) for the slot's last enqueued operation to complete and returns
- * its status (EPD_ERR_TIMEOUT when it has not completed). */
-EPD_API epd_status_t epd_gpu_status(epd_group_t* group, int32_t slot, uint32_t timeout_ms);
-/* Fills *out with the device addresses of `slot`. */
-EPD_API epd_status_t epd_gpu_views(epd_group_t* group, int32_t slot, epd_gpu_views_t* out);
+ * then holds this rank's reduced outputs. Legal during capture. */
+EPD_API epd_status_t epd_group_combine_wait_async(epd_group_t* group, int32_t slot, void* stream);
+
+/* Host, never during stream capture (it synchronises a private stream): waits
+ * at most timeout_ms (0: the group's timeout_ms) for the operation last
+ * enqueued on the slot when the call starts to complete, and returns its
+ * status (EPD_OK before any enqueue; EPD_ERR_TIMEOUT when it has not completed,
+ * e.g. the caller's stream has not reached it or a rank has not rung). A
+ * PEER_LOST or SHUTTING_DOWN seen here makes later enqueues refuse. */
+EPD_API epd_status_t epd_group_gpu_status(epd_group_t* group, int32_t slot, uint32_t timeout_ms);
+
+/* Fills *out with the device addresses of `slot` (valid on the group's
+ * device; out->struct_size set by the caller). Lifetime: the addresses are the
+ * same on every call for the life of the handle and stay mapped until
+ * epd_group_leave(group), also after EPD_ERR_PEER_LOST, a lost daemon or
+ * epd_client_disconnect (the handle's mapping holds its own reference to the
+ * memory; what it holds is then meaningless). They do not survive a re-join:
+ * a new handle from epd_group_join maps the workspace afresh at addresses
+ * that may differ, so take the views again and re-capture every CUDA graph
+ * that used the old ones. Contents follow the slot's order: recv_* after
+ * dispatch_wait_async until the slot's next dispatch, combine_out after
+ * combine_wait_async until its next combine (in stream order), undefined after
+ * an abort. No driver call: any thread, any time, also during capture. */
+EPD_API epd_status_t epd_group_gpu_views(epd_group_t* group, int32_t slot, epd_gpu_views_t* out);
+
+/* ---- group specs (no daemon needed) ---- */
 
 /* Exact bytes of workspace the group places on (node, gpu) (gpu may be
- * EPD_GPU_HOST): what a serving engine subtracts from its memory share.
- * Needs no daemon. Thread-safe. */
-EPD_API epd_status_t epd_workspace_bytes(const epd_group_spec_t* spec, int32_t node, int32_t gpu, uint64_t* bytes);
+ * EPD_GPU_HOST), summed over the ranks placed there: what a serving engine
+ * subtracts from its memory share; 0 where no rank is placed. This is the one
+ * workspace-size query of the client ABI. Validates `spec` first
+ * (EPD_ERR_INVALID_SPEC, EPD_ERR_FP8_ALIGNMENT; EPD_ERR_INVALID_ARGUMENT for a
+ * NULL argument); the message is epd_client_last_error(NULL) on the calling
+ * thread. *bytes is written only on success. Thread-safe. */
+EPD_API epd_status_t epd_group_spec_workspace_bytes(const epd_group_spec_t* spec, int32_t node, int32_t gpu,
+                                                    uint64_t* bytes);
 
-/* The message of the last failed call on `handle` (an epd_client_t* or
- * epd_group_t*), or of the last failed epd_client_connect on this thread when
- * `handle` is NULL. "" when none. The pointer is valid until the next call on
- * the same handle from the same thread. Thread-safe. */
+/* ---- deprecated names, removed in 0.3 ----
+ * Each is an exported symbol that forwards to its replacement and behaves
+ * exactly like it (same statuses, same messages, same thread-safety). */
+
+EPD_DEPRECATED("use epd_group_dispatch; removed in 0.3")
+EPD_API epd_status_t epd_dispatch(epd_group_t* group, int32_t slot, const epd_dispatch_args_t* args);
+EPD_DEPRECATED("use epd_group_dispatch_wait; removed in 0.3")
+EPD_API epd_status_t epd_dispatch_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms,
+                                       epd_dispatch_result_t* out);
+EPD_DEPRECATED("use epd_group_combine; removed in 0.3")
+EPD_API epd_status_t epd_combine(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode);
+EPD_DEPRECATED("use epd_group_combine_wait; removed in 0.3")
+EPD_API epd_status_t epd_combine_wait(epd_group_t* group, int32_t slot, uint32_t timeout_ms, const void** out);
+EPD_DEPRECATED("use epd_group_dispatch_async; removed in 0.3")
+EPD_API epd_status_t epd_dispatch_async(epd_group_t* group, int32_t slot, const epd_gpu_dispatch_args_t* args,
+                                        void* stream);
+EPD_DEPRECATED("use epd_group_dispatch_wait_async; removed in 0.3")
+EPD_API epd_status_t epd_dispatch_wait_async(epd_group_t* group, int32_t slot, void* stream);
+EPD_DEPRECATED("use epd_group_combine_async; removed in 0.3")
+EPD_API epd_status_t epd_combine_async(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode,
+                                       const void* expert_out, int64_t rows, void* stream);
+EPD_DEPRECATED("use epd_group_combine_wait_async; removed in 0.3")
+EPD_API epd_status_t epd_combine_wait_async(epd_group_t* group, int32_t slot, void* stream);
+EPD_DEPRECATED("use epd_group_gpu_status; removed in 0.3")
+EPD_API epd_status_t epd_gpu_status(epd_group_t* group, int32_t slot, uint32_t timeout_ms);
+EPD_DEPRECATED("use epd_group_gpu_views; removed in 0.3")
+EPD_API epd_status_t epd_gpu_views(epd_group_t* group, int32_t slot, epd_gpu_views_t* out);
+EPD_DEPRECATED("use epd_group_spec_workspace_bytes; removed in 0.3")
+EPD_API epd_status_t epd_workspace_bytes(const epd_group_spec_t* spec, int32_t node, int32_t gpu, uint64_t* bytes);
+/* `handle` is an epd_client_t*, an epd_group_t* or NULL: the same string as
+ * epd_client_last_error / epd_group_last_error of it (NULL as a client). */
+EPD_DEPRECATED("use epd_client_last_error or epd_group_last_error; removed in 0.3")
 EPD_API const char* epd_last_error(const void* handle);
 
 #ifdef __cplusplus

@@ -3,7 +3,8 @@
 // epd::Client owns an epd_client_t, epd::Group an epd_group_t; both are
 // move-only and release their handle in the destructor (a Group must not
 // outlive the Client it was joined through). Methods return epd_status_t like
-// the C functions (no exceptions); last_error() gives the message.
+// the C functions (no exceptions); last_error() gives the message. Method
+// names are the C names without the epd_<object>_ prefix.
 // Thread-safety: as the C functions they wrap (see epd.h).
 #pragma once
 
@@ -31,31 +32,38 @@ class Group {
   ~Group() { leave(); }
 
   epd_status_t leave() { return epd_group_leave(std::exchange(g_, nullptr)); }
-  epd_status_t dispatch(int32_t slot, const epd_dispatch_args_t& args) { return epd_dispatch(g_, slot, &args); }
+  epd_status_t dispatch(int32_t slot, const epd_dispatch_args_t& args) { return epd_group_dispatch(g_, slot, &args); }
   epd_status_t dispatch_wait(int32_t slot, uint32_t timeout_ms, epd_dispatch_result_t& out) {
     out.struct_size = sizeof out;
-    return epd_dispatch_wait(g_, slot, timeout_ms, &out);
+    return epd_group_dispatch_wait(g_, slot, timeout_ms, &out);
   }
-  epd_status_t combine(int32_t slot, epd_weight_mode_t mode) { return epd_combine(g_, slot, mode); }
+  epd_status_t combine(int32_t slot, epd_weight_mode_t mode) { return epd_group_combine(g_, slot, mode); }
   epd_status_t combine_wait(int32_t slot, uint32_t timeout_ms, const void*& out) {
-    return epd_combine_wait(g_, slot, timeout_ms, &out);
+    return epd_group_combine_wait(g_, slot, timeout_ms, &out);
   }
   // GPU groups: enqueued on `stream` (a cudaStream_t / CUstream; nullptr = legacy default stream).
   epd_status_t dispatch_async(int32_t slot, const epd_gpu_dispatch_args_t& args, void* stream) {
-    return epd_dispatch_async(g_, slot, &args, stream);
+    return epd_group_dispatch_async(g_, slot, &args, stream);
   }
-  epd_status_t dispatch_wait_async(int32_t slot, void* stream) { return epd_dispatch_wait_async(g_, slot, stream); }
+  epd_status_t dispatch_wait_async(int32_t slot, void* stream) {
+    return epd_group_dispatch_wait_async(g_, slot, stream);
+  }
   epd_status_t combine_async(int32_t slot, epd_weight_mode_t mode, const void* expert_out, int64_t rows,
                              void* stream) {
-    return epd_combine_async(g_, slot, mode, expert_out, rows, stream);
+    return epd_group_combine_async(g_, slot, mode, expert_out, rows, stream);
   }
-  epd_status_t combine_wait_async(int32_t slot, void* stream) { return epd_combine_wait_async(g_, slot, stream); }
-  epd_status_t gpu_status(int32_t slot, uint32_t timeout_ms = 0) { return epd_gpu_status(g_, slot, timeout_ms); }
+  epd_status_t combine_wait_async(int32_t slot, void* stream) {
+    return epd_group_combine_wait_async(g_, slot, stream);
+  }
+  epd_status_t gpu_status(int32_t slot, uint32_t timeout_ms = 0) {
+    return epd_group_gpu_status(g_, slot, timeout_ms);
+  }
+  // Stable for the life of this Group (see epd_group_gpu_views).
   epd_status_t gpu_views(int32_t slot, epd_gpu_views_t& out) {
     out.struct_size = sizeof out;
-    return epd_gpu_views(g_, slot, &out);
+    return epd_group_gpu_views(g_, slot, &out);
   }
-  std::string last_error() const { return epd_last_error(g_); }
+  std::string last_error() const { return epd_group_last_error(g_); }
   epd_group_t* get() const { return g_; }
   explicit operator bool() const { return g_ != nullptr; }
 
@@ -93,8 +101,8 @@ class Client {
     info.struct_size = sizeof info;
     return epd_client_query(c_, &info);
   }
-  // After a failed connect the message is per thread (epd_last_error(NULL)).
-  std::string last_error() const { return epd_last_error(c_); }
+  // After a failed connect the message is per thread (epd_client_last_error(NULL)).
+  std::string last_error() const { return epd_client_last_error(c_); }
   epd_client_t* get() const { return c_; }
   explicit operator bool() const { return c_ != nullptr; }
 

@@ -23,6 +23,22 @@ extern "C" {
 #define EPD_API
 #endif
 
+/* Marks a name kept for one minor version after its replacement. Define
+ * EPD_NO_DEPRECATION_WARNINGS before including this header to silence it. */
+#ifndef EPD_DEPRECATED
+#if defined(EPD_NO_DEPRECATION_WARNINGS)
+#define EPD_DEPRECATED(msg)
+#elif defined(__GNUC__) || defined(__clang__)
+#define EPD_DEPRECATED(msg) __attribute__((deprecated(msg)))
+#elif defined(__cplusplus) && __cplusplus >= 201402L
+#define EPD_DEPRECATED(msg) [[deprecated(msg)]]
+#elif defined(_MSC_VER)
+#define EPD_DEPRECATED(msg) __declspec(deprecated(msg))
+#else
+#define EPD_DEPRECATED(msg)
+#endif
+#endif
+
 /* One status enum for the whole project. OK is 0, errors are negative. */
 typedef enum epd_status {
   EPD_OK = 0,
@@ -108,7 +124,9 @@ typedef struct epd_placement {
 #define EPD_FP8_BLOCK 128
 
 /* The group spec: every rank of a group joins with the same values (except
- * `rank`). Arrays are borrowed for the duration of the call that takes the spec. */
+ * `rank`). Arrays are borrowed for the duration of the call that takes the spec.
+ * (epd's sources list these members, in this order, in core/spec_fields.h: a
+ * new member goes at the end and gets a row there.) */
 typedef struct epd_group_spec {
   uint32_t struct_size;            /* sizeof(epd_group_spec_t) */
   char name[EPD_NAME_MAX];         /* NUL-terminated, [A-Za-z0-9._-]{1,63} */
@@ -126,7 +144,9 @@ typedef struct epd_group_spec {
   epd_mode_t mode;
   epd_layout_t layout;
   int32_t slots;                   /* in-flight dispatch/combine pairs, 2..EPD_MAX_SLOTS */
-  uint32_t timeout_ms;             /* deadline for joins and waits; 0 = 30000 */
+  uint32_t timeout_ms;             /* deadline for joins and waits, ms; 0 = the daemon's
+                                      server.join_timeout_ms (default 30000) for the join,
+                                      30000 for the client's own waits */
   int32_t sm_budget;               /* GPU high_throughput: SMs to use, 0 = executor default */
 } epd_group_spec_t;
 
@@ -142,8 +162,11 @@ EPD_API void epd_group_spec_init(epd_group_spec_t* spec);
 EPD_API epd_status_t epd_group_spec_validate(const epd_group_spec_t* spec, char* msg,
                                              size_t msg_len);
 
-/* Exact bytes of workspace the group needs for `rank` (the sum over a GPU's ranks
- * is that GPU's share). Returns EPD_OK and sets *bytes, or a spec error. */
+/* Deprecated (removed in 0.3): one workspace-bytes function remains,
+ * epd_group_spec_workspace_bytes (epd.h), which gives what a node and GPU hold.
+ * This one gives the exact bytes for one `rank` (the sum over a GPU's ranks is
+ * that GPU's share). Returns EPD_OK and sets *bytes, or a spec error. */
+EPD_DEPRECATED("use epd_group_spec_workspace_bytes; removed in 0.3")
 EPD_API epd_status_t epd_group_workspace_bytes(const epd_group_spec_t* spec, int32_t rank,
                                                uint64_t* bytes);
 

@@ -14,54 +14,17 @@
 #include <string>
 #include <thread>
 
-#include "armed_kernels.h"
 #include "control_block.h"
 #include "cuda_status.h"
+#include "driver_api.h"
 #include "gpu_armed.h"
 #include "gpu_executor.h"
+#include "launchers.h"
 #include "shard_barrier.h"
 
 namespace epd {
 
 namespace {
-
-struct MemOps {
-  decltype(&cuModuleGetLoadingMode) loading_mode = nullptr;
-  decltype(&cuStreamWaitValue32) wait32 = nullptr;
-  decltype(&cuStreamWriteValue32) write32 = nullptr;
-  decltype(&cuGetErrorName) error_name = nullptr;
-  Status status;
-};
-
-const MemOps& memops() {
-  static MemOps m;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    auto count = gpu_device_count();
-    if (!count) {
-      m.status = count.status();
-      return;
-    }
-    Status s = resolve_driver_entry("cuModuleGetLoadingMode", &m.loading_mode);
-    if (s) s = resolve_driver_entry("cuStreamWaitValue32", &m.wait32);
-    if (s) s = resolve_driver_entry("cuStreamWriteValue32", &m.write32);
-    if (s) s = resolve_driver_entry("cuGetErrorName", &m.error_name);
-    m.status = s;
-  });
-  return m;
-}
-
-Status cu_status(CUresult r, const char* what, int line) {
-  const char* name = "?";
-  if (memops().error_name) memops().error_name(r, &name);
-  return make_status(EPD_ERR_CUDA, "%s: %s at %s:%d", what, name, __FILE__, line);
-}
-
-#define EPD_CU_RETURN(expr)                                                          \
-  do {                                                                               \
-    const CUresult epd_cu_err_ = (expr);                                             \
-    if (epd_cu_err_ != CUDA_SUCCESS) return cu_status(epd_cu_err_, #expr, __LINE__); \
-  } while (0)
 
 constexpr uint32_t kAbortRing = kRingDispatch | kRingCombine | kArmedAbortBit;
 
@@ -225,15 +188,15 @@ struct ArmedExecutor::Impl {
   Status arm_one(int32_t s) {
     const uint32_t seq = armed[s] + 1;
     const bool dispatch = seq % 2 == 1;
-    const MemOps& m = memops();
+    const DriverApi& d = driver_api();
     const uint32_t ring = dispatch ? kRingDispatch : kRingCombine;
     for (int32_t i = 0; i < static_cast<int32_t>(shards.size()); ++i) {
       const ArmedShard& sh = shards[static_cast<size_t>(i)];
       cudaStream_t st = sh.streams[s];
       EPD_CUDA_RETURN(cudaSetDevice(sh.device));
       for (int32_t r = sh.rank_lo; r < sh.rank_hi; ++r)
-        EPD_CU_RETURN(m.wait32(reinterpret_cast<CUstream>(st), word(r, s, offsetof(ControlSlot, doorbell)), ring,
-                               CU_STREAM_WAIT_VALUE_AND));
+        EPD_CU_RETURN(d.stream_wait_value32(reinterpret_cast<CUstream>(st), word(r, s, offsetof(ControlSlot, doorbell)),
+                                            ring, CU_STREAM_WAIT_VALUE_AND));
       gpu::ArmedParams p = params(sh, s, dispatch ? kDoneDispatch : kDoneCombine, seq);
       if (dispatch) {
         EPD_RETURN_IF_ERROR(ex->dispatch_shard(s, i, st, /*end_barrier=*/false));  // the completion has one
@@ -324,12 +287,13 @@ struct ArmedExecutor::Impl {
   // Enqueues `value` into `field` of every slot of every rank, each GPU its own
   // ranks' words on its abort stream.
   Status write_slot_words(size_t field, uint32_t value) {
-    const MemOps& m = memops();
+    const DriverApi& d = driver_api();
     for (const auto& sh : shards) {
       EPD_CUDA_RETURN(cudaSetDevice(sh.device));
       const auto st = reinterpret_cast<CUstream>(sh.abort_stream);
       for (int32_t s = 0; s < spec.slots; ++s)
-        for (int32_t r = sh.rank_lo; r < sh.rank_hi; ++r) EPD_CU_RETURN(m.write32(st, word(r, s, field), value, 0));
+        for (int32_t r = sh.rank_lo; r < sh.rank_hi; ++r)
+          EPD_CU_RETURN(d.stream_write_value32(st, word(r, s, field), value, 0));
     }
     return Status::ok();
   }
@@ -348,10 +312,10 @@ struct ArmedExecutor::Impl {
   }
 
   Status write_abort(epd_status_t reason) {
-    const MemOps& m = memops();
+    const DriverApi& d = driver_api();
     EPD_CUDA_RETURN(cudaSetDevice(home().device));
-    EPD_CU_RETURN(m.write32(reinterpret_cast<CUstream>(home().abort_stream), reinterpret_cast<CUdeviceptr>(d_abort),
-                            static_cast<uint32_t>(-reason), 0));
+    EPD_CU_RETURN(d.stream_write_value32(reinterpret_cast<CUstream>(home().abort_stream),
+                                         reinterpret_cast<CUdeviceptr>(d_abort), static_cast<uint32_t>(-reason), 0));
     return write_slot_words(offsetof(ControlSlot, doorbell), kAbortRing);
   }
 };
@@ -366,9 +330,9 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
 Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& spec, std::vector<uint8_t*> rank_bases,
                                                              const std::vector<int32_t>& rank_devices,
                                                              const ArmedOptions& options) {
-  EPD_RETURN_IF_ERROR(memops().status);
+  EPD_RETURN_IF_ERROR(driver_api().status);
   CUmoduleLoadingMode loading = CU_MODULE_LAZY_LOADING;
-  EPD_CU_RETURN(memops().loading_mode(&loading));
+  EPD_CU_RETURN(driver_api().module_get_loading_mode(&loading));
   if (loading != CU_MODULE_EAGER_LOADING)
     return make_status(EPD_ERR_UNSUPPORTED,
                        "armed GPU executor needs CUDA_MODULE_LOADING=EAGER (call armed_prepare_environment() "
@@ -383,9 +347,9 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
   im.spec = spec;
   im.opt = options;
   im.bases = rank_bases;
-  GroupSpec exec_spec = spec;
-  if (!options.allow_cooperative) exec_spec.mode = EPD_MODE_HIGH_THROUGHPUT;  // see ArmedOptions
-  auto ex = GpuExecutor::create(exec_spec, std::move(rank_bases), rank_devices);
+  GpuTuning tuning;
+  tuning.behind_armed_waits = !options.allow_cooperative;  // see ArmedOptions and choose_launch_variant
+  auto ex = GpuExecutor::create(spec, std::move(rank_bases), rank_devices, tuning);
   if (!ex) return ex.status();
   im.ex = std::move(ex.value());
   const int32_t W = spec.world_size, S = spec.slots;
@@ -569,8 +533,10 @@ std::string ArmedExecutor::describe() const {
   for (const auto& sh : im.shards) gpus += (gpus.empty() ? "" : ",") + std::to_string(sh.device);
   std::snprintf(b, sizeof b, "armed: GPU %s, %d ranks, %d slots, depth %d, CUDA_DEVICE_MAX_CONNECTIONS=%s; ",
                 gpus.c_str(), im.spec.world_size, im.spec.slots, im.opt.depth, conn ? conn : "unset (8)");
-  return b + im.ex->describe_launch();
+  return b + im.ex->describe_variant() + "; " + im.ex->describe_launch(/*with_variant=*/false);
 }
+
+const char* ArmedExecutor::variant_name() const { return impl_->ex->variant_name(); }
 
 const GpuExecutor& ArmedExecutor::executor() const { return *impl_->ex; }
 

@@ -1,10 +1,11 @@
 // armed_kernels.cu — gate and completion kernels of the armed executor
-// (armed_kernels.h). One block each; the work is a few words per rank.
+// (launchers.h; their parameters in device_params.h). One block each; the
+// work is a few words per rank.
 #include <cuda_runtime.h>
 
-#include "armed_kernels.h"
 #include "control_block.h"
 #include "device_util.cuh"
+#include "launchers.h"
 
 namespace epd::gpu {
 namespace {

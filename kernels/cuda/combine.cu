@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include "device_util.cuh"
+#include "launchers.h"
 
 namespace epd::gpu {
 namespace {
@@ -153,9 +154,8 @@ cudaError_t launch_for(const CombineParams& p, int blocks, cudaStream_t st) {
 
 }  // namespace
 
-int launch_combine(const CombineParams& p, const LaunchShape& shape, void* stream) {
+int launch_combine(const CombineParams& p, int32_t blocks, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  const int blocks = shape.combine_blocks;
   switch (p.dtype) {
     case EPD_DTYPE_BF16: return static_cast<int>(launch_for<Bf16>(p, blocks, st));
     case EPD_DTYPE_FP16: return static_cast<int>(launch_for<Fp16>(p, blocks, st));

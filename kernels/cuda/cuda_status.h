@@ -1,7 +1,6 @@
-// cuda_status.h — CUDA runtime and driver errors turned into epd::Status right
-// at the call, with the library's own error name and file:line.
-// resolve_driver_entry looks a driver API function up through the static
-// runtime (cudaGetDriverEntryPointByVersion), so nothing links libcuda.
+// cuda_status.h — CUDA runtime errors turned into epd::Status right at the
+// call, with the library's own error name and file:line (driver API errors:
+// EPD_CU_RETURN in driver_api.h).
 // Thread-safety: stateless.
 #pragma once
 
@@ -18,18 +17,3 @@
                                 cudaGetErrorString(epd_cuda_err_), __FILE__, __LINE__);    \
   } while (0)
 
-namespace epd {
-
-template <typename F>
-Status resolve_driver_entry(const char* name, F* fn) {
-  void* p = nullptr;
-  cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-  const cudaError_t e = cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &q);
-  if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !p)
-    return make_status(EPD_ERR_GPU_UNAVAILABLE, "CUDA driver entry point %s unavailable: %s", name,
-                       e != cudaSuccess ? cudaGetErrorName(e) : "symbol not found");
-  *fn = reinterpret_cast<F>(p);
-  return Status::ok();
-}
-
-}  // namespace epd

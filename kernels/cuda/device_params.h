@@ -1,8 +1,10 @@
-// device_params.h — the plain structs the GPU executor hands to the kernels:
-// per (slot, rank) workspace addresses and per-slot scratch of the routing
-// scheme. Shared by the host side (gpu_executor.cc, g++) and the kernels (nvcc),
-// so it holds no CUDA types. Every pointer is a device address owned by the
-// GpuExecutor (scratch, tables) or by the workspace allocator (rank bases).
+// device_params.h — the plain structs the GPU executor and the armed executor
+// hand to the kernels: per (slot, rank) workspace addresses, per-slot scratch
+// of the routing scheme, barriers, grid sizes and the armed kernels' words.
+// Shared by the host side (g++) and the kernels (nvcc), so it holds no CUDA
+// types. Every pointer is a device address owned by the GpuExecutor (scratch,
+// tables), the ArmedExecutor (its scratch) or the workspace allocator (rank
+// bases). The launchers that take them: launchers.h.
 // Thread-safety: plain data.
 #pragma once
 
@@ -93,27 +95,38 @@ struct ShardBarrier {
   int32_t rank_lo, rank_hi, slot;
 };
 
-// Launchers (dispatch.cu, combine.cu). `stream` is a cudaStream_t. They return
-// a cudaError_t as int (0 = success) so this header stays CUDA-free.
+// Grid sizes of one GPU's launches, fixed at creation (make_launch_plan,
+// launch_plan.h); which of them run is the LaunchVariant's sequence.
 struct LaunchShape {
-  int32_t count_blocks, prefix_blocks, scatter_blocks;  // high_throughput grids
+  int32_t count_blocks, prefix_blocks, scatter_blocks;  // high_throughput / multi_gpu dispatch grids
   int32_t fused_blocks;                                 // low_latency cooperative grid
   int32_t combine_blocks;
-  int32_t low_latency;                                  // 1: one fused cooperative launch
 };
 
-// barriers: nullptr on one GPU; else three (after count, prefix, scatter; a
-// null counter in the third skips it) between the high_throughput launches,
-// which a multi-GPU group runs in either mode.
-int launch_dispatch(const DispatchParams& p, const LaunchShape& shape, void* stream,
-                    const ShardBarrier* barriers = nullptr);
-int launch_combine(const CombineParams& p, const LaunchShape& shape, void* stream);
-int launch_shard_barrier(const ShardBarrier& b, void* stream);
-// Shared memory the dispatch kernels need per block (for the caller's checks).
-uint64_t dispatch_smem_bytes(const DispatchParams& p);
-int prepare_dispatch_kernels(const DispatchParams& p);  // raises smem limits; cudaError_t
-// Co-resident blocks per SM of the low_latency (cooperative) dispatch kernel.
-int fused_blocks_per_sm(const DispatchParams& p, int* blocks);  // cudaError_t
+// The armed executor's kernels (gpu_armed.h): host-mapped, one per slot, what
+// the re-arm thread reads to see progress.
+struct ArmedProgress {
+  uint32_t seq;     // sequence number of the last completed operation (+1; 0 = none)
+  int32_t status;   // its epd_status_t
+  uint32_t pad[14];
+};
+static_assert(sizeof(ArmedProgress) == 64, "one cache line per slot");
+
+struct ArmedParams {
+  uint8_t* const* bases = nullptr;   // [world] workspace bases (control block at offset 0), device array
+  int32_t world = 0;
+  int32_t slot = 0;
+  uint32_t op = 0;                   // kDoneDispatch or kDoneCombine
+  int32_t expert_major = 0;          // combine: weight mode chosen on the device (gate)
+  const uint32_t* abort_word = nullptr;  // device: -reason once aborted, 0 otherwise
+  uint32_t* saved_n = nullptr;       // [world] device scratch of this slot (gate)
+  ArmedProgress* progress = nullptr; // device view of this slot's host-mapped progress
+  uint32_t seq = 0;                  // this operation's sequence number + 1
+  int32_t rank_lo = 0, rank_hi = 0;  // the ranks on this GPU: the gate and the writes cover only these
+  // Multi-GPU (null counters on one GPU): every GPU's operation is done before
+  // the fault words are read, and every GPU has read them before any is cleared.
+  ShardBarrier before_read{}, before_write{};
+};
 
 constexpr int kThreads = 256;     // threads per block of every kernel
 constexpr int kWarps = kThreads / 32;

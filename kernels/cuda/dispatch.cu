@@ -13,9 +13,11 @@
 //            i.e. rows ordered by (source rank, source token), then payload
 //            (copied or fp8-quantised once, stored to each destination), ids,
 //            weights, sources, padding, counts and totals.
-// high_throughput runs the phases as three launches with large grids;
-// low_latency runs them in one cooperative launch separated by a grid barrier
-// whose spin-wait ends at a %globaltimer deadline. Either way a single launch
+// The phases are launched one kernel each (launch_dispatch_count / _prefix /
+// _scatter: the high_throughput and multi_gpu variants) or all in one
+// cooperative launch separated by a grid barrier whose spin-wait ends at a
+// %globaltimer deadline (launch_dispatch_fused: low_latency); which runs is
+// the group's LaunchVariant (plan_<variant>.cc). Either way a single launch
 // sequence covers every rank on this GPU, so ranks sharing a GPU never wait on
 // each other across launches. A group over several GPUs runs one launch
 // sequence per GPU, each serving its own ranks (DispatchParams::rank_lo/hi:
@@ -26,6 +28,7 @@
 #include <cuda_runtime.h>
 
 #include "device_util.cuh"
+#include "launchers.h"
 
 namespace epd::gpu {
 namespace {
@@ -269,6 +272,43 @@ __device__ int payload_bytes(PayloadKind k) {
   return k == kCopy16 ? 16 : k == kCopy8 ? 8 : k == kCopy4 ? 4 : 2;
 }
 
+// The end of the scatter phase: padding rows, per-local-expert counts and
+// totals of the ranks this launch serves.
+__device__ __forceinline__ void write_padding_and_counts(const DispatchParams& p) {
+  const int64_t WM = static_cast<int64_t>(p.world) * p.max_tokens;
+  const int K = p.top_k;
+  const int64_t nthreads = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int groups = p.rank_major ? p.world : p.experts;
+  const int I = p.rank_major ? K : 1;
+  for (int64_t u = tid; u < groups * WM; u += nthreads) {
+    const int g = static_cast<int>(u / WM);
+    const int64_t i = u % WM;
+    if (!served(p, p.rank_major ? g : p.owner[g])) continue;
+    if (i < p.scratch.totals[p.rank_major ? p.experts + g : g]) continue;
+    const DevRank& dst = p.ranks[p.rank_major ? g : p.owner[g]];
+    const int64_t row = p.rank_major ? i : p.local_index[g] * WM + i;
+    for (int j = 0; j < I; ++j) {
+      dst.recv_ids[row * I + j] = -1;
+      dst.recv_weights[row * I + j] = 0.0f;
+    }
+    dst.recv_src[row * 2] = -1;
+    dst.recv_src[row * 2 + 1] = -1;
+  }
+  for (int64_t e = tid; e < p.experts; e += nthreads)
+    if (served(p, p.owner[e])) p.ranks[p.owner[e]].recv_counts[p.local_index[e]] = p.scratch.totals[e];
+  for (int64_t r = p.rank_lo + tid; r < p.rank_hi; r += nthreads) {
+    int32_t total = 0;
+    if (p.rank_major) {
+      total = p.scratch.totals[p.experts + r];
+    } else {
+      for (int e = 0; e < p.experts; ++e)
+        if (p.owner[e] == r) total += p.scratch.totals[e];
+    }
+    *p.ranks[r].recv_total = total;
+  }
+}
+
 __device__ void scatter_phase(const DispatchParams& p, uint8_t* smem) {
   if (load_volatile(p.scratch.abort)) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -360,38 +400,7 @@ __device__ void scatter_phase(const DispatchParams& p, uint8_t* smem) {
     }
     __syncwarp();
   }
-
-  // Padding rows, per-local-expert counts and totals.
-  const int64_t nthreads = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int groups = p.rank_major ? p.world : p.experts;
-  const int I = p.rank_major ? K : 1;
-  for (int64_t u = tid; u < groups * WM; u += nthreads) {
-    const int g = static_cast<int>(u / WM);
-    const int64_t i = u % WM;
-    if (!served(p, p.rank_major ? g : p.owner[g])) continue;
-    if (i < p.scratch.totals[p.rank_major ? p.experts + g : g]) continue;
-    const DevRank& dst = p.ranks[p.rank_major ? g : p.owner[g]];
-    const int64_t row = p.rank_major ? i : p.local_index[g] * WM + i;
-    for (int j = 0; j < I; ++j) {
-      dst.recv_ids[row * I + j] = -1;
-      dst.recv_weights[row * I + j] = 0.0f;
-    }
-    dst.recv_src[row * 2] = -1;
-    dst.recv_src[row * 2 + 1] = -1;
-  }
-  for (int64_t e = tid; e < p.experts; e += nthreads)
-    if (served(p, p.owner[e])) p.ranks[p.owner[e]].recv_counts[p.local_index[e]] = p.scratch.totals[e];
-  for (int64_t r = p.rank_lo + tid; r < p.rank_hi; r += nthreads) {
-    int32_t total = 0;
-    if (p.rank_major) {
-      total = p.scratch.totals[p.experts + r];
-    } else {
-      for (int e = 0; e < p.experts; ++e)
-        if (p.owner[e] == r) total += p.scratch.totals[e];
-    }
-    *p.ranks[r].recv_total = total;
-  }
+  write_padding_and_counts(p);
 }
 
 __global__ void __launch_bounds__(kThreads) dispatch_count(DispatchParams p) {
@@ -454,35 +463,33 @@ int fused_blocks_per_sm(const DispatchParams& p, int* blocks) {
       blocks, dispatch_fused, kThreads, dispatch_smem_bytes(p)));
 }
 
-int launch_dispatch(const DispatchParams& p, const LaunchShape& shape, void* stream, const ShardBarrier* barriers) {
-  auto st = static_cast<cudaStream_t>(stream);
-  if (barriers) {  // multi-GPU: the phases separated by cross-GPU barriers
-    dispatch_count<<<shape.count_blocks, kThreads, count_smem(p), st>>>(p);
-    if (int e = launch_shard_barrier(barriers[0], st)) return e;
-    dispatch_prefix<<<shape.prefix_blocks, kThreads, kWarps * sizeof(int32_t), st>>>(p);
-    if (int e = launch_shard_barrier(barriers[1], st)) return e;
-    dispatch_scatter<<<shape.scatter_blocks, kThreads, scatter_smem(), st>>>(p);
-    if (barriers[2].counter)
-      if (int e = launch_shard_barrier(barriers[2], st)) return e;
-    return static_cast<int>(cudaGetLastError());
-  }
-  if (shape.low_latency) {
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeCooperative;
-    attr[0].val.cooperative = 1;
-    cfg.gridDim = dim3(static_cast<unsigned>(shape.fused_blocks));
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = dispatch_smem_bytes(p);
-    cfg.stream = st;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return static_cast<int>(cudaLaunchKernelEx(&cfg, dispatch_fused, p));
-  }
-  dispatch_count<<<shape.count_blocks, kThreads, count_smem(p), st>>>(p);
-  dispatch_prefix<<<shape.prefix_blocks, kThreads, kWarps * sizeof(int32_t), st>>>(p);
-  dispatch_scatter<<<shape.scatter_blocks, kThreads, scatter_smem(), st>>>(p);
+int launch_dispatch_count(const DispatchParams& p, int32_t blocks, void* stream) {
+  dispatch_count<<<blocks, kThreads, count_smem(p), static_cast<cudaStream_t>(stream)>>>(p);
   return static_cast<int>(cudaGetLastError());
+}
+
+int launch_dispatch_prefix(const DispatchParams& p, int32_t blocks, void* stream) {
+  dispatch_prefix<<<blocks, kThreads, kWarps * sizeof(int32_t), static_cast<cudaStream_t>(stream)>>>(p);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int launch_dispatch_scatter(const DispatchParams& p, int32_t blocks, void* stream) {
+  dispatch_scatter<<<blocks, kThreads, scatter_smem(), static_cast<cudaStream_t>(stream)>>>(p);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int launch_dispatch_fused(const DispatchParams& p, int32_t blocks, void* stream) {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = dispatch_smem_bytes(p);
+  cfg.stream = static_cast<cudaStream_t>(stream);
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return static_cast<int>(cudaLaunchKernelEx(&cfg, dispatch_fused, p));
 }
 
 }  // namespace epd::gpu

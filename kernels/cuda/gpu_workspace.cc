@@ -1,72 +1,20 @@
 // gpu_workspace.cc — GpuWorkspace: device workspaces from cuMemCreate, mapped
-// with cuMemMap and exportable as POSIX file descriptors. The driver API is
-// resolved at run time through the static runtime's
-// cudaGetDriverEntryPointByVersion, so nothing links libcuda and a machine
-// without a driver gets EPD_ERR_GPU_UNAVAILABLE instead of a loader error.
+// with cuMemMap and exportable as POSIX file descriptors. The driver API comes
+// from the process's one table (driver_api.h), so nothing links libcuda and a
+// machine without a driver gets EPD_ERR_GPU_UNAVAILABLE instead of a loader error.
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <mutex>
 #include <vector>
 
 #include "cuda_status.h"
+#include "driver_api.h"
 #include "gpu_executor.h"
 
 namespace epd {
 
 namespace {
-
-struct Driver {
-  decltype(&cuMemCreate) mem_create = nullptr;
-  decltype(&cuMemRelease) mem_release = nullptr;
-  decltype(&cuMemAddressReserve) address_reserve = nullptr;
-  decltype(&cuMemAddressFree) address_free = nullptr;
-  decltype(&cuMemMap) mem_map = nullptr;
-  decltype(&cuMemUnmap) mem_unmap = nullptr;
-  decltype(&cuMemSetAccess) set_access = nullptr;
-  decltype(&cuMemGetAllocationGranularity) granularity = nullptr;
-  decltype(&cuMemExportToShareableHandle) export_handle = nullptr;
-  decltype(&cuGetErrorName) error_name = nullptr;
-  Status status;
-};
-
-const Driver& driver() {
-  static Driver d;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    auto count = gpu_device_count();  // initialises the runtime, which loads libcuda.so.1
-    if (!count) {
-      d.status = count.status();
-      return;
-    }
-    Status s;
-    if (s) s = resolve_driver_entry("cuMemCreate", &d.mem_create);
-    if (s) s = resolve_driver_entry("cuMemRelease", &d.mem_release);
-    if (s) s = resolve_driver_entry("cuMemAddressReserve", &d.address_reserve);
-    if (s) s = resolve_driver_entry("cuMemAddressFree", &d.address_free);
-    if (s) s = resolve_driver_entry("cuMemMap", &d.mem_map);
-    if (s) s = resolve_driver_entry("cuMemUnmap", &d.mem_unmap);
-    if (s) s = resolve_driver_entry("cuMemSetAccess", &d.set_access);
-    if (s) s = resolve_driver_entry("cuMemGetAllocationGranularity", &d.granularity);
-    if (s) s = resolve_driver_entry("cuMemExportToShareableHandle", &d.export_handle);
-    if (s) s = resolve_driver_entry("cuGetErrorName", &d.error_name);
-    d.status = s;
-  });
-  return d;
-}
-
-Status cu_status(const Driver& d, CUresult r, const char* what, int line) {
-  const char* name = "?";
-  if (d.error_name) d.error_name(r, &name);
-  return make_status(EPD_ERR_CUDA, "%s: %s at %s:%d", what, name, __FILE__, line);
-}
-
-#define EPD_CU_RETURN(d, expr)                                    \
-  do {                                                            \
-    const CUresult epd_cu_err_ = (expr);                          \
-    if (epd_cu_err_ != CUDA_SUCCESS) return cu_status(d, epd_cu_err_, #expr, __LINE__); \
-  } while (0)
 
 CUmemAllocationProp allocation_prop(int32_t device) {
   CUmemAllocationProp prop = {};
@@ -80,38 +28,38 @@ CUmemAllocationProp allocation_prop(int32_t device) {
 }  // namespace
 
 GpuWorkspace::~GpuWorkspace() {
-  const Driver& d = driver();
+  const DriverApi& d = driver_api();
   if (!d.status || !ptr_) return;
   const auto va = reinterpret_cast<CUdeviceptr>(ptr_);
   d.mem_unmap(va, mapped_);
-  d.address_free(va, mapped_);
+  d.mem_address_free(va, mapped_);
   d.mem_release(handle_);
 }
 
 Result<std::unique_ptr<GpuWorkspace>> GpuWorkspace::create(uint64_t bytes, int32_t device,
                                                            const std::vector<int32_t>& peers) {
-  const Driver& d = driver();
+  const DriverApi& d = driver_api();
   if (!d.status) return d.status;
   EPD_CUDA_RETURN(cudaSetDevice(device));
   EPD_CUDA_RETURN(cudaFree(nullptr));  // makes the primary context current
   const CUmemAllocationProp prop = allocation_prop(device);
   size_t gran = 0;
-  EPD_CU_RETURN(d, d.granularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED));
+  EPD_CU_RETURN(d.mem_get_allocation_granularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED));
   std::unique_ptr<GpuWorkspace> w(new GpuWorkspace());
   w->bytes_ = bytes;
   w->mapped_ = (bytes + gran - 1) / gran * gran;
   w->device_ = device;
   CUmemGenericAllocationHandle h = 0;
-  EPD_CU_RETURN(d, d.mem_create(&h, w->mapped_, &prop, 0));
+  EPD_CU_RETURN(d.mem_create(&h, w->mapped_, &prop, 0));
   CUdeviceptr va = 0;
-  if (CUresult r = d.address_reserve(&va, w->mapped_, gran, 0, 0); r != CUDA_SUCCESS) {
+  if (CUresult r = d.mem_address_reserve(&va, w->mapped_, gran, 0, 0); r != CUDA_SUCCESS) {
     d.mem_release(h);
-    return cu_status(d, r, "cuMemAddressReserve", __LINE__);
+    return cu_error(r, "cuMemAddressReserve", __FILE__, __LINE__);
   }
   if (CUresult r = d.mem_map(va, w->mapped_, 0, h, 0); r != CUDA_SUCCESS) {
-    d.address_free(va, w->mapped_);
+    d.mem_address_free(va, w->mapped_);
     d.mem_release(h);
-    return cu_status(d, r, "cuMemMap", __LINE__);
+    return cu_error(r, "cuMemMap", __FILE__, __LINE__);
   }
   w->ptr_ = reinterpret_cast<uint8_t*>(va);
   w->handle_ = h;
@@ -124,15 +72,15 @@ Result<std::unique_ptr<GpuWorkspace>> GpuWorkspace::create(uint64_t bytes, int32
     a.location.id = p;
     access.push_back(a);
   }
-  EPD_CU_RETURN(d, d.set_access(va, w->mapped_, access.data(), access.size()));  // w's destructor unmaps on error
+  EPD_CU_RETURN(d.mem_set_access(va, w->mapped_, access.data(), access.size()));  // w's destructor unmaps on error
   return w;
 }
 
 Result<int> GpuWorkspace::export_fd() const {
-  const Driver& d = driver();
+  const DriverApi& d = driver_api();
   if (!d.status) return d.status;
   int fd = -1;
-  EPD_CU_RETURN(d, d.export_handle(&fd, handle_, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0));
+  EPD_CU_RETURN(d.mem_export_to_shareable_handle(&fd, handle_, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0));
   return fd;
 }
 

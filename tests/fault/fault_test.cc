@@ -137,18 +137,18 @@ TEST_F(FaultTest, SlowRankIsNotDeclaredDead) {
     EXPECT_EQ(epd_group_join(a, &s, &ga), EPD_OK);
   });
   const epd_group_spec_t s1 = small_spec("slow", 2, 1, 20000);
-  ASSERT_EQ(epd_group_join(b, &s1, &gb), EPD_OK) << epd_last_error(b);
+  ASSERT_EQ(epd_group_join(b, &s1, &gb), EPD_OK) << epd_client_last_error(b);
   t.join();
   epd_dispatch_args_t args0{};
   args0.struct_size = sizeof args0;
   epd_dispatch_result_t res{};
   res.struct_size = sizeof res;
-  ASSERT_EQ(epd_dispatch(ga, 0, &args0), EPD_OK);
+  ASSERT_EQ(epd_group_dispatch(ga, 0, &args0), EPD_OK);
   // Rank 1 is late (still "compiling"): rank 0's short waits time out, nothing is declared lost.
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(epd_dispatch_wait(ga, 0, 150, &res), EPD_ERR_TIMEOUT) << epd_last_error(ga);
-  ASSERT_EQ(epd_dispatch(gb, 0, &args0), EPD_OK);
-  EXPECT_EQ(epd_dispatch_wait(ga, 0, 5000, &res), EPD_OK) << epd_last_error(ga);
-  EXPECT_EQ(epd_dispatch_wait(gb, 0, 5000, &res), EPD_OK) << epd_last_error(gb);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(epd_group_dispatch_wait(ga, 0, 150, &res), EPD_ERR_TIMEOUT) << epd_group_last_error(ga);
+  ASSERT_EQ(epd_group_dispatch(gb, 0, &args0), EPD_OK);
+  EXPECT_EQ(epd_group_dispatch_wait(ga, 0, 5000, &res), EPD_OK) << epd_group_last_error(ga);
+  EXPECT_EQ(epd_group_dispatch_wait(gb, 0, 5000, &res), EPD_OK) << epd_group_last_error(gb);
   EXPECT_TRUE(wait_rank_state(socket(), "slow", 1, "joined"));
   epd_group_leave(ga);
   epd_group_leave(gb);

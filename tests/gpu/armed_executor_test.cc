@@ -147,6 +147,12 @@ void run_in_process(epd_layout_t layout, epd_mode_t mode, const std::vector<epd_
   ASSERT_TRUE(armed.is_ok()) << armed.status().message();
   ASSERT_TRUE((*armed)->start().is_ok());
   std::printf("%s\n", (*armed)->describe().c_str());
+  // Behind armed waits every mode runs the high_throughput launches, and says why (choose_launch_variant).
+  EXPECT_STREQ((*armed)->variant_name(), "high_throughput");
+  EXPECT_NE((*armed)->describe().find("variant high_throughput"), std::string::npos) << (*armed)->describe();
+  if (mode == EPD_MODE_LOW_LATENCY) {
+    EXPECT_NE((*armed)->describe().find("behind armed waits"), std::string::npos) << (*armed)->describe();
+  }
   auto ops = make_ops(g, g.dev_bases());
   cudaStream_t cs = nullptr;
   CUDA_OK(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking));

@@ -8,7 +8,7 @@
 // routing, 0 tokens, full capacity, in-place and copied inputs and outputs,
 // token counts from device memory); 8 CUDA graphs of 10 dispatch/combine
 // pairs replayed 1000 times with device-side counts; a bad expert id reported
-// by epd_gpu_status and the next call clean; and a rank in a child process
+// by epd_group_gpu_status and the next call clean; and a rank in a child process
 // SIGKILLed mid-step: PEER_LOST within the group's timeout, the daemon stays
 // up, every rank re-joins and a verified step runs.
 //
@@ -221,10 +221,10 @@ TEST_F(DaemonGpuTest, GraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCoun
       a.struct_size = sizeof a;
       a.n_tokens_device = ranks_.n_device(r);
       a.n_tokens = M;
-      ASSERT_EQ(epd_dispatch_async(g, slot, &a, st), EPD_OK) << epd_last_error(g);
-      ASSERT_EQ(epd_dispatch_wait_async(g, slot, st), EPD_OK) << epd_last_error(g);
-      ASSERT_EQ(epd_combine_async(g, slot, EPD_WEIGHTS_ONES, nullptr, 0, st), EPD_OK) << epd_last_error(g);
-      ASSERT_EQ(epd_combine_wait_async(g, slot, st), EPD_OK) << epd_last_error(g);
+      ASSERT_EQ(epd_group_dispatch_async(g, slot, &a, st), EPD_OK) << epd_group_last_error(g);
+      ASSERT_EQ(epd_group_dispatch_wait_async(g, slot, st), EPD_OK) << epd_group_last_error(g);
+      ASSERT_EQ(epd_group_combine_async(g, slot, EPD_WEIGHTS_ONES, nullptr, 0, st), EPD_OK) << epd_group_last_error(g);
+      ASSERT_EQ(epd_group_combine_wait_async(g, slot, st), EPD_OK) << epd_group_last_error(g);
     }
     CUDA_OK(cudaStreamEndCapture(st, &graphs[r]));
     CUDA_OK(cudaGraphInstantiate(&execs[r], graphs[r], 0));
@@ -316,23 +316,23 @@ TEST_F(DaemonGpuTest, BadExpertIdIsReportedByGpuStatusAndTheNextCallSucceeds) {
     epd_gpu_dispatch_args_t a{};
     a.struct_size = sizeof a;
     a.n_tokens = 5;
-    ASSERT_EQ(epd_dispatch_async(ranks_.group(r), 0, &a, ranks_.stream(r)), EPD_OK)
-        << epd_last_error(ranks_.group(r));
+    ASSERT_EQ(epd_group_dispatch_async(ranks_.group(r), 0, &a, ranks_.stream(r)), EPD_OK)
+        << epd_group_last_error(ranks_.group(r));
   }
   for (int32_t r = 0; r < kWorld; ++r)
-    ASSERT_EQ(epd_dispatch_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
+    ASSERT_EQ(epd_group_dispatch_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
   for (int32_t r = 0; r < kWorld; ++r) {
-    EXPECT_EQ(epd_gpu_status(ranks_.group(r), 0, kDeadlineMs), EPD_ERR_EXPERT_ID_OUT_OF_RANGE) << "rank " << r;
-    const std::string msg = epd_last_error(ranks_.group(r));
+    EXPECT_EQ(epd_group_gpu_status(ranks_.group(r), 0, kDeadlineMs), EPD_ERR_EXPERT_ID_OUT_OF_RANGE) << "rank " << r;
+    const std::string msg = epd_group_last_error(ranks_.group(r));
     EXPECT_NE(msg.find("rank 3, token 1, k 2, value 999"), std::string::npos) << "rank " << r << ": " << msg;
   }
   // The slot's order continues with the combine; its status is not asserted.
   for (int32_t r = 0; r < kWorld; ++r)
-    ASSERT_EQ(epd_combine_async(ranks_.group(r), 0, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, ranks_.stream(r)),
+    ASSERT_EQ(epd_group_combine_async(ranks_.group(r), 0, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, ranks_.stream(r)),
               EPD_OK);
   for (int32_t r = 0; r < kWorld; ++r)
-    ASSERT_EQ(epd_combine_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
-  for (int32_t r = 0; r < kWorld; ++r) (void)epd_gpu_status(ranks_.group(r), 0, kDeadlineMs);
+    ASSERT_EQ(epd_group_combine_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
+  for (int32_t r = 0; r < kWorld; ++r) (void)epd_group_gpu_status(ranks_.group(r), 0, kDeadlineMs);
   ranks_.sync_all("after the bad id");
   if (HasFatalFailure()) return;
   ranks_.alloc_buffers(m);
@@ -354,17 +354,17 @@ TEST(DaemonGpuWorkerRole, Run) {
   cudaStream_t st = nullptr;
   CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   epd_client_t* c = nullptr;
-  ASSERT_EQ(epd_client_connect(sock, &c), EPD_OK) << epd_last_error(nullptr);
+  ASSERT_EQ(epd_client_connect(sock, &c), EPD_OK) << epd_client_last_error(nullptr);
   const GroupSpec spec = kill_spec();
   epd_group_spec_t cs = spec.to_c();
   cs.rank = kWorld - 1;
   epd_group_t* g = nullptr;
-  ASSERT_EQ(epd_group_join(c, &cs, &g), EPD_OK) << epd_last_error(c);
+  ASSERT_EQ(epd_group_join(c, &cs, &g), EPD_OK) << epd_client_last_error(c);
   epd_gpu_dispatch_args_t a{};
   a.struct_size = sizeof a;
   a.n_tokens = 0;
-  ASSERT_EQ(epd_dispatch_async(g, 0, &a, st), EPD_OK) << epd_last_error(g);
-  ASSERT_EQ(epd_dispatch_wait_async(g, 0, st), EPD_OK) << epd_last_error(g);
+  ASSERT_EQ(epd_group_dispatch_async(g, 0, &a, st), EPD_OK) << epd_group_last_error(g);
+  ASSERT_EQ(epd_group_dispatch_wait_async(g, 0, st), EPD_OK) << epd_group_last_error(g);
   std::printf("RANG\n");
   std::fflush(stdout);
   ::poll(nullptr, 0, 120000);  // not a synchronisation: the parent SIGKILLs this process long before
@@ -397,33 +397,33 @@ TEST_F(DaemonGpuTest, KilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins
   a.struct_size = sizeof a;
   a.n_tokens = 0;
   for (int32_t r : parent)
-    ASSERT_EQ(epd_dispatch_async(ranks_.group(r), 0, &a, ranks_.stream(r)), EPD_OK)
-        << epd_last_error(ranks_.group(r));
-  for (int32_t r : parent) ASSERT_EQ(epd_dispatch_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
+    ASSERT_EQ(epd_group_dispatch_async(ranks_.group(r), 0, &a, ranks_.stream(r)), EPD_OK)
+        << epd_group_last_error(ranks_.group(r));
+  for (int32_t r : parent) ASSERT_EQ(epd_group_dispatch_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
   for (int32_t r : parent)
-    ASSERT_EQ(epd_gpu_status(ranks_.group(r), 0, kDeadlineMs), EPD_OK)
-        << "rank " << r << ": " << epd_last_error(ranks_.group(r));
+    ASSERT_EQ(epd_group_gpu_status(ranks_.group(r), 0, kDeadlineMs), EPD_OK)
+        << "rank " << r << ": " << epd_group_last_error(ranks_.group(r));
   for (int32_t r : parent)
-    ASSERT_EQ(epd_combine_async(ranks_.group(r), 0, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, ranks_.stream(r)),
+    ASSERT_EQ(epd_group_combine_async(ranks_.group(r), 0, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, ranks_.stream(r)),
               EPD_OK);
-  for (int32_t r : parent) ASSERT_EQ(epd_combine_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
+  for (int32_t r : parent) ASSERT_EQ(epd_group_combine_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
 
   const int64_t t0 = job::now_ns();
   child.kill(SIGKILL);
   ASSERT_NE(child.wait(kDeadlineMs), -1);
   for (int32_t r : parent) {
-    const epd_status_t rc = epd_gpu_status(ranks_.group(r), 0, 0);  // 0: the group's timeout_ms
+    const epd_status_t rc = epd_group_gpu_status(ranks_.group(r), 0, 0);  // 0: the group's timeout_ms
     const double ms = static_cast<double>(job::now_ns() - t0) / 1e6;
-    EXPECT_EQ(rc, EPD_ERR_PEER_LOST) << "rank " << r << ": " << epd_last_error(ranks_.group(r));
+    EXPECT_EQ(rc, EPD_ERR_PEER_LOST) << "rank " << r << ": " << epd_group_last_error(ranks_.group(r));
     EXPECT_LT(ms, static_cast<double>(spec.timeout_ms)) << "rank " << r;
     if (r == 0)
-      std::printf("PEER_LOST seen by rank 0 %.3f ms after SIGKILL: %s\n", ms, epd_last_error(ranks_.group(r)));
+      std::printf("PEER_LOST seen by rank 0 %.3f ms after SIGKILL: %s\n", ms, epd_group_last_error(ranks_.group(r)));
   }
   ranks_.sync_all("after the abort (the combine waits must be released)");
   if (HasFatalFailure()) return;
   // The group is aborted until every rank re-joins: later enqueues are refused.
-  EXPECT_EQ(epd_dispatch_async(ranks_.group(0), 1, &a, ranks_.stream(0)), EPD_ERR_PEER_LOST)
-      << epd_last_error(ranks_.group(0));
+  EXPECT_EQ(epd_group_dispatch_async(ranks_.group(0), 1, &a, ranks_.stream(0)), EPD_ERR_PEER_LOST)
+      << epd_group_last_error(ranks_.group(0));
 
   // The daemon is healthy: a new session is answered.
   EXPECT_EQ(query_daemon(socket()).daemon_pid, daemon().child().pid());
@@ -496,7 +496,7 @@ TEST_F(DaemonGpuTest, GroupWhoseJoinTimesOutIsDestroyedAndEpdStaysResponsive) {
   for (auto& t : threads) t.join();
   for (int32_t r = 0; r < kWorld - 1; ++r) {
     EXPECT_EQ(rc[r], EPD_ERR_TIMEOUT) << "rank " << r;
-    const std::string msg = epd_last_error(ranks_.client(r));
+    const std::string msg = epd_client_last_error(ranks_.client(r));
     EXPECT_NE(msg.find("rank 7"), std::string::npos) << msg;
   }
   EXPECT_EQ(query_daemon(socket()).daemon_pid, daemon().child().pid());
@@ -513,50 +513,50 @@ TEST_F(DaemonGpuTest, ArgumentErrorsNameTheValueAndHostCallsAreRefused) {
   if (HasFatalFailure()) return;
   epd_group_t* g = ranks_.group(0);
   cudaStream_t s = ranks_.stream(0);
-  auto last = [&] { return std::string(epd_last_error(g)); };
+  auto last = [&] { return std::string(epd_group_last_error(g)); };
   epd_gpu_dispatch_args_t a{};
   a.struct_size = sizeof a;
-  EXPECT_EQ(epd_dispatch_async(nullptr, 0, &a, s), EPD_ERR_INVALID_ARGUMENT);
-  EXPECT_EQ(epd_gpu_status(nullptr, 0, 0), EPD_ERR_INVALID_ARGUMENT);
-  EXPECT_EQ(epd_dispatch_async(g, 0, nullptr, s), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_group_dispatch_async(nullptr, 0, &a, s), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_group_gpu_status(nullptr, 0, 0), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_group_dispatch_async(g, 0, nullptr, s), EPD_ERR_INVALID_ARGUMENT);
   EXPECT_NE(last().find("args is NULL"), std::string::npos) << last();
   epd_gpu_dispatch_args_t small = a;
   small.struct_size = 4;
-  EXPECT_EQ(epd_dispatch_async(g, 0, &small, s), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_group_dispatch_async(g, 0, &small, s), EPD_ERR_INVALID_ARGUMENT);
   EXPECT_NE(last().find("struct_size = 4"), std::string::npos) << last();
-  EXPECT_EQ(epd_dispatch_async(g, 7, &a, s), EPD_ERR_BAD_SLOT);
+  EXPECT_EQ(epd_group_dispatch_async(g, 7, &a, s), EPD_ERR_BAD_SLOT);
   EXPECT_NE(last().find("slot = 7"), std::string::npos) << last();
   a.n_tokens = 17;
-  EXPECT_EQ(epd_dispatch_async(g, 0, &a, s), EPD_ERR_CAPACITY_EXCEEDED);
+  EXPECT_EQ(epd_group_dispatch_async(g, 0, &a, s), EPD_ERR_CAPACITY_EXCEEDED);
   EXPECT_NE(last().find("n_tokens = 17"), std::string::npos) << last();
   a.n_tokens = -1;
-  EXPECT_EQ(epd_dispatch_async(g, 0, &a, s), EPD_ERR_CAPACITY_EXCEEDED);
+  EXPECT_EQ(epd_group_dispatch_async(g, 0, &a, s), EPD_ERR_CAPACITY_EXCEEDED);
   EXPECT_NE(last().find("n_tokens = -1"), std::string::npos) << last();
   a.n_tokens = 0;
-  EXPECT_EQ(epd_dispatch_wait_async(g, 0, s), EPD_ERR_NO_DISPATCH) << last();
-  EXPECT_EQ(epd_gpu_status(g, 0, 100), EPD_OK) << last();  // nothing enqueued yet
+  EXPECT_EQ(epd_group_dispatch_wait_async(g, 0, s), EPD_ERR_NO_DISPATCH) << last();
+  EXPECT_EQ(epd_group_gpu_status(g, 0, 100), EPD_OK) << last();  // nothing enqueued yet
   epd_gpu_views_t v{};
   v.struct_size = 8;
-  EXPECT_EQ(epd_gpu_views(g, 0, &v), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_group_gpu_views(g, 0, &v), EPD_ERR_INVALID_ARGUMENT);
   // Host calls on a GPU group.
   epd_dispatch_args_t ha{};
   ha.struct_size = sizeof ha;
-  EXPECT_EQ(epd_dispatch(g, 0, &ha), EPD_ERR_UNSUPPORTED);
-  EXPECT_NE(last().find("epd_dispatch_async"), std::string::npos) << last();
+  EXPECT_EQ(epd_group_dispatch(g, 0, &ha), EPD_ERR_UNSUPPORTED);
+  EXPECT_NE(last().find("epd_group_dispatch_async"), std::string::npos) << last();
   epd_dispatch_result_t res{};
   res.struct_size = sizeof res;
-  EXPECT_EQ(epd_dispatch_wait(g, 0, 100, &res), EPD_ERR_UNSUPPORTED);
-  EXPECT_EQ(epd_combine(g, 0, EPD_WEIGHTS_ONES), EPD_ERR_UNSUPPORTED);
+  EXPECT_EQ(epd_group_dispatch_wait(g, 0, 100, &res), EPD_ERR_UNSUPPORTED);
+  EXPECT_EQ(epd_group_combine(g, 0, EPD_WEIGHTS_ONES), EPD_ERR_UNSUPPORTED);
   const void* out = nullptr;
-  EXPECT_EQ(epd_combine_wait(g, 0, 100, &out), EPD_ERR_UNSUPPORTED);
+  EXPECT_EQ(epd_group_combine_wait(g, 0, 100, &out), EPD_ERR_UNSUPPORTED);
   // A world-1 round trip, with a weight mode rank_major refuses on the way.
-  ASSERT_EQ(epd_dispatch_async(g, 0, &a, s), EPD_OK) << last();
-  EXPECT_EQ(epd_dispatch_async(g, 0, &a, s), EPD_ERR_SLOT_BUSY) << last();
-  ASSERT_EQ(epd_dispatch_wait_async(g, 0, s), EPD_OK) << last();
-  EXPECT_EQ(epd_combine_async(g, 0, EPD_WEIGHTS_APPLY, nullptr, 0, s), EPD_ERR_BAD_WEIGHT_MODE) << last();
-  ASSERT_EQ(epd_combine_async(g, 0, EPD_WEIGHTS_ONES, nullptr, 0, s), EPD_OK) << last();
-  ASSERT_EQ(epd_combine_wait_async(g, 0, s), EPD_OK) << last();
-  EXPECT_EQ(epd_gpu_status(g, 0, kDeadlineMs), EPD_OK) << last();
+  ASSERT_EQ(epd_group_dispatch_async(g, 0, &a, s), EPD_OK) << last();
+  EXPECT_EQ(epd_group_dispatch_async(g, 0, &a, s), EPD_ERR_SLOT_BUSY) << last();
+  ASSERT_EQ(epd_group_dispatch_wait_async(g, 0, s), EPD_OK) << last();
+  EXPECT_EQ(epd_group_combine_async(g, 0, EPD_WEIGHTS_APPLY, nullptr, 0, s), EPD_ERR_BAD_WEIGHT_MODE) << last();
+  ASSERT_EQ(epd_group_combine_async(g, 0, EPD_WEIGHTS_ONES, nullptr, 0, s), EPD_OK) << last();
+  ASSERT_EQ(epd_group_combine_wait_async(g, 0, s), EPD_OK) << last();
+  EXPECT_EQ(epd_group_gpu_status(g, 0, kDeadlineMs), EPD_OK) << last();
   ASSERT_TRUE(sync_within(s, kDeadlineMs));
   ranks_.leave({0});
 }

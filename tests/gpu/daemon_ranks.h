@@ -1,7 +1,7 @@
 // daemon_ranks.h — the client side of the GPU daemon tests: the ranks one test
 // process holds through libepd-client (a session, a group handle and a
 // non-blocking CUDA stream per rank, the stream on the rank's GPU), joined from
-// threads, their workspaces read through epd_gpu_views, and one verified
+// threads, their workspaces read through epd_group_gpu_views, and one verified
 // dispatch + combine step whose device bytes are compared with HostExecutor
 // run on a host mirror (Group). Which socket and GPU a rank uses and how a
 // failure names it are the test's; the rest is shared.
@@ -76,7 +76,7 @@ inline epd_client_info_t query_daemon(const std::string& socket) {
     ADD_FAILURE() << "no session with the epd at " << socket;
     return info;
   }
-  EXPECT_EQ(epd_client_query(probe, &info), EPD_OK) << epd_last_error(probe);
+  EXPECT_EQ(epd_client_query(probe, &info), EPD_OK) << epd_client_last_error(probe);
   epd_client_disconnect(probe);
   return info;
 }
@@ -172,7 +172,7 @@ class DaemonRanks {
     for (int32_t r : ranks)
       threads.emplace_back([&, r] {
         rc[r] = join_rank(spec, r);
-        if (rc[r] != EPD_OK) msg[r] = epd_last_error(client(r));
+        if (rc[r] != EPD_OK) msg[r] = epd_client_last_error(client(r));
       });
     for (auto& t : threads) t.join();
     for (int32_t r : ranks) ASSERT_EQ(rc[r], EPD_OK) << "join of " << name(r) << " to " << spec.name << ": " << msg[r];
@@ -185,7 +185,7 @@ class DaemonRanks {
       for (int32_t s = 0; s < spec.slots; ++s) {
         epd_gpu_views_t& v = views_[r][s];
         v.struct_size = sizeof v;
-        ASSERT_EQ(epd_gpu_views(group(r), s, &v), EPD_OK) << name(r) << ": " << epd_last_error(group(r));
+        ASSERT_EQ(epd_group_gpu_views(group(r), s, &v), EPD_OK) << name(r) << ": " << epd_group_last_error(group(r));
         EXPECT_EQ(v.device, spec.placement[static_cast<size_t>(r)].gpu) << name(r);
         EXPECT_EQ(v.capacity_rows, layout.ranks[r].recv_rows) << name(r);
         EXPECT_EQ(v.recv_scales != nullptr, layout.ranks[r].scale_blocks > 0) << name(r);
@@ -266,8 +266,8 @@ class DaemonRanks {
 
   void expect_status_ok(int32_t slot, const std::string& what) {
     for (int32_t r = 0; r < world_; ++r)
-      ASSERT_EQ(epd_gpu_status(group(r), slot, kDeadlineMs), EPD_OK)
-          << what << ", " << name(r) << ": " << epd_last_error(group(r));
+      ASSERT_EQ(epd_group_gpu_status(group(r), slot, kDeadlineMs), EPD_OK)
+          << what << ", " << name(r) << ": " << epd_group_last_error(group(r));
   }
   void sync_all(const std::string& what) {
     for (int32_t r = 0; r < world_; ++r)
@@ -326,12 +326,12 @@ class DaemonRanks {
           a.n_tokens = M;
         }
       }
-      ASSERT_EQ(epd_dispatch_async(group(r), slot, &a, stream(r)), EPD_OK)
-          << what << ", " << name(r) << ": " << epd_last_error(group(r));
+      ASSERT_EQ(epd_group_dispatch_async(group(r), slot, &a, stream(r)), EPD_OK)
+          << what << ", " << name(r) << ": " << epd_group_last_error(group(r));
     }
     for (int32_t r = 0; r < world_; ++r)
-      ASSERT_EQ(epd_dispatch_wait_async(group(r), slot, stream(r)), EPD_OK)
-          << what << ", " << name(r) << ": " << epd_last_error(group(r));
+      ASSERT_EQ(epd_group_dispatch_wait_async(group(r), slot, stream(r)), EPD_OK)
+          << what << ", " << name(r) << ": " << epd_group_last_error(group(r));
     expect_status_ok(slot, what + " dispatch");
     sync_all(what + " dispatch");
     if (::testing::Test::HasFatalFailure()) return;
@@ -346,13 +346,13 @@ class DaemonRanks {
     }
     for (int32_t r = 0; r < world_; ++r) {
       const int64_t rows = st.copy_outputs ? m.layout.ranks[r].recv_rows : 0;
-      ASSERT_EQ(epd_combine_async(group(r), slot, st.mode, st.copy_outputs ? buffer(r, 3) : nullptr, rows, stream(r)),
+      ASSERT_EQ(epd_group_combine_async(group(r), slot, st.mode, st.copy_outputs ? buffer(r, 3) : nullptr, rows, stream(r)),
                 EPD_OK)
-          << what << ", " << name(r) << ": " << epd_last_error(group(r));
+          << what << ", " << name(r) << ": " << epd_group_last_error(group(r));
     }
     for (int32_t r = 0; r < world_; ++r)
-      ASSERT_EQ(epd_combine_wait_async(group(r), slot, stream(r)), EPD_OK)
-          << what << ", " << name(r) << ": " << epd_last_error(group(r));
+      ASSERT_EQ(epd_group_combine_wait_async(group(r), slot, stream(r)), EPD_OK)
+          << what << ", " << name(r) << ": " << epd_group_last_error(group(r));
     expect_status_ok(slot, what + " combine");
     sync_all(what + " combine");
     if (::testing::Test::HasFatalFailure()) return;

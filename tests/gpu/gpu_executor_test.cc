@@ -177,6 +177,8 @@ void run_case(const Case& c, uint64_t seed, int repeats, const GpuTuning& tuning
   ASSERT_TRUE(ex.is_ok()) << ex.status().message();
   ASSERT_EQ(ex.value()->shards().size(), static_cast<size_t>(gpus));
   SCOPED_TRACE(ex.value()->describe_launch());
+  const char* variant = gpus > 1 ? "multi_gpu" : c.mode == EPD_MODE_LOW_LATENCY ? "low_latency" : "high_throughput";
+  EXPECT_STREQ(ex.value()->variant_name(), variant);
   HostExecutor host(g.spec, g.host_bases());
   cudaStream_t stream;
   CUDA_OK(cudaSetDevice(0));

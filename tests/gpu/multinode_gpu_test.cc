@@ -415,9 +415,9 @@ TEST_F(MultinodeGpuTest, NodeDaemonKilledWhileNode0RangGivesPeerLostWithinTheTim
     a.struct_size = sizeof a;
     a.n_tokens = m.n[static_cast<size_t>(r)];
     epd_group_t* g = ranks_.group(r);
-    ASSERT_EQ(epd_dispatch_async(g, 0, &a, ranks_.stream(r)), EPD_OK) << epd_last_error(g);
+    ASSERT_EQ(epd_group_dispatch_async(g, 0, &a, ranks_.stream(r)), EPD_OK) << epd_group_last_error(g);
     CUDA_OK(cudaEventRecord(e, ranks_.stream(r)));  // passed once the doorbell is written
-    ASSERT_EQ(epd_dispatch_wait_async(g, 0, ranks_.stream(r)), EPD_OK) << epd_last_error(g);
+    ASSERT_EQ(epd_group_dispatch_wait_async(g, 0, ranks_.stream(r)), EPD_OK) << epd_group_last_error(g);
   }
   for (size_t i = 0; i < rang.size(); ++i) {
     const int64_t end = job::now_ns() + static_cast<int64_t>(kDeadlineMs) * 1000000;
@@ -434,9 +434,9 @@ TEST_F(MultinodeGpuTest, NodeDaemonKilledWhileNode0RangGivesPeerLostWithinTheTim
   ASSERT_NE(nodes_[1]->child().wait(kDeadlineMs), -1) << "node 1's epd did not die on SIGKILL";
   const int bound_ms = static_cast<int>(spec.timeout_ms) + kLossMarginMs;
   for (int32_t r : rang) {
-    const epd_status_t rc = epd_gpu_status(ranks_.group(r), 0, static_cast<uint32_t>(bound_ms));
+    const epd_status_t rc = epd_group_gpu_status(ranks_.group(r), 0, static_cast<uint32_t>(bound_ms));
     const double status_ms = static_cast<double>(job::now_ns() - t0) / 1e6;
-    const std::string msg = epd_last_error(ranks_.group(r));
+    const std::string msg = epd_group_last_error(ranks_.group(r));
     std::printf("rank %d: %s %.3f ms after SIGKILL: %s\n", r, epd_status_string(rc), status_ms, msg.c_str());
     EXPECT_TRUE(rc == EPD_ERR_PEER_LOST || rc == EPD_ERR_TIMEOUT) << "rank " << r << ": " << epd_status_string(rc)
                                                                   << ": " << msg;

@@ -93,7 +93,7 @@ epd_group_spec_t small_spec(const char* name, int32_t world, int32_t rank, uint3
 epd_client_t* connect_or_die(const std::string& socket) {
   epd_client_t* c = nullptr;
   const epd_status_t rc = epd_client_connect(socket.c_str(), &c);
-  EXPECT_EQ(rc, EPD_OK) << epd_last_error(nullptr);
+  EXPECT_EQ(rc, EPD_OK) << epd_client_last_error(nullptr);
   return c;
 }
 

@@ -73,14 +73,14 @@ TEST_F(IntegrationTest, SpecMismatchNamesTheField) {
   bad.hidden = 48;
   epd_group_t* gb = nullptr;
   EXPECT_EQ(epd_group_join(b, &bad, &gb), EPD_ERR_SPEC_MISMATCH);
-  const std::string msg = epd_last_error(b);
+  const std::string msg = epd_client_last_error(b);
   EXPECT_NE(msg.find("hidden"), std::string::npos) << msg;
   EXPECT_NE(msg.find("32"), std::string::npos) << msg;
   EXPECT_NE(msg.find("48"), std::string::npos) << msg;
   const epd_group_spec_t good = small_spec("mm", 2, 1);
-  EXPECT_EQ(epd_group_join(b, &good, &gb), EPD_OK) << epd_last_error(b);
+  EXPECT_EQ(epd_group_join(b, &good, &gb), EPD_OK) << epd_client_last_error(b);
   t.join();
-  EXPECT_EQ(rca, EPD_OK) << epd_last_error(a);
+  EXPECT_EQ(rca, EPD_OK) << epd_client_last_error(a);
   epd_group_leave(ga);
   epd_group_leave(gb);
   epd_client_disconnect(a);
@@ -100,11 +100,11 @@ TEST_F(IntegrationTest, DuplicateRankRefused) {
   const epd_group_spec_t s0 = small_spec("dup", 2, 0);
   epd_group_t* gb = nullptr;
   EXPECT_EQ(epd_group_join(b, &s0, &gb), EPD_ERR_DUPLICATE_RANK);
-  EXPECT_NE(std::string(epd_last_error(b)).find("rank 0"), std::string::npos) << epd_last_error(b);
+  EXPECT_NE(std::string(epd_client_last_error(b)).find("rank 0"), std::string::npos) << epd_client_last_error(b);
   const epd_group_spec_t s1 = small_spec("dup", 2, 1);
-  EXPECT_EQ(epd_group_join(b, &s1, &gb), EPD_OK) << epd_last_error(b);
+  EXPECT_EQ(epd_group_join(b, &s1, &gb), EPD_OK) << epd_client_last_error(b);
   t.join();
-  EXPECT_EQ(rca, EPD_OK) << epd_last_error(a);
+  EXPECT_EQ(rca, EPD_OK) << epd_client_last_error(a);
   epd_group_leave(ga);
   epd_group_leave(gb);
   epd_client_disconnect(a);
@@ -116,25 +116,25 @@ TEST_F(IntegrationTest, StaleGenerationRefusedNewerReplaces) {
   epd_group_spec_t s = small_spec("gen", 1, 0);
   s.generation = 5;
   epd_group_t* g5 = nullptr;
-  ASSERT_EQ(epd_group_join(a, &s, &g5), EPD_OK) << epd_last_error(a);
+  ASSERT_EQ(epd_group_join(a, &s, &g5), EPD_OK) << epd_client_last_error(a);
   s.generation = 4;
   epd_group_t* g4 = nullptr;
   EXPECT_EQ(epd_group_join(a, &s, &g4), EPD_ERR_STALE_GENERATION);
-  const std::string msg = epd_last_error(a);
+  const std::string msg = epd_client_last_error(a);
   EXPECT_NE(msg.find("4"), std::string::npos) << msg;
   EXPECT_NE(msg.find("5"), std::string::npos) << msg;
   s.generation = 6;
   epd_group_t* g6 = nullptr;
-  ASSERT_EQ(epd_group_join(a, &s, &g6), EPD_OK) << epd_last_error(a);
+  ASSERT_EQ(epd_group_join(a, &s, &g6), EPD_OK) << epd_client_last_error(a);
   // The old generation's handle now gets GROUP_CLOSED; the new one works.
   epd_dispatch_args_t args{};
   args.struct_size = sizeof args;
   epd_dispatch_result_t res{};
   res.struct_size = sizeof res;
-  ASSERT_EQ(epd_dispatch(g5, 0, &args), EPD_OK);
-  EXPECT_EQ(epd_dispatch_wait(g5, 0, 5000, &res), EPD_ERR_GROUP_CLOSED) << epd_last_error(g5);
-  ASSERT_EQ(epd_dispatch(g6, 0, &args), EPD_OK);
-  EXPECT_EQ(epd_dispatch_wait(g6, 0, 5000, &res), EPD_OK) << epd_last_error(g6);
+  ASSERT_EQ(epd_group_dispatch(g5, 0, &args), EPD_OK);
+  EXPECT_EQ(epd_group_dispatch_wait(g5, 0, 5000, &res), EPD_ERR_GROUP_CLOSED) << epd_group_last_error(g5);
+  ASSERT_EQ(epd_group_dispatch(g6, 0, &args), EPD_OK);
+  EXPECT_EQ(epd_group_dispatch_wait(g6, 0, 5000, &res), EPD_OK) << epd_group_last_error(g6);
   epd_group_leave(g5);
   epd_group_leave(g6);
   epd_client_disconnect(a);
@@ -145,7 +145,7 @@ TEST_F(IntegrationTest, JoinDeadlineNamesMissingRanks) {
   const epd_group_spec_t s = small_spec("lonely", 3, 0, 300);
   epd_group_t* g = nullptr;
   EXPECT_EQ(epd_group_join(a, &s, &g), EPD_ERR_TIMEOUT);
-  const std::string msg = epd_last_error(a);
+  const std::string msg = epd_client_last_error(a);
   EXPECT_NE(msg.find("1, 2"), std::string::npos) << msg;
   epd_client_disconnect(a);
 }
@@ -231,19 +231,19 @@ TEST_F(IntegrationTest, EpctlShowsGroupsRanksAndCounters) {
   epd_client_t* a = connect_or_die(socket());
   const epd_group_spec_t s = small_spec("shown", 1, 0);
   epd_group_t* g = nullptr;
-  ASSERT_EQ(epd_group_join(a, &s, &g), EPD_OK) << epd_last_error(a);
+  ASSERT_EQ(epd_group_join(a, &s, &g), EPD_OK) << epd_client_last_error(a);
   std::vector<float> x(3 * 32, 1.5f);
   std::vector<int32_t> ids = {0, 1, 2, -1, 3, 0};
   std::vector<float> w = {0.5f, 0.25f, 1, 0, 2, 1};
   epd_dispatch_args_t args{sizeof(epd_dispatch_args_t), x.data(), ids.data(), EPD_ID_INT32, w.data(), 3};
   epd_dispatch_result_t res{};
   res.struct_size = sizeof res;
-  ASSERT_EQ(epd_dispatch(g, 1, &args), EPD_OK) << epd_last_error(g);
-  ASSERT_EQ(epd_dispatch_wait(g, 1, 5000, &res), EPD_OK) << epd_last_error(g);
+  ASSERT_EQ(epd_group_dispatch(g, 1, &args), EPD_OK) << epd_group_last_error(g);
+  ASSERT_EQ(epd_group_dispatch_wait(g, 1, 5000, &res), EPD_OK) << epd_group_last_error(g);
   EXPECT_EQ(res.total_rows, 3);
   const void* out = nullptr;
-  ASSERT_EQ(epd_combine(g, 1, EPD_WEIGHTS_ONES), EPD_OK);
-  ASSERT_EQ(epd_combine_wait(g, 1, 5000, &out), EPD_OK) << epd_last_error(g);
+  ASSERT_EQ(epd_group_combine(g, 1, EPD_WEIGHTS_ONES), EPD_OK);
+  ASSERT_EQ(epd_group_combine_wait(g, 1, 5000, &out), EPD_OK) << epd_group_last_error(g);
   auto run = [&](std::vector<std::string> args2) {
     std::vector<std::string> argv = {epctl_path(), "--socket", socket()};
     argv.insert(argv.end(), args2.begin(), args2.end());
@@ -284,24 +284,24 @@ TEST_F(IntegrationTest, ClientArgumentErrorsNameTheValue) {
   epd_client_t* a = connect_or_die(socket());
   const epd_group_spec_t s = small_spec("args", 1, 0);
   epd_group_t* g = nullptr;
-  ASSERT_EQ(epd_group_join(a, &s, &g), EPD_OK) << epd_last_error(a);
+  ASSERT_EQ(epd_group_join(a, &s, &g), EPD_OK) << epd_client_last_error(a);
   epd_dispatch_args_t args{};
   args.struct_size = sizeof args;
-  EXPECT_EQ(epd_dispatch(g, 2, &args), EPD_ERR_BAD_SLOT);
-  EXPECT_NE(std::string(epd_last_error(g)).find("slot = 2"), std::string::npos) << epd_last_error(g);
-  EXPECT_EQ(epd_combine(g, 0, EPD_WEIGHTS_ONES), EPD_ERR_NO_DISPATCH);
+  EXPECT_EQ(epd_group_dispatch(g, 2, &args), EPD_ERR_BAD_SLOT);
+  EXPECT_NE(std::string(epd_group_last_error(g)).find("slot = 2"), std::string::npos) << epd_group_last_error(g);
+  EXPECT_EQ(epd_group_combine(g, 0, EPD_WEIGHTS_ONES), EPD_ERR_NO_DISPATCH);
   std::vector<float> x(9 * 32, 1.0f);
   std::vector<int32_t> ids(9 * 2, 0);
   args.x = x.data();
   args.topk_ids = ids.data();
   args.n_tokens = 9;
-  EXPECT_EQ(epd_dispatch(g, 0, &args), EPD_ERR_CAPACITY_EXCEEDED);
+  EXPECT_EQ(epd_group_dispatch(g, 0, &args), EPD_ERR_CAPACITY_EXCEEDED);
   args.n_tokens = 1;
   ids[0] = 0;
   ids[1] = 400;
-  EXPECT_EQ(epd_dispatch(g, 0, &args), EPD_ERR_EXPERT_ID_OUT_OF_RANGE);
-  EXPECT_NE(std::string(epd_last_error(g)).find("400"), std::string::npos) << epd_last_error(g);
-  EXPECT_EQ(epd_combine(g, 0, EPD_WEIGHTS_APPLY), EPD_ERR_BAD_WEIGHT_MODE);
+  EXPECT_EQ(epd_group_dispatch(g, 0, &args), EPD_ERR_EXPERT_ID_OUT_OF_RANGE);
+  EXPECT_NE(std::string(epd_group_last_error(g)).find("400"), std::string::npos) << epd_group_last_error(g);
+  EXPECT_EQ(epd_group_combine(g, 0, EPD_WEIGHTS_APPLY), EPD_ERR_BAD_WEIGHT_MODE);
   epd_group_leave(g);
   epd_client_disconnect(a);
 }
@@ -314,7 +314,7 @@ TEST_F(IntegrationTest, GpuPlacementsItCannotServeAreRefusedNamingThem) {
   epd_client_t* a = connect_or_die(socket());
   epd_client_info_t info{};
   info.struct_size = sizeof info;
-  ASSERT_EQ(epd_client_query(a, &info), EPD_OK) << epd_last_error(a);
+  ASSERT_EQ(epd_client_query(a, &info), EPD_OK) << epd_client_last_error(a);
   const bool gpu = (info.capabilities & EPD_CAP_GPU_EXECUTOR) != 0;
   auto join_with = [&](const char* name, const std::vector<epd_placement_t>& where, epd_group_t** g) {
     epd_group_spec_t s = small_spec(name, static_cast<int32_t>(where.size()), 0, 2000);
@@ -323,18 +323,18 @@ TEST_F(IntegrationTest, GpuPlacementsItCannotServeAreRefusedNamingThem) {
   };
   epd_group_t* g = nullptr;
   EXPECT_EQ(join_with("mixed", {{0, 0}, {0, EPD_GPU_HOST}}, &g), EPD_ERR_UNSUPPORTED);
-  EXPECT_NE(std::string(epd_last_error(a)).find("placement[1].gpu = -1"), std::string::npos) << epd_last_error(a);
+  EXPECT_NE(std::string(epd_client_last_error(a)).find("placement[1].gpu = -1"), std::string::npos) << epd_client_last_error(a);
   EXPECT_EQ(join_with("interleaved", {{0, 0}, {0, 1}, {0, 0}}, &g), EPD_ERR_UNSUPPORTED);
-  EXPECT_NE(std::string(epd_last_error(a)).find("placement[2].gpu = 0"), std::string::npos) << epd_last_error(a);
-  EXPECT_NE(std::string(epd_last_error(a)).find("contiguous"), std::string::npos) << epd_last_error(a);
+  EXPECT_NE(std::string(epd_client_last_error(a)).find("placement[2].gpu = 0"), std::string::npos) << epd_client_last_error(a);
+  EXPECT_NE(std::string(epd_client_last_error(a)).find("contiguous"), std::string::npos) << epd_client_last_error(a);
   const epd_status_t rc = join_with("one_gpu", {{0, 0}}, &g);
   if (gpu) {
-    EXPECT_EQ(rc, EPD_OK) << epd_last_error(a);
+    EXPECT_EQ(rc, EPD_OK) << epd_client_last_error(a);
     if (rc == EPD_OK) epd_group_leave(g);
   } else {
-    EXPECT_EQ(rc, EPD_ERR_GPU_UNAVAILABLE) << epd_last_error(a);
-    EXPECT_NE(std::string(epd_last_error(a)).find("GPU groups are unavailable"), std::string::npos)
-        << epd_last_error(a);
+    EXPECT_EQ(rc, EPD_ERR_GPU_UNAVAILABLE) << epd_client_last_error(a);
+    EXPECT_NE(std::string(epd_client_last_error(a)).find("GPU groups are unavailable"), std::string::npos)
+        << epd_client_last_error(a);
   }
   epd_client_disconnect(a);
 }
@@ -345,38 +345,38 @@ TEST_F(IntegrationTest, GpuCallsOnAHostGroupAreUnsupported) {
   epd_client_t* a = connect_or_die(socket());
   const epd_group_spec_t s = small_spec("hostonly", 1, 0);
   epd_group_t* g = nullptr;
-  ASSERT_EQ(epd_group_join(a, &s, &g), EPD_OK) << epd_last_error(a);
+  ASSERT_EQ(epd_group_join(a, &s, &g), EPD_OK) << epd_client_last_error(a);
   auto says = [&](const char* call) {
-    const std::string m = epd_last_error(g);
+    const std::string m = epd_group_last_error(g);
     return m.find(call) != std::string::npos && m.find("host group") != std::string::npos;
   };
   epd_gpu_dispatch_args_t args{};
   args.struct_size = sizeof args;
-  EXPECT_EQ(epd_dispatch_async(g, 0, &args, nullptr), EPD_ERR_UNSUPPORTED);
-  EXPECT_TRUE(says("epd_dispatch_async")) << epd_last_error(g);
-  EXPECT_EQ(epd_dispatch_wait_async(g, 0, nullptr), EPD_ERR_UNSUPPORTED);
-  EXPECT_TRUE(says("epd_dispatch_wait_async")) << epd_last_error(g);
-  EXPECT_EQ(epd_combine_async(g, 0, EPD_WEIGHTS_ONES, nullptr, 0, nullptr), EPD_ERR_UNSUPPORTED);
-  EXPECT_TRUE(says("epd_combine_async")) << epd_last_error(g);
-  EXPECT_EQ(epd_combine_wait_async(g, 0, nullptr), EPD_ERR_UNSUPPORTED);
-  EXPECT_EQ(epd_gpu_status(g, 0, 10), EPD_ERR_UNSUPPORTED);
-  EXPECT_TRUE(says("epd_gpu_status")) << epd_last_error(g);
+  EXPECT_EQ(epd_group_dispatch_async(g, 0, &args, nullptr), EPD_ERR_UNSUPPORTED);
+  EXPECT_TRUE(says("epd_group_dispatch_async")) << epd_group_last_error(g);
+  EXPECT_EQ(epd_group_dispatch_wait_async(g, 0, nullptr), EPD_ERR_UNSUPPORTED);
+  EXPECT_TRUE(says("epd_group_dispatch_wait_async")) << epd_group_last_error(g);
+  EXPECT_EQ(epd_group_combine_async(g, 0, EPD_WEIGHTS_ONES, nullptr, 0, nullptr), EPD_ERR_UNSUPPORTED);
+  EXPECT_TRUE(says("epd_group_combine_async")) << epd_group_last_error(g);
+  EXPECT_EQ(epd_group_combine_wait_async(g, 0, nullptr), EPD_ERR_UNSUPPORTED);
+  EXPECT_EQ(epd_group_gpu_status(g, 0, 10), EPD_ERR_UNSUPPORTED);
+  EXPECT_TRUE(says("epd_group_gpu_status")) << epd_group_last_error(g);
   epd_gpu_views_t v{};
   v.struct_size = sizeof v;
-  EXPECT_EQ(epd_gpu_views(g, 0, &v), EPD_ERR_UNSUPPORTED);
+  EXPECT_EQ(epd_group_gpu_views(g, 0, &v), EPD_ERR_UNSUPPORTED);
   EXPECT_EQ(v.send_x, nullptr);  // outputs written only on success
-  EXPECT_EQ(epd_dispatch_async(nullptr, 0, &args, nullptr), EPD_ERR_INVALID_ARGUMENT);
-  EXPECT_EQ(epd_gpu_status(nullptr, 0, 10), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_group_dispatch_async(nullptr, 0, &args, nullptr), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(epd_group_gpu_status(nullptr, 0, 10), EPD_ERR_INVALID_ARGUMENT);
   // The host path still works on the same handle.
   epd_dispatch_args_t h{};
   h.struct_size = sizeof h;
-  ASSERT_EQ(epd_dispatch(g, 0, &h), EPD_OK) << epd_last_error(g);
+  ASSERT_EQ(epd_group_dispatch(g, 0, &h), EPD_OK) << epd_group_last_error(g);
   epd_dispatch_result_t res{};
   res.struct_size = sizeof res;
-  ASSERT_EQ(epd_dispatch_wait(g, 0, 5000, &res), EPD_OK) << epd_last_error(g);
-  ASSERT_EQ(epd_combine(g, 0, EPD_WEIGHTS_ONES), EPD_OK) << epd_last_error(g);
+  ASSERT_EQ(epd_group_dispatch_wait(g, 0, 5000, &res), EPD_OK) << epd_group_last_error(g);
+  ASSERT_EQ(epd_group_combine(g, 0, EPD_WEIGHTS_ONES), EPD_OK) << epd_group_last_error(g);
   const void* out = nullptr;
-  ASSERT_EQ(epd_combine_wait(g, 0, 5000, &out), EPD_OK) << epd_last_error(g);
+  ASSERT_EQ(epd_group_combine_wait(g, 0, 5000, &out), EPD_OK) << epd_group_last_error(g);
   EXPECT_EQ(epd_group_leave(g), EPD_OK);
   epd_client_disconnect(a);
 }
@@ -394,14 +394,14 @@ TEST_F(IntegrationTest, ExpertMajorApplyWeightsTwoRanks) {
     s.top_k = K;
     s.hidden = H;
     s.layout = EPD_LAYOUT_EXPERT_MAJOR;
-    EXPECT_EQ(epd_group_join(c[0], &s, &g[0]), EPD_OK) << epd_last_error(c[0]);
+    EXPECT_EQ(epd_group_join(c[0], &s, &g[0]), EPD_OK) << epd_client_last_error(c[0]);
   });
   epd_group_spec_t s1 = small_spec("em", W, 1);
   s1.num_experts = E;
   s1.top_k = K;
   s1.hidden = H;
   s1.layout = EPD_LAYOUT_EXPERT_MAJOR;
-  ASSERT_EQ(epd_group_join(c[1], &s1, &g[1]), EPD_OK) << epd_last_error(c[1]);
+  ASSERT_EQ(epd_group_join(c[1], &s1, &g[1]), EPD_OK) << epd_client_last_error(c[1]);
   t.join();
   ASSERT_TRUE(g[0] && g[1]);
   // Inputs: token t of rank r routes to experts (t + r) % E and (t + 2 * r + 1) % E (-1 on t == 3).
@@ -420,12 +420,12 @@ TEST_F(IntegrationTest, ExpertMajorApplyWeightsTwoRanks) {
   auto f = [](int64_t e, float v) { return (1.0f + static_cast<float>(e)) * v - 0.5f; };
   for (int r = 0; r < W; ++r) {
     epd_dispatch_args_t a{sizeof(epd_dispatch_args_t), x[r].data(), ids[r].data(), EPD_ID_INT64, w[r].data(), N};
-    ASSERT_EQ(epd_dispatch(g[r], 0, &a), EPD_OK) << epd_last_error(g[r]);
+    ASSERT_EQ(epd_group_dispatch(g[r], 0, &a), EPD_OK) << epd_group_last_error(g[r]);
   }
   for (int r = 0; r < W; ++r) {
     epd_dispatch_result_t res{};
     res.struct_size = sizeof res;
-    ASSERT_EQ(epd_dispatch_wait(g[r], 0, 5000, &res), EPD_OK) << epd_last_error(g[r]);
+    ASSERT_EQ(epd_group_dispatch_wait(g[r], 0, 5000, &res), EPD_OK) << epd_group_last_error(g[r]);
     ASSERT_EQ(res.ids_per_row, 1);
     int64_t seen = 0;
     for (int l = 0; l < res.num_local_experts; ++l) {
@@ -444,11 +444,11 @@ TEST_F(IntegrationTest, ExpertMajorApplyWeightsTwoRanks) {
       }
     }
     EXPECT_EQ(res.total_rows, seen);
-    ASSERT_EQ(epd_combine(g[r], 0, EPD_WEIGHTS_APPLY), EPD_OK) << epd_last_error(g[r]);
+    ASSERT_EQ(epd_group_combine(g[r], 0, EPD_WEIGHTS_APPLY), EPD_OK) << epd_group_last_error(g[r]);
   }
   for (int r = 0; r < W; ++r) {
     const void* out = nullptr;
-    ASSERT_EQ(epd_combine_wait(g[r], 0, 5000, &out), EPD_OK) << epd_last_error(g[r]);
+    ASSERT_EQ(epd_group_combine_wait(g[r], 0, 5000, &out), EPD_OK) << epd_group_last_error(g[r]);
     const auto* o = static_cast<const float*>(out);
     for (int tk = 0; tk < N; ++tk)
       for (int h = 0; h < H; ++h) {
@@ -477,10 +477,10 @@ TEST_F(IntegrationTest, TwoSlotsInterleavedInBothOrders) {
   for (int r = 0; r < W; ++r) c[r] = connect_or_die(socket());
   std::thread t([&] {
     const epd_group_spec_t s = small_spec("slots", W, 0);
-    EXPECT_EQ(epd_group_join(c[0], &s, &g[0]), EPD_OK) << epd_last_error(c[0]);
+    EXPECT_EQ(epd_group_join(c[0], &s, &g[0]), EPD_OK) << epd_client_last_error(c[0]);
   });
   const epd_group_spec_t s1 = small_spec("slots", W, 1);
-  ASSERT_EQ(epd_group_join(c[1], &s1, &g[1]), EPD_OK) << epd_last_error(c[1]);
+  ASSERT_EQ(epd_group_join(c[1], &s1, &g[1]), EPD_OK) << epd_client_last_error(c[1]);
   t.join();
   const int E = 4 * W;
   for (int order = 0; order < 2; ++order) {
@@ -496,21 +496,21 @@ TEST_F(IntegrationTest, TwoSlotsInterleavedInBothOrders) {
         }
         epd_dispatch_args_t a{sizeof(epd_dispatch_args_t), x[r][slot].data(), ids[r][slot].data(), EPD_ID_INT32,
                               nullptr, N - slot};
-        ASSERT_EQ(epd_dispatch(g[r], slot, &a), EPD_OK) << epd_last_error(g[r]);
+        ASSERT_EQ(epd_group_dispatch(g[r], slot, &a), EPD_OK) << epd_group_last_error(g[r]);
       }
     const int first = order == 0 ? 1 : 0, second = 1 - first;
     for (int slot : {first, second})
       for (int r = 0; r < W; ++r) {
         epd_dispatch_result_t res{};
         res.struct_size = sizeof res;
-        ASSERT_EQ(epd_dispatch_wait(g[r], slot, 5000, &res), EPD_OK) << epd_last_error(g[r]);
+        ASSERT_EQ(epd_group_dispatch_wait(g[r], slot, 5000, &res), EPD_OK) << epd_group_last_error(g[r]);
         std::memcpy(res.combine_in, res.x, static_cast<size_t>(res.total_rows) * res.combine_row_bytes);
-        ASSERT_EQ(epd_combine(g[r], slot, EPD_WEIGHTS_ONES), EPD_OK) << epd_last_error(g[r]);
+        ASSERT_EQ(epd_group_combine(g[r], slot, EPD_WEIGHTS_ONES), EPD_OK) << epd_group_last_error(g[r]);
       }
     for (int slot : {second, first})
       for (int r = 0; r < W; ++r) {
         const void* out = nullptr;
-        ASSERT_EQ(epd_combine_wait(g[r], slot, 5000, &out), EPD_OK) << epd_last_error(g[r]);
+        ASSERT_EQ(epd_group_combine_wait(g[r], slot, 5000, &out), EPD_OK) << epd_group_last_error(g[r]);
         const auto* o = static_cast<const float*>(out);
         for (int tk = 0; tk < N - slot; ++tk) {
           bool dest[W] = {false, false};
@@ -543,18 +543,18 @@ TEST_F(IntegrationTest, SigtermTellsClientsAndExitsZero) {
     EXPECT_EQ(epd_group_join(a, &s, &ga), EPD_OK);
   });
   const epd_group_spec_t s1 = small_spec("term", 2, 1);
-  ASSERT_EQ(epd_group_join(b, &s1, &gb), EPD_OK) << epd_last_error(b);
+  ASSERT_EQ(epd_group_join(b, &s1, &gb), EPD_OK) << epd_client_last_error(b);
   t.join();
   // Rank 0 rings and waits; rank 1 never rings: the SIGTERM ends the wait.
   epd_dispatch_args_t args{};
   args.struct_size = sizeof args;
-  ASSERT_EQ(epd_dispatch(ga, 0, &args), EPD_OK);
+  ASSERT_EQ(epd_group_dispatch(ga, 0, &args), EPD_OK);
   epd_dispatch_result_t res{};
   res.struct_size = sizeof res;
-  EXPECT_EQ(epd_dispatch_wait(ga, 0, 100, &res), EPD_ERR_TIMEOUT);  // slow rank 1 is not dead
+  EXPECT_EQ(epd_group_dispatch_wait(ga, 0, 100, &res), EPD_ERR_TIMEOUT);  // slow rank 1 is not dead
   daemon().child().kill(SIGTERM);
-  EXPECT_EQ(epd_dispatch_wait(ga, 0, 5000, &res), EPD_ERR_SHUTTING_DOWN) << epd_last_error(ga);
-  EXPECT_EQ(epd_dispatch(gb, 0, &args), EPD_ERR_SHUTTING_DOWN) << epd_last_error(gb);
+  EXPECT_EQ(epd_group_dispatch_wait(ga, 0, 5000, &res), EPD_ERR_SHUTTING_DOWN) << epd_group_last_error(ga);
+  EXPECT_EQ(epd_group_dispatch(gb, 0, &args), EPD_ERR_SHUTTING_DOWN) << epd_group_last_error(gb);
   EXPECT_EQ(daemon().child().wait(10000), 0);
   epd_group_leave(ga);
   epd_group_leave(gb);

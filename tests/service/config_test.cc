@@ -1,9 +1,13 @@
 // config_test.cc — epd.toml parsing, validation messages, command-line
-// overrides, --print-config (round trip, secret redacted), the example config.
+// overrides, --print-config (round trip, secret redacted, every [[group]] row
+// of the spec's field list), the example config.
 #include "config.h"
 
 #include <gtest/gtest.h>
 
+#include <set>
+#include <string>
+#include <type_traits>
 
 #include "service_test_support.h"
 
@@ -341,6 +345,88 @@ TEST(Config, PrintConfigRoundTrips) {
     EXPECT_TRUE(b.groups[i].compare(a.groups[i]).is_ok()) << b.groups[i].compare(a.groups[i]).to_string();
     EXPECT_EQ(b.groups[i].generation, a.groups[i].generation);
   }
+}
+
+// ---- [[group]] keys, row by row of the spec's field list (core/spec_fields.h) ----------
+
+// A value of the field other than `v` that keeps the group valid.
+template <typename T>
+T other_value(T v) {
+  if constexpr (std::is_enum_v<T>) {
+    const auto& names = EnumNames<T>::kNames;
+    const size_t n = sizeof names / sizeof names[0];
+    for (size_t i = 0; i < n; ++i)
+      if (names[i].value == v) return names[(i + 1) % n].value;
+    return names[0].value;
+  } else {
+    return static_cast<T>(v + 1);
+  }
+}
+
+const char* kRowGroup =
+    "[[group]]\nname = \"rows\"\nworld_size = 4\nnum_experts = 16\ntop_k = 4\nhidden = 256\n"
+    "max_tokens_per_rank = 64\n";
+
+TEST(Config, EveryGroupRowRoundTripsThroughPrintAndParse) {
+  SKIP_WITHOUT_TOML();
+  Result<DaemonConfig> base = parse_config_toml(kRowGroup, "rows.toml");
+  ASSERT_TRUE(base.is_ok()) << base.status().to_string();
+  ASSERT_EQ(base->groups.size(), 1u);
+  std::set<std::string> not_keys;
+  for_each_spec_field([&](const auto& f) {
+    if constexpr (!kIsSpecHand<decltype(f)>) {
+      if (!f.has(kSpecConfig)) {
+        not_keys.insert(f.name);
+        return;
+      }
+      SCOPED_TRACE(f.name);
+      DaemonConfig c = *base;
+      GroupSpec& g = c.groups[0];
+      g.*f.member = other_value(g.*f.member);
+      g.placement.assign(static_cast<size_t>(g.world_size), epd_placement_t{0, EPD_GPU_HOST});
+      g.expert_owner.resize(static_cast<size_t>(g.num_experts));
+      for (int32_t e = 0; e < g.num_experts; ++e)
+        g.expert_owner[e] = GroupSpec::contiguous_owner(e, g.num_experts, g.world_size);
+      ASSERT_TRUE(g.validate().is_ok()) << g.validate().message();
+      const std::string printed = print_config(c);
+      EXPECT_NE(printed.find("\n" + std::string(f.name) + " = "), std::string::npos) << printed;
+      Result<DaemonConfig> back = parse_config_toml(printed, "printed.toml");
+      ASSERT_TRUE(back.is_ok()) << back.status().to_string() << "\n" << printed;
+      ASSERT_EQ(back->groups.size(), 1u);
+      EXPECT_EQ(spec_value_text(back->groups[0].*f.member), spec_value_text(g.*f.member));
+      EXPECT_TRUE(back->groups[0].compare(g).is_ok()) << back->groups[0].compare(g).message();
+      EXPECT_EQ(back->groups[0].generation, g.generation);
+    }
+  });
+  EXPECT_EQ(not_keys, (std::set<std::string>{"rank"})) << "a config group is always rank 0";
+}
+
+TEST(Config, EveryRequiredGroupKeyIsRequired) {
+  SKIP_WITHOUT_TOML();
+  for_each_spec_field([&](const auto& f) {
+    if constexpr (!kIsSpecHand<decltype(f)>) {
+      if (!f.has(kSpecRequired)) return;
+      std::string toml = kRowGroup;
+      const std::string line = std::string(f.name) + " = ";
+      const size_t at = toml.find(line);
+      ASSERT_NE(at, std::string::npos) << f.name << " is required but kRowGroup lacks it";
+      toml.erase(at, toml.find('\n', at) + 1 - at);
+      Result<DaemonConfig> r = parse_config_toml(toml, "bad.toml");
+      ASSERT_FALSE(r.is_ok()) << "accepted without " << f.name;
+      EXPECT_NE(r.status().message().find("missing the required key '" + std::string(f.name) + "'"),
+                std::string::npos)
+          << r.status().message();
+    }
+  });
+}
+
+TEST(Config, GroupTimeoutZeroIsTheServerDefault) {
+  SKIP_WITHOUT_TOML();
+  Result<DaemonConfig> r =
+      parse_config_toml(std::string("[server]\njoin_timeout_ms = 7000\n") + kRowGroup + "timeout_ms = 0\n", "t.toml");
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_EQ(r->groups[0].timeout_ms, 7000u);
+  EXPECT_EQ(DaemonConfig{}.join_timeout_ms, kDefaultTimeoutMs);
 }
 
 TEST(Config, PrintConfigEscapesStrings) {

@@ -1,9 +1,11 @@
-// factory_test.cc — make_transport's policy: tcp; rdma without a device (or
-// without RDMA in the build) refuses or falls back to tcp as configured, and
-// logs which transport runs; the interface under a listen address. Label: unit.
+// factory_test.cc — the registry of kinds and make_transport's policy: tcp;
+// rdma without a device (or without RDMA in the build) refuses or falls back
+// to tcp as configured, and logs which transport runs; each kind checks its
+// option struct; the interface under a listen address. Label: unit.
 #include <gtest/gtest.h>
 
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "transport.h"
@@ -49,6 +51,38 @@ TEST(MakeTransport, UnknownKindRefused) {
   auto t = make_transport(c, {});
   ASSERT_FALSE(t);
   EXPECT_NE(t.status().message().find("carrier-pigeon"), std::string::npos);
+  EXPECT_NE(t.status().message().find("is not 'tcp' or 'rdma'"), std::string::npos) << t.status().message();
+}
+
+// The registry: every kind once, with a factory; rdma falls back to tcp.
+TEST(TransportKinds, RegistryListsEachKindOnce) {
+  std::vector<std::string> names;
+  for (const TransportKind& k : transport_kinds()) {
+    ASSERT_NE(k.create, nullptr) << k.name;
+    EXPECT_EQ(find_transport_kind(k.name), &k);
+    if (k.fallback) {
+      EXPECT_NE(find_transport_kind(k.fallback), nullptr) << k.name << " falls back to unknown " << k.fallback;
+      EXPECT_NE(k.fallback_allowed, nullptr) << k.name;
+    }
+    names.push_back(k.name);
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"tcp", "rdma"}));
+  EXPECT_EQ(find_transport_kind("carrier-pigeon"), nullptr);
+  EXPECT_STREQ(find_transport_kind("rdma")->fallback, "tcp");
+}
+
+// Each kind checks its own option struct: tcp's queue bound.
+TEST(TransportKinds, TcpChecksItsOptions) {
+  Log log;
+  TransportConfig c = config(&log);
+  c.max_message_bytes = 1u << 20;
+  c.tcp.max_queued_bytes = 1u << 10;
+  auto t = make_transport(c, {});
+  ASSERT_FALSE(t);
+  EXPECT_EQ(t.status().code(), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(t.status().message().find("max_queued_bytes 1024 must be >= max_message_bytes 1048576"),
+            std::string::npos)
+      << t.status().message();
 }
 
 bool rdma_available() {

@@ -25,7 +25,7 @@ std::unique_ptr<Node> connect_to_child(const ChildNode& child, std::chrono::mill
   auto a = make_node(1, [&](TransportConfig& c) {
     c.peers[2] = child.address;
     c.peer_timeout = peer_timeout;
-    c.max_queued_bytes = max_queued;
+    c.tcp.max_queued_bytes = max_queued;
     c.max_message_bytes = std::min(c.max_message_bytes, max_queued);
   });
   if (!a) return nullptr;

@@ -1,7 +1,7 @@
 // tcp_transport_test.cc — the TCP transport over loopback, in one process:
 // 2 and 4 nodes exchanging messages and bulk writes (contents verified),
-// refusals (wrong secret, version, unknown node), malformed frames, and the
-// write bound checks. Label: multinode.
+// refusals (wrong secret, version, unknown node), connect()'s retry until the
+// peer listens, malformed frames, and the write bound checks. Label: multinode.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -220,6 +220,35 @@ TEST(TcpTransport, ConnectWithoutListenerTimesOutAtDeadline) {
   EXPECT_NE(s.message().find("node 2"), std::string::npos) << s.message();
   EXPECT_GE(ms, 350);
   EXPECT_LT(ms, 2000);
+}
+
+// connect()'s backoff: a dial refused because nothing listens yet is retried
+// until the peer starts listening on that address, within the deadline.
+TEST(TcpTransport, DialRetriesUntilTheListenerAppears) {
+  Watchdog wd(30s);
+  auto a = make_node(1);
+  ASSERT_TRUE(a);
+  std::string addr;
+  {
+    auto tmp = make_node(5);
+    ASSERT_TRUE(tmp);
+    addr = tmp->t->listen_address();
+  }
+  a->t->set_peer_address(2, addr);
+  Status dialed = make_status(EPD_ERR_INTERNAL, "not run");
+  std::thread dialer([&] { dialed = a->t->connect(2, deadline_after(10s)); });
+  std::this_thread::sleep_for(300ms);  // several refused attempts first
+  auto b = make_node(2, [&](TransportConfig& c) {
+    c.listen_address = addr;
+    c.peers[1] = a->t->listen_address();
+  });
+  if (!b) {
+    dialer.join();
+    GTEST_SKIP() << "port of " << addr << " was taken by another process meanwhile";
+  }
+  dialer.join();
+  EXPECT_TRUE(dialed.is_ok()) << dialed.to_string();
+  EXPECT_TRUE(b->t->connect(1, deadline_after(5s)).is_ok());
 }
 
 TEST(TcpTransport, WriteBoundsCheckedAtSender) {

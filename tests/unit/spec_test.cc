@@ -1,14 +1,22 @@
 // spec_test.cc — the group spec contract: every invalid field gets its own
 // status and a message naming the value, through the C entry point and
-// GroupSpec; comparison names the field and both values; status strings.
+// GroupSpec; comparison names the field and both values; every row of the
+// field list survives the C struct and the JOIN wire codec; status strings.
+// Also checks epd_group_workspace_bytes, deprecated (epd_group_spec_workspace_bytes
+// replaces it) but exported until 0.3.
+#define EPD_NO_DEPRECATION_WARNINGS
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <functional>
 #include <set>
 #include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "epd/types.h"
+#include "protocol.h"
 #include "spec.h"
 
 namespace {
@@ -193,7 +201,9 @@ TEST(SpecFromC, FillsDefaultsAndCopiesArrays) {
   auto g = epd::GroupSpec::from_c(s);
   ASSERT_TRUE(g.is_ok()) << g.status().to_string();
   EXPECT_EQ(g->name, "deepseek-v3.ep_8");
-  EXPECT_EQ(g->timeout_ms, 30000u) << "0 means the default";
+  EXPECT_EQ(g->timeout_ms, 0u) << "0 (the daemon's default) is carried, not replaced";
+  EXPECT_EQ(g->effective_timeout_ms(), epd::kDefaultTimeoutMs) << "a client's own waits";
+  EXPECT_TRUE(g->validate().is_ok());
   ASSERT_EQ(g->placement.size(), 4u);
   for (const auto& p : g->placement) {
     EXPECT_EQ(p.node, 0);
@@ -291,6 +301,169 @@ TEST(SpecCompare, NamesFieldAndBothValues) {
   other.rank = 3;
   other.generation = 99;
   EXPECT_TRUE(base->compare(other).is_ok()) << "rank and generation are not compared";
+}
+
+// ---- the field list (core/spec_fields.h), row by row ---------------------------------
+// Each test walks the list itself, so a new row is covered without editing
+// them; one that a site does not carry fails here.
+
+// A value of the field other than `v` that keeps the spec valid: an integer
+// one larger, an enum the next name in its table.
+template <typename T>
+T other_value(T v) {
+  if constexpr (std::is_enum_v<T>) {
+    const auto& names = epd::EnumNames<T>::kNames;
+    const size_t n = sizeof names / sizeof names[0];
+    for (size_t i = 0; i < n; ++i)
+      if (names[i].value == v) return names[(i + 1) % n].value;
+    return names[0].value;
+  } else {
+    return static_cast<T>(v + 1);
+  }
+}
+
+// The arrays sized for world_size / num_experts again, after one of them changed.
+void fit_arrays(epd::GroupSpec& g) {
+  g.placement.assign(static_cast<size_t>(g.world_size), epd_placement_t{0, EPD_GPU_HOST});
+  g.expert_owner.resize(static_cast<size_t>(g.num_experts));
+  for (int32_t e = 0; e < g.num_experts; ++e)
+    g.expert_owner[e] = epd::GroupSpec::contiguous_owner(e, g.num_experts, g.world_size);
+}
+
+// Every scalar row of `a` and `b` equal (compare() skips rank and generation).
+void expect_same_fields(const epd::GroupSpec& a, const epd::GroupSpec& b, const std::string& how) {
+  epd::for_each_spec_field([&](const auto& f) {
+    if constexpr (!epd::kIsSpecHand<decltype(f)>) {
+      EXPECT_EQ(epd::spec_value_text(a.*f.member), epd::spec_value_text(b.*f.member)) << f.name << " after " << how;
+    }
+  });
+  EXPECT_TRUE(a.compare(b).is_ok()) << how << ": " << a.compare(b).message();
+}
+
+// Calls test(spec, field name) once per scalar row, with that row changed.
+template <typename Test>
+void for_each_changed_row(const epd::GroupSpec& base, Test&& test) {
+  epd::for_each_spec_field([&](const auto& f) {
+    if constexpr (!epd::kIsSpecHand<decltype(f)>) {
+      epd::GroupSpec g = base;
+      g.*f.member = other_value(g.*f.member);
+      fit_arrays(g);
+      SCOPED_TRACE(f.name);
+      ASSERT_TRUE(g.validate().is_ok()) << g.validate().message();
+      test(g, f.name);
+    }
+  });
+}
+
+TEST(SpecFields, InitWritesEveryRowsDefault) {
+  epd_group_spec_t c;
+  std::memset(&c, 0x5a, sizeof c);
+  epd_group_spec_init(&c);
+  const epd::GroupSpec cpp;
+  int rows = 0;
+  epd::for_each_spec_field([&](const auto& f) {
+    if constexpr (!epd::kIsSpecHand<decltype(f)>) {
+      ++rows;
+      EXPECT_EQ(c.*f.c_member, f.c_default) << f.name;
+      EXPECT_EQ(cpp.*f.member, f.c_default) << f.name << ": GroupSpec starts at the C default";
+    }
+  });
+  EXPECT_EQ(rows, 14);
+  EXPECT_EQ(c.timeout_ms, epd::kDefaultTimeoutMs);
+}
+
+TEST(SpecFields, EveryRowRoundTripsThroughTheCStructAndTheWire) {
+  auto base = epd::GroupSpec::from_c(valid_spec());
+  ASSERT_TRUE(base.is_ok());
+  for_each_changed_row(*base, [](const epd::GroupSpec& g, const char* field) {
+    const epd_group_spec_t c = g.to_c();
+    auto back = epd::GroupSpec::from_c(c);
+    ASSERT_TRUE(back.is_ok()) << back.status().message();
+    expect_same_fields(g, *back, std::string("to_c / from_c of ") + field);
+
+    const std::vector<uint8_t> record = epd::proto::encode(epd::proto::Join{g}, 7);
+    auto frame = epd::proto::decode_frame(record.data(), record.size());
+    ASSERT_TRUE(frame.is_ok()) << frame.status().message();
+    auto join = epd::proto::decode_join(*frame);
+    ASSERT_TRUE(join.is_ok()) << join.status().message();
+    expect_same_fields(g, join->spec, std::string("JOIN encode / decode of ") + field);
+  });
+}
+
+TEST(SpecFields, EveryComparedRowIsComparedAndNamed) {
+  auto base = epd::GroupSpec::from_c(valid_spec());
+  ASSERT_TRUE(base.is_ok());
+  std::set<std::string> not_compared;
+  epd::for_each_spec_field([&](const auto& f) {
+    if constexpr (!epd::kIsSpecHand<decltype(f)>) {
+      if (!f.has(epd::kSpecCompared)) {
+        not_compared.insert(f.name);
+        return;
+      }
+      epd::GroupSpec other = *base;
+      other.*f.member = other_value(other.*f.member);
+      fit_arrays(other);
+      const epd::Status st = base->compare(other);
+      EXPECT_EQ(st.code(), EPD_ERR_SPEC_MISMATCH) << f.name;
+      const std::string want = std::string(f.name) + ": group has " + epd::spec_value_text(base.value().*f.member) +
+                               ", join has " + epd::spec_value_text(other.*f.member);
+      EXPECT_EQ(st.message(), want);
+    }
+  });
+  EXPECT_EQ(not_compared, (std::set<std::string>{"generation", "rank"})) << "a join may differ only in these";
+}
+
+TEST(SpecFields, EveryCheckedRowNamesItsFieldAndValue) {
+  int checked = 0;
+  epd::for_each_spec_field([&](const auto& f) {
+    if constexpr (!epd::kIsSpecHand<decltype(f)>) {
+      using T = typename std::decay_t<decltype(f)>::Type;
+      std::vector<std::pair<T, std::string>> bad;  // value, the message's end
+      if constexpr (std::is_enum_v<T>) {
+        if (f.check == epd::SpecCheck::kEnum) bad.push_back({static_cast<T>(99), " is not a known "});
+      } else {
+        if (f.check == epd::SpecCheck::kRange) {
+          const std::string bounds = " is outside [" + std::to_string(f.lo) + ", " + std::to_string(f.hi) + "]";
+          bad.push_back({static_cast<T>(f.lo - 1), bounds});
+          bad.push_back({static_cast<T>(f.hi + 1), bounds});
+        }
+        if (f.check == epd::SpecCheck::kNonNegative) bad.push_back({static_cast<T>(-1), " is negative"});
+      }
+      for (const auto& [value, why] : bad) {
+        ++checked;
+        epd_group_spec_t c = valid_spec();
+        c.*f.c_member = value;
+        const Validated v = validate(c);
+        EXPECT_EQ(v.code, EPD_ERR_INVALID_SPEC) << f.name;
+        const std::string want =
+            std::string(f.name) + " = " + std::to_string(static_cast<long long>(value)) + why;
+        EXPECT_EQ(v.message.rfind(want, 0), 0u) << "'" << v.message << "' does not start with '" << want << "'";
+      }
+    }
+  });
+  EXPECT_GE(checked, 13);
+}
+
+TEST(SpecTimeout, ZeroIsTheDaemonsDefault) {
+  auto g = epd::GroupSpec::from_c(valid_spec());
+  ASSERT_TRUE(g.is_ok());
+  g->timeout_ms = 0;
+  // 0 crosses the wire unchanged; the daemon then resolves it.
+  const std::vector<uint8_t> record = epd::proto::encode(epd::proto::Join{*g}, 1);
+  auto join = epd::proto::decode_join(*epd::proto::decode_frame(record.data(), record.size()));
+  ASSERT_TRUE(join.is_ok()) << join.status().message();
+  EXPECT_EQ(join->spec.timeout_ms, 0u);
+  EXPECT_EQ(join->spec.effective_timeout_ms(), epd::kDefaultTimeoutMs);
+  join->spec.resolve_timeout(45000);
+  EXPECT_EQ(join->spec.timeout_ms, 45000u);
+  EXPECT_EQ(join->spec.effective_timeout_ms(), 45000u);
+  join->spec.resolve_timeout(1000);
+  EXPECT_EQ(join->spec.timeout_ms, 45000u) << "a timeout the spec gives is kept";
+  // Two ranks that both said 0 join the same group once each is resolved.
+  epd::GroupSpec other = *g;
+  other.rank = 2;
+  other.resolve_timeout(45000);
+  EXPECT_TRUE(join->spec.compare(other).is_ok());
 }
 
 TEST(SpecNames, ParseAndPrintRoundTrip) {

@@ -36,7 +36,7 @@ bool join_all(const std::string& socket, const GroupSpec& spec, std::vector<Clie
   groups.resize(static_cast<size_t>(world));
   for (int32_t r = 0; r < world; ++r)
     if (clients[r].connect(socket) != EPD_OK) {
-      std::printf("connect %s: %s\n", socket.c_str(), epd_last_error(nullptr));
+      std::printf("connect %s: %s\n", socket.c_str(), epd_client_last_error(nullptr));
       return false;
     }
   std::vector<epd_status_t> rc(static_cast<size_t>(world), EPD_OK);
@@ -68,14 +68,14 @@ bool round_trip(std::vector<Group>& groups, int32_t slot, cudaStream_t stream) {
     return false;
   };
   for (auto& g : groups)
-    if (g.dispatch_async(slot, a, stream) != EPD_OK) return failed(g, "epd_dispatch_async");
+    if (g.dispatch_async(slot, a, stream) != EPD_OK) return failed(g, "epd_group_dispatch_async");
   for (auto& g : groups)
-    if (g.dispatch_wait_async(slot, stream) != EPD_OK) return failed(g, "epd_dispatch_wait_async");
+    if (g.dispatch_wait_async(slot, stream) != EPD_OK) return failed(g, "epd_group_dispatch_wait_async");
   for (auto& g : groups)
     if (g.combine_async(slot, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, stream) != EPD_OK)
-      return failed(g, "epd_combine_async");
+      return failed(g, "epd_group_combine_async");
   for (auto& g : groups)
-    if (g.combine_wait_async(slot, stream) != EPD_OK) return failed(g, "epd_combine_wait_async");
+    if (g.combine_wait_async(slot, stream) != EPD_OK) return failed(g, "epd_group_combine_wait_async");
   return true;
 }
 
@@ -84,7 +84,7 @@ bool all_ok(std::vector<Group>& groups, uint32_t timeout_ms) {
   for (size_t r = 0; r < groups.size(); ++r)
     for (int32_t s = 0; s < 2; ++s)
       if (groups[r].gpu_status(s, timeout_ms) != EPD_OK) {
-        std::printf("epd_gpu_status(rank %zu, slot %d): %s\n", r, s, groups[r].last_error().c_str());
+        std::printf("epd_group_gpu_status(rank %zu, slot %d): %s\n", r, s, groups[r].last_error().c_str());
         return false;
       }
   return true;
@@ -105,7 +105,7 @@ int run(const std::string& socket, int iters, const std::string& label) {
     Client probe;
     epd_client_info_t info{};
     if (probe.connect(socket) != EPD_OK || probe.query(info) != EPD_OK) {
-      std::printf("no epd at %s: %s\n", socket.c_str(), epd_last_error(nullptr));
+      std::printf("no epd at %s: %s\n", socket.c_str(), epd_client_last_error(nullptr));
       return 1;
     }
     if (!(info.capabilities & EPD_CAP_GPU_EXECUTOR)) {

@@ -23,7 +23,9 @@
 // Usage: epd_gpu_bench [--json FILE] [--iters N] [--only LL|HT] [--gpus N]
 //   [--parts N] [--combine-parts N] [--fused-per-sm N] [--ll-mode low_latency|high_throughput]
 //   [--barrier 0|1]  (multi-GPU barrier: 0 a word per GPU, local polling; 1 one word on the home GPU)
-// (the last four override the executor's launch choices, for sweeps).
+// (the last four override the executor's launch choices, for sweeps). Every row
+// names the launch variant it measured: "variant=..." leads the launch column,
+// and the JSON has "variant".
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
@@ -99,6 +101,7 @@ struct Result1 {
   double dispatch_bytes = 0, combine_bytes = 0;
   int64_t rows = 0;
   std::string launch;
+  std::string variant;  // the launch variant measured (gpu_launch_plan.h)
 };
 
 GpuTuning g_tuning;
@@ -199,6 +202,7 @@ Result1 run_workload(const char* name, int tokens, epd_mode_t mode, bool fp8, in
   res.tokens = tokens;
   res.fp8 = fp8;
   res.launch = gpu.describe_launch();
+  res.variant = gpu.variant_name();
   CHECK_OK(gpu.dispatch(0, stream));
   CHECK_OK(gpu.check_fault(stream));
   for (int r = 0; r < W; ++r) {
@@ -424,6 +428,7 @@ struct ResultN {
   // combine rows returned to other GPUs / all rows returned for its tokens.
   std::vector<double> dispatch_nvl, dispatch_alg, combine_nvl, combine_alg, bound_bytes;
   std::string launch;
+  std::string variant;  // the launch variant measured (gpu_launch_plan.h)
 };
 
 ResultN run_workload_gpus(const char* name, int tokens, int capacity, epd_mode_t mode, bool fp8, int iters, Gpus& G) {
@@ -449,6 +454,7 @@ ResultN run_workload_gpus(const char* name, int tokens, int capacity, epd_mode_t
   res.fp8 = fp8;
   res.mode = mode;
   res.launch = gpu.describe_launch();
+  res.variant = gpu.variant_name();
   const RankLayout& l0 = layout.ranks[0];
   const double row_out = static_cast<double>(l0.recv_row_bytes) + l0.scale_blocks * 4.0 + l0.ids_per_row * 8.0 + 8.0;
   const double row_in = static_cast<double>(l0.in_row_bytes);
@@ -636,7 +642,8 @@ int run_gpus(int n, int iters, const std::string& only, const std::string& json_
             ", \"dispatch_nvl_bytes\": " + json_array(r.dispatch_nvl, "%.0f") +
             ", \"dispatch_alg_bytes\": " + json_array(r.dispatch_alg, "%.0f") +
             ", \"combine_nvl_bytes\": " + json_array(r.combine_nvl, "%.0f") +
-            ", \"combine_alg_bytes\": " + json_array(r.combine_alg, "%.0f") + ", \"launch\": \"" + r.launch + "\"}" +
+            ", \"combine_alg_bytes\": " + json_array(r.combine_alg, "%.0f") + ", \"variant\": \"" + r.variant +
+            "\", \"launch\": \"" + r.launch + "\"}" +
             (i + 1 < results.size() ? "," : "") + "\n";
   }
   json += "  ]\n}\n";
@@ -730,10 +737,11 @@ int main(int argc, char** argv) {
                   "\"experts\": 256, \"dispatch\": \"%s\", \"combine\": \"bf16\", \"rows\": %lld, "
                   "\"dispatch_us\": %.3f, \"combine_us\": %.3f, \"graph_dispatch_combine_us\": %.3f, "
                   "\"dispatch_bytes\": %.0f, \"combine_bytes\": %.0f, \"dispatch_GBps\": %.1f, \"combine_GBps\": %.1f, "
-                  "\"dispatch_copy_ratio\": %.3f, \"combine_copy_ratio\": %.3f, \"launch\": \"%s\"}%s\n",
+                  "\"dispatch_copy_ratio\": %.3f, \"combine_copy_ratio\": %.3f, \"variant\": \"%s\", "
+                  "\"launch\": \"%s\"}%s\n",
                   r.name.c_str(), r.tokens, r.fp8 ? "fp8_e4m3" : "bf16", static_cast<long long>(r.rows), r.dispatch_us,
                   r.combine_us, r.pair_graph_us, r.dispatch_bytes, r.combine_bytes, dg, cg, dg / copy_gbps,
-                  cg / copy_gbps, r.launch.c_str(), i + 1 < results.size() ? "," : "");
+                  cg / copy_gbps, r.variant.c_str(), r.launch.c_str(), i + 1 < results.size() ? "," : "");
     json += b;
   }
   json += "  ]\n}\n";

@@ -1,0 +1,94 @@
+// launch_plan.cc — a GpuExecutor's launch plan (launch_plan.h): the variant
+// (choose_launch_variant, kernels/gpu_launch_plan.cc), its sequence, the row
+// split and grid sizes per GPU. The numbers behind the choices were measured
+// with tools/gpu/epd_gpu_bench (tools/gpu/RESULTS.md).
+#include "launch_plan.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+
+#include "cuda_status.h"
+#include "launchers.h"
+
+namespace epd::gpu {
+
+const VariantSequence& variant_sequence(LaunchVariant v) {
+  switch (v) {
+    case LaunchVariant::kLowLatency: return kLowLatencySequence;
+    case LaunchVariant::kMultiGpu: return kMultiGpuSequence;
+    case LaunchVariant::kHighThroughput: break;
+  }
+  return kHighThroughputSequence;
+}
+
+Result<LaunchPlan> make_launch_plan(const GroupSpec& spec, const GroupLayout& layout,
+                                    const std::vector<GpuExecutor::Shard>& shards, const GpuTuning& tuning,
+                                    int32_t dests, int32_t chunks) {
+  LaunchPlan plan;
+  plan.choice = choose_launch_variant(spec, tuning, static_cast<int32_t>(shards.size()));
+  plan.sequence = &variant_sequence(plan.choice.variant);
+  const bool low_latency = plan.choice.variant == LaunchVariant::kLowLatency;
+  const RankLayout& l0 = layout.ranks[0];
+  const int64_t pieces = spec.dispatch_quant == EPD_QUANT_FP8_E4M3_BLOCK128
+                             ? spec.hidden / EPD_FP8_BLOCK
+                             : static_cast<int64_t>(l0.in_row_bytes / 16);
+  auto blocks_for = [](int64_t warps_needed, int cap) {
+    return static_cast<int32_t>(std::max<int64_t>(1, std::min<int64_t>((warps_needed + kWarps - 1) / kWarps, cap)));
+  };
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const GpuExecutor::Shard& sh = shards[i];
+    EPD_CUDA_RETURN(cudaSetDevice(sh.device));
+    int sms = 0, coop = 0;
+    EPD_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, sh.device));
+    EPD_CUDA_RETURN(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, sh.device));
+    const int budget = spec.sm_budget > 0 ? std::min(spec.sm_budget, sms) : sms;
+    LaunchShape shp{};
+    if (low_latency && !coop)
+      return make_status(EPD_ERR_UNSUPPORTED, "low_latency needs cooperative launch, which device %d lacks",
+                         sh.device);
+    // Small batches leave most warps idle with one warp per token: split each
+    // row into `parts` slices, one warp each. Measured on an H100 with LL (8 x
+    // 128 tokens, hidden 7168): dispatch is best at about one slice per warp of
+    // one block per SM (parts 2, 2 cooperative blocks per SM: 58.8 / 44.7 us
+    // bf16 / fp8, against 61.3 / 59.9 with 8 slices and 3 blocks per SM);
+    // combine at about two slices per warp of four blocks per SM (8 slices:
+    // 45 us, 1 slice: 62 us).
+    const int64_t token_slots = static_cast<int64_t>(sh.rank_hi - sh.rank_lo) * spec.max_tokens_per_rank;
+    const auto slices = [&](int64_t warps, int64_t cap) {
+      return static_cast<int32_t>(
+          std::clamp<int64_t>(std::min<int64_t>((warps + token_slots - 1) / token_slots, cap), 1, 8));
+    };
+    if (i == 0) {  // one row split for every shard (the same rows everywhere)
+      plan.parts = slices(static_cast<int64_t>(sms) * kWarps, pieces / 2);
+      plan.combine_parts =
+          slices(static_cast<int64_t>(sms) * 8 * kWarps, static_cast<int64_t>(l0.in_row_bytes / 16) / 32);
+      if (tuning.parts > 0) plan.parts = std::clamp(tuning.parts, 1, 8);
+      if (tuning.combine_parts > 0) plan.combine_parts = std::clamp(tuning.combine_parts, 1, 8);
+    }
+    const int64_t local_units = static_cast<int64_t>(sh.rank_hi - sh.rank_lo) * chunks;
+    shp.count_blocks = blocks_for(local_units, budget * 4);
+    shp.prefix_blocks = static_cast<int32_t>(std::min<int64_t>(dests, budget * 4));
+    shp.scatter_blocks = blocks_for(token_slots * plan.parts, budget * 4);
+    // low_latency combines over every SM (its dispatch, cooperative, ignores the budget too).
+    shp.combine_blocks = blocks_for(token_slots * plan.combine_parts, (low_latency ? sms : budget) * 4);
+
+    DispatchParams dp{};
+    dp.dests = dests;
+    if (dispatch_smem_bytes(dp) > 200 * 1024)
+      return make_status(EPD_ERR_UNSUPPORTED,
+                         "GPU executor: %d destinations need more shared memory than a block has", dests);
+    EPD_CUDA_RETURN(static_cast<cudaError_t>(prepare_dispatch_kernels(dp)));
+    // low_latency: every block resident at once (the cooperative launch checks
+    // it). Sized for every variant, so a kernel that cannot fit is refused the same way in each.
+    int per_sm = 0;
+    EPD_CUDA_RETURN(static_cast<cudaError_t>(fused_blocks_per_sm(dp, &per_sm)));
+    if (per_sm < 1)
+      return make_status(EPD_ERR_UNSUPPORTED, "GPU executor: the low_latency kernel does not fit on an SM");
+    shp.fused_blocks = sms * std::min(per_sm, tuning.fused_blocks_per_sm > 0 ? tuning.fused_blocks_per_sm : 2);
+    plan.shapes.push_back(shp);
+  }
+  return plan;
+}
+
+}  // namespace epd::gpu

@@ -1,0 +1,58 @@
+// launchers.h — every kernel launcher of kernels/cuda, in one place: the menu
+// the launch sequences (plan_<variant>.cc, one per LaunchVariant of
+// gpu_launch_plan.h) and the armed executor compose. Each launcher enqueues one
+// kernel on `stream` (a cudaStream_t; nullptr = the legacy default stream) and
+// returns a cudaError_t as int (0 = success), so this header stays CUDA-free.
+// Grid sizes come from the caller (LaunchShape, fixed at creation); block size
+// is kThreads everywhere except the one-warp barrier and the one-block armed
+// kernels. Private to kernels/cuda.
+// Thread-safety: stateless; the kernels' words are owned by the executors.
+#pragma once
+
+#include <cstdint>
+
+#include "device_params.h"
+
+namespace epd::gpu {
+
+// ---- dispatch (dispatch.cu): count -> prefix -> scatter over chunks of 32 tokens ----
+// count: validates ids, sets the per-(rank, chunk, destination) bitmaps.
+int launch_dispatch_count(const DispatchParams& p, int32_t blocks, void* stream);
+// prefix: per destination, rows before each chunk (and the fault word, leader only).
+int launch_dispatch_prefix(const DispatchParams& p, int32_t blocks, void* stream);
+// scatter: rows, payload (copied or fp8-quantised), ids, weights, sources,
+// padding, counts and totals; writes nothing after a fault.
+int launch_dispatch_scatter(const DispatchParams& p, int32_t blocks, void* stream);
+// The three phases in one cooperative launch, separated by grid barriers
+// (every block must be resident: fused_blocks_per_sm bounds `blocks`).
+int launch_dispatch_fused(const DispatchParams& p, int32_t blocks, void* stream);
+// Shared memory the dispatch kernels need per block (for the caller's checks).
+uint64_t dispatch_smem_bytes(const DispatchParams& p);
+// Raises the dispatch kernels' dynamic shared memory limit on the current device.
+int prepare_dispatch_kernels(const DispatchParams& p);
+// Co-resident blocks per SM of the fused (cooperative) dispatch kernel.
+int fused_blocks_per_sm(const DispatchParams& p, int* blocks);
+
+// ---- combine (combine.cu) ----
+// One warp per (token, row slice): gathers the routed expert outputs and sums
+// them in the host executor's order.
+int launch_combine(const CombineParams& p, int32_t blocks, void* stream);
+
+// ---- multi-GPU (dispatch.cu) ----
+// One warp: arrive at the cross-GPU barrier and wait for every GPU (or the
+// deadline, or the abort word).
+int launch_shard_barrier(const ShardBarrier& b, void* stream);
+
+// ---- armed executor (armed_kernels.cu), one block each ----
+// expert_major combine runs the combine kernel twice, with and without the
+// dispatch-time weights; the gate zeroes every rank's n_captured for the
+// variant the clients did not ask for (so it writes nothing) and restores it.
+// phase 0 precedes the `apply` launch, phase 1 the plain-sum launch.
+int launch_armed_gate(const ArmedParams& p, int phase, void* stream);
+// Restores n_captured (expert_major combine), reads the abort word and fault
+// words, writes every rank's completion word, last_fault fields and calls_done,
+// clears the fault words it reported (kFaultTimeout excepted: the host resets
+// the executor's barrier state) and finally the slot's progress word.
+int launch_armed_complete(const ArmedParams& p, void* stream);
+
+}  // namespace epd::gpu

@@ -1,0 +1,36 @@
+// plan_multi_gpu.cc — LaunchVariant::kMultiGpu: a group over several GPUs, one
+// sequence per GPU ("shard") over its own ranks. Dispatch: count, prefix and
+// scatter launches with a cross-GPU barrier after each (every GPU's bitmaps
+// are in before any prefix, every prefix before any scatter, every row
+// before the caller's next step; the third is optional: the armed executor's
+// completion kernel has its own). Combine: a cross-GPU barrier (every GPU's
+// expert outputs are in), then one launch over this GPU's ranks' tokens,
+// pulling rows from peers. Barrier tickets come from GpuExecutor::take_barrier.
+#include "launch_plan.h"
+#include "launchers.h"
+
+namespace epd::gpu {
+
+namespace {
+
+int dispatch(const DispatchParams& p, const LaunchShape& shape, const ShardBarrier* barriers, void* stream) {
+  if (int e = launch_dispatch_count(p, shape.count_blocks, stream)) return e;
+  if (int e = launch_shard_barrier(barriers[0], stream)) return e;
+  if (int e = launch_dispatch_prefix(p, shape.prefix_blocks, stream)) return e;
+  if (int e = launch_shard_barrier(barriers[1], stream)) return e;
+  if (int e = launch_dispatch_scatter(p, shape.scatter_blocks, stream)) return e;
+  if (barriers[2].counter) return launch_shard_barrier(barriers[2], stream);
+  return 0;
+}
+
+int combine(const CombineParams& p, const LaunchShape& shape, const ShardBarrier* before, void* stream) {
+  if (before)
+    if (int e = launch_shard_barrier(*before, stream)) return e;
+  return launch_combine(p, shape.combine_blocks, stream);
+}
+
+}  // namespace
+
+const VariantSequence kMultiGpuSequence = {LaunchVariant::kMultiGpu, dispatch, combine};
+
+}  // namespace epd::gpu

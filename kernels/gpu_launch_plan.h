@@ -1,0 +1,65 @@
+// gpu_launch_plan.h — the GPU executor's menu of launch variants and the one
+// rule that picks a variant for a group: what runs on the GPU for a dispatch
+// and a combine, and why. The bytes every variant writes are the same (the
+// executor contract, gpu_executor.h); variants differ only in how the work is
+// split into launches. The host-side launch sequence of each variant is one
+// file, kernels/cuda/plan_<variant>.cc; every kernel launcher they compose is
+// declared in kernels/cuda/launchers.h.
+//
+// CUDA-free (the daemon, tests and tools include it with the host compiler).
+// Thread-safety: plain data and pure functions.
+#pragma once
+
+#include <cstdint>
+
+#include "spec.h"
+
+namespace epd {
+
+enum class LaunchVariant : int32_t {
+  // Dispatch: three launches with large grids (count, prefix, scatter);
+  // combine: one launch.
+  kHighThroughput = 0,
+  // Dispatch: one cooperative launch, the three phases separated by grid
+  // barriers (spin-waits with a deadline); combine: one launch over every SM.
+  kLowLatency = 1,
+  // A group over several GPUs, per GPU: the high_throughput launches for its
+  // ranks with cross-GPU barriers between them; combine: a cross-GPU barrier,
+  // then one launch for its ranks' tokens.
+  kMultiGpu = 2,
+};
+
+// "high_throughput", "low_latency", "multi_gpu".
+const char* launch_variant_name(LaunchVariant v);
+// What the variant launches, e.g. "three launches per dispatch: count, prefix, scatter".
+const char* launch_variant_summary(LaunchVariant v);
+
+// Launch tuning; a zero field keeps the executor's own choice. For benchmarks,
+// except behind_armed_waits (set by the armed executor).
+struct GpuTuning {
+  int32_t parts = 0;                // warps per token row in the dispatch scatter, 1..8
+  int32_t combine_parts = 0;        // warps per token row in combine, 1..8
+  int32_t fused_blocks_per_sm = 0;  // low_latency cooperative grid, blocks per SM
+  // Multi-GPU barrier: 0 = every GPU adds to every GPU's own word and polls
+  // its own (local polling; the default), 1 = one word on the home GPU that
+  // every GPU adds to and polls.
+  int32_t barrier = 0;
+  // The launches are enqueued behind armed stream waits (the armed executor,
+  // gpu_armed.h): no cooperative launch, so a low_latency group runs the
+  // high_throughput variant (see choose_launch_variant).
+  bool behind_armed_waits = false;
+};
+
+struct LaunchChoice {
+  LaunchVariant variant = LaunchVariant::kHighThroughput;
+  const char* reason = "";  // one line: why this variant (static storage)
+};
+
+// The rule, in one place, for a group whose ranks are on `gpus` GPUs:
+//   gpus > 1                                      -> multi_gpu (either mode)
+//   mode high_throughput                          -> high_throughput
+//   mode low_latency, tuning.behind_armed_waits   -> high_throughput
+//   mode low_latency                              -> low_latency
+LaunchChoice choose_launch_variant(const GroupSpec& spec, const GpuTuning& tuning, int32_t gpus);
+
+}  // namespace epd
