@@ -27,6 +27,10 @@
 //   rank_major:   R = world_size * M, I = K (one row per (token, destination rank))
 //   expert_major: R = L * world_size * M, I = 1 (one row per (token, expert));
 //                 rows of local expert l are [l * world_size * M, (l+1) * world_size * M).
+// Every size and offset is computed with overflow-checked arithmetic
+// (checked.h). GroupSpec::validate refuses a spec whose workspaces would wrap
+// or exceed EPD_MAX_GROUP_WORKSPACE_BYTES (check_workspace_size), so for a
+// valid spec every offset here fits easily in 64 bits.
 // Thread-safety: value types and pure functions.
 #pragma once
 
@@ -67,12 +71,16 @@ struct RankLayout {
   uint64_t slot_bytes = 0;     // one slot area
   uint64_t bytes = 0;          // whole workspace of this rank
   SlotOffsets slot[EPD_MAX_SLOTS] = {};
+  // A size did not fit in 64 bits (only for a spec that failed validate()):
+  // bytes is then UINT64_MAX, so an allocation of it fails instead of wrapping.
+  bool overflowed = false;
 };
 
 // Layout of every rank of a spec. The spec must have passed validate().
 struct GroupLayout {
   std::vector<RankLayout> ranks;
-  uint64_t total_bytes = 0;  // sum over ranks
+  uint64_t total_bytes = 0;  // sum over ranks; UINT64_MAX when overflowed
+  bool overflowed = false;   // some rank's layout or the sum did not fit (invalid spec only)
 
   static GroupLayout compute(const GroupSpec& spec);
   // Bytes on one GPU (sum over the ranks placed on (node, gpu)); gpu may be EPD_GPU_HOST.
@@ -83,5 +91,13 @@ RankLayout compute_rank_layout(const GroupSpec& spec, int32_t rank);
 
 // Exact workspace bytes of one rank (== compute_rank_layout(spec, rank).bytes).
 uint64_t workspace_bytes(const GroupSpec& spec, int32_t rank);
+
+// The bytes of every rank's workspace together, computed with checked
+// arithmetic from a spec whose fields are each in range (GroupSpec::validate
+// calls it after its field checks). EPD_ERR_INVALID_SPEC when the sum exceeds
+// EPD_MAX_GROUP_WORKSPACE_BYTES or does not fit in 64 bits; the message names
+// the fields that make the size and the bytes ("... needs 2199023256576 bytes,
+// above the limit of 1099511627776 ...").
+Result<uint64_t> check_workspace_size(const GroupSpec& spec);
 
 }  // namespace epd

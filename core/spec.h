@@ -43,13 +43,15 @@ struct GroupSpec {
   // both values ("hidden: group has 7168, join has 4096").
   Status compare(const GroupSpec& other) const;
 
-  // The daemon, on a spec it received: timeout_ms 0 becomes its configured
-  // default (server.join_timeout_ms) before the spec is compared or a group made.
+  // timeout_ms 0 becomes the daemon's configured default (server.join_timeout_ms):
+  // the daemon does it on a spec it received, before the spec is compared or a
+  // group made; libepd-client does it at join with the value the daemon sent
+  // in its HELLO reply (0 from a daemon older than protocol 1.2: unchanged).
   void resolve_timeout(uint32_t daemon_default_ms) {
     if (timeout_ms == 0) timeout_ms = daemon_default_ms;
   }
   // The deadline for a client's own waits: timeout_ms, or kDefaultTimeoutMs
-  // when it is 0 (a client does not know the daemon's configured default).
+  // when it is still 0 (a daemon that did not say its default).
   uint32_t effective_timeout_ms() const { return timeout_ms != 0 ? timeout_ms : kDefaultTimeoutMs; }
 
   // Contiguous default owner of expert e.

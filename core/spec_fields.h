@@ -49,7 +49,10 @@ inline constexpr unsigned kSpecShared = kSpecCompared | kSpecConfig;
 // H(name, cpp_type): a field with hand-written code everywhere (GroupSpec holds
 //   it as cpp_type); listed so its place in the order is known.
 // The order is the C struct's, the JOIN wire order, and the order of checks,
-// comparisons and printed keys.
+// comparisons and printed keys. Every bound is a documented maximum of
+// include/epd/types.h (EPD_MAX_*); kNone rows take every value of their type.
+// After the rows, validate checks the whole workspace against
+// EPD_MAX_GROUP_WORKSPACE_BYTES (check_workspace_size in layout.h).
 #define EPD_GROUP_SPEC_FIELDS(X, H)                                                                 \
   H(name, std::string)                                                                              \
   X(generation, uint64_t, 0, kNone, 0, 0, kSpecConfig)                                               \
@@ -59,15 +62,15 @@ inline constexpr unsigned kSpecShared = kSpecCompared | kSpecConfig;
   X(num_experts, int32_t, 0, kRelation, 0, 0, kSpecShared | kSpecRequired) /* [world_size, max] */   \
   X(top_k, int32_t, 0, kRelation, 0, 0, kSpecShared | kSpecRequired) /* [1, min(64, num_experts)] */ \
   H(expert_owner, std::vector<int32_t>) /* num_experts entries */                                   \
-  X(hidden, int32_t, 0, kRange, 1, 1 << 20, kSpecShared | kSpecRequired)                             \
+  X(hidden, int32_t, 0, kRange, 1, EPD_MAX_HIDDEN, kSpecShared | kSpecRequired)                             \
   X(dtype, epd_dtype_t, EPD_DTYPE_BF16, kEnum, 0, 0, kSpecShared)                                    \
   X(dispatch_quant, epd_quant_t, EPD_QUANT_NONE, kEnum, 0, 0, kSpecShared)                           \
-  X(max_tokens_per_rank, int32_t, 0, kRange, 1, 1 << 20, kSpecShared | kSpecRequired)                \
+  X(max_tokens_per_rank, int32_t, 0, kRange, 1, EPD_MAX_TOKENS_PER_RANK, kSpecShared | kSpecRequired)                \
   X(mode, epd_mode_t, EPD_MODE_HIGH_THROUGHPUT, kEnum, 0, 0, kSpecShared)                            \
   X(layout, epd_layout_t, EPD_LAYOUT_RANK_MAJOR, kEnum, 0, 0, kSpecShared)                           \
   X(slots, int32_t, 2, kRange, 2, EPD_MAX_SLOTS, kSpecShared)                                        \
   X(timeout_ms, uint32_t, kDefaultTimeoutMs, kNone, 0, 0, kSpecShared) /* 0 = daemon's default */    \
-  X(sm_budget, int32_t, 0, kNonNegative, 0, 0, kSpecShared)
+  X(sm_budget, int32_t, 0, kRange, 0, EPD_MAX_SM_BUDGET, kSpecShared)
 
 // One enumerator per row, H rows included: lets hand-written code name a field.
 #define EPD_SPEC_FIELD_ID(name, ...) name,

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <vector>
 
+#include "checked.h"
+
 namespace epd {
 
 Status check_id_row(const GroupSpec& spec, const int32_t* ids, int32_t token, const char* where) {
@@ -25,13 +27,20 @@ Status check_id_row(const GroupSpec& spec, const int32_t* ids, int32_t token, co
   return Status::ok();
 }
 
+Status check_token_count(const GroupSpec& spec, int64_t n_tokens) {
+  if (n_tokens < 0)
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "n_tokens = %lld is negative", static_cast<long long>(n_tokens));
+  if (n_tokens > spec.max_tokens_per_rank)
+    return make_status(EPD_ERR_CAPACITY_EXCEEDED, "n_tokens = %lld is above max_tokens_per_rank = %d",
+                       static_cast<long long>(n_tokens), spec.max_tokens_per_rank);
+  return Status::ok();
+}
+
 Status stage_dispatch_inputs(const GroupSpec& spec, const RankLayout& layout, uint8_t* base,
                              int32_t slot, const DispatchInputs& in) {
   if (slot < 0 || slot >= spec.slots)
     return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec.slots);
-  if (in.n_tokens < 0 || in.n_tokens > spec.max_tokens_per_rank)
-    return make_status(EPD_ERR_CAPACITY_EXCEEDED, "n_tokens = %d is outside [0, max_tokens_per_rank = %d]",
-                       in.n_tokens, spec.max_tokens_per_rank);
+  EPD_RETURN_IF_ERROR(check_token_count(spec, in.n_tokens));
   if (in.id_dtype != EPD_ID_INT32 && in.id_dtype != EPD_ID_INT64)
     return make_status(EPD_ERR_INVALID_ARGUMENT, "id_dtype = %d is neither int32 (0) nor int64 (1)",
                        static_cast<int>(in.id_dtype));
@@ -39,6 +48,13 @@ Status stage_dispatch_inputs(const GroupSpec& spec, const RankLayout& layout, ui
   if (n > 0 && (!in.x || !in.topk_ids))
     return make_status(EPD_ERR_INVALID_ARGUMENT, "%s is NULL with n_tokens = %d",
                        in.x ? "topk_ids" : "x", in.n_tokens);
+  // n <= max_tokens_per_rank, so these fit whenever the layout did; checked
+  // all the same, as every size computed from a spec.
+  uint64_t id_count = 0, x_bytes = 0;
+  if (layout.overflowed || !checked_mul(static_cast<uint64_t>(n), static_cast<uint64_t>(K), &id_count) ||
+      !checked_mul(static_cast<uint64_t>(n), layout.in_row_bytes, &x_bytes))
+    return make_status(EPD_ERR_INVALID_SPEC, "n_tokens = %d: the send slot's size does not fit in 64 bits",
+                       in.n_tokens);
   const SlotOffsets& o = layout.slot[slot];
   auto* ids = reinterpret_cast<int32_t*>(base + o.send_ids);
   // Convert and check into a private row first so an error writes nothing.
@@ -62,11 +78,11 @@ Status stage_dispatch_inputs(const GroupSpec& spec, const RankLayout& layout, ui
                            : static_cast<int32_t>(static_cast<const int64_t*>(in.topk_ids)[t * K + k]);
   auto* w = reinterpret_cast<float*>(base + o.send_weights);
   if (in.topk_weights) {
-    if (n > 0) std::memcpy(w, in.topk_weights, static_cast<size_t>(n * K) * sizeof(float));
+    if (n > 0) std::memcpy(w, in.topk_weights, static_cast<size_t>(id_count) * sizeof(float));
   } else {
-    std::fill(w, w + n * K, 1.0f);
+    std::fill(w, w + id_count, 1.0f);
   }
-  if (n > 0) std::memcpy(base + o.send_x, in.x, static_cast<size_t>(n) * layout.in_row_bytes);
+  if (n > 0) std::memcpy(base + o.send_x, in.x, static_cast<size_t>(x_bytes));
   reinterpret_cast<std::atomic<uint32_t>*>(base + o.send_hdr)
       ->store(static_cast<uint32_t>(n), std::memory_order_release);
   return Status::ok();

@@ -26,6 +26,11 @@ struct DispatchInputs {
   int32_t n_tokens = 0;
 };
 
+// A caller's token count: EPD_ERR_INVALID_ARGUMENT for a negative one,
+// EPD_ERR_CAPACITY_EXCEEDED above max_tokens_per_rank; each message names the
+// value ("n_tokens = -1 is negative"). Shared by the host and GPU dispatch paths.
+Status check_token_count(const GroupSpec& spec, int64_t n_tokens);
+
 // Checks one rank's inputs (n within capacity, ids in [-1, num_experts), no
 // expert twice in a token) and copies them into the rank's send slot. Pointers
 // may be NULL only when n_tokens == 0. Writes nothing on error.

@@ -21,6 +21,8 @@ Result<std::unique_ptr<Group>> Group::create(uint64_t id, const GroupSpec& spec,
   auto backend = make_backend(spec, env);
   if (!backend) return backend.status();
   const GroupLayout layout = GroupLayout::compute(spec);
+  if (layout.overflowed)  // validate() refuses such specs first; never size a region from a wrapped total
+    return make_status(EPD_ERR_INVALID_SPEC, "group '%s': workspace size overflows 64 bits", spec.name.c_str());
   const std::string name = "epd-ws-" + spec.name;
   auto ws = SharedRegion::create(name.c_str(), backend.value()->host_workspace_bytes(layout));
   if (!ws) return ws.status();

@@ -172,12 +172,9 @@ void Rendezvous::complete_join(Member& m) {
   r.member_index = m.index;
   r.group_id = g.id();
   r.generation = g.spec().generation;
-  if (ex->gpu) {
-    r.gpu_device = ex->gpu_device;
-    r.gpu_mapped_bytes = ex->gpu_mapped_bytes;
-  } else {
-    r.workspace_bytes = ex->workspace_bytes;
-  }
+  r.workspace_bytes = ex->workspace_bytes;  // what the backend exports: a memfd, or a GPU workspace
+  r.gpu_device = ex->gpu_device;
+  r.gpu_mapped_bytes = ex->gpu_mapped_bytes;
   if (m.session) sink_.send(*m.session, proto::encode(r, m.join_request), {ex->fd});
   else close(ex->fd);
 }

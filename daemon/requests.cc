@@ -100,6 +100,7 @@ void Server::on_hello(Session& s, const proto::Frame& f) {
                    (gpu_probe() ? proto::kCapGpuExecutor : 0);
   r.session_id = s.id;
   r.shm_bytes = shm::kTotalBytes;
+  if (f.header.minor >= 2) r.join_timeout_ms = opts_.config.join_timeout_ms;
   send(s, proto::encode(r, rid), {dup(s.shm->fd()), dup(s.doorbell_fd)});
 }
 

@@ -5,8 +5,10 @@
 #include "cpu_list.h"
 #include "topology_view.h"
 
+#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 
 namespace epd {
 
@@ -67,6 +69,41 @@ std::string lost_list(const std::vector<int32_t>& v) {
   return s;
 }
 
+// A text table whose columns are as wide as their widest cell, header
+// included, one space apart; numbers right-aligned, text left-aligned; the
+// last column is not padded. Names and executors have no length bound, so
+// fixed printf widths would push every later column out of line.
+struct Column {
+  const char* head;
+  bool right;  // right-aligned (numbers)
+};
+
+std::string render_table(const std::vector<Column>& cols, const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width(cols.size());
+  for (size_t c = 0; c < cols.size(); ++c) width[c] = std::strlen(cols[c].head);
+  for (const auto& row : rows)
+    for (size_t c = 0; c < cols.size() && c < row.size(); ++c) width[c] = std::max(width[c], row[c].size());
+  auto line = [&](const std::vector<std::string>& cells) {
+    std::string o;
+    for (size_t c = 0; c < cols.size(); ++c) {
+      const std::string& v = c < cells.size() ? cells[c] : std::string();
+      const std::string pad(width[c] - std::min(width[c], v.size()), ' ');
+      if (c) o += ' ';
+      const bool last = c + 1 == cols.size();
+      o += cols[c].right ? pad + v : (last ? v : v + pad);
+    }
+    return o + "\n";
+  };
+  std::vector<std::string> head;
+  for (const Column& c : cols) head.push_back(c.head);
+  std::string o = line(head);
+  for (const auto& row : rows) o += line(row);
+  return o;
+}
+
+std::string num(long long v) { return std::to_string(v); }
+std::string unum(unsigned long long v) { return std::to_string(v); }
+
 // Unknown values (tid 0, NUMA node -1, no NIC) are null; cpus is a list like
 // "0-3,8" as in `epctl topology`'s proxies, "" when not pinned.
 std::string json_cluster_threads(const StatusSnapshot& s) {
@@ -105,6 +142,11 @@ std::string json_groups(const StatusSnapshot& s) {
              "\"timeout_ms\":%u,\"workspace_bytes\":%llu,\"executor\":%s}",
              json_quote(g.quant).c_str(), json_quote(g.layout).c_str(), json_quote(g.mode).c_str(), g.max_tokens,
              g.slots, g.timeout_ms, static_cast<unsigned long long>(g.workspace_bytes), json_quote(g.executor).c_str());
+    o.pop_back();  // the object's '}': the spec's fields follow
+    o += ",\"spec\":{";
+    for (size_t f = 0; f < g.spec.size(); ++f)
+      o += (f ? "," : "") + json_quote(g.spec[f].first) + ":" + g.spec[f].second;
+    o += "}}";
   }
   return o + "]";
 }
@@ -145,12 +187,13 @@ std::string json_sessions(const StatusSnapshot& s) {
 }
 
 std::string text_sessions(const StatusSnapshot& s) {
-  std::string o = fmt("%8s %8s %6s %6s %-20s %11s %s\n", "SESSION", "PID", "UID", "GID", "CLIENT", "MEMBERSHIPS",
-                      "CONNECTED");
+  std::vector<std::vector<std::string>> rows;
   for (const auto& x : s.sessions_list)
-    o += fmt("%8llu %8d %6u %6u %-20s %11u %.1fs\n", static_cast<unsigned long long>(x.id), x.pid, x.uid, x.gid,
-             x.name.c_str(), x.memberships, x.connected_s);
-  return o;
+    rows.push_back({unum(x.id), num(x.pid), unum(x.uid), unum(x.gid), x.name, unum(x.memberships),
+                    fmt("%.1fs", x.connected_s)});
+  return render_table({{"SESSION", true}, {"PID", true}, {"UID", true}, {"GID", true}, {"CLIENT", false},
+                       {"MEMBERSHIPS", true}, {"CONNECTED", false}},
+                      rows);
 }
 
 std::string age(double s) { return s < 0 ? "never" : fmt("%.1fs ago", s); }
@@ -181,38 +224,37 @@ std::string text_status(const StatusSnapshot& s) {
 }
 
 std::string text_groups(const StatusSnapshot& s) {
-  std::string o = fmt("%-20s %5s %-9s %7s %6s %5s %6s %-5s %-12s %-15s %5s %6s %s\n", "GROUP", "GEN", "STATE", "RANKS",
-                      "EXPERTS", "TOPK", "HIDDEN", "DTYPE", "LAYOUT", "MODE", "SLOTS", "MAXTOK", "LOST EXECUTOR");
+  std::vector<std::vector<std::string>> rows;
   for (const auto& g : s.groups)
-    o += fmt("%-20s %5llu %-9s %3d/%-3d %6d %5d %6d %-5s %-12s %-15s %5d %6d %s %s\n", g.name.c_str(),
-             static_cast<unsigned long long>(g.generation), g.state.c_str(), g.joined, g.world_size, g.num_experts,
-             g.top_k, g.hidden, g.dtype.c_str(), g.layout.c_str(), g.mode.c_str(), g.slots, g.max_tokens,
-             g.lost.empty() ? "-" : lost_list(g.lost).c_str(), g.executor.c_str());
-  return o;
+    rows.push_back({g.name, unum(g.generation), g.state, fmt("%d/%d", g.joined, g.world_size), num(g.num_experts),
+                    num(g.top_k), num(g.hidden), g.dtype, g.layout, g.mode, num(g.slots), num(g.max_tokens),
+                    g.lost.empty() ? "-" : lost_list(g.lost), g.executor});
+  return render_table({{"GROUP", false}, {"GEN", true}, {"STATE", false}, {"RANKS", true}, {"EXPERTS", true},
+                       {"TOPK", true}, {"HIDDEN", true}, {"DTYPE", false}, {"LAYOUT", false}, {"MODE", false},
+                       {"SLOTS", true}, {"MAXTOK", true}, {"LOST", false}, {"EXECUTOR", false}},
+                      rows);
 }
 
 std::string text_ranks(const StatusSnapshot& s) {
-  std::string o = fmt("%-20s %5s %4s %-8s %8s %8s %6s %s\n", "GROUP", "GEN", "RANK", "STATE", "SESSION", "PID", "UID",
-                      "LAST PROGRESS");
+  std::vector<std::vector<std::string>> rows;
   for (const auto& r : s.ranks)
-    o += fmt("%-20s %5llu %4d %-8s %8llu %8d %6u %s\n", r.group.c_str(), static_cast<unsigned long long>(r.generation),
-             r.rank, r.state.c_str(), static_cast<unsigned long long>(r.session), r.pid, r.uid,
-             age(r.last_progress_age_s).c_str());
-  return o;
+    rows.push_back({r.group, unum(r.generation), num(r.rank), r.state, unum(r.session), num(r.pid), unum(r.uid),
+                    age(r.last_progress_age_s)});
+  return render_table({{"GROUP", false}, {"GEN", true}, {"RANK", true}, {"STATE", false}, {"SESSION", true},
+                       {"PID", true}, {"UID", true}, {"LAST PROGRESS", false}},
+                      rows);
 }
 
 std::string text_counters(const StatusSnapshot& s) {
-  std::string o = fmt("%-20s %4s %10s %10s %12s %12s %14s %14s %s\n", "GROUP", "RANK", "DISPATCH", "COMBINE", "TOKENS",
-                      "ROWS_RECV", "BYTES_SENT", "BYTES_RECV", "LAST PROGRESS");
+  std::vector<std::vector<std::string>> rows;
   for (const auto& r : s.ranks) {
     const auto& c = r.counters;
-    o += fmt("%-20s %4d %10llu %10llu %12llu %12llu %14llu %14llu %s\n", r.group.c_str(), r.rank,
-             static_cast<unsigned long long>(c.dispatch_calls), static_cast<unsigned long long>(c.combine_calls),
-             static_cast<unsigned long long>(c.tokens_sent), static_cast<unsigned long long>(c.rows_received),
-             static_cast<unsigned long long>(c.bytes_sent), static_cast<unsigned long long>(c.bytes_received),
-             age(r.last_progress_age_s).c_str());
+    rows.push_back({r.group, num(r.rank), unum(c.dispatch_calls), unum(c.combine_calls), unum(c.tokens_sent),
+                    unum(c.rows_received), unum(c.bytes_sent), unum(c.bytes_received), age(r.last_progress_age_s)});
   }
-  return o;
+  return render_table({{"GROUP", false}, {"RANK", true}, {"DISPATCH", true}, {"COMBINE", true}, {"TOKENS", true},
+                       {"ROWS_RECV", true}, {"BYTES_SENT", true}, {"BYTES_RECV", true}, {"LAST PROGRESS", false}},
+                      rows);
 }
 
 }  // namespace
@@ -229,7 +271,7 @@ std::string render_status(const StatusSnapshot& s, proto::StatusWhat what, bool 
       case W::kTopology: return daemon_topology_json();
       case W::kAll:
         return "{\"daemon\":" + json_status(s) + ",\"groups\":" + json_groups(s) + ",\"ranks\":" + json_ranks(s, true) +
-               ",\"sessions\":" + json_sessions(s) + "}";
+               ",\"sessions\":" + json_sessions(s) + ",\"topology\":" + daemon_topology_json() + "}";
     }
   }
   switch (what) {
@@ -239,8 +281,9 @@ std::string render_status(const StatusSnapshot& s, proto::StatusWhat what, bool 
     case W::kCounters: return text_counters(s);
     case W::kSessions: return text_sessions(s);
     case W::kTopology: return daemon_topology_text();
-    case W::kAll: return text_status(s) + "\n" + text_groups(s) + "\n" + text_ranks(s) + "\n" + text_counters(s) + "\n" +
-                         text_sessions(s);
+    case W::kAll:
+      return text_status(s) + "\n" + text_groups(s) + "\n" + text_ranks(s) + "\n" + text_counters(s) + "\n" +
+             text_sessions(s) + "\n" + daemon_topology_text();
   }
   return {};
 }

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "protocol.h"
@@ -34,6 +35,9 @@ struct StatusSnapshot {
     int32_t max_tokens = 0, slots = 0;
     uint32_t timeout_ms = 0;
     std::vector<int32_t> lost;
+    // Every scalar field of the group's spec, in the field list's order
+    // (core/spec_fields.h): name and value as JSON (numbers bare, enums quoted).
+    std::vector<std::pair<std::string, std::string>> spec;
   };
   struct RankRow {
     std::string group, state;

@@ -4,6 +4,8 @@
 // (status_report.h) that is rendered elsewhere.
 #include <unistd.h>
 
+#include <type_traits>
+
 #include "logging.h"
 #include "rendezvous.h"
 #include "server.h"
@@ -64,6 +66,13 @@ void Rendezvous::add_group_rows(const Group& g, StatusSnapshot& s) const {
   row.timeout_ms = sp.timeout_ms;
   row.workspace_bytes = g.backend().workspace_bytes(g.workspace().size());
   row.executor = g.backend().status_text();
+  for_each_spec_field([&](const auto& field) {
+    if constexpr (!kIsSpecHand<decltype(field)>) {
+      const auto v = sp.*(field.member);
+      const std::string text = spec_value_text(v);
+      row.spec.emplace_back(field.name, std::is_enum_v<std::decay_t<decltype(v)>> ? json_quote(text) : text);
+    }
+  });
   for (int32_t r = 0; r < sp.world_size; ++r)
     if (g.lost()[static_cast<size_t>(r)].lost) row.lost.push_back(r);
   int32_t local = 0;  // ranks this node serves (all of them on a single node)

@@ -75,7 +75,30 @@ struct ArmedOptions {
   // launch behind an armed wait did not return to the host, so the re-arm
   // thread stalled.
   bool allow_cooperative = false;
+  // Benchmarks only (tools/gpu/hop_breakdown.cc); nullptr (the default): off,
+  // nothing extra is enqueued. A device buffer of
+  // [slots][stamp_ops][kArmedStampWords] uint64 on the home GPU that outlives
+  // the executor. Operation `seq` (from 1) of slot s records into entry
+  // (seq - 1) % stamp_ops: one-thread kernels (home GPU only) write
+  // %globaltimer (ns) at the points of ArmedStampPoint.
+  uint64_t* stamps = nullptr;
+  int32_t stamp_ops = 0;
 };
+
+// Where an armed operation's stamps go within its kArmedStampWords entry.
+enum ArmedStampPoint : int32_t {
+  kArmedStampWaitReleased = 0,  // first on the stream after the doorbell waits
+  kArmedStampPlan = 1,          // kMaxLaunchStamps words: before each launch of the plan, after its last
+                                // (dispatch, and rank_major combine; none for expert_major combine)
+  kArmedStampCompleted = 10,    // after the completion kernel (completion words written)
+  kArmedStampWords = 12,
+};
+
+// Benchmarks: enqueues on `stream` (a cudaStream_t / CUstream of the current
+// device) one one-thread kernel that writes %globaltimer (ns; one clock for
+// every process on the GPU) to the device word *word; with word nullptr an
+// empty kernel.
+Status enqueue_globaltimer_stamp(uint64_t* word, void* stream);
 
 class GpuExecutor;
 

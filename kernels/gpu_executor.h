@@ -144,9 +144,14 @@ class GpuExecutor {
   // end_barrier is false, scatter; a combine: before it, unless start_barrier
   // is false). A barrier waits at most the group's timeout_ms, then records
   // EPD_ERR_TIMEOUT in the shard's ranks' fault words.
-  Status dispatch_shard(int32_t slot, int32_t shard, void* stream, bool end_barrier = true);
+  // launch_stamps (benchmarks; nullptr: nothing extra is enqueued): a device
+  // buffer of kMaxLaunchStamps words; the sequence enqueues a one-thread
+  // kernel writing %globaltimer (ns) to word i before its launch i and after
+  // its last (unused words are left as they were).
+  Status dispatch_shard(int32_t slot, int32_t shard, void* stream, bool end_barrier = true,
+                        uint64_t* launch_stamps = nullptr);
   Status combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t mode, void* stream,
-                       bool start_barrier = true);
+                       bool start_barrier = true, uint64_t* launch_stamps = nullptr);
   Status barrier_shard(int32_t slot, int32_t shard, void* stream);
   // For a caller's own kernel that joins the barrier sequence of (slot,
   // shard): the device counter, the target it must reach, and the shard's

@@ -34,6 +34,11 @@ const char* launch_variant_name(LaunchVariant v);
 // What the variant launches, e.g. "three launches per dispatch: count, prefix, scatter".
 const char* launch_variant_summary(LaunchVariant v);
 
+// Benchmarks (tools/gpu/hop_breakdown.cc): the most %globaltimer stamps one
+// launch sequence writes when asked (GpuExecutor::dispatch_shard's
+// launch_stamps): one before each launch and one after the last.
+constexpr int32_t kMaxLaunchStamps = 8;
+
 // Launch tuning; a zero field keeps the executor's own choice. For benchmarks,
 // except behind_armed_waits (set by the armed executor).
 struct GpuTuning {

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstring>
 
+#include "checked.h"
 #include "numeric.h"
 
 namespace epd {
@@ -79,16 +80,17 @@ Status HostExecutor::read_and_check(int32_t slot, std::vector<std::vector<int32_
   st.n.assign(static_cast<size_t>(W), 0);
   // Token counts first, each read once; they also size the work, which decides
   // whether the pool is worth waking (an empty or tiny call runs inline).
-  int64_t elements = 0;
+  CheckedSize elements;
   for (int32_t s = 0; s < W; ++s) {
     const int32_t n = load_once(at(s, layout_.ranks[s].slot[slot].send_hdr));
     if (n < 0 || n > M)
       return make_status(EPD_ERR_CAPACITY_EXCEEDED,
                          "rank %d: n_tokens = %d is outside [0, max_tokens_per_rank = %d]", s, n, M);
     st.n[s] = n;
-    elements += static_cast<int64_t>(n) * spec_.hidden * K;
+    elements += CheckedSize(static_cast<uint64_t>(n)) * static_cast<uint64_t>(spec_.hidden) * static_cast<uint64_t>(K);
   }
-  inline_ = st.inline_work = elements < kInlineElements;
+  // An overflowed sum saturates: plenty of work, so the pool runs it.
+  inline_ = st.inline_work = elements.value() < static_cast<uint64_t>(kInlineElements);
   std::vector<Status> errors(static_cast<size_t>(W));
   const bool fp8 = spec_.dispatch_quant == EPD_QUANT_FP8_E4M3_BLOCK128;
   for_each_rank([&](int64_t s) {
@@ -244,7 +246,8 @@ Status HostExecutor::dispatch(int32_t slot) {
       rsrc[row * 2] = -1;
       rsrc[row * 2 + 1] = -1;
     }
-    std::memcpy(counts, cnt.data(), cnt.size() * 4);
+    // A rank that owns no expert has an empty counts region (and cnt.data() may be null).
+    if (!cnt.empty()) std::memcpy(counts, cnt.data(), cnt.size() * 4);
     reinterpret_cast<std::atomic<int32_t>*>(at(r, o.recv_total))
         ->store(static_cast<int32_t>(total), std::memory_order_release);
   });

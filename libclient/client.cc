@@ -289,6 +289,9 @@ EPD_API epd_status_t epd_group_join(epd_client_t* client, const epd_group_spec_t
     if (!cspec || !out) return c->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "%s is NULL", cspec ? "out" : "spec"));
     auto spec = epd::GroupSpec::from_c(*cspec);
     if (!spec) return c->fail(spec.status());
+    // timeout_ms 0: the daemon's join_timeout_ms (from its HELLO reply), so
+    // that this library's waits end when the daemon's do.
+    spec->resolve_timeout(c->conn->hello.join_timeout_ms);
     if (Status st = spec->validate(); !st) return c->fail(st);
     Connection& conn = *c->conn;
     std::lock_guard<std::mutex> lk(conn.mu);

@@ -9,6 +9,7 @@
 
 #include "client_internal.h"
 #include "control_block.h"
+#include "staging.h"
 
 namespace epd::client_detail {
 
@@ -114,9 +115,7 @@ EPD_API epd_status_t epd_group_dispatch_async(epd_group_t* group, int32_t slot, 
     if (!args || args->struct_size < sizeof(epd_gpu_dispatch_args_t))
       return g->fail(make_status(EPD_ERR_INVALID_ARGUMENT, "args is NULL or its struct_size = %u is below %zu",
                                  args ? args->struct_size : 0, sizeof(epd_gpu_dispatch_args_t)));
-    if (args->n_tokens < 0 || args->n_tokens > g->spec.max_tokens_per_rank)
-      return g->fail(make_status(EPD_ERR_CAPACITY_EXCEEDED, "n_tokens = %d is outside [0, max_tokens_per_rank = %d]",
-                                 args->n_tokens, g->spec.max_tokens_per_rank));
+    if (Status st = epd::check_token_count(g->spec, args->n_tokens); !st) return g->fail(st);
     GpuDispatchArgs a;
     a.x = args->x;
     a.topk_ids = args->topk_ids;

@@ -113,8 +113,8 @@ int main(int argc, char** argv) {
     const double secs = static_cast<double>(wall) / 1e9;
     std::printf("\n%-34s %s\n", "summary", "value");
     std::printf("%-34s %d processes, %lld verified steps each\n", "workers", ranks, static_cast<long long>(nsteps));
-    std::printf("%-34s %.1f / %.1f us\n", "dispatch p50 (median rank) / p99", med(d50), mx(d99));
-    std::printf("%-34s %.1f / %.1f us\n", "combine p50 (median rank) / p99", med(c50), mx(c99));
+    std::printf("%-34s %.1f / %.1f us\n", "dispatch p50 (median rank) / p99 (worst rank)", med(d50), mx(d99));
+    std::printf("%-34s %.1f / %.1f us\n", "combine p50 (median rank) / p99 (worst rank)", med(c50), mx(c99));
     std::printf("%-34s %.0f steps/s\n", "step rate (dispatch+combine)", static_cast<double>(nsteps) / secs);
     std::printf("%-34s %.0f tokens/s (%lld tokens, %lld rows received)\n", "throughput (all ranks)",
                 static_cast<double>(tokens) / secs, static_cast<long long>(tokens), static_cast<long long>(rows));

@@ -101,6 +101,7 @@ class Reader {
     va_end(ap);
     st_ = Status(EPD_ERR_PROTOCOL, buf);
   }
+  bool at_end() const { return off_ >= n_; }
   Status finish() {
     if (st_.is_ok() && off_ != n_)
       fail("%s: %zu trailing bytes after the last field", what_, n_ - off_);
@@ -189,6 +190,7 @@ std::vector<uint8_t> encode(const HelloReply& m, uint64_t id) {
   w.u64(m.capabilities);
   w.u64(m.session_id);
   w.u32(m.shm_bytes);
+  if (m.join_timeout_ms != 0) w.u32(m.join_timeout_ms);
   return w.finish();
 }
 
@@ -323,6 +325,7 @@ Result<HelloReply> decode_hello_reply(const Frame& f) {
   m.capabilities = r.u64("capabilities");
   m.session_id = r.u64("session_id");
   m.shm_bytes = r.u32("shm_bytes");
+  if (!r.at_end()) m.join_timeout_ms = r.u32("join_timeout_ms");
   EPD_RETURN_IF_ERROR(r.finish());
   return m;
 }

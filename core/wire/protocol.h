@@ -26,7 +26,7 @@ namespace epd::proto {
 
 constexpr uint32_t kMagic = 0x31445045;  // "EPD1" little-endian
 constexpr uint16_t kMajor = 1;
-constexpr uint16_t kMinor = 1;  // 1: JoinReply carries gpu_device / gpu_mapped_bytes
+constexpr uint16_t kMinor = 2;  // 1: JoinReply carries gpu_device / gpu_mapped_bytes; 2: HelloReply join_timeout_ms
 constexpr size_t kHeaderBytes = 24;
 // Largest record either side sends or accepts (fits the default socket buffer).
 constexpr size_t kMaxMessage = 128 * 1024;
@@ -91,6 +91,10 @@ struct HelloReply {
   uint64_t capabilities = 0;
   uint64_t session_id = 0;
   uint32_t shm_bytes = 0;
+  // Since 1.2: the daemon's server.join_timeout_ms, what a spec's timeout_ms
+  // = 0 means. Sent only to clients of minor >= 2 (an older client's decoder
+  // refuses trailing bytes); 0 when absent.
+  uint32_t join_timeout_ms = 0;
 };
 
 struct Join {

@@ -42,9 +42,8 @@ struct RankTarget {
 // What a joining rank receives with its JOIN reply.
 struct RankExport {
   int fd = -1;                    // owned: the caller sends it, then closes it
-  uint64_t workspace_bytes = 0;   // a host workspace: the memfd's size
-  bool gpu = false;               // a GPU workspace: the fd is a cuMem handle
-  int32_t gpu_device = -1;
+  uint64_t workspace_bytes = 0;   // a host workspace: the memfd's size (else 0)
+  int32_t gpu_device = -1;        // a GPU workspace: the fd is a cuMem handle on this device (else -1)
   uint64_t gpu_mapped_bytes = 0;
 };
 

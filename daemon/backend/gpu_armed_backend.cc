@@ -33,7 +33,6 @@ class GpuArmedBackend final : public GroupBackend {
     if (!fd) return fd.status();
     RankExport e;
     e.fd = *fd;
-    e.gpu = true;
     e.gpu_device = gpu_->device(rank);
     e.gpu_mapped_bytes = gpu_->mapped_bytes(rank);
     return e;

@@ -45,7 +45,6 @@ class GpuStagedBackend final : public GroupBackend {
     }
     RankExport e;
     e.fd = *fd;
-    e.gpu = true;
     e.gpu_device = stage_->device(rank);
     e.gpu_mapped_bytes = stage_->mapped_bytes(rank);
     return e;

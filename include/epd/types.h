@@ -116,11 +116,24 @@ typedef struct epd_placement {
   int32_t gpu;  /* local CUDA device ordinal, or EPD_GPU_HOST */
 } epd_placement_t;
 
+/* The documented maxima of the group spec. epd_group_spec_validate (and every
+ * join) refuses a value outside them with EPD_ERR_INVALID_SPEC naming the
+ * field and the value. */
 #define EPD_NAME_MAX 64
 #define EPD_MAX_WORLD_SIZE 1024
 #define EPD_MAX_EXPERTS 65536
 #define EPD_MAX_TOP_K 64
 #define EPD_MAX_SLOTS 8
+#define EPD_MAX_HIDDEN (1 << 20)              /* 1048576 elements per row */
+#define EPD_MAX_TOKENS_PER_RANK (1 << 20)     /* 1048576 tokens per call */
+#define EPD_MAX_SM_BUDGET 4096
+/* Every rank's workspace of one group together (all slots, all ranks), in
+ * bytes: 1 TiB. A spec whose layout needs more is refused with EPD_ERR_INVALID_SPEC naming the
+ * fields that make the size and the bytes; the size is computed with checked
+ * 64-bit arithmetic, so no spec wraps it. Besides, the receive rows of one rank
+ * (world_size * max_tokens_per_rank, times its local experts in expert_major)
+ * must not exceed INT32_MAX. */
+#define EPD_MAX_GROUP_WORKSPACE_BYTES (1ULL << 40)
 #define EPD_FP8_BLOCK 128
 
 /* The group spec: every rank of a group joins with the same values (except
@@ -130,24 +143,34 @@ typedef struct epd_placement {
 typedef struct epd_group_spec {
   uint32_t struct_size;            /* sizeof(epd_group_spec_t) */
   char name[EPD_NAME_MAX];         /* NUL-terminated, [A-Za-z0-9._-]{1,63} */
-  uint64_t generation;             /* a restarted job bumps it */
+  uint64_t generation;             /* a restarted job bumps it; any value */
   int32_t world_size;              /* EP size, 1..EPD_MAX_WORLD_SIZE */
   int32_t rank;                    /* this rank, [0, world_size) */
   const epd_placement_t* placement; /* world_size entries; NULL = every rank on the host of node 0 */
   int32_t num_experts;             /* global experts incl. redundant, world_size..EPD_MAX_EXPERTS */
   int32_t top_k;                   /* 1..min(EPD_MAX_TOP_K, num_experts) */
-  const int32_t* expert_owner;     /* num_experts entries (expert -> rank); NULL = contiguous */
-  int32_t hidden;                  /* elements per row, >= 1 */
+  const int32_t* expert_owner;     /* num_experts entries (expert -> rank), each in
+                                      [0, world_size); a rank may own no expert (it
+                                      receives no rows and still takes part in every
+                                      call). NULL = contiguous: with B = num_experts /
+                                      world_size and X = num_experts % world_size, ranks
+                                      0..X-1 own B + 1 consecutive experts each and the
+                                      other ranks B each, in rank order; i.e. expert e
+                                      belongs to e / (B + 1) when e < X * (B + 1), else
+                                      to X + (e - X * (B + 1)) / B (E = 10, W = 4:
+                                      0 0 0 1 1 1 2 2 3 3) */
+  int32_t hidden;                  /* elements per row, 1..EPD_MAX_HIDDEN */
   epd_dtype_t dtype;               /* activation dtype (inputs and combine) */
   epd_quant_t dispatch_quant;      /* dispatch payload format */
-  int32_t max_tokens_per_rank;     /* capacity of one call, >= 1 */
+  int32_t max_tokens_per_rank;     /* capacity of one call, 1..EPD_MAX_TOKENS_PER_RANK */
   epd_mode_t mode;
   epd_layout_t layout;
   int32_t slots;                   /* in-flight dispatch/combine pairs, 2..EPD_MAX_SLOTS */
-  uint32_t timeout_ms;             /* deadline for joins and waits, ms; 0 = the daemon's
-                                      server.join_timeout_ms (default 30000) for the join,
-                                      30000 for the client's own waits */
-  int32_t sm_budget;               /* GPU high_throughput: SMs to use, 0 = executor default */
+  uint32_t timeout_ms;             /* deadline for joins and waits, ms (any value); 0 = the daemon's
+                                      server.join_timeout_ms (default 30000), for the join and
+                                      every wait (the daemon tells libepd-client its value) */
+  int32_t sm_budget;               /* GPU high_throughput: SMs to use, 0 = executor default,
+                                      0..EPD_MAX_SM_BUDGET */
 } epd_group_spec_t;
 
 /* Fill `spec` with defaults (struct_size set, 2 slots, bf16, rank_major,
@@ -155,8 +178,9 @@ typedef struct epd_group_spec {
 EPD_API void epd_group_spec_init(epd_group_spec_t* spec);
 
 /* Check a spec. Returns EPD_OK, EPD_ERR_INVALID_SPEC / EPD_ERR_FP8_ALIGNMENT for
- * a bad field, or EPD_ERR_INVALID_ARGUMENT for a NULL spec or a struct_size
- * smaller than this library's;
+ * a bad field or a workspace above EPD_MAX_GROUP_WORKSPACE_BYTES, or
+ * EPD_ERR_INVALID_ARGUMENT for a NULL spec or a struct_size smaller than this
+ * library's;
  * when `msg` is not NULL it receives a NUL-terminated message naming the field
  * and value (truncated to msg_len). */
 EPD_API epd_status_t epd_group_spec_validate(const epd_group_spec_t* spec, char* msg,

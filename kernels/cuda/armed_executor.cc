@@ -27,6 +27,7 @@ namespace epd {
 namespace {
 
 constexpr uint32_t kAbortRing = kRingDispatch | kRingCombine | kArmedAbortBit;
+static_assert(kArmedStampPlan + kMaxLaunchStamps <= kArmedStampCompleted, "plan stamps overlap the completion stamp");
 
 // Host-mapped progress words and the device abort words come from two
 // process-wide blocks that are never freed: cudaFreeHost and cudaFree wait for
@@ -181,6 +182,13 @@ struct ArmedExecutor::Impl {
     return gpu::to_barrier(ex->take_barrier(s, shard), d_abort, ex->shards()[static_cast<size_t>(shard)], s);
   }
 
+  // Operation seq's stamp entry on slot s (ArmedOptions::stamps), or nullptr when stamps are off.
+  uint64_t* stamp_entry(int32_t s, uint32_t seq) const {
+    if (!opt.stamps) return nullptr;
+    const size_t op = static_cast<size_t>(seq - 1) % static_cast<size_t>(opt.stamp_ops);
+    return opt.stamps + (static_cast<size_t>(s) * static_cast<size_t>(opt.stamp_ops) + op) * kArmedStampWords;
+  }
+
   // Enqueues the next operation of slot s on every GPU (caller holds mu).
   // Operations are numbered from 1; odd = dispatch, even = combine. Each GPU
   // waits for its own ranks' doorbells; the cross-GPU barriers inside the
@@ -198,10 +206,13 @@ struct ArmedExecutor::Impl {
         EPD_CU_RETURN(d.stream_wait_value32(reinterpret_cast<CUstream>(st), word(r, s, offsetof(ControlSlot, doorbell)),
                                             ring, CU_STREAM_WAIT_VALUE_AND));
       gpu::ArmedParams p = params(sh, s, dispatch ? kDoneDispatch : kDoneCombine, seq);
+      uint64_t* rec = i == 0 ? stamp_entry(s, seq) : nullptr;  // nullptr unless ArmedOptions::stamps
+      if (rec) EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_stamp(rec + kArmedStampWaitReleased, st)));
+      uint64_t* plan_rec = rec ? rec + kArmedStampPlan : nullptr;
       if (dispatch) {
-        EPD_RETURN_IF_ERROR(ex->dispatch_shard(s, i, st, /*end_barrier=*/false));  // the completion has one
+        EPD_RETURN_IF_ERROR(ex->dispatch_shard(s, i, st, /*end_barrier=*/false, plan_rec));  // the completion has one
       } else if (spec.layout == EPD_LAYOUT_RANK_MAJOR) {
-        EPD_RETURN_IF_ERROR(ex->combine_shard(s, i, EPD_WEIGHTS_ALREADY_APPLIED, st));  // ones: the same plain sum
+        EPD_RETURN_IF_ERROR(ex->combine_shard(s, i, EPD_WEIGHTS_ALREADY_APPLIED, st, true, plan_rec));  // ones: the same plain sum
       } else {
         EPD_RETURN_IF_ERROR(ex->barrier_shard(s, i, st));  // every rank's weight mode is in place
         EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_gate(p, 0, st)));
@@ -212,6 +223,7 @@ struct ArmedExecutor::Impl {
       p.before_read = barrier(i, s);
       p.before_write = barrier(i, s);
       EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_complete(p, st)));
+      if (rec) EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_stamp(rec + kArmedStampCompleted, st)));
     }
     armed[s] = seq;
     return Status::ok();
@@ -340,6 +352,9 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
                        "armed wait never lets finish");
   if (options.depth < 2 || options.depth > 1024)
     return make_status(EPD_ERR_INVALID_ARGUMENT, "armed depth = %d is outside [2, 1024]", options.depth);
+  if (options.stamps && options.stamp_ops < 1)
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "armed stamp_ops = %d with a stamp buffer (at least 1)",
+                       options.stamp_ops);
   std::unique_ptr<ArmedExecutor> a(new ArmedExecutor());
   a->impl_ = std::make_unique<Impl>();
   a->impl_->owner = a.get();
@@ -534,6 +549,11 @@ std::string ArmedExecutor::describe() const {
   std::snprintf(b, sizeof b, "armed: GPU %s, %d ranks, %d slots, depth %d, CUDA_DEVICE_MAX_CONNECTIONS=%s; ",
                 gpus.c_str(), im.spec.world_size, im.spec.slots, im.opt.depth, conn ? conn : "unset (8)");
   return b + im.ex->describe_variant() + "; " + im.ex->describe_launch(/*with_variant=*/false);
+}
+
+Status enqueue_globaltimer_stamp(uint64_t* word, void* stream) {
+  EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_stamp(word, stream)));
+  return Status::ok();
 }
 
 const char* ArmedExecutor::variant_name() const { return impl_->ex->variant_name(); }

@@ -118,7 +118,19 @@ __global__ void __launch_bounds__(kArmedThreads) armed_complete(ArmedParams p) {
   }
 }
 
+__global__ void stamp_globaltimer(uint64_t* word) {
+  if (!word) return;
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  *word = t;
+}
+
 }  // namespace
+
+int launch_stamp(uint64_t* word, void* stream) {
+  stamp_globaltimer<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(word);
+  return static_cast<int>(cudaGetLastError());
+}
 
 int launch_armed_gate(const ArmedParams& p, int phase, void* stream) {
   armed_gate<<<1, kArmedThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, phase);

@@ -65,6 +65,10 @@ struct DispatchParams {
   // counts and totals. [0, world) on one GPU. The leader (one launch sequence
   // per group) turns the fault key into a fault word.
   int32_t rank_lo, rank_hi, leader;
+  // Benchmarks only, read by the host launch sequence, never by a kernel:
+  // when set, the sequence writes %globaltimer to stamps[i] before its launch i
+  // and after its last (gpu_launch_plan.h: kMaxLaunchStamps words).
+  uint64_t* stamps;
 };
 
 struct CombineParams {
@@ -73,6 +77,7 @@ struct CombineParams {
   int32_t parts;                   // warps per token (each a slice of the row)
   uint64_t in_row_bytes;
   int32_t rank_lo, rank_hi;        // ranks whose tokens this launch combines ([0, world) on one GPU)
+  uint64_t* stamps;                // benchmarks only, as DispatchParams::stamps
 };
 
 // Cross-GPU barrier of a multi-GPU group: every GPU's launch sequence adds 1 to

@@ -78,7 +78,8 @@ Status GpuExecutor::combine(int32_t slot, epd_weight_mode_t mode, void* stream) 
   return combine_shard(slot, 0, mode, stream);
 }
 
-Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bool end_barrier) {
+Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bool end_barrier,
+                                   uint64_t* launch_stamps) {
   if (slot < 0 || slot >= spec_.slots)
     return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
   if (shard < 0 || shard >= static_cast<int32_t>(shards_.size()))
@@ -111,6 +112,7 @@ Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bo
   p.rank_lo = sh.rank_lo;
   p.rank_hi = sh.rank_hi;
   p.leader = shard == 0;
+  p.stamps = launch_stamps;
   const gpu::LaunchPlan& plan = im.plan;
   gpu::ShardBarrier b[3] = {};
   if (plan.choice.variant == LaunchVariant::kMultiGpu) {
@@ -126,7 +128,7 @@ Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bo
 }
 
 Status GpuExecutor::combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t mode, void* stream,
-                                  bool start_barrier) {
+                                  bool start_barrier, uint64_t* launch_stamps) {
   if (slot < 0 || slot >= spec_.slots)
     return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
   if (shard < 0 || shard >= static_cast<int32_t>(shards_.size()))
@@ -157,6 +159,7 @@ Status GpuExecutor::combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t
   p.in_row_bytes = layout_.ranks[0].in_row_bytes;
   p.rank_lo = sh.rank_lo;
   p.rank_hi = sh.rank_hi;
+  p.stamps = launch_stamps;
   EPD_CUDA_RETURN(static_cast<cudaError_t>(
       plan.sequence->combine(p, plan.shapes[static_cast<size_t>(shard)], barrier_first ? &before : nullptr, stream)));
   si.last_stream = stream;

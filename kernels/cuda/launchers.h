@@ -55,4 +55,11 @@ int launch_armed_gate(const ArmedParams& p, int phase, void* stream);
 // the executor's barrier state) and finally the slot's progress word.
 int launch_armed_complete(const ArmedParams& p, void* stream);
 
+// ---- benchmark stamps (armed_kernels.cu) ----
+// One thread writes %globaltimer (ns; one clock for every process on the GPU)
+// to *word; with word nullptr an empty kernel.
+int launch_stamp(uint64_t* word, void* stream);
+// A launch sequence's stamp i (before its launch i, after its last) when stamps are on.
+inline int plan_stamp(uint64_t* stamps, int i, void* stream) { return stamps ? launch_stamp(stamps + i, stream) : 0; }
+
 }  // namespace epd::gpu

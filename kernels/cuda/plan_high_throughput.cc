@@ -11,13 +11,19 @@ namespace epd::gpu {
 namespace {
 
 int dispatch(const DispatchParams& p, const LaunchShape& shape, const ShardBarrier*, void* stream) {
+  if (int e = plan_stamp(p.stamps, 0, stream)) return e;
   if (int e = launch_dispatch_count(p, shape.count_blocks, stream)) return e;
+  if (int e = plan_stamp(p.stamps, 1, stream)) return e;
   if (int e = launch_dispatch_prefix(p, shape.prefix_blocks, stream)) return e;
-  return launch_dispatch_scatter(p, shape.scatter_blocks, stream);
+  if (int e = plan_stamp(p.stamps, 2, stream)) return e;
+  if (int e = launch_dispatch_scatter(p, shape.scatter_blocks, stream)) return e;
+  return plan_stamp(p.stamps, 3, stream);
 }
 
 int combine(const CombineParams& p, const LaunchShape& shape, const ShardBarrier*, void* stream) {
-  return launch_combine(p, shape.combine_blocks, stream);
+  if (int e = plan_stamp(p.stamps, 0, stream)) return e;
+  if (int e = launch_combine(p, shape.combine_blocks, stream)) return e;
+  return plan_stamp(p.stamps, 1, stream);
 }
 
 }  // namespace

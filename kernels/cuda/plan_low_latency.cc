@@ -12,11 +12,15 @@ namespace epd::gpu {
 namespace {
 
 int dispatch(const DispatchParams& p, const LaunchShape& shape, const ShardBarrier*, void* stream) {
-  return launch_dispatch_fused(p, shape.fused_blocks, stream);
+  if (int e = plan_stamp(p.stamps, 0, stream)) return e;
+  if (int e = launch_dispatch_fused(p, shape.fused_blocks, stream)) return e;
+  return plan_stamp(p.stamps, 1, stream);
 }
 
 int combine(const CombineParams& p, const LaunchShape& shape, const ShardBarrier*, void* stream) {
-  return launch_combine(p, shape.combine_blocks, stream);
+  if (int e = plan_stamp(p.stamps, 0, stream)) return e;
+  if (int e = launch_combine(p, shape.combine_blocks, stream)) return e;
+  return plan_stamp(p.stamps, 1, stream);
 }
 
 }  // namespace

@@ -14,19 +14,33 @@ namespace epd::gpu {
 namespace {
 
 int dispatch(const DispatchParams& p, const LaunchShape& shape, const ShardBarrier* barriers, void* stream) {
+  if (int e = plan_stamp(p.stamps, 0, stream)) return e;
   if (int e = launch_dispatch_count(p, shape.count_blocks, stream)) return e;
+  if (int e = plan_stamp(p.stamps, 1, stream)) return e;
   if (int e = launch_shard_barrier(barriers[0], stream)) return e;
+  if (int e = plan_stamp(p.stamps, 2, stream)) return e;
   if (int e = launch_dispatch_prefix(p, shape.prefix_blocks, stream)) return e;
+  if (int e = plan_stamp(p.stamps, 3, stream)) return e;
   if (int e = launch_shard_barrier(barriers[1], stream)) return e;
+  if (int e = plan_stamp(p.stamps, 4, stream)) return e;
   if (int e = launch_dispatch_scatter(p, shape.scatter_blocks, stream)) return e;
-  if (barriers[2].counter) return launch_shard_barrier(barriers[2], stream);
+  if (int e = plan_stamp(p.stamps, 5, stream)) return e;
+  if (barriers[2].counter) {
+    if (int e = launch_shard_barrier(barriers[2], stream)) return e;
+    return plan_stamp(p.stamps, 6, stream);
+  }
   return 0;
 }
 
 int combine(const CombineParams& p, const LaunchShape& shape, const ShardBarrier* before, void* stream) {
-  if (before)
+  int i = 0;
+  if (int e = plan_stamp(p.stamps, i++, stream)) return e;
+  if (before) {
     if (int e = launch_shard_barrier(*before, stream)) return e;
-  return launch_combine(p, shape.combine_blocks, stream);
+    if (int e = plan_stamp(p.stamps, i++, stream)) return e;
+  }
+  if (int e = launch_combine(p, shape.combine_blocks, stream)) return e;
+  return plan_stamp(p.stamps, i, stream);
 }
 
 }  // namespace

@@ -530,8 +530,8 @@ TEST_F(DaemonGpuTest, ArgumentErrorsNameTheValueAndHostCallsAreRefused) {
   EXPECT_EQ(epd_group_dispatch_async(g, 0, &a, s), EPD_ERR_CAPACITY_EXCEEDED);
   EXPECT_NE(last().find("n_tokens = 17"), std::string::npos) << last();
   a.n_tokens = -1;
-  EXPECT_EQ(epd_group_dispatch_async(g, 0, &a, s), EPD_ERR_CAPACITY_EXCEEDED);
-  EXPECT_NE(last().find("n_tokens = -1"), std::string::npos) << last();
+  EXPECT_EQ(epd_group_dispatch_async(g, 0, &a, s), EPD_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("n_tokens = -1 is negative"), std::string::npos) << last();
   a.n_tokens = 0;
   EXPECT_EQ(epd_group_dispatch_wait_async(g, 0, s), EPD_ERR_NO_DISPATCH) << last();
   EXPECT_EQ(epd_group_gpu_status(g, 0, 100), EPD_OK) << last();  // nothing enqueued yet

@@ -13,6 +13,7 @@
 
 #include "harness.h"
 #include "protocol.h"
+#include "spec.h"
 
 namespace epd::test {
 namespace {
@@ -256,6 +257,21 @@ TEST_F(IntegrationTest, EpctlShowsGroupsRanksAndCounters) {
   const std::string groups = run({"--json", "groups"});
   EXPECT_NE(groups.find("\"name\":\"shown\""), std::string::npos) << groups;
   EXPECT_NE(groups.find("\"generation\":1"), std::string::npos) << groups;
+  // Every scalar row of the spec's field list is in the group's "spec" object.
+  const size_t spec_at = groups.find("\"spec\":{");
+  ASSERT_NE(spec_at, std::string::npos) << groups;
+  const std::string spec_json = groups.substr(spec_at, groups.find('}', spec_at) - spec_at);
+  int rows = 0;
+  epd::for_each_spec_field([&](const auto& field) {
+    if constexpr (!epd::kIsSpecHand<decltype(field)>) {
+      ++rows;
+      EXPECT_NE(spec_json.find(std::string("\"") + field.name + "\":"), std::string::npos) << field.name << ": " << spec_json;
+    }
+  });
+  EXPECT_GT(rows, 10);
+  EXPECT_NE(spec_json.find("\"hidden\":" + std::to_string(s.hidden)), std::string::npos) << spec_json;
+  EXPECT_NE(spec_json.find("\"max_tokens_per_rank\":" + std::to_string(s.max_tokens_per_rank)), std::string::npos)
+      << spec_json;
   const std::string ranks = run({"ranks"});
   EXPECT_NE(ranks.find("joined"), std::string::npos) << ranks;
   EXPECT_NE(ranks.find(std::to_string(getpid())), std::string::npos) << ranks;
@@ -278,6 +294,24 @@ TEST_F(IntegrationTest, EpctlShowsGroupsRanksAndCounters) {
   EXPECT_NE(status.find("pid " + std::to_string(daemon().child().pid())), std::string::npos) << status;
   epd_group_leave(g);
   epd_client_disconnect(a);
+}
+
+// A spec's timeout_ms = 0 means the daemon's server.join_timeout_ms, through
+// libepd-client too (it used to become 30000 in the library before the join
+// was sent, so the daemon's setting never applied).
+TEST_F(IntegrationTest, ZeroTimeoutMeansTheDaemonsJoinTimeout) {
+  job::TempDir dir("epd-jt");
+  job::DaemonProcess d(epd_path(), dir.path(), {"--join-timeout-ms", "700"});
+  if (d.child().pid() > 0) watchdog_->add_pid(d.child().pid());
+  ASSERT_TRUE(d.ok()) << d.error();
+  epd_client_t* a = connect_or_die(d.socket_path());
+  epd_group_spec_t s = small_spec("jt", 2, 0, 0);
+  epd_group_t* g = nullptr;
+  EXPECT_EQ(epd_group_join(a, &s, &g), EPD_ERR_TIMEOUT);  // rank 1 never comes
+  const std::string msg = epd_client_last_error(a);
+  EXPECT_NE(msg.find("did not join within 700 ms"), std::string::npos) << msg;
+  epd_client_disconnect(a);
+  EXPECT_EQ(d.stop(10000), 0);
 }
 
 TEST_F(IntegrationTest, ClientArgumentErrorsNameTheValue) {

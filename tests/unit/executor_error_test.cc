@@ -97,7 +97,7 @@ TEST_P(ExecutorErrors, StagingRejectsCapacitySlotPointersAndIdDtype) {
   expect_error(stage_one(big.view(), 0), EPD_ERR_CAPACITY_EXCEEDED, "n_tokens = 9");
   epd::DispatchInputs v = in_[2].view();
   v.n_tokens = -1;
-  expect_error(stage_one(v, 0), EPD_ERR_CAPACITY_EXCEEDED, "n_tokens = -1");
+  expect_error(stage_one(v, 0), EPD_ERR_INVALID_ARGUMENT, "n_tokens = -1 is negative");
   expect_error(stage_one(in_[2].view(), -1), EPD_ERR_BAD_SLOT, "slot = -1");
   expect_error(stage_one(in_[2].view(), 3), EPD_ERR_BAD_SLOT, "slot = 3");
   v = in_[2].view();

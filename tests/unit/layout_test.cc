@@ -107,8 +107,17 @@ TEST(Layout, LargeSpecsDoNotOverflow) {
   for (epd_layout_t layout : {EPD_LAYOUT_RANK_MAJOR, EPD_LAYOUT_EXPERT_MAJOR}) {
     // The benchmark's shape, and capacities where 32-bit byte counts would wrap.
     check_layout(make_case_spec(8, 256, 8, 7168, EPD_DTYPE_BF16, true, 4096, layout, 2));
-    check_layout(make_case_spec(16, 256, 8, 7168, EPD_DTYPE_FP32, false, 1 << 20, layout, 8));
-    check_layout(make_case_spec(1, 256, 9, 1 << 20, EPD_DTYPE_FP16, false, 1024, layout, 2));
+    // Regions above 4 GiB (expert_major), the group under EPD_MAX_GROUP_WORKSPACE_BYTES.
+    check_layout(make_case_spec(16, 256, 8, 7168, EPD_DTYPE_FP32, false, 1024, layout, 2));
+    check_layout(make_case_spec(1, 256, 9, 1 << 20, EPD_DTYPE_FP16, false, 256, layout, 2));
+    // Above it: refused, naming the bytes (tests/security/spec_bounds_test.cc checks the values).
+    for (const CaseSpec& big : {make_case_spec(16, 256, 8, 7168, EPD_DTYPE_FP32, false, 1 << 20, layout, 8),
+                                make_case_spec(1, 256, 9, 1 << 20, EPD_DTYPE_FP16, false, 1 << 20, layout, 2)}) {
+      epd_group_spec_t c = big.c();
+      char msg[512];
+      EXPECT_EQ(epd_group_spec_validate(&c, msg, sizeof msg), EPD_ERR_INVALID_SPEC) << big.describe();
+      EXPECT_NE(std::string(msg).find("group workspace needs"), std::string::npos) << msg;
+    }
   }
 }
 
@@ -119,9 +128,11 @@ TEST(Layout, ReceiveRowsAboveInt32AreRefused) {
   char msg[256];
   EXPECT_EQ(epd_group_spec_validate(&c, msg, sizeof msg), EPD_ERR_INVALID_SPEC);
   EXPECT_NE(std::string(msg).find("2147483648"), std::string::npos) << msg;
-  cs.base.layout = EPD_LAYOUT_RANK_MAJOR;  // 2^30 rows: fine
+  cs.base.layout = EPD_LAYOUT_RANK_MAJOR;  // 2^30 rows: fine as rows, but their bytes exceed the 1 TiB cap
   c = cs.c();
-  EXPECT_EQ(epd_group_spec_validate(&c, msg, sizeof msg), EPD_OK) << msg;
+  EXPECT_EQ(epd_group_spec_validate(&c, msg, sizeof msg), EPD_ERR_INVALID_SPEC) << msg;
+  EXPECT_EQ(std::string(msg).find("receive rows"), std::string::npos) << msg;
+  EXPECT_NE(std::string(msg).find("group workspace needs"), std::string::npos) << msg;
 }
 
 TEST(Layout, BytesOnSumsTheRanksOfADevice) {

@@ -80,7 +80,6 @@ struct BadField {
 TEST(SpecValidate, EveryInvalidFieldHasItsStatusAndNamesTheValue) {
   static const int32_t owner_out_of_range[16] = {0, 0, 4, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
   static const int32_t owner_negative[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, -1, 2, 3, 3, 3, 3};
-  static const int32_t owner_rank2_empty[16] = {0, 0, 0, 0, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3};
   static const epd_placement_t placement_bad_node[4] = {{0, 0}, {0, 1}, {-2, 0}, {0, 3}};
   static const epd_placement_t placement_bad_gpu[4] = {{0, 0}, {0, -3}, {0, 2}, {0, 3}};
   const BadField cases[] = {
@@ -121,8 +120,6 @@ TEST(SpecValidate, EveryInvalidFieldHasItsStatusAndNamesTheValue) {
        "expert_owner[2] = 4"},
       {"expert_owner negative", [](auto& s) { s.expert_owner = owner_negative; }, EPD_ERR_INVALID_SPEC,
        "expert_owner[10] = -1"},
-      {"a rank owning no expert", [](auto& s) { s.expert_owner = owner_rank2_empty; }, EPD_ERR_INVALID_SPEC,
-       "rank 2 owns no expert"},
       {"placement node negative", [](auto& s) { s.placement = placement_bad_node; }, EPD_ERR_INVALID_SPEC,
        "placement[2].node = -2"},
       {"placement gpu below host", [](auto& s) { s.placement = placement_bad_gpu; }, EPD_ERR_INVALID_SPEC,
