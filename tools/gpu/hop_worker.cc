@@ -26,7 +26,6 @@
 namespace epd::hop {
 namespace {
 
-constexpr unsigned kWriteNoMemoryBarrier = 0x1;  // CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER
 constexpr int kOpSamples = 1000;                  // per isolated operation, after kOpWarmup
 constexpr int kOpWarmup = 100;
 constexpr int kBatch = 32;                        // operations per gated batch
@@ -92,8 +91,6 @@ std::vector<Op> worker_ops(Worker& w) {
       {"memcpy_row (one D2D row copy)", copy_row},
       {"doorbell_write32 (default flags)",
        [p] { return cu_ok(*p, p->drv->write32(p->cst(), p->word(kTarget), 1, 0), "write32"); }},
-      {"write32_no_memory_barrier",
-       [p] { return cu_ok(*p, p->drv->write32(p->cst(), p->word(kTarget), 1, kWriteNoMemoryBarrier), "write32"); }},
       {"wait32_satisfied (AND)",
        [p] {
          return cu_ok(*p, p->drv->wait32(p->cst(), p->word(kSatisfied), 1, cu::CU_STREAM_WAIT_VALUE_AND), "wait32");
