@@ -38,6 +38,8 @@ extern "C" const char* epd_status_string(epd_status_t status) {
     case EPD_ERR_INTERNAL: return "EPD_ERR_INTERNAL: internal error";
     case EPD_ERR_DEVICE_FAULT: return "EPD_ERR_DEVICE_FAULT: kernel reported a fault";
     case EPD_ERR_GROUP_CLOSED: return "EPD_ERR_GROUP_CLOSED: group was torn down";
+    case EPD_ERR_NOT_OWNER: return "EPD_ERR_NOT_OWNER: group belongs to another user";
+    case EPD_ERR_QUOTA_EXCEEDED: return "EPD_ERR_QUOTA_EXCEEDED: a configured quota would be exceeded";
   }
   return "EPD_ERR_UNKNOWN: unknown status code";
 }

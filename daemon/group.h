@@ -142,6 +142,15 @@ class Group {
 
   bool closed = false;  // replaced by a newer generation
   bool pinned = false;  // declared in the config: kept while it has no members
+  // Who may join, retire or close it: the uid whose join created it (or, for a
+  // group declared in the config, the uids and gids of its [[group]] keys, or
+  // the daemon's own uid when it names none), plus root and the admin group.
+  uint32_t owner_uid = 0;
+  std::vector<uint32_t> allowed_uids, allowed_gids;  // config groups only
+  // What creating it counted against the owner's quota (released at destroy).
+  uint64_t charged_bytes = 0;
+  bool charged = false;           // counted in the global totals
+  bool charged_to_owner = false;  // and in owner_uid's (groups a join created)
   int64_t created_ns = 0;
 
  private:

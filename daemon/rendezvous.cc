@@ -4,6 +4,8 @@
 // in rendezvous_cluster.cc.
 #include "rendezvous.h"
 
+#include <grp.h>
+#include <pwd.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -43,6 +45,16 @@ Status Rendezvous::init() {
   completion_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   rings_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (completion_fd_ < 0 || rings_fd_ < 0) return errno_status("eventfd", errno);
+  daemon_uid_ = static_cast<uint32_t>(geteuid());
+  if (!config_.admin_group.empty()) {
+    struct group grp{}, *found = nullptr;
+    std::vector<char> buf(16384);
+    const int err = getgrnam_r(config_.admin_group.c_str(), &grp, buf.data(), buf.size(), &found);
+    if (err != 0 || !found)
+      return make_status(EPD_ERR_INVALID_ARGUMENT, "server.admin_group = '%s': %s", config_.admin_group.c_str(),
+                         err ? std::strerror(err) : "no such group");
+    admin_gid_ = found->gr_gid;
+  }
   EPD_RETURN_IF_ERROR(init_cluster());
   // Groups declared in the config exist (with their memory) before any worker joins.
   for (GroupSpec spec : config_.groups) {
@@ -51,9 +63,13 @@ Status Rendezvous::init() {
       return make_status(st.code(), "config group '%s': %s", spec.name.c_str(), st.message().c_str());
     if (groups_.count(spec.name))
       return make_status(EPD_ERR_INVALID_SPEC, "config declares group '%s' twice", spec.name.c_str());
-    auto g = create_group(spec);
+    auto g = create_group(spec, nullptr);
     if (!g) return make_status(g.status().code(), "config group '%s': %s", spec.name.c_str(), g.status().message().c_str());
     g.value()->pinned = true;
+    if (auto a = config_.group_access.find(spec.name); a != config_.group_access.end()) {
+      g.value()->allowed_uids = a->second.uids;
+      g.value()->allowed_gids = a->second.gids;
+    }
   }
   return Status::ok();
 }
@@ -66,7 +82,10 @@ Rendezvous::~Rendezvous() {
     if (fd >= 0) close(fd);
 }
 
-Result<Group*> Rendezvous::create_group(const GroupSpec& spec) {
+Result<Group*> Rendezvous::create_group(const GroupSpec& spec, const Session* creator) {
+  // Quotas are checked on the layout's bytes before anything is allocated.
+  const GroupLayout layout = GroupLayout::compute(spec);
+  if (creator) EPD_RETURN_IF_ERROR(check_quota(spec.name, creator->uid, layout.total_bytes));
   const uint64_t gid = next_group_id_++;
   BackendEnv env;
   env.node_id = static_cast<int32_t>(config_.node_id);
@@ -88,6 +107,19 @@ Result<Group*> Rendezvous::create_group(const GroupSpec& spec) {
   g.value()->created_ns = shm::monotonic_ns();
   Group* raw = g.value().get();
   if (Status st = attach_cluster(*raw); !st) return st;
+  raw->owner_uid = creator ? creator->uid : daemon_uid_;
+  // Host memfd plus, for a GPU backend, its GPU bytes.
+  const uint64_t host = raw->workspace().size(), held = raw->backend().workspace_bytes(host);
+  raw->charged_bytes = held == host ? host : host + held;
+  raw->charged = true;
+  raw->charged_to_owner = creator != nullptr;
+  total_.groups += 1;
+  total_.workspace_bytes += raw->charged_bytes;
+  if (creator) {
+    Usage& u = usage_[creator->uid];
+    u.groups += 1;
+    u.workspace_bytes += raw->charged_bytes;
+  }
   groups_.emplace(spec.name, std::move(g.value()));
   log_message(LogLevel::kInfo, ctx,
               "group created: generation " + std::to_string(spec.generation) + ", world_size " +
@@ -109,14 +141,32 @@ Status Rendezvous::join(Session& s, uint32_t index, GroupSpec spec, uint64_t rid
   EPD_RETURN_IF_ERROR(check_placement(spec));
   if (auto devices = gpu_devices_of(spec); !devices) return devices.status();
   auto it = groups_.find(spec.name);
+  bool inherit = false;  // a declared group's new generation stays declared (same access)
+  bool was_pinned = false;
+  uint32_t old_owner = 0;
+  std::vector<uint32_t> old_uids, old_gids;
   if (it != groups_.end()) {
     Group& g = *it->second;
+    if (!may_use(g, s)) return not_owner(g, s, "join");
+    if (spec.generation > g.spec().generation && g.pinned && !s.admin)
+      return make_status(EPD_ERR_NOT_OWNER,
+                         "group '%s' is declared in the config: uid %u may not retire its generation %llu "
+                         "(only root%s%s may)",
+                         spec.name.c_str(), s.uid, static_cast<unsigned long long>(g.spec().generation),
+                         config_.admin_group.empty() ? "" : " or members of admin group ",
+                         config_.admin_group.c_str());
     if (spec.generation < g.spec().generation)
       return make_status(EPD_ERR_STALE_GENERATION, "group '%s': generation %llu is older than the group's %llu",
                          spec.name.c_str(), static_cast<unsigned long long>(spec.generation),
                          static_cast<unsigned long long>(g.spec().generation));
     if (spec.generation > g.spec().generation) {
-      retire_group(spec.name, "replaced by generation " + std::to_string(spec.generation));
+      inherit = g.pinned;
+      was_pinned = g.pinned;
+      old_owner = g.owner_uid;
+      old_uids = g.allowed_uids;
+      old_gids = g.allowed_gids;
+      retire_group(spec.name, "replaced by generation " + std::to_string(spec.generation) + " (by uid " +
+                                  std::to_string(s.uid) + ")");
       it = groups_.end();
     } else {
       if (Status st = g.spec().compare(spec); !st)
@@ -128,8 +178,14 @@ Status Rendezvous::join(Session& s, uint32_t index, GroupSpec spec, uint64_t rid
     }
   }
   if (it == groups_.end()) {
-    auto g = create_group(spec);
+    auto g = create_group(spec, &s);
     if (!g) return g.status();
+    if (inherit) {
+      g.value()->pinned = was_pinned;
+      g.value()->owner_uid = old_owner;
+      g.value()->allowed_uids = std::move(old_uids);
+      g.value()->allowed_gids = std::move(old_gids);
+    }
     it = groups_.find(spec.name);
   }
   Group& g = *it->second;
@@ -262,6 +318,7 @@ void Rendezvous::maybe_destroy_group(Group* g) {
   auto forget = [&] {
     if (cluster_) cluster_->detach(g->spec().name, g->spec().generation);
     remote_seen_.erase(g->id());
+    release_quota(*g);
   };
   for (auto it = groups_.begin(); it != groups_.end(); ++it)
     if (it->second.get() == g) {
@@ -276,6 +333,106 @@ void Rendezvous::maybe_destroy_group(Group* g) {
       retired_.erase(it);
       return;
     }
+}
+
+// ---- owners and quotas -------------------------------------------------------------------
+void Rendezvous::resolve_credentials(Session& s) const {
+  s.groups.assign(1, s.gid);
+  struct passwd pw{}, *found = nullptr;
+  std::vector<char> buf(16384);
+  if (getpwuid_r(static_cast<uid_t>(s.uid), &pw, buf.data(), buf.size(), &found) == 0 && found) {
+    int n = 64;
+    std::vector<gid_t> list(static_cast<size_t>(n));
+    if (getgrouplist(found->pw_name, static_cast<gid_t>(s.gid), list.data(), &n) < 0 && n > 64) {
+      list.resize(static_cast<size_t>(n));
+      if (getgrouplist(found->pw_name, static_cast<gid_t>(s.gid), list.data(), &n) < 0) n = 0;
+    }
+    for (int i = 0; i < n && i < static_cast<int>(list.size()); ++i)
+      if (list[static_cast<size_t>(i)] != s.gid) s.groups.push_back(list[static_cast<size_t>(i)]);
+  }
+  s.admin = s.uid == 0;
+  if (admin_gid_ >= 0)
+    for (uint32_t g : s.groups) s.admin = s.admin || static_cast<int64_t>(g) == admin_gid_;
+}
+
+bool Rendezvous::may_use(const Group& g, const Session& s) const {
+  if (s.admin) return true;
+  if (g.allowed_uids.empty() && g.allowed_gids.empty()) return s.uid == g.owner_uid;
+  if (std::find(g.allowed_uids.begin(), g.allowed_uids.end(), s.uid) != g.allowed_uids.end()) return true;
+  for (uint32_t gid : s.groups)
+    if (std::find(g.allowed_gids.begin(), g.allowed_gids.end(), gid) != g.allowed_gids.end()) return true;
+  return false;
+}
+
+bool Rendezvous::may_see_group(uint64_t group_id, const Session& s) const {
+  for (const auto& [n, g] : groups_)
+    if (g->id() == group_id) return may_use(*g, s);
+  for (const auto& g : retired_)
+    if (g->id() == group_id) return may_use(*g, s);
+  return false;
+}
+
+Status Rendezvous::not_owner(const Group& g, const Session& s, const char* what) const {
+  auto ids = [](const std::vector<uint32_t>& v) {
+    std::string t;
+    for (uint32_t x : v) t += (t.empty() ? "" : ",") + std::to_string(x);
+    return t;
+  };
+  std::string whose = !g.allowed_uids.empty() || !g.allowed_gids.empty()
+                          ? "is declared in the config for uids [" + ids(g.allowed_uids) + "] and gids [" +
+                                ids(g.allowed_gids) + "]"
+                          : g.pinned ? "is declared in the config for uid " + std::to_string(g.owner_uid) +
+                                           " (the daemon's own)"
+                                     : "belongs to uid " + std::to_string(g.owner_uid);
+  const std::string admins =
+      config_.admin_group.empty() ? "root" : "root or admin group '" + config_.admin_group + "'";
+  log_message(LogLevel::kWarn, LogContext{g.spec().name, -1, s.id, s.pid},
+              "refused " + std::string(what) + " by uid " + std::to_string(s.uid) + ": the group " + whose);
+  return make_status(EPD_ERR_NOT_OWNER, "group '%s' %s; uid %u may not %s it (only its owner or %s)",
+                     g.spec().name.c_str(), whose.c_str(), s.uid, what, admins.c_str());
+}
+
+Status Rendezvous::check_quota(const std::string& name, uint32_t uid, uint64_t bytes) const {
+  const Limits& l = config_.limits;
+  Usage u;
+  if (auto it = usage_.find(uid); it != usage_.end()) u = it->second;
+  auto ull = [](uint64_t v) { return static_cast<unsigned long long>(v); };
+  if (l.max_groups_per_uid && u.groups >= l.max_groups_per_uid)
+    return make_status(EPD_ERR_QUOTA_EXCEEDED,
+                       "limits.max_groups_per_uid = %u: uid %u already holds %u groups, so group '%s' is refused",
+                       l.max_groups_per_uid, uid, u.groups, name.c_str());
+  if (l.max_groups && total_.groups >= l.max_groups)
+    return make_status(EPD_ERR_QUOTA_EXCEEDED,
+                       "limits.max_groups = %u: %u groups exist, so group '%s' of uid %u is refused", l.max_groups,
+                       total_.groups, name.c_str(), uid);
+  // bytes <= EPD_MAX_GROUP_WORKSPACE_BYTES (validated) and the sums stay below the limits: no wrap.
+  const uint64_t uid_room =
+      l.max_workspace_bytes_per_uid - std::min(u.workspace_bytes, l.max_workspace_bytes_per_uid);
+  const uint64_t room = l.max_workspace_bytes - std::min(total_.workspace_bytes, l.max_workspace_bytes);
+  if (l.max_workspace_bytes_per_uid && bytes > uid_room)
+    return make_status(EPD_ERR_QUOTA_EXCEEDED,
+                       "limits.max_workspace_bytes_per_uid = %llu: uid %u holds %llu bytes and group '%s' needs %llu "
+                       "more",
+                       ull(l.max_workspace_bytes_per_uid), uid, ull(u.workspace_bytes), name.c_str(), ull(bytes));
+  if (l.max_workspace_bytes && bytes > room)
+    return make_status(EPD_ERR_QUOTA_EXCEEDED,
+                       "limits.max_workspace_bytes = %llu: the daemon holds %llu bytes and group '%s' of uid %u needs "
+                       "%llu more",
+                       ull(l.max_workspace_bytes), ull(total_.workspace_bytes), name.c_str(), uid, ull(bytes));
+  return Status::ok();
+}
+
+void Rendezvous::release_quota(Group& g) {
+  if (!g.charged) return;
+  g.charged = false;
+  total_.groups -= std::min<uint32_t>(total_.groups, 1);
+  total_.workspace_bytes -= std::min(total_.workspace_bytes, g.charged_bytes);
+  if (!g.charged_to_owner) return;
+  auto it = usage_.find(g.owner_uid);
+  if (it == usage_.end()) return;
+  it->second.groups -= std::min<uint32_t>(it->second.groups, 1);
+  it->second.workspace_bytes -= std::min(it->second.workspace_bytes, g.charged_bytes);
+  if (it->second.groups == 0) usage_.erase(it);
 }
 
 // ---- deadlines and shutdown --------------------------------------------------------------

@@ -47,6 +47,9 @@ class Rendezvous {
   // JOIN of `spec` by session s into its membership entry `index` (request
   // `rid`): refuses (status), or records the member and completes the joins
   // of the group once every rank is present.
+  // Refuses (EPD_ERR_NOT_OWNER) a uid that may not use an existing group or
+  // retire its generation, and (EPD_ERR_QUOTA_EXCEEDED) a creation above a
+  // [limits] quota.
   Status join(Session& s, uint32_t index, GroupSpec spec, uint64_t rid);
   // The member leaves (LEAVE, its session closed, its join expired).
   void remove_member(std::shared_ptr<Member> m, const std::string& reason);
@@ -65,6 +68,18 @@ class Rendezvous {
   size_t group_count() const { return groups_.size(); }
   int32_t ranks_joined() const;
 
+  // HELLO: fills s.groups (gid + supplementary groups of the uid, through
+  // getgrouplist) and s.admin (root, or in server.admin_group).
+  void resolve_credentials(Session& s) const;
+  // Whether s may see (in epctl) the group with this id: it may join it.
+  bool may_see_group(uint64_t group_id, const Session& s) const;
+
+  // Quota use, per uid and over every uid (config groups: totals only).
+  struct Usage {
+    uint32_t groups = 0;
+    uint64_t workspace_bytes = 0;
+  };
+
   // What `epd` logs at start and `epctl status` shows (status_snapshot.cc).
   std::string cluster_summary() const;
   void fill_snapshot(StatusSnapshot& s) const;
@@ -73,7 +88,13 @@ class Rendezvous {
   Rendezvous(const DaemonConfig& config, ThreadPool* pool, SessionSink& sink)
       : config_(config), pool_(pool), sink_(sink) {}
   Status init();
-  Result<Group*> create_group(const GroupSpec& spec);
+  // creator: the session whose join creates it (owner, quotas); null for a
+  // group declared in the config.
+  Result<Group*> create_group(const GroupSpec& spec, const Session* creator);
+  bool may_use(const Group& g, const Session& s) const;
+  Status not_owner(const Group& g, const Session& s, const char* what) const;
+  Status check_quota(const std::string& name, uint32_t uid, uint64_t bytes) const;
+  void release_quota(Group& g);
   Group* group_by_id(uint64_t id);
   void add_group_rows(const Group& g, StatusSnapshot& s) const;
 
@@ -118,6 +139,10 @@ class Rendezvous {
   int rings_fd_ = -1;  // eventfd: a backend queued rings (take_rings)
   bool shutting_down_ = false;
   uint64_t next_group_id_ = 1;
+  uint32_t daemon_uid_ = 0;  // owner of config groups that name no allowed_uids/gids
+  int64_t admin_gid_ = -1;   // server.admin_group resolved at start; -1: none
+  std::map<uint32_t, Usage> usage_;  // per uid, groups a join created
+  Usage total_;
   std::map<std::string, std::unique_ptr<Group>> groups_;  // live groups by name
   std::vector<std::unique_ptr<Group>> retired_;           // replaced, still holding members
 

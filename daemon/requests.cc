@@ -77,6 +77,21 @@ void Server::on_hello(Session& s, const proto::Frame& f) {
     return send_error(s, rid, make_status(EPD_ERR_PROTOCOL, "second HELLO on session %llu",
                                           static_cast<unsigned long long>(s.id)));
   if (shutting_down_) return send_error(s, rid, make_status(EPD_ERR_SHUTTING_DOWN, "epd is shutting down"));
+  // limits.max_sessions_per_uid counts sessions past HELLO (the only ones that
+  // hold a session block or may send a request); a refused one stays without
+  // HELLO (server.max_sessions bounds those) until the client closes it.
+  if (const uint32_t limit = opts_.config.limits.max_sessions_per_uid; limit > 0) {
+    uint32_t held = 0;
+    for (const auto& [sid, other] : sessions_) held += other->hello && other->uid == s.uid;
+    if (held >= limit) {
+      const Status st = make_status(EPD_ERR_QUOTA_EXCEEDED,
+                                    "limits.max_sessions_per_uid = %u: uid %u already holds %u sessions", limit, s.uid,
+                                    held);
+      log_message(LogLevel::kWarn, LogContext{"", -1, s.id, s.pid}, "refused session: " + st.message());
+      return send_error(s, rid, st);
+    }
+  }
+  rendezvous_->resolve_credentials(s);
   const std::string name = "epd-session-" + std::to_string(s.id);
   auto shm_r = SharedRegion::create(name.c_str(), shm::kTotalBytes);
   if (!shm_r) return send_error(s, rid, shm_r.status());
@@ -108,7 +123,32 @@ void Server::on_status(Session& s, const proto::Frame& f) {
   auto q = proto::decode_status_query(f);
   if (!q) return send_error(s, f.header.request_id, q.status());
   proto::StatusReply r;
-  r.body = render_status(snapshot(), q->what, q->json != 0);
+  StatusSnapshot snap = snapshot();
+  if (!s.admin) {
+    // Other tenants' groups, ranks, sessions and quota use are for root and
+    // the admin group only: keep the groups this uid may join and its own.
+    std::vector<StatusSnapshot::GroupRow> groups;
+    for (auto& g : snap.groups)
+      if (rendezvous_->may_see_group(g.id, s)) groups.push_back(std::move(g));
+    snap.groups = std::move(groups);
+    std::vector<StatusSnapshot::RankRow> ranks;
+    for (auto& row : snap.ranks) {
+      bool seen = false;
+      for (const auto& g : snap.groups) seen = seen || (g.name == row.group && g.generation == row.generation);
+      if (seen) ranks.push_back(std::move(row));
+    }
+    snap.ranks = std::move(ranks);
+    std::vector<StatusSnapshot::SessionRow> sessions;
+    for (auto& x : snap.sessions_list)
+      if (x.uid == s.uid) sessions.push_back(std::move(x));
+    snap.sessions_list = std::move(sessions);
+    snap.sessions = static_cast<uint32_t>(snap.sessions_list.size());
+    std::vector<StatusSnapshot::UsageRow> usage;
+    for (auto& u : snap.usage)
+      if (u.uid == s.uid) usage.push_back(u);
+    snap.usage = std::move(usage);
+  }
+  r.body = render_status(snap, q->what, q->json != 0);
   if (r.body.size() + 64 > proto::kMaxMessage) r.body.resize(proto::kMaxMessage - 64);
   send(s, proto::encode(r, f.header.request_id), {});
 }

@@ -32,6 +32,13 @@ enum Tag : uint64_t {
 uint64_t tag(Tag t, uint64_t id = 0) { return (static_cast<uint64_t>(t) << 56) | id; }
 
 constexpr size_t kMaxOutQueue = 64;  // records queued for a client that does not read
+// accept4 failing (EMFILE, ENFILE, ENOBUFS, ENOMEM...): the pending connection
+// stays queued, so the listening socket stays readable; it is unwatched this long.
+constexpr int64_t kAcceptBackoffNs = 100 * 1000000LL;
+constexpr int64_t kAcceptLogIntervalNs = 1000 * 1000000LL;  // one accept error line a second at most
+// SIGTERM: pending joins and rendezvous fail at once; running ops get this long.
+// Below the unit's TimeoutStopSec= (30 s), so systemd never has to SIGKILL.
+constexpr int64_t kShutdownGraceNs = 10 * 1000000000LL;
 
 Status epoll_add(int ep, int fd, uint32_t events, uint64_t data) {
   epoll_event ev{};
@@ -135,7 +142,26 @@ Status Server::init_listen_socket() {
   listen_fd_ = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) return errno_status("socket(AF_UNIX, SOCK_SEQPACKET)", errno);
   struct stat sb;
-  if (lstat(path.c_str(), &sb) == 0 && S_ISSOCK(sb.st_mode)) unlink(path.c_str());  // stale socket
+  if (lstat(path.c_str(), &sb) == 0 && S_ISSOCK(sb.st_mode)) {
+    // A socket file is left over by a daemon that died, or belongs to one that
+    // still serves: only a connection attempt tells them apart.
+    const int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (probe < 0) return errno_status("socket(AF_UNIX, SOCK_SEQPACKET)", errno);
+    const int rc = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    const int err = rc == 0 ? 0 : errno;
+    ucred peer{};
+    socklen_t len = sizeof peer;
+    if (rc == 0 && getsockopt(probe, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0) peer.pid = 0;
+    close(probe);
+    if (rc == 0 || err == EAGAIN) {  // EAGAIN: its backlog is full, but it listens
+      const std::string who = rc == 0 && peer.pid > 0 ? " (pid " + std::to_string(peer.pid) + ")" : "";
+      return make_status(EPD_ERR_INVALID_ARGUMENT,
+                         "socket path %s is in use: a running daemon%s listens on it; stop it first or choose "
+                         "another --socket",
+                         path.c_str(), who.c_str());
+    }
+    unlink(path.c_str());  // ECONNREFUSED: nobody listens, the file is stale
+  }
   if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     return make_status(EPD_ERR_SYSTEM, "bind(%s): %s", path.c_str(), strerror(errno));
   own_socket_path_ = true;
@@ -172,6 +198,8 @@ void Server::request_stop() {
 int Server::next_timeout_ms(int64_t now) const {
   int64_t next = now + 1000 * 1000000LL;  // wake at least once a second
   if (watchdog_period_ns_ > 0) next = std::min(next, next_watchdog_ns_);
+  if (accept_resume_ns_ != 0) next = std::min(next, accept_resume_ns_);
+  if (shutting_down_) next = std::min(next, shutdown_deadline_ns_);
   next = rendezvous_->next_deadline_ns(next);
   const int64_t ms = (next - now + 999999) / 1000000;
   return static_cast<int>(std::clamp<int64_t>(ms, 0, 1000));
@@ -189,6 +217,12 @@ Status Server::run() {
     for (int i = 0; i < std::max(n, 0); ++i) dispatch_event(evs[i].data.u64, evs[i].events);
     after_events(shm::monotonic_ns());
     if (shutting_down_ && rendezvous_->busy() == 0) break;
+    if (shutting_down_ && shm::monotonic_ns() >= shutdown_deadline_ns_) {
+      log_message(LogLevel::kWarn, std::to_string(rendezvous_->busy()) + " operation(s) still running " +
+                                       std::to_string(kShutdownGraceNs / 1000000000) +
+                                       " s after the stop request: stopping anyway");
+      break;
+    }
   }
   for (auto& [sid, s] : sessions_) flush(*s);
   log_message(LogLevel::kInfo, "epd stopped");
@@ -222,6 +256,7 @@ void Server::dispatch_event(uint64_t data, uint32_t events) {
 
 void Server::after_events(int64_t now) {
   rendezvous_->on_timers(now);
+  if (accept_resume_ns_ != 0 && now >= accept_resume_ns_) resume_accepting();
   if (now >= next_status_ns_) {  // STATUS= for systemctl status, at most once a second
     next_status_ns_ = now + 1000000000LL;
     const std::string line = std::to_string(rendezvous_->group_count()) + " groups, " +
@@ -253,7 +288,9 @@ void Server::on_accept() {
   for (;;) {
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno != EAGAIN && errno != EINTR) log_message(LogLevel::kWarn, std::string("accept4: ") + strerror(errno));
+      const int err = errno;
+      if (err == EINTR || err == ECONNABORTED) continue;
+      if (err != EAGAIN && err != EWOULDBLOCK) pause_accepting(err, shm::monotonic_ns());
       return;
     }
     ucred cred{};
@@ -283,6 +320,37 @@ void Server::on_accept() {
     log_message(LogLevel::kDebug, LogContext{"", -1, s->id, s->pid}, "session connected (uid " + std::to_string(cred.uid) + ")");
     sessions_[s->id] = std::move(s);
   }
+}
+
+void Server::pause_accepting(int err, int64_t now) {
+  // Unwatch the listening socket: its queued connection keeps it readable,
+  // and a level-triggered epoll would report it again at once, forever.
+  epoll_event ev{};
+  ev.data.u64 = tag(kListen);
+  if (listen_fd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_MOD, listen_fd_, &ev);
+  accept_resume_ns_ = now + kAcceptBackoffNs;
+  if (now < accept_log_next_ns_) {
+    ++accept_errors_suppressed_;
+    return;
+  }
+  std::string line = std::string("accept4: ") + strerror(err) + " (" + std::to_string(sessions_.size()) +
+                     " sessions): not accepting connections for " + std::to_string(kAcceptBackoffNs / 1000000) +
+                     " ms";
+  if (accept_errors_suppressed_ > 0)
+    line += "; " + std::to_string(accept_errors_suppressed_) + " more accept errors in the last second";
+  if (err == EMFILE || err == ENFILE) line += " (file descriptor limit: see LimitNOFILE=)";
+  log_message(LogLevel::kWarn, line);
+  accept_errors_suppressed_ = 0;
+  accept_log_next_ns_ = now + kAcceptLogIntervalNs;
+}
+
+void Server::resume_accepting() {
+  accept_resume_ns_ = 0;
+  if (listen_fd_ < 0) return;  // closed by begin_shutdown meanwhile
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = tag(kListen);
+  epoll_ctl(epfd_, EPOLL_CTL_MOD, listen_fd_, &ev);
 }
 
 void Server::on_session_io(uint64_t sid, uint32_t events) {
@@ -320,6 +388,19 @@ void Server::on_doorbell(uint64_t sid) {
 }
 
 void Server::send(Session& s, std::vector<uint8_t> record, std::vector<int> fds) {
+  if (std::any_of(fds.begin(), fds.end(), [](int fd) { return fd < 0; })) {
+    // A dup() for this reply failed (out of descriptors): the reply cannot be
+    // sent as it is, so the request gets an error instead of no answer.
+    const int err = errno;
+    for (int fd : fds)
+      if (fd >= 0) close(fd);
+    auto f = proto::decode_frame(record.data(), record.size());
+    const uint64_t rid = f ? f.value().header.request_id : 0;
+    const Status st = make_status(EPD_ERR_SYSTEM, "cannot pass a descriptor with the %s reply: dup: %s",
+                                  f ? proto::msg_type_name(f.value().header.type) : "daemon's", strerror(err));
+    log_message(LogLevel::kWarn, LogContext{"", -1, s.id, s.pid}, st.message());
+    return send(s, proto::encode(proto::MsgType::kError, proto::Reply{st.code(), st.message()}, rid), {});
+  }
   if (s.outq.empty()) {
     const int rc = proto::send_record(s.fd, record, fds.data(), static_cast<int>(fds.size()), true);
     if (rc == 0 || rc != -EAGAIN) {  // sent, or failed: the hang-up is seen by epoll
@@ -389,6 +470,7 @@ void Server::close_session(uint64_t sid, const char* why) {
 void Server::begin_shutdown(const char* why) {
   if (shutting_down_) return;
   shutting_down_ = true;
+  shutdown_deadline_ns_ = shm::monotonic_ns() + kShutdownGraceNs;
   log_message(LogLevel::kInfo, std::string("shutting down: ") + why);
   (void)notify_stopping();
   epoll_ctl(epfd_, EPOLL_CTL_DEL, listen_fd_, nullptr);

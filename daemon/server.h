@@ -11,7 +11,12 @@
 // never trusted: doorbells are read once and may only advance by one.
 // Ownership: Server owns sessions, the Rendezvous, the listening socket
 // (unless it came from socket activation, in which case the path is not
-// unlinked). Thread-safety: run() on one thread; request_stop() from any
+// unlinked; nor is a path another live daemon still listens on: start-up
+// fails naming it). A full fd table never makes the loop spin: the listening
+// socket is unwatched for kAcceptBackoffNs and its errors are logged at most
+// once a second. Shutdown is bounded: kShutdownGraceNs after SIGTERM the loop
+// stops even with operations still running (with a warning).
+// Thread-safety: run() on one thread; request_stop() from any
 // thread or a signal handler context via SIGTERM (handled through a signalfd).
 #pragma once
 
@@ -61,6 +66,8 @@ class Server final : public SessionSink {
   // events
   void dispatch_event(uint64_t data, uint32_t events);
   void on_accept();
+  void pause_accepting(int err, int64_t now);  // accept4 failed with err: back off, log (rate-limited)
+  void resume_accepting();                     // the back-off has passed: watch the listening socket again
   Status refusal_for(uint32_t uid) const;
   void on_session_io(uint64_t sid, uint32_t events);
   void on_doorbell(uint64_t sid);
@@ -87,6 +94,10 @@ class Server final : public SessionSink {
   int epfd_ = -1, listen_fd_ = -1, signal_fd_ = -1, stop_fd_ = -1;
   bool own_socket_path_ = false;
   bool shutting_down_ = false;
+  int64_t shutdown_deadline_ns_ = 0;  // the loop stops at this time even if busy (begin_shutdown)
+  int64_t accept_resume_ns_ = 0;      // != 0: listen fd unwatched until then (accept back-off)
+  int64_t accept_log_next_ns_ = 0;    // accept errors: next time one may be logged
+  uint64_t accept_errors_suppressed_ = 0;
   int64_t started_ns_ = 0;
   std::string gpu_summary_;  // GPUs and MPS, or why GPU groups are unavailable (init)
   int64_t watchdog_period_ns_ = 0, next_watchdog_ns_ = 0;

@@ -26,6 +26,11 @@ struct Session {
   int doorbell_fd = -1;  // eventfd the client writes after ringing a doorbell
   int32_t pid = 0;
   uint32_t uid = 0, gid = 0;
+  // Set at HELLO (Rendezvous::resolve_credentials): the gid and supplementary
+  // groups of the uid (getgrouplist), and whether the peer is root or in
+  // server.admin_group (may join, retire and see every group).
+  std::vector<uint32_t> groups;
+  bool admin = false;
   bool hello = false;
   std::string name;
   std::shared_ptr<SharedRegion> shm;

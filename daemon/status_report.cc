@@ -120,13 +120,45 @@ std::string json_cluster_threads(const StatusSnapshot& s) {
   return o + "]";
 }
 
+std::string json_limits(const StatusSnapshot& s) {
+  const auto& l = s.limits;
+  std::string o = fmt("{\"max_sessions\":%u,\"max_sessions_per_uid\":%u,\"max_groups\":%u,\"max_groups_per_uid\":%u,"
+                      "\"max_workspace_bytes\":%llu,\"max_workspace_bytes_per_uid\":%llu,\"groups\":%u,"
+                      "\"workspace_bytes\":%llu,\"per_uid\":[",
+                      l.max_sessions, l.max_sessions_per_uid, l.max_groups, l.max_groups_per_uid,
+                      static_cast<unsigned long long>(l.max_workspace_bytes),
+                      static_cast<unsigned long long>(l.max_workspace_bytes_per_uid), l.total_groups,
+                      static_cast<unsigned long long>(l.total_workspace_bytes));
+  for (size_t i = 0; i < s.usage.size(); ++i) {
+    const auto& u = s.usage[i];
+    o += fmt("%s{\"uid\":%u,\"sessions\":%u,\"groups\":%u,\"workspace_bytes\":%llu}", i ? "," : "", u.uid,
+             u.sessions, u.groups, static_cast<unsigned long long>(u.workspace_bytes));
+  }
+  return o + "]}";
+}
+
+// "limits: ..." then one line per uid: its use next to the per-uid limits ("-": none).
+std::string text_limits(const StatusSnapshot& s) {
+  const auto& l = s.limits;
+  auto lim = [](unsigned long long v) { return v ? std::to_string(v) : std::string("-"); };
+  std::string o = "limits: sessions " + lim(l.max_sessions) + " (per uid " + lim(l.max_sessions_per_uid) +
+                  ")  groups " + std::to_string(l.total_groups) + "/" + lim(l.max_groups) + " (per uid " +
+                  lim(l.max_groups_per_uid) + ")  workspace bytes " + std::to_string(l.total_workspace_bytes) + "/" +
+                  lim(l.max_workspace_bytes) + " (per uid " + lim(l.max_workspace_bytes_per_uid) + ")\n";
+  for (const auto& u : s.usage)
+    o += "  uid " + std::to_string(u.uid) + ": sessions " + std::to_string(u.sessions) + "/" +
+         lim(l.max_sessions_per_uid) + "  groups " + std::to_string(u.groups) + "/" + lim(l.max_groups_per_uid) +
+         "  workspace bytes " + std::to_string(u.workspace_bytes) + "/" + lim(l.max_workspace_bytes_per_uid) + "\n";
+  return o;
+}
+
 std::string json_status(const StatusSnapshot& s) {
   return fmt("{\"pid\":%d,\"uptime_s\":%.3f,\"version\":%s,\"executor\":%s,\"socket\":%s,\"log_target\":%s,"
              "\"sessions\":%u,\"groups\":%zu,\"shutting_down\":%s,\"gpu\":%s,",
              s.pid, s.uptime_s, json_quote(s.version).c_str(), json_quote(s.executor).c_str(),
              json_quote(s.socket_path).c_str(), json_quote(s.log_target).c_str(), s.sessions, s.groups.size(),
              s.shutting_down ? "true" : "false", json_quote(s.gpu).c_str()) +
-         "\"cluster_threads\":" + json_cluster_threads(s) + "}";
+         "\"limits\":" + json_limits(s) + ",\"cluster_threads\":" + json_cluster_threads(s) + "}";
 }
 
 std::string json_groups(const StatusSnapshot& s) {
@@ -142,6 +174,8 @@ std::string json_groups(const StatusSnapshot& s) {
              "\"timeout_ms\":%u,\"workspace_bytes\":%llu,\"executor\":%s}",
              json_quote(g.quant).c_str(), json_quote(g.layout).c_str(), json_quote(g.mode).c_str(), g.max_tokens,
              g.slots, g.timeout_ms, static_cast<unsigned long long>(g.workspace_bytes), json_quote(g.executor).c_str());
+    o.pop_back();
+    o += ",\"owner\":" + json_quote(g.owner) + "}";
     o.pop_back();  // the object's '}': the spec's fields follow
     o += ",\"spec\":{";
     for (size_t f = 0; f < g.spec.size(); ++f)
@@ -217,10 +251,10 @@ std::string text_cluster_threads(const StatusSnapshot& s) {
 }
 
 std::string text_status(const StatusSnapshot& s) {
-  return fmt("epd %s  pid %d  up %.1fs  executor %s  socket %s  log %s\nsessions %u  groups %zu%s\ngpu: %s\n",
+  return fmt("epd %s  pid %d  up %.1fs  executor %s  socket %s  log %s\nsessions %u  groups %zu%s\n",
              s.version.c_str(), s.pid, s.uptime_s, s.executor.c_str(), s.socket_path.c_str(), s.log_target.c_str(),
-             s.sessions, s.groups.size(), s.shutting_down ? "  (shutting down)" : "", s.gpu.c_str()) +
-         text_cluster_threads(s);
+             s.sessions, s.groups.size(), s.shutting_down ? "  (shutting down)" : "") +
+         text_limits(s) + "gpu: " + s.gpu + "\n" + text_cluster_threads(s);
 }
 
 std::string text_groups(const StatusSnapshot& s) {

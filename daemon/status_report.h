@@ -34,6 +34,7 @@ struct StatusSnapshot {
     int32_t world_size = 0, joined = 0, joining = 0, num_experts = 0, top_k = 0, hidden = 0;
     int32_t max_tokens = 0, slots = 0;
     uint32_t timeout_ms = 0;
+    std::string owner;  // "uid N", or "config" (with its allowed uids/gids) for a declared group
     std::vector<int32_t> lost;
     // Every scalar field of the group's spec, in the field list's order
     // (core/spec_fields.h): name and value as JSON (numbers bare, enums quoted).
@@ -66,6 +67,20 @@ struct StatusSnapshot {
     int32_t numa_node = -1;  // that NIC's NUMA node; -1: not known
     std::string detail;      // how the CPUs were chosen, or why it is not pinned
   };
+  // [limits] (0 = none) and what each uid uses of them; `total_*` over every
+  // uid, config groups included.
+  struct LimitsRow {
+    uint32_t max_sessions = 0, max_sessions_per_uid = 0, max_groups = 0, max_groups_per_uid = 0;
+    uint64_t max_workspace_bytes = 0, max_workspace_bytes_per_uid = 0;
+    uint32_t total_groups = 0;
+    uint64_t total_workspace_bytes = 0;
+  };
+  struct UsageRow {
+    uint32_t uid = 0, sessions = 0, groups = 0;
+    uint64_t workspace_bytes = 0;
+  };
+  LimitsRow limits;
+  std::vector<UsageRow> usage;  // by uid, ascending
   std::vector<GroupRow> groups;
   std::vector<RankRow> ranks;
   std::vector<SessionRow> sessions_list;

@@ -4,6 +4,8 @@
 // (status_report.h) that is rendered elsewhere.
 #include <unistd.h>
 
+#include <algorithm>
+#include <map>
 #include <type_traits>
 
 #include "logging.h"
@@ -23,7 +25,29 @@ StatusSnapshot Server::snapshot() const {
   s.log_target = log_target_name();
   s.sessions = static_cast<uint32_t>(sessions_.size());
   s.shutting_down = shutting_down_;
+  const Limits& l = opts_.config.limits;
+  s.limits.max_sessions = opts_.config.max_sessions;
+  s.limits.max_sessions_per_uid = l.max_sessions_per_uid;
+  s.limits.max_groups = l.max_groups;
+  s.limits.max_groups_per_uid = l.max_groups_per_uid;
+  s.limits.max_workspace_bytes = l.max_workspace_bytes;
+  s.limits.max_workspace_bytes_per_uid = l.max_workspace_bytes_per_uid;
   rendezvous_->fill_snapshot(s);
+  std::map<uint32_t, uint32_t> sessions_by_uid;  // past HELLO, as limits.max_sessions_per_uid counts
+  for (const auto& [sid, ss] : sessions_)
+    if (ss->hello) ++sessions_by_uid[ss->uid];
+  for (auto& u : s.usage)
+    if (auto it = sessions_by_uid.find(u.uid); it != sessions_by_uid.end()) {
+      u.sessions = it->second;
+      sessions_by_uid.erase(it);
+    }
+  for (const auto& [uid, n] : sessions_by_uid) {
+    StatusSnapshot::UsageRow u;
+    u.uid = uid;
+    u.sessions = n;
+    s.usage.push_back(u);
+  }
+  std::sort(s.usage.begin(), s.usage.end(), [](const auto& a, const auto& b) { return a.uid < b.uid; });
   const int64_t now = shm::monotonic_ns();
   for (const auto& [sid, ss] : sessions_) {
     StatusSnapshot::SessionRow row;
@@ -43,6 +67,15 @@ void Rendezvous::fill_snapshot(StatusSnapshot& s) const {
   if (cluster_) s.cluster_threads = cluster_thread_rows(cluster_->pinning(), cluster_->proxy_threads());
   for (const auto& [n, g] : groups_) add_group_rows(*g, s);
   for (const auto& g : retired_) add_group_rows(*g, s);
+  s.limits.total_groups = total_.groups;
+  s.limits.total_workspace_bytes = total_.workspace_bytes;
+  for (const auto& [uid, u] : usage_) {
+    StatusSnapshot::UsageRow row;
+    row.uid = uid;
+    row.groups = u.groups;
+    row.workspace_bytes = u.workspace_bytes;
+    s.usage.push_back(row);
+  }
 }
 
 void Rendezvous::add_group_rows(const Group& g, StatusSnapshot& s) const {
@@ -66,6 +99,18 @@ void Rendezvous::add_group_rows(const Group& g, StatusSnapshot& s) const {
   row.timeout_ms = sp.timeout_ms;
   row.workspace_bytes = g.backend().workspace_bytes(g.workspace().size());
   row.executor = g.backend().status_text();
+  if (g.pinned) {
+    auto ids = [](const std::vector<uint32_t>& v) {
+      std::string t;
+      for (uint32_t x : v) t += (t.empty() ? "" : ",") + std::to_string(x);
+      return t;
+    };
+    row.owner = g.allowed_uids.empty() && g.allowed_gids.empty()
+                    ? "config (uid " + std::to_string(g.owner_uid) + ")"
+                    : "config (uids [" + ids(g.allowed_uids) + "] gids [" + ids(g.allowed_gids) + "])";
+  } else {
+    row.owner = "uid " + std::to_string(g.owner_uid);
+  }
   for_each_spec_field([&](const auto& field) {
     if constexpr (!kIsSpecHand<decltype(field)>) {
       const auto v = sp.*(field.member);

@@ -144,11 +144,11 @@ Result<DaemonConfig> parse_toml_document(const std::string& text, const std::str
   }
   DaemonConfig c;
   TomlReader r(origin);
-  r.check_keys(doc, "", {"server", "executor", "log", "group", "cluster"});
+  r.check_keys(doc, "", {"server", "limits", "executor", "log", "group", "cluster"});
   if (const toml::table* s = r.table(doc, "server")) {
     r.check_keys(*s, "server.",
                  {"socket_path", "socket_mode", "socket_group", "max_sessions", "allowed_uids",
-                  "join_timeout_ms"});
+                  "join_timeout_ms", "admin_group"});
     r.read_string(*s, "server.", "socket_path", &c.socket_path, why_socket_path);
     if (const toml::node* n = s->get("socket_mode"); n && r.ok()) {
       if (const auto* str = n->as_string()) {
@@ -169,6 +169,17 @@ Result<DaemonConfig> parse_toml_document(const std::string& text, const std::str
       }
     }
     r.read_int(*s, "server.", "join_timeout_ms", &c.join_timeout_ms, 1, UINT32_MAX);
+    r.read_string(*s, "server.", "admin_group", &c.admin_group);
+  }
+  if (const toml::table* l = r.table(doc, "limits")) {
+    r.check_keys(*l, "limits.",
+                 {"max_sessions_per_uid", "max_groups_per_uid", "max_groups", "max_workspace_bytes_per_uid",
+                  "max_workspace_bytes"});
+    r.read_int(*l, "limits.", "max_sessions_per_uid", &c.limits.max_sessions_per_uid, 0, UINT32_MAX);
+    r.read_int(*l, "limits.", "max_groups_per_uid", &c.limits.max_groups_per_uid, 0, UINT32_MAX);
+    r.read_int(*l, "limits.", "max_groups", &c.limits.max_groups, 0, UINT32_MAX);
+    r.read_int(*l, "limits.", "max_workspace_bytes_per_uid", &c.limits.max_workspace_bytes_per_uid, 0, INT64_MAX);
+    r.read_int(*l, "limits.", "max_workspace_bytes", &c.limits.max_workspace_bytes, 0, INT64_MAX);
   }
   if (const toml::table* e = r.table(doc, "executor")) {
     r.check_keys(*e, "executor.", {"host_threads"});
@@ -210,8 +221,11 @@ Result<DaemonConfig> parse_toml_document(const std::string& text, const std::str
     } else {
       for (size_t i = 0; i < a->size() && r.ok(); ++i) {
         GroupSpec spec;
-        read_group(r, *a->get(i)->as_table(), i, c.join_timeout_ms, &spec);
-        if (r.ok()) c.groups.push_back(std::move(spec));
+        GroupAccess access;
+        read_group(r, *a->get(i)->as_table(), i, c.join_timeout_ms, &spec, &access);
+        if (!r.ok()) break;
+        if (!access.empty()) c.group_access[spec.name] = std::move(access);
+        c.groups.push_back(std::move(spec));
       }
     }
   }
@@ -387,6 +401,12 @@ std::string print_config(const DaemonConfig& c) {
   o << "allowed_uids = "
     << toml_array(c.allowed_uids, [](uint32_t u) { return std::to_string(u); }) << "\n";
   o << "join_timeout_ms = " << c.join_timeout_ms << "\n";
+  o << "admin_group = " << toml_string(c.admin_group) << "\n";
+  o << "\n[limits]\nmax_sessions_per_uid = " << c.limits.max_sessions_per_uid << "\n";
+  o << "max_groups_per_uid = " << c.limits.max_groups_per_uid << "\n";
+  o << "max_groups = " << c.limits.max_groups << "\n";
+  o << "max_workspace_bytes_per_uid = " << c.limits.max_workspace_bytes_per_uid << "\n";
+  o << "max_workspace_bytes = " << c.limits.max_workspace_bytes << "\n";
   o << "\n[executor]\nhost_threads = " << c.host_threads << "\n";
   o << "\n[log]\nlevel = " << toml_string(c.log_level) << "\n";
   o << "target = " << toml_string(c.log_target) << "\n";
@@ -396,7 +416,14 @@ std::string print_config(const DaemonConfig& c) {
   o << "peers = " << toml_array(c.peers, toml_string) << "\n";
   o << "transport = " << toml_string(c.transport) << "\n";
   o << "rdma_fallback_to_tcp = " << (c.rdma_fallback_to_tcp ? "true" : "false") << "\n";
-  for (const GroupSpec& g : c.groups) print_group(o, g);
+  auto ids = [](const std::vector<uint32_t>& v) { return toml_array(v, [](uint32_t u) { return std::to_string(u); }); };
+  for (const GroupSpec& g : c.groups) {
+    print_group(o, g);
+    if (auto it = c.group_access.find(g.name); it != c.group_access.end()) {
+      if (!it->second.uids.empty()) o << "allowed_uids = " << ids(it->second.uids) << "\n";
+      if (!it->second.gids.empty()) o << "allowed_gids = " << ids(it->second.gids) << "\n";
+    }
+  }
   return o.str();
 }
 

@@ -4,13 +4,14 @@
 // load_config never exits the process: --help / --version / --print-config are
 // reported through LoadOutcome so main() decides. Errors name the file, key
 // and value ("epd.toml:7: log.level = 'loud' is not one of: trace, debug, ...").
-// The file's keys (tables [server] [executor] [log] [cluster] [[group]]) are
+// The file's keys (tables [server] [limits] [executor] [log] [cluster] [[group]]) are
 // documented in systemd/epd.toml.example; toml++ reads them (see
 // config_files_supported()), the printer needs no library.
 // Thread-safety: value types and pure functions (reads files).
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,28 @@
 #include "status.h"
 
 namespace epd {
+
+// Who may join a group declared in the config (its [[group]] keys
+// allowed_uids / allowed_gids). Both empty: root, server.admin_group and the
+// uid epd runs as. Root and the admin group may always join; only they may
+// retire (bump the generation of) a declared group.
+struct GroupAccess {
+  std::vector<uint32_t> uids;
+  std::vector<uint32_t> gids;
+  bool empty() const { return uids.empty() && gids.empty(); }
+};
+
+// [limits]: quotas counted at creation (sessions at HELLO, groups and their
+// workspace bytes when a join creates the group) and released when they go.
+// 0 = no limit. Groups declared in the config count towards the global totals
+// but are never refused.
+struct Limits {
+  uint32_t max_sessions_per_uid = 256;
+  uint32_t max_groups_per_uid = 64;
+  uint32_t max_groups = 256;
+  uint64_t max_workspace_bytes_per_uid = 256ull << 30;  // 256 GiB: host memfd + GPU bytes
+  uint64_t max_workspace_bytes = 1ull << 40;            // 1 TiB over every uid
+};
 
 struct DaemonConfig {
   // [server]
@@ -27,6 +50,9 @@ struct DaemonConfig {
   uint32_t max_sessions = 1024;
   std::vector<uint32_t> allowed_uids;             // empty = any peer that can open the socket
   uint32_t join_timeout_ms = kDefaultTimeoutMs;   // deadline of a join (or [[group]]) whose timeout_ms is 0
+  std::string admin_group;                        // members may join, retire and see every group ("" = root only)
+  // [limits]
+  Limits limits;
   // [executor]
   uint32_t host_threads = 0;                      // host executor threads, 0 = all cores
   // [log]
@@ -34,6 +60,7 @@ struct DaemonConfig {
   std::string log_target = "auto";                // auto (journal under systemd) | stderr | journal
   // [[group]] tables: groups created at start-up so their memory exists before workers.
   std::vector<GroupSpec> groups;
+  std::map<std::string, GroupAccess> group_access;  // by group name; absent = the default above
   // [cluster] (daemon-to-daemon, later)
   uint32_t node_id = 0;
   std::string listen_address;                     // "" = no daemon-to-daemon listener

@@ -157,9 +157,20 @@ void read_owners(TomlReader& r, const toml::table& t, const std::string& prefix,
   }
 }
 
+void read_ids(TomlReader& r, const toml::table& t, const std::string& prefix, const char* key,
+              std::vector<uint32_t>* out) {
+  const toml::array* a = r.array(t, prefix, key);
+  for (size_t i = 0; a && i < a->size() && r.ok(); ++i) {
+    int64_t id = 0;
+    if (r.int_value(*a->get(i), prefix + key + "[" + std::to_string(i) + "]", 0, UINT32_MAX - 1, &id))
+      out->push_back(static_cast<uint32_t>(id));
+  }
+}
+
 }  // namespace
 
-void read_group(TomlReader& r, const toml::table& t, size_t index, uint32_t default_timeout, GroupSpec* g) {
+void read_group(TomlReader& r, const toml::table& t, size_t index, uint32_t default_timeout, GroupSpec* g,
+                GroupAccess* access) {
   const std::string prefix = "group[" + std::to_string(index) + "].";
   // Keys: the hand-written fields are all keys; `name` is required.
   std::vector<std::string_view> known, required;
@@ -172,7 +183,11 @@ void read_group(TomlReader& r, const toml::table& t, size_t index, uint32_t defa
       if (f.has(kSpecRequired)) required.push_back(f.name);
     }
   });
+  known.push_back("allowed_uids");
+  known.push_back("allowed_gids");
   r.check_keys(t, prefix, known);
+  read_ids(r, t, prefix, "allowed_uids", &access->uids);
+  read_ids(r, t, prefix, "allowed_gids", &access->gids);
   for (std::string_view key : required)
     if (!t.get(key) && r.ok())
       r.fail_plain(r.where(t) + ": " + prefix.substr(0, prefix.size() - 1) + " is missing the required key '" +

@@ -21,6 +21,7 @@
 #endif
 #endif
 
+#include "config.h"
 #include "spec.h"
 #include "status.h"
 
@@ -170,11 +171,11 @@ class TomlReader {
   std::string origin_;
 };
 
-// Reads [[group]] number `index` into *g and validates it; errors go to `r`.
-// A group without timeout_ms (or with 0) gets `default_timeout`
-// (server.join_timeout_ms).
+// Reads [[group]] number `index` into *g (and its allowed_uids / allowed_gids
+// into *access) and validates it; errors go to `r`. A group without
+// timeout_ms (or with 0) gets `default_timeout` (server.join_timeout_ms).
 void read_group(TomlReader& r, const toml::table& t, size_t index, uint32_t default_timeout,
-                GroupSpec* g);
+                GroupSpec* g, GroupAccess* access);
 
 #endif  // EPD_HAVE_TOMLPLUSPLUS
 

@@ -72,6 +72,8 @@ typedef enum epd_status {
   EPD_ERR_INTERNAL = -28,            /* an internal invariant broke (a bug) */
   EPD_ERR_DEVICE_FAULT = -29,        /* a kernel set the fault word */
   EPD_ERR_GROUP_CLOSED = -30,        /* the group was torn down */
+  EPD_ERR_NOT_OWNER = -31,           /* the group belongs to another uid (message names group and uid) */
+  EPD_ERR_QUOTA_EXCEEDED = -32,      /* a [limits] quota would be exceeded (message names it, uid, numbers) */
 } epd_status_t;
 
 /* A static, human-readable name for a status ("EPD_ERR_PEER_LOST: ..."). Never NULL. */

@@ -508,7 +508,8 @@ TEST(StatusString, DistinctNamedAndNeverNull) {
       EPD_STATUS_CASE(EPD_ERR_SYSTEM), EPD_STATUS_CASE(EPD_ERR_CUDA), EPD_STATUS_CASE(EPD_ERR_GPU_UNAVAILABLE),
       EPD_STATUS_CASE(EPD_ERR_SLOT_BUSY), EPD_STATUS_CASE(EPD_ERR_SHUTTING_DOWN), EPD_STATUS_CASE(EPD_ERR_NOT_JOINED),
       EPD_STATUS_CASE(EPD_ERR_BAD_WEIGHT_MODE), EPD_STATUS_CASE(EPD_ERR_RDMA), EPD_STATUS_CASE(EPD_ERR_INTERNAL),
-      EPD_STATUS_CASE(EPD_ERR_DEVICE_FAULT), EPD_STATUS_CASE(EPD_ERR_GROUP_CLOSED),
+      EPD_STATUS_CASE(EPD_ERR_DEVICE_FAULT), EPD_STATUS_CASE(EPD_ERR_GROUP_CLOSED), EPD_STATUS_CASE(EPD_ERR_NOT_OWNER),
+      EPD_STATUS_CASE(EPD_ERR_QUOTA_EXCEEDED),
   };
 #undef EPD_STATUS_CASE
   std::set<std::string> seen;
@@ -520,7 +521,7 @@ TEST(StatusString, DistinctNamedAndNeverNull) {
     EXPECT_EQ(str.rfind(std::string(all[i].name) + ":", 0), 0u) << "'" << str << "' does not start with its name";
     EXPECT_TRUE(seen.insert(str).second) << "duplicate string " << str;
   }
-  for (int unknown : {1, -31, 31}) {
+  for (int unknown : {1, -33, 33}) {
     const char* s = epd_status_string(static_cast<epd_status_t>(unknown));
     ASSERT_NE(s, nullptr);
     EXPECT_EQ(seen.count(s), 0u) << "unknown code " << unknown << " reuses a known string";
