@@ -107,6 +107,7 @@ class Group {
     uint64_t session_id = 0;
     int64_t since_ns = 0;
     std::string reason;
+    bool left = false;  // it left (LEAVE) rather than being lost
   };
   std::vector<LostRank>& lost() { return lost_; }
   const std::vector<LostRank>& lost() const { return lost_; }

@@ -274,9 +274,12 @@ void Rendezvous::remove_member(std::shared_ptr<Member> m, const std::string& rea
     lost.session_id = m->session_id;
     lost.since_ns = shm::monotonic_ns();
     lost.reason = reason;
-    const std::string msg = "group '" + g->spec().name + "': rank " + std::to_string(m->rank) + " was lost: " + reason;
-    const bool left = reason.find(" left the group") != std::string::npos;
-    log_message(left ? LogLevel::kInfo : LogLevel::kWarn, ctx, msg);
+    // A rank that left (LEAVE) is gone as surely as a lost one for the
+    // others' pending ops, but it is not called lost in the log or epctl.
+    lost.left = reason.find(" left the group") != std::string::npos;
+    const std::string msg = "group '" + g->spec().name + "': " +
+                            (lost.left ? reason : "rank " + std::to_string(m->rank) + " was lost: " + reason);
+    log_message(lost.left ? LogLevel::kInfo : LogLevel::kWarn, ctx, msg);
     g->backend().rank_gone(m->rank, ctx);
     // Pending ops fail now; every other slot of every member fails its next op once.
     const Status st(EPD_ERR_PEER_LOST, msg);

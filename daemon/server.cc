@@ -225,7 +225,7 @@ Status Server::run() {
     }
   }
   for (auto& [sid, s] : sessions_) flush(*s);
-  log_message(LogLevel::kInfo, "epd stopped");
+  log_message(LogLevel::kInfo, "epd stopped (" + stop_reason_ + ")");
   return Status::ok();
 }
 
@@ -234,10 +234,13 @@ void Server::dispatch_event(uint64_t data, uint32_t events) {
   switch (t) {
     case kListen: on_accept(); break;
     case kSignal: {
-      signalfd_siginfo si;
-      while (read(signal_fd_, &si, sizeof si) == sizeof si) {
-      }
-      begin_shutdown("signal");
+      signalfd_siginfo si{};
+      std::string why;
+      while (read(signal_fd_, &si, sizeof si) == sizeof si)
+        if (why.empty())
+          why = std::string(si.ssi_signo == SIGTERM ? "SIGTERM" : si.ssi_signo == SIGINT ? "SIGINT" : "a signal") +
+                " from pid " + std::to_string(si.ssi_pid);
+      begin_shutdown(why.empty() ? "a signal" : why.c_str());
       break;
     }
     case kStop: {
@@ -452,7 +455,10 @@ void Server::close_session(uint64_t sid, const char* why) {
   if (it == sessions_.end()) return;
   std::unique_ptr<Session> s = std::move(it->second);
   sessions_.erase(it);
-  log_message(LogLevel::kInfo, LogContext{"", -1, s->id, s->pid}, std::string("session closed: ") + why);
+  bool held = false;  // a session that held no group (epctl, a probe) closes at debug level
+  for (const auto& m : s->members) held = held || m != nullptr;
+  log_message(held ? LogLevel::kInfo : LogLevel::kDebug, LogContext{"", -1, s->id, s->pid},
+              std::string("session closed: ") + why);
   for (std::shared_ptr<Member> m : s->members)
     if (m)
       rendezvous_->remove_member(m, std::string("its process (pid ") + std::to_string(s->pid) + ", session " +
@@ -471,6 +477,7 @@ void Server::begin_shutdown(const char* why) {
   if (shutting_down_) return;
   shutting_down_ = true;
   shutdown_deadline_ns_ = shm::monotonic_ns() + kShutdownGraceNs;
+  stop_reason_ = why;
   log_message(LogLevel::kInfo, std::string("shutting down: ") + why);
   (void)notify_stopping();
   epoll_ctl(epfd_, EPOLL_CTL_DEL, listen_fd_, nullptr);

@@ -94,6 +94,7 @@ class Server final : public SessionSink {
   int epfd_ = -1, listen_fd_ = -1, signal_fd_ = -1, stop_fd_ = -1;
   bool own_socket_path_ = false;
   bool shutting_down_ = false;
+  std::string stop_reason_ = "no stop requested";  // what began the shutdown, for the stop line
   int64_t shutdown_deadline_ns_ = 0;  // the loop stops at this time even if busy (begin_shutdown)
   int64_t accept_resume_ns_ = 0;      // != 0: listen fd unwatched until then (accept back-off)
   int64_t accept_log_next_ns_ = 0;    // accept errors: next time one may be logged

@@ -143,7 +143,7 @@ void Rendezvous::add_group_rows(const Group& g, StatusSnapshot& s) const {
       rr.uid = m->uid;
       rr.counters = m->counters;
     } else {
-      rr.state = lost.lost ? "lost"
+      rr.state = lost.lost ? (lost.left ? "left" : "lost")
                  : is_local(g, r) ? "absent"
                                   : "on node " + std::to_string(sp.placement[static_cast<size_t>(r)].node);
       rr.session = lost.session_id;

@@ -374,4 +374,32 @@ TEST_F(DaemonLimits, SigtermWithPendingRendezvousStopsInBound) {
 }
 
 }  // namespace
+// Finding 7 (log wording): a rank that leaves normally is "left", not "lost";
+// a session that held no group (epctl) closes without an info line; the
+// shutdown and stop lines name the signal and who sent it.
+TEST_F(DaemonLimits, LogNamesLeavesAndTheStopSignal) {
+  LoggedDaemon d(dir_->path(), "epd", socket_);
+  ASSERT_GT(d.pid(), 0);
+  watchdog_->add_pid(d.pid());
+  ASSERT_TRUE(d.wait_ready(10000)) << d.log();
+  std::string out;
+  ASSERT_EQ(worker_round_trip(*watchdog_, socket_, "leaver", &out), 0) << out;
+  job::Child ctl = job::Child::spawn({epctl_path(), "--socket", socket_, "status"});  // a session with no group
+  ASSERT_GT(ctl.pid(), 0);
+  watchdog_->add_pid(ctl.pid());
+  std::string line;
+  while (ctl.read_line(line, 10000)) {
+  }
+  ASSERT_EQ(ctl.wait(10000), 0);
+  kill(d.pid(), SIGTERM);
+  ASSERT_EQ(d.wait_exit(kStopBoundMs), 0) << d.log();
+  const std::string log = d.log();
+  EXPECT_NE(log.find("rank 0 left the group"), std::string::npos) << log;
+  EXPECT_EQ(log.find("was lost"), std::string::npos) << log;
+  EXPECT_EQ(count_lines_with(log, "session closed"), 0u) << log;
+  const std::string by = "SIGTERM from pid " + std::to_string(getpid());
+  EXPECT_NE(log.find("shutting down: " + by), std::string::npos) << log;
+  EXPECT_NE(log.find("epd stopped (" + by + ")"), std::string::npos) << log;
+}
+
 }  // namespace epd::test
