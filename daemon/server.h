@@ -42,7 +42,7 @@ class Server final : public SessionSink {
     DaemonConfig config;
     int listen_fd = -1;        // from socket activation; -1 = bind config.socket_path
     bool handle_signals = true; // SIGTERM/SIGINT through a signalfd
-    std::string version = "0.1.0";
+    std::string version = EPD_VERSION_STRING;  // the project's version (daemon/CMakeLists.txt)
   };
 
   static Result<std::unique_ptr<Server>> create(Options opts);

@@ -2,6 +2,7 @@
 // scratch, control blocks, the launch plan (launch_plan.h) and its description.
 // The per-call side (dispatch, combine, barriers, faults): gpu_executor_launch.cc.
 #include <cuda.h>
+#include <dlfcn.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -17,6 +18,21 @@ namespace epd {
 Result<int32_t> gpu_device_count() {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e == cudaErrorInsufficientDriver) {
+    // The runtime says this both when the driver is too old and when there is
+    // none at all: tell the operator which.
+    void* lib = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+    if (!lib) {
+      const char* why = dlerror();
+      return make_status(EPD_ERR_GPU_UNAVAILABLE, "no NVIDIA driver on this machine (%s)",
+                         why ? why : "not found");
+    }
+    dlclose(lib);
+    return make_status(EPD_ERR_GPU_UNAVAILABLE,
+                       "the NVIDIA driver is older than this CUDA runtime needs (cudaGetDeviceCount: %s)",
+                       cudaGetErrorName(e));
+  }
+  if (e == cudaErrorNoDevice) return make_status(EPD_ERR_GPU_UNAVAILABLE, "no NVIDIA GPU on this machine (the driver sees none)");
   if (e != cudaSuccess)
     return make_status(EPD_ERR_GPU_UNAVAILABLE, "no usable CUDA driver or device: cudaGetDeviceCount: %s (%s)",
                        cudaGetErrorName(e), cudaGetErrorString(e));

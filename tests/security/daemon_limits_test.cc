@@ -9,6 +9,7 @@
 // processes are ended by pid. Label: security.
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -400,6 +401,13 @@ TEST_F(DaemonLimits, LogNamesLeavesAndTheStopSignal) {
   const std::string by = "SIGTERM from pid " + std::to_string(getpid());
   EXPECT_NE(log.find("shutting down: " + by), std::string::npos) << log;
   EXPECT_NE(log.find("epd stopped (" + by + ")"), std::string::npos) << log;
+  // A machine without the NVIDIA driver is told so, not "driver version is insufficient".
+  if (void* cuda = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL); cuda) {
+    dlclose(cuda);
+  } else {
+    EXPECT_NE(log.find("no NVIDIA driver on this machine"), std::string::npos) << log;
+    EXPECT_EQ(log.find("insufficient"), std::string::npos) << log;
+  }
 }
 
 }  // namespace epd::test
