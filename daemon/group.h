@@ -25,6 +25,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -151,7 +152,9 @@ class Group {
   // What creating it counted against the owner's quota (released at destroy).
   uint64_t charged_bytes = 0;
   bool charged = false;           // counted in the global totals
-  bool charged_to_owner = false;  // and in owner_uid's (groups a join created)
+  // And in this uid's (groups a join created): the creator's, which is not the
+  // owner's when an admin retires a declared group's generation.
+  std::optional<uint32_t> charged_uid;
   int64_t created_ns = 0;
 
  private:

@@ -108,11 +108,9 @@ Result<Group*> Rendezvous::create_group(const GroupSpec& spec, const Session* cr
   Group* raw = g.value().get();
   if (Status st = attach_cluster(*raw); !st) return st;
   raw->owner_uid = creator ? creator->uid : daemon_uid_;
-  // Host memfd plus, for a GPU backend, its GPU bytes.
-  const uint64_t host = raw->workspace().size(), held = raw->backend().workspace_bytes(host);
-  raw->charged_bytes = held == host ? host : host + held;
+  raw->charged_bytes = raw->workspace().size() + raw->backend().device_bytes();
   raw->charged = true;
-  raw->charged_to_owner = creator != nullptr;
+  if (creator) raw->charged_uid = creator->uid;
   total_.groups += 1;
   total_.workspace_bytes += raw->charged_bytes;
   if (creator) {
@@ -142,7 +140,6 @@ Status Rendezvous::join(Session& s, uint32_t index, GroupSpec spec, uint64_t rid
   if (auto devices = gpu_devices_of(spec); !devices) return devices.status();
   auto it = groups_.find(spec.name);
   bool inherit = false;  // a declared group's new generation stays declared (same access)
-  bool was_pinned = false;
   uint32_t old_owner = 0;
   std::vector<uint32_t> old_uids, old_gids;
   if (it != groups_.end()) {
@@ -161,7 +158,6 @@ Status Rendezvous::join(Session& s, uint32_t index, GroupSpec spec, uint64_t rid
                          static_cast<unsigned long long>(g.spec().generation));
     if (spec.generation > g.spec().generation) {
       inherit = g.pinned;
-      was_pinned = g.pinned;
       old_owner = g.owner_uid;
       old_uids = g.allowed_uids;
       old_gids = g.allowed_gids;
@@ -181,7 +177,7 @@ Status Rendezvous::join(Session& s, uint32_t index, GroupSpec spec, uint64_t rid
     auto g = create_group(spec, &s);
     if (!g) return g.status();
     if (inherit) {
-      g.value()->pinned = was_pinned;
+      g.value()->pinned = true;
       g.value()->owner_uid = old_owner;
       g.value()->allowed_uids = std::move(old_uids);
       g.value()->allowed_gids = std::move(old_gids);
@@ -430,8 +426,8 @@ void Rendezvous::release_quota(Group& g) {
   g.charged = false;
   total_.groups -= std::min<uint32_t>(total_.groups, 1);
   total_.workspace_bytes -= std::min(total_.workspace_bytes, g.charged_bytes);
-  if (!g.charged_to_owner) return;
-  auto it = usage_.find(g.owner_uid);
+  if (!g.charged_uid) return;
+  auto it = usage_.find(*g.charged_uid);
   if (it == usage_.end()) return;
   it->second.groups -= std::min<uint32_t>(it->second.groups, 1);
   it->second.workspace_bytes -= std::min(it->second.workspace_bytes, g.charged_bytes);

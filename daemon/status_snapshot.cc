@@ -97,7 +97,7 @@ void Rendezvous::add_group_rows(const Group& g, StatusSnapshot& s) const {
   row.max_tokens = sp.max_tokens_per_rank;
   row.slots = sp.slots;
   row.timeout_ms = sp.timeout_ms;
-  row.workspace_bytes = g.backend().workspace_bytes(g.workspace().size());
+  row.workspace_bytes = g.workspace().size() + g.backend().device_bytes();
   row.executor = g.backend().status_text();
   if (g.pinned) {
     auto ids = [](const std::vector<uint32_t>& v) {

@@ -104,9 +104,10 @@ class GroupBackend {
     return true;
   }
 
-  // For `epctl groups`: the workspace bytes the group holds (host_bytes: the
-  // memfd's size) and the executor column (where it runs, variant, health).
-  virtual uint64_t workspace_bytes(uint64_t host_bytes) const = 0;
+  // GPU memory the backend allocated in start() (0 for none). A group holds
+  // this plus its host workspace: what quotas charge and `epctl groups` shows.
+  virtual uint64_t device_bytes() const = 0;
+  // For `epctl groups`: the executor column (where it runs, variant, health).
   virtual std::string status_text() const = 0;
 };
 

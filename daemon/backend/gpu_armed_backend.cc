@@ -69,7 +69,7 @@ class GpuArmedBackend final : public GroupBackend {
     return true;
   }
 
-  uint64_t workspace_bytes(uint64_t) const override { return gpu_->total_bytes(); }
+  uint64_t device_bytes() const override { return gpu_->total_bytes(); }
 
   std::string status_text() const override {
     uint64_t ops = 0;

@@ -81,7 +81,7 @@ class GpuStagedBackend final : public GroupBackend {
   // A pending op of this rank fails through the rendezvous.
   void rank_gone(int32_t rank, const LogContext&) override { stage_->disarm(rank); }
 
-  uint64_t workspace_bytes(uint64_t host_bytes) const override { return host_bytes; }
+  uint64_t device_bytes() const override { return stage_->total_bytes(); }
 
   std::string status_text() const override {
     std::string text = "GPU ranks host-staged across nodes";

@@ -24,7 +24,7 @@ class HostBackend final : public GroupBackend {
     return e;
   }
   Status accept_host_ring() const override { return Status::ok(); }
-  uint64_t workspace_bytes(uint64_t host_bytes) const override { return host_bytes; }
+  uint64_t device_bytes() const override { return 0; }
   std::string status_text() const override { return "host"; }
 };
 
