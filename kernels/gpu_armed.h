@@ -4,11 +4,14 @@
 //
 // Per slot the armed stream holds, for each operation ahead of time:
 //   cuStreamWaitValue32(doorbell of every rank, kRingDispatch | kRingCombine, AND)
-//   GpuExecutor::dispatch (or combine, with the weight mode from the ranks' control words),
-//     i.e. the launch sequence of the executor's variant (variant_name())
-//   a completion kernel: the kernels' fault words (or the abort reason) become a
-//   status, written with kDoneDispatch / kDoneCombine into every rank's
-//   completion word and into a host-mapped progress word for the re-arm thread.
+//   GpuExecutor::dispatch_shard (or combine_shard, which reads the weight mode
+//     from the ranks' control words on the device), i.e. the launch sequence of
+//     the executor's variant (variant_name()): one launch per operation for
+//     low_latency groups on one GPU, the same variant as in process;
+//   and, in the last block of that sequence's last launch, the completion: the
+//   kernels' fault words (or the abort reason) become a status, written with
+//   kDoneDispatch / kDoneCombine into every rank's completion word and into a
+//   host-mapped progress word for the re-arm thread.
 // Dispatch and combine strictly alternate per slot (dispatch first), so the
 // daemon knows which one comes next without being told; the doorbell values
 // are constants, which makes the client's enqueue replayable in a CUDA graph
@@ -38,6 +41,7 @@
 #include <vector>
 
 #include "epd/types.h"
+#include "gpu_launch_plan.h"
 #include "spec.h"
 #include "status.h"
 
@@ -68,13 +72,9 @@ MpsState detect_mps(int32_t device);
 struct ArmedOptions {
   int32_t depth = 8;        // operations armed ahead per slot (>= 2)
   uint32_t poll_us = 20;    // re-arm thread poll period; off the critical path while depth > 0 remain
-  // low_latency groups on one GPU run the high_throughput variant here unless
-  // this is set (same bytes: the contract is mode-independent; the executor
-  // gets GpuTuning::behind_armed_waits, and variant_name() / describe() say
-  // so). Seen on an H100, driver 580: enqueueing the cooperative low_latency
-  // launch behind an armed wait did not return to the host, so the re-arm
-  // thread stalled.
-  bool allow_cooperative = false;
+  // Launch tuning for benchmarks and tests (GpuTuning); the default is the
+  // executor's own choice, the same as in process.
+  GpuTuning tuning;
   // Benchmarks only (tools/gpu/hop_breakdown.cc); nullptr (the default): off,
   // nothing extra is enqueued. A device buffer of
   // [slots][stamp_ops][kArmedStampWords] uint64 on the home GPU that outlives
@@ -89,8 +89,7 @@ struct ArmedOptions {
 enum ArmedStampPoint : int32_t {
   kArmedStampWaitReleased = 0,  // first on the stream after the doorbell waits
   kArmedStampPlan = 1,          // kMaxLaunchStamps words: before each launch of the plan, after its last
-                                // (dispatch, and rank_major combine; none for expert_major combine)
-  kArmedStampCompleted = 10,    // after the completion kernel (completion words written)
+  kArmedStampCompleted = 10,    // after the plan's last launch (which wrote the completion words)
   kArmedStampWords = 12,
 };
 
@@ -149,8 +148,8 @@ class ArmedExecutor {
   // (<what it launches>; <why>); parts=..." (the executor's describe_variant()).
   std::string describe() const;
   // The launch variant that runs behind the armed waits ("high_throughput",
-  // "low_latency", "multi_gpu"; gpu_launch_plan.h): a low_latency group on one
-  // GPU runs "high_throughput" unless ArmedOptions::allow_cooperative.
+  // "low_latency", "multi_gpu"; gpu_launch_plan.h): the one the group's mode
+  // gets in process too.
   const char* variant_name() const;
   const GpuExecutor& executor() const;
 

@@ -42,6 +42,10 @@
 
 namespace epd {
 
+namespace gpu {
+struct ArmedParams;  // kernels/cuda/device_params.h
+}  // namespace gpu
+
 // Number of usable CUDA devices, or EPD_ERR_GPU_UNAVAILABLE saying why none
 // (no driver, no device, driver too old).
 Result<int32_t> gpu_device_count();
@@ -119,7 +123,8 @@ class GpuExecutor {
   // order): its launch sequence pushes its ranks' dispatch rows to every rank
   // and pulls its ranks' combine inputs, over NVLink (peer access is enabled
   // here). The routing scratch and the barrier counters live on shard 0's GPU
-  // (the home GPU). Every mode runs LaunchVariant::kMultiGpu here.
+  // (the home GPU). Every mode runs LaunchVariant::kMultiGpu here unless
+  // tuning.one_launch_across_gpus (low_latency: one launch per GPU).
   static Result<std::unique_ptr<GpuExecutor>> create(const GroupSpec& spec,
                                                      std::vector<uint8_t*> rank_bases,
                                                      const std::vector<int32_t>& rank_devices,
@@ -148,10 +153,17 @@ class GpuExecutor {
   // buffer of kMaxLaunchStamps words; the sequence enqueues a one-thread
   // kernel writing %globaltimer (ns) to word i before its launch i and after
   // its last (unused words are left as they were).
+  // done (the armed executor; nullptr otherwise): the operation's completion,
+  // written by the last block of the sequence's last launch (kernels/cuda/
+  // armed_complete.cuh). A combine with `done` reads the weight mode on the
+  // device (`mode` is then only checked for being one the layout allows). On
+  // several GPUs the completion's two cross-GPU barriers (before reading the
+  // fault words, before clearing them) are taken here, after the operation's own.
   Status dispatch_shard(int32_t slot, int32_t shard, void* stream, bool end_barrier = true,
-                        uint64_t* launch_stamps = nullptr);
+                        uint64_t* launch_stamps = nullptr, const gpu::ArmedParams* done = nullptr);
   Status combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t mode, void* stream,
-                       bool start_barrier = true, uint64_t* launch_stamps = nullptr);
+                       bool start_barrier = true, uint64_t* launch_stamps = nullptr,
+                       const gpu::ArmedParams* done = nullptr);
   Status barrier_shard(int32_t slot, int32_t shard, void* stream);
   // For a caller's own kernel that joins the barrier sequence of (slot,
   // shard): the device counter, the target it must reach, and the shard's
@@ -183,18 +195,20 @@ class GpuExecutor {
   // Device scratch this executor allocated beside the workspaces (bytes).
   uint64_t scratch_bytes() const { return scratch_bytes_; }
   // The launch variant that runs (choose_launch_variant over spec, tuning
-  // and GPUs), its name, and "variant low_latency (one cooperative launch per
-  // dispatch, ...; mode low_latency on one GPU)": what it launches and why.
+  // and GPUs), its name, and "variant low_latency (one launch per dispatch
+  // ...; mode low_latency on one GPU)": what it launches and why.
   LaunchVariant variant() const;
   const char* variant_name() const;
   std::string describe_variant() const;
   // The launch shape chosen: "variant=low_latency parts=8 combine_parts=8
-  // fused_blocks=396 ..."; without the variant token when with_variant is false.
+  // ordered_blocks=396 ..."; without the variant token when with_variant is false.
   std::string describe_launch(bool with_variant = true) const;
 
  private:
   struct Impl;
   GpuExecutor() = default;
+  // `done` with its cross-GPU barriers (several GPUs) taken next in the sequence.
+  gpu::ArmedParams with_completion_barriers(const gpu::ArmedParams& done, int32_t slot, int32_t shard);
   GroupSpec spec_;
   GroupLayout layout_;
   std::vector<Shard> shards_;

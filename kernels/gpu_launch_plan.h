@@ -20,8 +20,10 @@ enum class LaunchVariant : int32_t {
   // Dispatch: three launches with large grids (count, prefix, scatter);
   // combine: one launch.
   kHighThroughput = 0,
-  // Dispatch: one cooperative launch, the three phases separated by grid
-  // barriers (spin-waits with a deadline); combine: one launch over every SM.
+  // Dispatch: one ordinary launch per GPU whose count, prefix and scatter
+  // blocks hand over through phase words (spin-waits with a deadline, only
+  // ever on blocks that started earlier: no cooperative launch, so it runs
+  // behind armed waits); combine: one launch over every SM.
   kLowLatency = 1,
   // A group over several GPUs, per GPU: the high_throughput launches for its
   // ranks with cross-GPU barriers between them; combine: a cross-GPU barrier,
@@ -39,20 +41,18 @@ const char* launch_variant_summary(LaunchVariant v);
 // launch_stamps): one before each launch and one after the last.
 constexpr int32_t kMaxLaunchStamps = 8;
 
-// Launch tuning; a zero field keeps the executor's own choice. For benchmarks,
-// except behind_armed_waits (set by the armed executor).
+// Launch tuning; a zero field keeps the executor's own choice. For benchmarks
+// and tests.
 struct GpuTuning {
   int32_t parts = 0;                // warps per token row in the dispatch scatter, 1..8
   int32_t combine_parts = 0;        // warps per token row in combine, 1..8
-  int32_t fused_blocks_per_sm = 0;  // low_latency cooperative grid, blocks per SM
   // Multi-GPU barrier: 0 = every GPU adds to every GPU's own word and polls
   // its own (local polling; the default), 1 = one word on the home GPU that
   // every GPU adds to and polls.
   int32_t barrier = 0;
-  // The launches are enqueued behind armed stream waits (the armed executor,
-  // gpu_armed.h): no cooperative launch, so a low_latency group runs the
-  // high_throughput variant (see choose_launch_variant).
-  bool behind_armed_waits = false;
+  // mode low_latency over several GPUs: the one-launch low_latency kernel
+  // instead of the multi_gpu launches (not yet the default there: unmeasured).
+  bool one_launch_across_gpus = false;
 };
 
 struct LaunchChoice {
@@ -61,9 +61,9 @@ struct LaunchChoice {
 };
 
 // The rule, in one place, for a group whose ranks are on `gpus` GPUs:
+//   gpus > 1, low_latency, one_launch_across_gpus -> low_latency
 //   gpus > 1                                      -> multi_gpu (either mode)
 //   mode high_throughput                          -> high_throughput
-//   mode low_latency, tuning.behind_armed_waits   -> high_throughput
 //   mode low_latency                              -> low_latency
 LaunchChoice choose_launch_variant(const GroupSpec& spec, const GpuTuning& tuning, int32_t gpus);
 

@@ -62,6 +62,7 @@ Result<const GpuDriver*> GpuDriver::get() {
     if (s) s = resolve(gpa, "cuMemSetAccess", &d.set_access);
     if (s) s = resolve(gpa, "cuStreamWriteValue32", &d.write32);
     if (s) s = resolve(gpa, "cuStreamWaitValue32", &d.wait32);
+    if (s) s = resolve(gpa, "cuStreamBatchMemOp", &d.batch_mem_op);
     if (s) s = resolve(gpa, "cuMemcpyAsync", &d.memcpy_async);
     if (s) s = resolve(gpa, "cuMemsetD32Async", &d.memset32_async);
     if (s) s = resolve(gpa, "cuMemcpyDtoHAsync", &d.memcpy_dtoh_async);
@@ -84,6 +85,14 @@ Status GpuDriver::error(CUresult r, const char* what, int line) const {
   const char* name = "?";
   if (error_name) error_name(r, &name);
   return make_status(EPD_ERR_CUDA, "%s: %s (%d) at %s:%d", what, name, r, __FILE__, line);
+}
+
+Status GpuDriver::write32_pair(CUstream st, CUdeviceptr a, uint32_t va, CUdeviceptr b, uint32_t vb) const {
+  CUstreamBatchMemOpParams ops[2] = {};
+  ops[0].write_value = {CU_STREAM_MEM_OP_WRITE_VALUE_32, a, va, CU_STREAM_WRITE_VALUE_DEFAULT, 0};
+  ops[1].write_value = {CU_STREAM_MEM_OP_WRITE_VALUE_32, b, vb, CU_STREAM_WRITE_VALUE_DEFAULT, 0};
+  EPD_CU_CALL(*this, batch_mem_op(st, 2, ops, 0));
+  return Status::ok();
 }
 
 Status GpuDriver::ensure_context(int32_t device) const {

@@ -39,6 +39,23 @@ constexpr unsigned CU_STREAM_WRITE_VALUE_DEFAULT = 0x0;
 constexpr unsigned CU_STREAM_NON_BLOCKING = 0x1;
 constexpr int CU_STREAM_CAPTURE_STATUS_NONE = 0;
 
+// cuStreamBatchMemOp's parameter union (CUstreamBatchMemOpParams, 48 bytes),
+// of which only the 32-bit write is used.
+constexpr unsigned CU_STREAM_MEM_OP_WRITE_VALUE_32 = 2;
+struct CUstreamMemOpWriteValue {
+  unsigned operation;   // CU_STREAM_MEM_OP_WRITE_VALUE_32
+  CUdeviceptr address;
+  uint64_t value;       // the low 32 bits for a 32-bit write
+  unsigned flags;       // CU_STREAM_WRITE_VALUE_*
+  CUdeviceptr alias;    // unused
+};
+union CUstreamBatchMemOpParams {
+  unsigned operation;
+  CUstreamMemOpWriteValue write_value;
+  uint64_t pad[6];
+};
+static_assert(sizeof(CUstreamBatchMemOpParams) == 48, "the driver's CUstreamBatchMemOpParams is 48 bytes");
+
 struct CUmemLocation {
   int type;  // CUmemLocationType
   int id;
@@ -65,6 +82,7 @@ struct GpuDriver {
   CUresult (*set_access)(CUdeviceptr, size_t, const CUmemAccessDesc*, size_t count) = nullptr;
   CUresult (*write32)(CUstream, CUdeviceptr, uint32_t value, unsigned int flags) = nullptr;
   CUresult (*wait32)(CUstream, CUdeviceptr, uint32_t value, unsigned int flags) = nullptr;
+  CUresult (*batch_mem_op)(CUstream, unsigned int count, CUstreamBatchMemOpParams*, unsigned int flags) = nullptr;
   CUresult (*memcpy_async)(CUdeviceptr dst, CUdeviceptr src, size_t, CUstream) = nullptr;
   CUresult (*memset32_async)(CUdeviceptr, unsigned int value, size_t count, CUstream) = nullptr;
   CUresult (*memcpy_dtoh_async)(void* dst, CUdeviceptr src, size_t, CUstream) = nullptr;
@@ -80,6 +98,9 @@ struct GpuDriver {
 
   // A status naming the driver error, the call and the line.
   Status error(CUresult r, const char* what, int line) const;
+  // Two 32-bit writes in stream order on `st` (each after a memory barrier,
+  // so earlier work is visible before either), as one stream operation.
+  Status write32_pair(CUstream st, CUdeviceptr a, uint32_t va, CUdeviceptr b, uint32_t vb) const;
   // Makes `device`'s primary context current on this thread unless a context
   // already is (a worker's framework has usually done it).
   Status ensure_context(int32_t device) const;

@@ -94,14 +94,15 @@ Status GpuRankOps::dispatch_here(int32_t slot, const GpuDispatchArgs& a, void* s
       EPD_CU_CALL(drv_, drv_.memset32_async(dptr(base_ + o.send_weights), 0x3f800000u /* 1.0f */, rows * K, st));
   }
   const CUdeviceptr n_word = dptr(base_ + o.send_hdr + offsetof(SendHeader, n_tokens));
-  if (a.n_tokens_device)
-    EPD_CU_CALL(drv_, drv_.memcpy_async(n_word, dptr(a.n_tokens_device), sizeof(int32_t), st));
-  else
-    EPD_CU_CALL(drv_, drv_.write32(st, n_word, static_cast<uint32_t>(a.n_tokens_host), cu::CU_STREAM_WRITE_VALUE_DEFAULT));
+  const CUdeviceptr bell = word(slot, offsetof(ControlSlot, doorbell));
   // The default write flags put a memory barrier before the doorbell: the
   // copies above are visible to the daemon's kernels when they see the ring.
-  EPD_CU_CALL(drv_, drv_.write32(st, word(slot, offsetof(ControlSlot, doorbell)), kRingDispatch,
-                                 cu::CU_STREAM_WRITE_VALUE_DEFAULT));
+  if (a.n_tokens_device) {
+    EPD_CU_CALL(drv_, drv_.memcpy_async(n_word, dptr(a.n_tokens_device), sizeof(int32_t), st));
+    EPD_CU_CALL(drv_, drv_.write32(st, bell, kRingDispatch, cu::CU_STREAM_WRITE_VALUE_DEFAULT));
+  } else {  // count and doorbell in one stream operation
+    EPD_RETURN_IF_ERROR(drv_.write32_pair(st, n_word, static_cast<uint32_t>(a.n_tokens_host), bell, kRingDispatch));
+  }
   phase_[slot] = Phase::kDispatched;
   return Status::ok();
 }
@@ -128,10 +129,9 @@ Status GpuRankOps::combine_here(int32_t slot, epd_weight_mode_t mode, const void
   if (expert_out && rows > 0)
     EPD_CU_CALL(drv_, drv_.memcpy_async(dptr(base_ + layout_.slot[slot].combine_in), dptr(expert_out),
                                         static_cast<size_t>(rows) * layout_.in_row_bytes, st));
-  EPD_CU_CALL(drv_, drv_.write32(st, word(slot, offsetof(ControlSlot, weight_mode)), static_cast<uint32_t>(mode),
-                                 cu::CU_STREAM_WRITE_VALUE_DEFAULT));
-  EPD_CU_CALL(drv_, drv_.write32(st, word(slot, offsetof(ControlSlot, doorbell)), kRingCombine,
-                                 cu::CU_STREAM_WRITE_VALUE_DEFAULT));
+  // Weight mode and doorbell in one stream operation.
+  EPD_RETURN_IF_ERROR(drv_.write32_pair(st, word(slot, offsetof(ControlSlot, weight_mode)), static_cast<uint32_t>(mode),
+                                        word(slot, offsetof(ControlSlot, doorbell)), kRingCombine));
   phase_[slot] = Phase::kCombined;
   return Status::ok();
 }

@@ -105,7 +105,6 @@ struct ArmedShard {
   std::vector<cudaStream_t> streams;  // one per slot
   cudaStream_t abort_stream = nullptr;
   uint8_t** d_bases = nullptr;  // every rank's base, on this GPU
-  uint32_t* d_saved = nullptr;  // [slots][world]
   gpu::ArmedProgress* h_progress = nullptr;  // [slots]
   gpu::ArmedProgress* d_progress = nullptr;
 
@@ -114,8 +113,7 @@ struct ArmedShard {
     cudaSetDevice(device);
     for (cudaStream_t s : streams) cudaStreamDestroy(s);
     if (abort_stream) {
-      for (void* p : {static_cast<void*>(d_bases), static_cast<void*>(d_saved)})
-        if (p) cudaFreeAsync(p, abort_stream);
+      if (d_bases) cudaFreeAsync(d_bases, abort_stream);
       cudaStreamSynchronize(abort_stream);
       cudaStreamDestroy(abort_stream);
     }
@@ -173,15 +171,10 @@ struct ArmedExecutor::Impl {
     p.op = op;
     p.expert_major = spec.layout == EPD_LAYOUT_EXPERT_MAJOR;
     p.abort_word = d_abort;
-    p.saved_n = sh.d_saved + static_cast<size_t>(s) * spec.world_size;
     p.progress = sh.d_progress + s;
     p.seq = seq;
     return p;
   }
-  gpu::ShardBarrier barrier(int32_t shard, int32_t s) {
-    return gpu::to_barrier(ex->take_barrier(s, shard), d_abort, ex->shards()[static_cast<size_t>(shard)], s);
-  }
-
   // Operation seq's stamp entry on slot s (ArmedOptions::stamps), or nullptr when stamps are off.
   uint64_t* stamp_entry(int32_t s, uint32_t seq) const {
     if (!opt.stamps) return nullptr;
@@ -205,24 +198,19 @@ struct ArmedExecutor::Impl {
       for (int32_t r = sh.rank_lo; r < sh.rank_hi; ++r)
         EPD_CU_RETURN(d.stream_wait_value32(reinterpret_cast<CUstream>(st), word(r, s, offsetof(ControlSlot, doorbell)),
                                             ring, CU_STREAM_WAIT_VALUE_AND));
-      gpu::ArmedParams p = params(sh, s, dispatch ? kDoneDispatch : kDoneCombine, seq);
+      const gpu::ArmedParams p = params(sh, s, dispatch ? kDoneDispatch : kDoneCombine, seq);
       uint64_t* rec = i == 0 ? stamp_entry(s, seq) : nullptr;  // nullptr unless ArmedOptions::stamps
       if (rec) EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_stamp(rec + kArmedStampWaitReleased, st)));
       uint64_t* plan_rec = rec ? rec + kArmedStampPlan : nullptr;
+      // The operation's last launch writes its completion (no separate kernel);
+      // a combine reads the clients' weight mode on the device.
       if (dispatch) {
-        EPD_RETURN_IF_ERROR(ex->dispatch_shard(s, i, st, /*end_barrier=*/false, plan_rec));  // the completion has one
-      } else if (spec.layout == EPD_LAYOUT_RANK_MAJOR) {
-        EPD_RETURN_IF_ERROR(ex->combine_shard(s, i, EPD_WEIGHTS_ALREADY_APPLIED, st, true, plan_rec));  // ones: the same plain sum
+        EPD_RETURN_IF_ERROR(ex->dispatch_shard(s, i, st, /*end_barrier=*/false, plan_rec, &p));
       } else {
-        EPD_RETURN_IF_ERROR(ex->barrier_shard(s, i, st));  // every rank's weight mode is in place
-        EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_gate(p, 0, st)));
-        EPD_RETURN_IF_ERROR(ex->combine_shard(s, i, EPD_WEIGHTS_APPLY, st, false));
-        EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_gate(p, 1, st)));
-        EPD_RETURN_IF_ERROR(ex->combine_shard(s, i, EPD_WEIGHTS_ONES, st, false));
+        const epd_weight_mode_t any = spec.layout == EPD_LAYOUT_RANK_MAJOR ? EPD_WEIGHTS_ALREADY_APPLIED
+                                                                            : EPD_WEIGHTS_APPLY;
+        EPD_RETURN_IF_ERROR(ex->combine_shard(s, i, any, st, /*start_barrier=*/true, plan_rec, &p));
       }
-      p.before_read = barrier(i, s);
-      p.before_write = barrier(i, s);
-      EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_armed_complete(p, st)));
       if (rec) EPD_CUDA_RETURN(static_cast<cudaError_t>(gpu::launch_stamp(rec + kArmedStampCompleted, st)));
     }
     armed[s] = seq;
@@ -362,9 +350,7 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
   im.spec = spec;
   im.opt = options;
   im.bases = rank_bases;
-  GpuTuning tuning;
-  tuning.behind_armed_waits = !options.allow_cooperative;  // see ArmedOptions and choose_launch_variant
-  auto ex = GpuExecutor::create(spec, std::move(rank_bases), rank_devices, tuning);
+  auto ex = GpuExecutor::create(spec, std::move(rank_bases), rank_devices, options.tuning);
   if (!ex) return ex.status();
   im.ex = std::move(ex.value());
   const int32_t W = spec.world_size, S = spec.slots;
@@ -396,8 +382,6 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
     cudaStream_t st = sh.abort_stream;
     EPD_CUDA_RETURN(cudaMallocAsync(reinterpret_cast<void**>(&sh.d_bases), sizeof(uint8_t*) * W, st));
     EPD_CUDA_RETURN(cudaMemcpyAsync(sh.d_bases, im.bases.data(), sizeof(uint8_t*) * W, cudaMemcpyHostToDevice, st));
-    EPD_CUDA_RETURN(cudaMallocAsync(reinterpret_cast<void**>(&sh.d_saved), sizeof(uint32_t) * W * S, st));
-    EPD_CUDA_RETURN(cudaMemsetAsync(sh.d_saved, 0, sizeof(uint32_t) * W * S, st));
     if (i == 0) EPD_CUDA_RETURN(cudaMemsetAsync(im.d_abort, 0, sizeof(uint32_t), st));
   }
   im.armed.assign(static_cast<size_t>(S), 0);

@@ -8,11 +8,15 @@
 //                 weight at the destination row) or acc = acc + y
 // then one RNE conversion to the activation dtype. Route entries live in
 // worker-mapped memory, so each is bound-checked: a bad one is skipped and
-// raises kFaultBadRoute instead of reading out of bounds. No spin-waits.
-// On a multi-GPU group each GPU combines its own ranks' tokens
-// (CombineParams::rank_lo/hi), pulling expert outputs from peers over NVLink.
+// raises kFaultBadRoute instead of reading out of bounds. One launch per GPU:
+// on a multi-GPU group each GPU combines its own ranks' tokens
+// (CombineParams::rank_lo/hi), pulling expert outputs from peers over NVLink,
+// after an in-kernel cross-GPU barrier (CombineParams::before); under the armed
+// executor the weight mode is read on the device and the last block writes the
+// operation's completion (armed_complete.cuh).
 #include <cuda_runtime.h>
 
+#include "armed_complete.cuh"
 #include "device_util.cuh"
 #include "launchers.h"
 
@@ -29,7 +33,7 @@ struct Sources {  // per warp, shared memory
   int32_t n;
 };
 
-__device__ void gather_sources(const CombineParams& p, int s, int t, Sources* src, int lane) {
+__device__ void gather_sources(const CombineParams& p, bool apply, int s, int t, Sources* src, int lane) {
   const DevRank& me = p.ranks[s];
   const int K = p.top_k;
   for (int k = lane; k < K; k += 32) {
@@ -52,7 +56,7 @@ __device__ void gather_sources(const CombineParams& p, int s, int t, Sources* sr
     auto add = [&](int k) {
       const DevRank& d = p.ranks[src->rank[k]];
       src->row[n] = d.combine_in + static_cast<int64_t>(src->slot_row[k]) * p.in_row_bytes;
-      src->w[n] = p.apply ? d.recv_weights[src->slot_row[k]] : 1.0f;
+      src->w[n] = apply ? d.recv_weights[src->slot_row[k]] : 1.0f;
       ++n;
     };
     if (p.rank_major) {
@@ -82,6 +86,19 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
   constexpr int kEpv = sizeof(V) / sizeof(Raw);
   constexpr int kUnroll = 4;
   __shared__ Sources sources[kWarps];
+  __shared__ int32_t apply_mode;
+  if (threadIdx.x == 0) {
+    // The weight mode the armed executor could not know when it enqueued the launch.
+    apply_mode = p.apply >= 0 ? p.apply
+                              : load_volatile(&control(p.ranks[p.rank_lo])->slot[p.slot].weight_mode) ==
+                                    static_cast<uint32_t>(EPD_WEIGHTS_APPLY);
+    if (p.before.counter) {  // multi-GPU: every GPU's expert outputs are written
+      if (atomicAdd(p.words + kCombineTicket, 1u) == 0) shard_barrier_arrive(p.before);
+      shard_barrier_wait(p.before);
+    }
+  }
+  __syncthreads();
+  const bool apply = apply_mode != 0;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Sources* src = &sources[warp];
   const int nvec = static_cast<int>(p.in_row_bytes / sizeof(V));
@@ -93,7 +110,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
     // One read, broadcast: the word is in worker-mapped memory and every lane must agree.
     const int n = __shfl_sync(0xffffffffu, min(static_cast<int>(load_volatile(&control(me)->slot[p.slot].n_captured)), p.max_tokens), 0);
     if (t >= n) continue;
-    gather_sources(p, s, t, src, lane);
+    gather_sources(p, apply, s, t, src, lane);
     V* out = reinterpret_cast<V*>(me.combine_out + static_cast<int64_t>(t) * p.in_row_bytes);
     const int begin = static_cast<int>(static_cast<int64_t>(nvec) * part / p.parts);
     const int end = static_cast<int>(static_cast<int64_t>(nvec) * (part + 1) / p.parts);
@@ -116,7 +133,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
 #pragma unroll
           for (int i = 0; i < kEpv; ++i) {
             const float v = Cv::load(e[i]);
-            acc[u2][i] = __fadd_rn(acc[u2][i], p.apply ? __fmul_rn(w, v) : v);
+            acc[u2][i] = __fadd_rn(acc[u2][i], apply ? __fmul_rn(w, v) : v);
           }
         }
       }
@@ -132,6 +149,8 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
     }
     __syncwarp();
   }
+  if ((p.done.bases || p.before.counter) && last_block_completes(p.words + kExit, p.done) && threadIdx.x == 0)
+    *reinterpret_cast<volatile uint32_t*>(p.words + kCombineTicket) = 0u;
 }
 
 template <typename Cv>

@@ -41,8 +41,57 @@ struct SlotScratch {
   int32_t* totals;                 // [D]
   unsigned long long* fault_key;   // min over faulting (rank, token, k, kind); ~0 = none
   uint32_t* abort;                 // 1 when the current dispatch found a fault
-  uint32_t* barrier;               // [2]: arrivals, generation (low_latency grid barrier), on the
-                                   // launching GPU (one pair per GPU and slot)
+  uint32_t* barrier;               // [4] on the launching GPU (one set per GPU and slot), words of
+                                   // the one-launch low_latency dispatch: ticket, exit, launches
+                                   // (OrderedWords); the last block resets the tickets and exit
+  uint32_t* phase;                 // [2] on the home GPU, monotonic: count blocks done, prefix
+                                   // blocks done (every GPU's), for the ordered phases
+};
+
+enum OrderedWords : int { kTicket = 0, kExit = 1, kLaunches = 2, kCombineTicket = 3 };
+
+// Cross-GPU barrier of a multi-GPU group: every GPU's launch sequence adds 1 to
+// `counter` (one word per slot, on the group's home GPU) and waits until it
+// reaches `target` (compared modulo 2^32), `abort_word` turns nonzero, or
+// `timeout_ns` passes (then kFaultTimeout goes into ranks [rank_lo, rank_hi)'s
+// control blocks). Every GPU enqueues the same sequence of barriers per slot,
+// so the n-th barrier's target is n * GPUs.
+struct ShardBarrier {
+  uint32_t* counter;               // the word this GPU waits on
+  // n_peers > 0: arrive by adding 1 to each of peers[0..n_peers) (every GPU's
+  // own word, this one's included), so the wait polls local memory; 0: arrive
+  // at `counter` itself (one shared word on the home GPU).
+  uint32_t* const* peers;
+  int32_t n_peers;
+  const uint32_t* abort_word;      // may be nullptr
+  uint32_t target;
+  uint64_t timeout_ns;
+  const DevRank* ranks;            // this GPU's table for the slot
+  int32_t rank_lo, rank_hi, slot;
+};
+
+// The armed executor's kernels (gpu_armed.h): host-mapped, one per slot, what
+// the re-arm thread reads to see progress.
+struct ArmedProgress {
+  uint32_t seq;     // sequence number of the last completed operation (+1; 0 = none)
+  int32_t status;   // its epd_status_t
+  uint32_t pad[14];
+};
+static_assert(sizeof(ArmedProgress) == 64, "one cache line per slot");
+
+struct ArmedParams {
+  uint8_t* const* bases = nullptr;   // [world] workspace bases (control block at offset 0), device array
+  int32_t world = 0;
+  int32_t slot = 0;
+  uint32_t op = 0;                   // kDoneDispatch or kDoneCombine
+  int32_t expert_major = 0;          // combine: EPD_WEIGHTS_APPLY is a valid mode
+  const uint32_t* abort_word = nullptr;  // device: -reason once aborted, 0 otherwise
+  ArmedProgress* progress = nullptr; // device view of this slot's host-mapped progress
+  uint32_t seq = 0;                  // this operation's sequence number + 1
+  int32_t rank_lo = 0, rank_hi = 0;  // the ranks on this GPU: the gate and the writes cover only these
+  // Multi-GPU (null counters on one GPU): every GPU's operation is done before
+  // the fault words are read, and every GPU has read them before any is cleared.
+  ShardBarrier before_read{}, before_write{};
 };
 
 struct DispatchParams {
@@ -69,68 +118,40 @@ struct DispatchParams {
   // when set, the sequence writes %globaltimer to stamps[i] before its launch i
   // and after its last (gpu_launch_plan.h: kMaxLaunchStamps words).
   uint64_t* stamps;
+  // One-launch low_latency dispatch (dispatch_ordered): GPUs taking part and
+  // the phase split of its grid (count, prefix, then scatter blocks).
+  int32_t n_shards;
+  int32_t count_blocks, prefix_blocks;
+  // The armed executor: when done.bases is set, the launch's last block writes
+  // the operation's completion (armed_complete.cuh) instead of a separate kernel.
+  ArmedParams done;
 };
 
 struct CombineParams {
   const DevRank* ranks;
+  // apply: 1 weights from dispatch time, 0 plain sum, -1 read at run time from
+  // the first served rank's control word (EPD_WEIGHTS_APPLY -> 1): the armed
+  // executor arms a combine before the clients choose the mode.
   int32_t world, top_k, hidden, max_tokens, rank_major, dtype, apply, slot;
   int32_t parts;                   // warps per token (each a slice of the row)
   uint64_t in_row_bytes;
   int32_t rank_lo, rank_hi;        // ranks whose tokens this launch combines ([0, world) on one GPU)
   uint64_t* stamps;                // benchmarks only, as DispatchParams::stamps
-};
-
-// Cross-GPU barrier of a multi-GPU group: every GPU's launch sequence adds 1 to
-// `counter` (one word per slot, on the group's home GPU) and waits until it
-// reaches `target` (compared modulo 2^32), `abort_word` turns nonzero, or
-// `timeout_ns` passes (then kFaultTimeout goes into ranks [rank_lo, rank_hi)'s
-// control blocks). Every GPU enqueues the same sequence of barriers per slot,
-// so the n-th barrier's target is n * GPUs.
-struct ShardBarrier {
-  uint32_t* counter;               // the word this GPU waits on
-  // n_peers > 0: arrive by adding 1 to each of peers[0..n_peers) (every GPU's
-  // own word, this one's included), so the wait polls local memory; 0: arrive
-  // at `counter` itself (one shared word on the home GPU).
-  uint32_t* const* peers;
-  int32_t n_peers;
-  const uint32_t* abort_word;      // may be nullptr
-  uint32_t target;
-  uint64_t timeout_ns;
-  const DevRank* ranks;            // this GPU's table for the slot
-  int32_t rank_lo, rank_hi, slot;
+  uint32_t* words;                 // this GPU's SlotScratch::barrier words of the slot
+  // A multi-GPU group (counter set): the cross-GPU barrier before the combine
+  // (every rank's expert outputs written), inside the kernel: the block with
+  // combine ticket 0 arrives, every block waits.
+  ShardBarrier before;
+  ArmedParams done;                // as DispatchParams::done
 };
 
 // Grid sizes of one GPU's launches, fixed at creation (make_launch_plan,
 // launch_plan.h); which of them run is the LaunchVariant's sequence.
 struct LaunchShape {
   int32_t count_blocks, prefix_blocks, scatter_blocks;  // high_throughput / multi_gpu dispatch grids
-  int32_t fused_blocks;                                 // low_latency cooperative grid
+  int32_t ordered_blocks;         // low_latency one-launch grid: count_blocks + ordered_prefix_blocks + scatter blocks
+  int32_t ordered_prefix_blocks;  // its prefix blocks
   int32_t combine_blocks;
-};
-
-// The armed executor's kernels (gpu_armed.h): host-mapped, one per slot, what
-// the re-arm thread reads to see progress.
-struct ArmedProgress {
-  uint32_t seq;     // sequence number of the last completed operation (+1; 0 = none)
-  int32_t status;   // its epd_status_t
-  uint32_t pad[14];
-};
-static_assert(sizeof(ArmedProgress) == 64, "one cache line per slot");
-
-struct ArmedParams {
-  uint8_t* const* bases = nullptr;   // [world] workspace bases (control block at offset 0), device array
-  int32_t world = 0;
-  int32_t slot = 0;
-  uint32_t op = 0;                   // kDoneDispatch or kDoneCombine
-  int32_t expert_major = 0;          // combine: weight mode chosen on the device (gate)
-  const uint32_t* abort_word = nullptr;  // device: -reason once aborted, 0 otherwise
-  uint32_t* saved_n = nullptr;       // [world] device scratch of this slot (gate)
-  ArmedProgress* progress = nullptr; // device view of this slot's host-mapped progress
-  uint32_t seq = 0;                  // this operation's sequence number + 1
-  int32_t rank_lo = 0, rank_hi = 0;  // the ranks on this GPU: the gate and the writes cover only these
-  // Multi-GPU (null counters on one GPU): every GPU's operation is done before
-  // the fault words are read, and every GPU has read them before any is cleared.
-  ShardBarrier before_read{}, before_write{};
 };
 
 constexpr int kThreads = 256;     // threads per block of every kernel

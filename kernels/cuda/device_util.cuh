@@ -1,6 +1,6 @@
 // device_util.cuh — device helpers shared by the dispatch and combine kernels:
 // the %globaltimer clock, fault reporting into a rank's control block, the
-// deadline-bounded grid barrier, and dtype <-> fp32 conversions that match
+// deadline-bounded cross-GPU barrier and phase hand-over, and dtype <-> fp32 conversions that match
 // numeric.h bit for bit. Header-only; every function is __device__.
 // Thread-safety: fault and barrier words are updated with atomics only.
 #pragma once
@@ -59,52 +59,21 @@ __device__ __forceinline__ unsigned long long fault_key(int32_t rank, int32_t to
          (static_cast<unsigned long long>(k) << 8) | kind;
 }
 
-// Grid-wide barrier for a co-resident (cooperative) grid. Returns false, after
-// recording kFaultTimeout in every rank's control block, if the other blocks
-// do not arrive before `deadline` (%globaltimer ns). The host resets the
-// barrier words after a timeout (GpuExecutor::check_fault).
-__device__ inline bool grid_barrier(uint32_t* bar, uint64_t deadline, const DispatchParams& p) {
-  __shared__ uint32_t ok;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    ok = 1;
-    const uint32_t gen = load_volatile(&bar[1]);
-    __threadfence();
-    if (atomicAdd(&bar[0], 1u) == gridDim.x - 1) {
-      atomicExch(&bar[0], 0u);
-      __threadfence();
-      atomicAdd(&bar[1], 1u);
-    } else {
-      while (load_acquire(&bar[1]) == gen) {
-        if (global_timer_ns() > deadline) {
-          ok = 0;
-          for (int32_t r = 0; r < p.world; ++r)
-            raise_fault(control(p.ranks[r]), kFaultTimeout, r, -1, -1,
-                        static_cast<int64_t>(p.timeout_ns), p.slot, 1);
-          atomicExch(p.scratch.abort, 1u);
-          break;
-        }
-        __nanosleep(64);
-      }
-    }
-    __threadfence();
-  }
-  __syncthreads();
-  return ok != 0;
-}
-
-// One thread's half of a cross-GPU barrier (ShardBarrier, device_params.h):
-// arrives (always, so the counter stays in step even when this thread gives
-// up), then waits for the other GPUs. Returns false on timeout, after
-// recording kFaultTimeout in the served ranks' control blocks; true when every
-// GPU arrived or the abort word is set (the stream then drains on stale data).
-__device__ inline bool shard_barrier_arrive_wait(const ShardBarrier& b) {
-  __threadfence_system();  // this GPU's earlier writes (peer stores included) before the arrival
+// One thread's arrival at a cross-GPU barrier (ShardBarrier, device_params.h),
+// after this GPU's earlier writes (peer stores included).
+__device__ inline void shard_barrier_arrive(const ShardBarrier& b) {
+  __threadfence_system();
   if (b.n_peers > 0) {
     for (int32_t i = 0; i < b.n_peers; ++i) atomicAdd_system(b.peers[i], 1u);
   } else {
     atomicAdd_system(b.counter, 1u);
   }
+}
+
+// One thread waits for every GPU's arrival. Returns false on timeout, after
+// recording kFaultTimeout in the served ranks' control blocks; true when every
+// GPU arrived or the abort word is set (the stream then drains on stale data).
+__device__ inline bool shard_barrier_wait(const ShardBarrier& b) {
   const uint64_t deadline = global_timer_ns() + b.timeout_ns;
   for (uint32_t i = 0;; ++i) {
     uint32_t now;
@@ -119,6 +88,55 @@ __device__ inline bool shard_barrier_arrive_wait(const ShardBarrier& b) {
   }
   __threadfence_system();
   return true;
+}
+
+// Both halves (arrives always, so the counter stays in step even when this
+// thread gives up).
+__device__ inline bool shard_barrier_arrive_wait(const ShardBarrier& b) {
+  shard_barrier_arrive(b);
+  return shard_barrier_wait(b);
+}
+
+// The one-launch low_latency dispatch's phase hand-over: a block's thread 0
+// adds its arrival to a phase word (SlotScratch::phase) after the block's
+// writes (system scope when other GPUs take part, else device scope) ...
+__device__ inline void phase_arrive(uint32_t* word, bool across_gpus) {
+  if (across_gpus) __threadfence_system();
+  else __threadfence();
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  if (across_gpus) atomicAdd_system(word, 1u);
+  else atomicAdd(word, 1u);
+}
+
+// ... and a block of a later phase waits until the word reaches `target`
+// (modulo 2^32). Blocks only ever wait for blocks that took an earlier ticket
+// of the same launch (or for other GPUs' launches), which are running already,
+// so the wait needs no co-residency (no cooperative launch). On the deadline:
+// kFaultTimeout in the served ranks' control blocks, the abort flag set, and
+// false.
+__device__ inline bool phase_wait(const uint32_t* word, uint32_t target, uint64_t deadline,
+                                  const DispatchParams& p) {
+  __shared__ uint32_t ok;
+  const bool across_gpus = p.n_shards > 1;
+  if (threadIdx.x == 0) {
+    ok = 1;
+    for (uint32_t i = 0;; ++i) {
+      uint32_t now;
+      if (across_gpus) asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(now) : "l"(word) : "memory");
+      else asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(now) : "l"(word) : "memory");
+      if (static_cast<int32_t>(now - target) >= 0) break;
+      if ((i & 63u) == 63u && global_timer_ns() > deadline) {
+        ok = 0;
+        for (int32_t r = p.rank_lo; r < p.rank_hi; ++r)
+          raise_fault(control(p.ranks[r]), kFaultTimeout, r, -1, -1, static_cast<int64_t>(p.timeout_ns), p.slot, 1);
+        atomicExch(p.scratch.abort, 1u);
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  return ok != 0;
 }
 
 // ---- element conversions (exact widening; RNE narrowing like numeric.h) ------

@@ -15,9 +15,10 @@
 //            weights, sources, padding, counts and totals.
 // The phases are launched one kernel each (launch_dispatch_count / _prefix /
 // _scatter: the high_throughput and multi_gpu variants) or all in one
-// cooperative launch separated by a grid barrier whose spin-wait ends at a
-// %globaltimer deadline (launch_dispatch_fused: low_latency); which runs is
-// the group's LaunchVariant (plan_<variant>.cc). Either way a single launch
+// ordinary launch whose blocks take tickets and hand over through phase words
+// with spin-waits that end at a %globaltimer deadline (launch_dispatch_ordered:
+// low_latency; no cooperative launch, see dispatch_ordered); which runs is the
+// group's LaunchVariant (plan_<variant>.cc). Either way a single launch
 // sequence covers every rank on this GPU, so ranks sharing a GPU never wait on
 // each other across launches. A group over several GPUs runs one launch
 // sequence per GPU, each serving its own ranks (DispatchParams::rank_lo/hi:
@@ -27,6 +28,7 @@
 // capacity) found by `count` makes `scatter` write nothing.
 #include <cuda_runtime.h>
 
+#include "armed_complete.cuh"
 #include "device_util.cuh"
 #include "launchers.h"
 
@@ -51,13 +53,14 @@ struct TokenMeta {
   int32_t ndst;
 };
 
-__device__ void count_phase(const DispatchParams& p, uint8_t* smem) {
+// blk / nblk: this block's index among the blocks of the phase, and their number.
+__device__ void count_phase(const DispatchParams& p, uint8_t* smem, int blk, int nblk) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   uint32_t* bm = reinterpret_cast<uint32_t*>(smem) + warp * p.dests;
   for (int d = lane; d < p.dests; d += 32) bm[d] = 0;
   __syncwarp();
   const int units = p.rank_hi * p.chunks;
-  for (int u = p.rank_lo * p.chunks + blockIdx.x * kWarps + warp; u < units; u += gridDim.x * kWarps) {
+  for (int u = p.rank_lo * p.chunks + blk * kWarps + warp; u < units; u += nblk * kWarps) {
     const int s = u / p.chunks, c = u % p.chunks;
     const DevRank& src = p.ranks[s];
     const uint32_t raw = load_volatile(src.send_hdr);
@@ -147,12 +150,12 @@ __device__ __forceinline__ bool served(const DispatchParams& p, int32_t rank) {
   return rank >= p.rank_lo && rank < p.rank_hi;
 }
 
-__device__ void prefix_phase(const DispatchParams& p, uint8_t* smem) {
-  if (p.leader && blockIdx.x == 0 && threadIdx.x == 0) finalize_fault(p);
+__device__ void prefix_phase(const DispatchParams& p, uint8_t* smem, int blk, int nblk) {
+  if (p.leader && blk == 0 && threadIdx.x == 0) finalize_fault(p);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int32_t* warp_sums = reinterpret_cast<int32_t*>(smem);
   const int len = p.world * p.chunks;
-  for (int d = blockIdx.x; d < p.dests; d += gridDim.x) {
+  for (int d = blk; d < p.dests; d += nblk) {
     if (!served(p, dest_rank(p, d))) continue;
     int32_t carry = 0;
     for (int base = 0; base < len; base += kThreads) {
@@ -274,11 +277,11 @@ __device__ int payload_bytes(PayloadKind k) {
 
 // The end of the scatter phase: padding rows, per-local-expert counts and
 // totals of the ranks this launch serves.
-__device__ __forceinline__ void write_padding_and_counts(const DispatchParams& p) {
+__device__ __forceinline__ void write_padding_and_counts(const DispatchParams& p, int blk, int nblk) {
   const int64_t WM = static_cast<int64_t>(p.world) * p.max_tokens;
   const int K = p.top_k;
-  const int64_t nthreads = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t nthreads = static_cast<int64_t>(nblk) * blockDim.x;
+  const int64_t tid = static_cast<int64_t>(blk) * blockDim.x + threadIdx.x;
   const int groups = p.rank_major ? p.world : p.experts;
   const int I = p.rank_major ? K : 1;
   for (int64_t u = tid; u < groups * WM; u += nthreads) {
@@ -309,7 +312,7 @@ __device__ __forceinline__ void write_padding_and_counts(const DispatchParams& p
   }
 }
 
-__device__ void scatter_phase(const DispatchParams& p, uint8_t* smem) {
+__device__ void scatter_phase(const DispatchParams& p, uint8_t* smem, int blk, int nblk) {
   if (load_volatile(p.scratch.abort)) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   TokenMeta* m = reinterpret_cast<TokenMeta*>(smem) + warp;
@@ -317,7 +320,7 @@ __device__ void scatter_phase(const DispatchParams& p, uint8_t* smem) {
   const int K = p.top_k;
   const PayloadKind kind = payload_kind(p);
   const int units = (p.rank_hi - p.rank_lo) * p.max_tokens * p.parts;
-  for (int u = blockIdx.x * kWarps + warp; u < units; u += gridDim.x * kWarps) {
+  for (int u = blk * kWarps + warp; u < units; u += nblk * kWarps) {
     const int part = u % p.parts, token_slot = u / p.parts;
     const int s = p.rank_lo + token_slot / p.max_tokens, t = token_slot % p.max_tokens;
     const DevRank& src = p.ranks[s];
@@ -400,33 +403,62 @@ __device__ void scatter_phase(const DispatchParams& p, uint8_t* smem) {
     }
     __syncwarp();
   }
-  write_padding_and_counts(p);
+  write_padding_and_counts(p, blk, nblk);
 }
 
 __global__ void __launch_bounds__(kThreads) dispatch_count(DispatchParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
-  count_phase(p, smem);
+  count_phase(p, smem, blockIdx.x, gridDim.x);
 }
 
 __global__ void __launch_bounds__(kThreads) dispatch_prefix(DispatchParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
-  prefix_phase(p, smem);
+  prefix_phase(p, smem, blockIdx.x, gridDim.x);
 }
 
+// The last launch of a dispatch sequence; under the armed executor its last
+// block also writes the operation's completion.
 __global__ void __launch_bounds__(kThreads) dispatch_scatter(DispatchParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
-  scatter_phase(p, smem);
+  scatter_phase(p, smem, blockIdx.x, gridDim.x);
+  if (p.done.bases) last_block_completes(p.scratch.barrier + kExit, p.done);
 }
 
-// low_latency: the three phases in one cooperative launch.
-__global__ void __launch_bounds__(kThreads) dispatch_fused(DispatchParams p) {
+// low_latency: the three phases in one ordinary launch. Each block takes a
+// ticket; tickets [0, count_blocks) count, the next prefix_blocks wait for
+// every GPU's count blocks and scan, the rest wait for every prefix block and
+// scatter. A block only waits for blocks holding lower tickets (running
+// already) or for other GPUs, so no co-residency is needed and the launch can
+// sit behind an armed stream wait. Phase words are monotonic: launch n of the
+// slot on this GPU waits for (n + 1) * blocks * GPUs arrivals; the last block
+// out resets the tickets and counts the launch.
+__global__ void __launch_bounds__(kThreads) dispatch_ordered(DispatchParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ uint32_t ticket, launches;
+  uint32_t* words = p.scratch.barrier;
+  if (threadIdx.x == 0) {
+    ticket = atomicAdd(words + kTicket, 1u);
+    launches = load_volatile(words + kLaunches);
+  }
+  __syncthreads();
   const uint64_t deadline = global_timer_ns() + p.timeout_ns;
-  count_phase(p, smem);
-  if (!grid_barrier(p.scratch.barrier, deadline, p)) return;
-  prefix_phase(p, smem);
-  if (!grid_barrier(p.scratch.barrier, deadline, p)) return;
-  scatter_phase(p, smem);
+  const int v = static_cast<int>(ticket);
+  const int nc = p.count_blocks, np = p.prefix_blocks, ns = static_cast<int>(gridDim.x) - nc - np;
+  const uint32_t gpus = static_cast<uint32_t>(p.n_shards);
+  if (v < nc) {
+    count_phase(p, smem, v, nc);
+    phase_arrive(p.scratch.phase + 0, p.n_shards > 1);
+  } else if (v < nc + np) {
+    if (phase_wait(p.scratch.phase + 0, (launches + 1) * gpus * nc, deadline, p)) prefix_phase(p, smem, v - nc, np);
+    phase_arrive(p.scratch.phase + 1, p.n_shards > 1);
+  } else if (phase_wait(p.scratch.phase + 1, (launches + 1) * gpus * np, deadline, p)) {
+    scatter_phase(p, smem, v - nc - np, ns);
+  }
+  if (last_block_completes(words + kExit, p.done) && threadIdx.x == 0) {
+    words[kTicket] = 0;
+    words[kLaunches] = launches + 1;
+    __threadfence();
+  }
 }
 
 __global__ void __launch_bounds__(32) shard_barrier_kernel(ShardBarrier b) {
@@ -451,16 +483,11 @@ uint64_t dispatch_smem_bytes(const DispatchParams& p) {
 int prepare_dispatch_kernels(const DispatchParams& p) {
   const int bytes = static_cast<int>(dispatch_smem_bytes(p));
   for (const void* f : {reinterpret_cast<const void*>(dispatch_count), reinterpret_cast<const void*>(dispatch_scatter),
-                        reinterpret_cast<const void*>(dispatch_fused)}) {
+                        reinterpret_cast<const void*>(dispatch_ordered)}) {
     cudaError_t e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (e != cudaSuccess) return static_cast<int>(e);
   }
   return 0;
-}
-
-int fused_blocks_per_sm(const DispatchParams& p, int* blocks) {
-  return static_cast<int>(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      blocks, dispatch_fused, kThreads, dispatch_smem_bytes(p)));
 }
 
 int launch_dispatch_count(const DispatchParams& p, int32_t blocks, void* stream) {
@@ -478,18 +505,9 @@ int launch_dispatch_scatter(const DispatchParams& p, int32_t blocks, void* strea
   return static_cast<int>(cudaGetLastError());
 }
 
-int launch_dispatch_fused(const DispatchParams& p, int32_t blocks, void* stream) {
-  cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeCooperative;
-  attr[0].val.cooperative = 1;
-  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = dispatch_smem_bytes(p);
-  cfg.stream = static_cast<cudaStream_t>(stream);
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return static_cast<int>(cudaLaunchKernelEx(&cfg, dispatch_fused, p));
+int launch_dispatch_ordered(const DispatchParams& p, int32_t blocks, void* stream) {
+  dispatch_ordered<<<blocks, kThreads, dispatch_smem_bytes(p), static_cast<cudaStream_t>(stream)>>>(p);
+  return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace epd::gpu

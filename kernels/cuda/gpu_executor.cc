@@ -200,6 +200,7 @@ Status GpuExecutor::Impl::alloc_scratch(const GroupSpec& spec, const std::vector
     sc.fault_key = reinterpret_cast<unsigned long long*>(words);
     sc.abort = reinterpret_cast<uint32_t*>(words + 8);
     sc.barrier = nullptr;  // per GPU: ShardImpl::grid_bar
+    sc.phase = reinterpret_cast<uint32_t*>(words + 16);
     EPD_CUDA_RETURN(cudaMemsetAsync(sc.fault_key, 0xff, 8, h.setup));
     scratch.push_back(sc);
   }
@@ -303,8 +304,8 @@ std::string GpuExecutor::describe_launch(bool with_variant) const {
   const gpu::LaunchShape& sh = im.plan.shapes[0];
   char b[320];
   std::snprintf(b, sizeof b,
-                "parts=%d combine_parts=%d fused_blocks=%d count/prefix/scatter_blocks=%d/%d/%d combine_blocks=%d",
-                im.plan.parts, im.plan.combine_parts, sh.fused_blocks, sh.count_blocks, sh.prefix_blocks,
+                "parts=%d combine_parts=%d ordered_blocks=%d count/prefix/scatter_blocks=%d/%d/%d combine_blocks=%d",
+                im.plan.parts, im.plan.combine_parts, sh.ordered_blocks, sh.count_blocks, sh.prefix_blocks,
                 sh.scatter_blocks, sh.combine_blocks);
   std::string out = with_variant ? std::string("variant=") + variant_name() + " " + b : std::string(b);
   if (shards_.size() > 1) {

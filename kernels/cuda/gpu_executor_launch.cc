@@ -6,6 +6,7 @@
 #include <cstddef>
 
 #include "control_block.h"
+#include "device_params.h"
 #include "gpu_executor_impl.h"
 #include "launchers.h"
 #include "shard_barrier.h"
@@ -49,16 +50,33 @@ Status GpuExecutor::barrier_shard(int32_t slot, int32_t shard, void* stream) {
 
 Status GpuExecutor::reset_barriers() {
   Impl& im = *impl_;
-  for (auto& si : im.shards)
+  for (auto& si : im.shards) {
     for (auto& n : si->barriers_taken) n = 0;
-  if (!im.counters) return Status::ok();
+    EPD_CUDA_RETURN(cudaSetDevice(si->device));  // the one-launch kernels' tickets and launch counts
+    EPD_CUDA_RETURN(cudaMemsetAsync(si->grid_bar, 0, static_cast<size_t>(spec_.slots) * 16, si->setup));
+    EPD_CUDA_RETURN(cudaStreamSynchronize(si->setup));
+  }
   ShardImpl& home = im.home();
   EPD_CUDA_RETURN(cudaSetDevice(home.device));
+  for (const gpu::SlotScratch& sc : im.scratch)
+    EPD_CUDA_RETURN(cudaMemsetAsync(sc.phase, 0, 2 * sizeof(uint32_t), home.setup));
+  EPD_CUDA_RETURN(cudaStreamSynchronize(home.setup));
+  if (!im.counters) return Status::ok();
   EPD_CUDA_RETURN(cudaMemsetAsync(im.counters, 0, sizeof(uint32_t) * spec_.slots, home.setup));
   for (auto& w : im.signal)
     EPD_CUDA_RETURN(cudaMemsetAsync(w->device_ptr(), 0, sizeof(uint32_t) * spec_.slots, home.setup));
   EPD_CUDA_RETURN(cudaStreamSynchronize(home.setup));
   return Status::ok();
+}
+
+gpu::ArmedParams GpuExecutor::with_completion_barriers(const gpu::ArmedParams& done, int32_t slot, int32_t shard) {
+  gpu::ArmedParams p = done;
+  if (shards_.size() > 1) {  // taken after the operation's own barriers: tickets follow the device order
+    const Shard& sh = shards_[static_cast<size_t>(shard)];
+    p.before_read = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
+    p.before_write = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
+  }
+  return p;
 }
 
 Status GpuExecutor::dispatch(int32_t slot, void* stream) {
@@ -79,7 +97,7 @@ Status GpuExecutor::combine(int32_t slot, epd_weight_mode_t mode, void* stream) 
 }
 
 Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bool end_barrier,
-                                   uint64_t* launch_stamps) {
+                                   uint64_t* launch_stamps, const gpu::ArmedParams* done) {
   if (slot < 0 || slot >= spec_.slots)
     return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
   if (shard < 0 || shard >= static_cast<int32_t>(shards_.size()))
@@ -113,13 +131,15 @@ Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bo
   p.rank_hi = sh.rank_hi;
   p.leader = shard == 0;
   p.stamps = launch_stamps;
+  p.n_shards = static_cast<int32_t>(shards_.size());
   const gpu::LaunchPlan& plan = im.plan;
   gpu::ShardBarrier b[3] = {};
   if (plan.choice.variant == LaunchVariant::kMultiGpu) {
     b[0] = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
     b[1] = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
-    if (end_barrier) b[2] = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
   }
+  if (shards_.size() > 1 && end_barrier) b[2] = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
+  if (done) p.done = with_completion_barriers(*done, slot, shard);
   EPD_CUDA_RETURN(static_cast<cudaError_t>(
       plan.sequence->dispatch(p, plan.shapes[static_cast<size_t>(shard)], b, stream)));
   im.dispatched[slot] = true;
@@ -128,7 +148,7 @@ Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bo
 }
 
 Status GpuExecutor::combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t mode, void* stream,
-                                  bool start_barrier, uint64_t* launch_stamps) {
+                                  bool start_barrier, uint64_t* launch_stamps, const gpu::ArmedParams* done) {
   if (slot < 0 || slot >= spec_.slots)
     return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
   if (shard < 0 || shard >= static_cast<int32_t>(shards_.size()))
@@ -143,8 +163,10 @@ Status GpuExecutor::combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t
   EPD_CUDA_RETURN(cudaSetDevice(sh.device));
   const gpu::LaunchPlan& plan = im.plan;
   gpu::ShardBarrier before{};
-  const bool barrier_first = start_barrier && plan.choice.variant == LaunchVariant::kMultiGpu;
+  const bool barrier_first = start_barrier && shards_.size() > 1;
   if (barrier_first) before = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
+  gpu::ArmedParams finish{};
+  if (done) finish = with_completion_barriers(*done, slot, shard);
   gpu::CombineParams p{};
   p.ranks = si.ranks + static_cast<size_t>(slot) * spec_.world_size;
   p.world = spec_.world_size;
@@ -153,13 +175,15 @@ Status GpuExecutor::combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t
   p.max_tokens = spec_.max_tokens_per_rank;
   p.rank_major = rank_major;
   p.dtype = spec_.dtype;
-  p.apply = mode == EPD_WEIGHTS_APPLY;
+  p.apply = done && !rank_major ? -1 : mode == EPD_WEIGHTS_APPLY;  // -1: read on the device
   p.slot = slot;
   p.parts = im.plan.combine_parts;
   p.in_row_bytes = layout_.ranks[0].in_row_bytes;
   p.rank_lo = sh.rank_lo;
   p.rank_hi = sh.rank_hi;
   p.stamps = launch_stamps;
+  p.words = si.grid_bar + 4 * slot;
+  p.done = finish;
   EPD_CUDA_RETURN(static_cast<cudaError_t>(
       plan.sequence->combine(p, plan.shapes[static_cast<size_t>(shard)], barrier_first ? &before : nullptr, stream)));
   si.last_stream = stream;
@@ -232,6 +256,9 @@ Status GpuExecutor::check_fault(void* stream) {
       EPD_CUDA_RETURN(cudaMemsetAsync(si->grid_bar, 0, static_cast<size_t>(spec_.slots) * 16, si->setup));
       EPD_CUDA_RETURN(cudaStreamSynchronize(si->setup));
     }
+    EPD_CUDA_RETURN(cudaSetDevice(home.device));
+    for (const gpu::SlotScratch& sc : im.scratch)
+      EPD_CUDA_RETURN(cudaMemsetAsync(sc.phase, 0, 2 * sizeof(uint32_t), home.setup));
     EPD_CUDA_RETURN(cudaSetDevice(home.device));
   }
   EPD_CUDA_RETURN(cudaStreamSynchronize(home.setup));

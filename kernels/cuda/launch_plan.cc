@@ -39,14 +39,10 @@ Result<LaunchPlan> make_launch_plan(const GroupSpec& spec, const GroupLayout& la
   for (size_t i = 0; i < shards.size(); ++i) {
     const GpuExecutor::Shard& sh = shards[i];
     EPD_CUDA_RETURN(cudaSetDevice(sh.device));
-    int sms = 0, coop = 0;
+    int sms = 0;
     EPD_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, sh.device));
-    EPD_CUDA_RETURN(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, sh.device));
     const int budget = spec.sm_budget > 0 ? std::min(spec.sm_budget, sms) : sms;
     LaunchShape shp{};
-    if (low_latency && !coop)
-      return make_status(EPD_ERR_UNSUPPORTED, "low_latency needs cooperative launch, which device %d lacks",
-                         sh.device);
     // Small batches leave most warps idle with one warp per token: split each
     // row into `parts` slices, one warp each. Measured on an H100 with LL (8 x
     // 128 tokens, hidden 7168): dispatch is best at about one slice per warp of
@@ -70,8 +66,13 @@ Result<LaunchPlan> make_launch_plan(const GroupSpec& spec, const GroupLayout& la
     shp.count_blocks = blocks_for(local_units, budget * 4);
     shp.prefix_blocks = static_cast<int32_t>(std::min<int64_t>(dests, budget * 4));
     shp.scatter_blocks = blocks_for(token_slots * plan.parts, budget * 4);
-    // low_latency combines over every SM (its dispatch, cooperative, ignores the budget too).
+    // low_latency combines over every SM (its one-launch dispatch ignores the budget too).
     shp.combine_blocks = blocks_for(token_slots * plan.combine_parts, (low_latency ? sms : budget) * 4);
+    // The one-launch dispatch: its count blocks as above, a prefix block per
+    // four SMs at most (each scans a few destinations: fewer blocks to wait
+    // for before the scatter), scatter blocks as above.
+    shp.ordered_prefix_blocks = static_cast<int32_t>(std::min<int64_t>(dests, std::max(1, sms / 4)));
+    shp.ordered_blocks = shp.count_blocks + shp.ordered_prefix_blocks + blocks_for(token_slots * plan.parts, sms * 4);
 
     DispatchParams dp{};
     dp.dests = dests;
@@ -79,13 +80,6 @@ Result<LaunchPlan> make_launch_plan(const GroupSpec& spec, const GroupLayout& la
       return make_status(EPD_ERR_UNSUPPORTED,
                          "GPU executor: %d destinations need more shared memory than a block has", dests);
     EPD_CUDA_RETURN(static_cast<cudaError_t>(prepare_dispatch_kernels(dp)));
-    // low_latency: every block resident at once (the cooperative launch checks
-    // it). Sized for every variant, so a kernel that cannot fit is refused the same way in each.
-    int per_sm = 0;
-    EPD_CUDA_RETURN(static_cast<cudaError_t>(fused_blocks_per_sm(dp, &per_sm)));
-    if (per_sm < 1)
-      return make_status(EPD_ERR_UNSUPPORTED, "GPU executor: the low_latency kernel does not fit on an SM");
-    shp.fused_blocks = sms * std::min(per_sm, tuning.fused_blocks_per_sm > 0 ? tuning.fused_blocks_per_sm : 2);
     plan.shapes.push_back(shp);
   }
   return plan;

@@ -23,19 +23,18 @@ int launch_dispatch_prefix(const DispatchParams& p, int32_t blocks, void* stream
 // scatter: rows, payload (copied or fp8-quantised), ids, weights, sources,
 // padding, counts and totals; writes nothing after a fault.
 int launch_dispatch_scatter(const DispatchParams& p, int32_t blocks, void* stream);
-// The three phases in one cooperative launch, separated by grid barriers
-// (every block must be resident: fused_blocks_per_sm bounds `blocks`).
-int launch_dispatch_fused(const DispatchParams& p, int32_t blocks, void* stream);
+// The three phases in one ordinary launch of `blocks` blocks: the first
+// p.count_blocks count, the next p.prefix_blocks scan, the rest scatter,
+// handing over through phase words (no co-residency needed; dispatch.cu).
+int launch_dispatch_ordered(const DispatchParams& p, int32_t blocks, void* stream);
 // Shared memory the dispatch kernels need per block (for the caller's checks).
 uint64_t dispatch_smem_bytes(const DispatchParams& p);
 // Raises the dispatch kernels' dynamic shared memory limit on the current device.
 int prepare_dispatch_kernels(const DispatchParams& p);
-// Co-resident blocks per SM of the fused (cooperative) dispatch kernel.
-int fused_blocks_per_sm(const DispatchParams& p, int* blocks);
 
 // ---- combine (combine.cu) ----
 // One warp per (token, row slice): gathers the routed expert outputs and sums
-// them in the host executor's order.
+// them in the host executor's order (after p.before, a cross-GPU barrier, when set).
 int launch_combine(const CombineParams& p, int32_t blocks, void* stream);
 
 // ---- multi-GPU (dispatch.cu) ----
@@ -43,16 +42,14 @@ int launch_combine(const CombineParams& p, int32_t blocks, void* stream);
 // deadline, or the abort word).
 int launch_shard_barrier(const ShardBarrier& b, void* stream);
 
-// ---- armed executor (armed_kernels.cu), one block each ----
-// expert_major combine runs the combine kernel twice, with and without the
-// dispatch-time weights; the gate zeroes every rank's n_captured for the
-// variant the clients did not ask for (so it writes nothing) and restores it.
-// phase 0 precedes the `apply` launch, phase 1 the plain-sum launch.
-int launch_armed_gate(const ArmedParams& p, int phase, void* stream);
-// Restores n_captured (expert_major combine), reads the abort word and fault
-// words, writes every rank's completion word, last_fault fields and calls_done,
-// clears the fault words it reported (kFaultTimeout excepted: the host resets
-// the executor's barrier state) and finally the slot's progress word.
+// ---- armed executor (armed_kernels.cu) ----
+// Reads the abort word and fault words, writes every served rank's completion
+// word, last_fault fields and calls_done, clears the fault words it reported
+// (kFaultTimeout excepted: the host resets the executor's barrier state) and
+// finally the slot's progress word. One block. The dispatch scatter, the
+// one-launch dispatch and the combine do the same in their last block when
+// their params carry ArmedParams (done.bases set), which is how the armed
+// executor runs; this kernel remains for sequences that end otherwise.
 int launch_armed_complete(const ArmedParams& p, void* stream);
 
 // ---- benchmark stamps (armed_kernels.cu) ----

@@ -1,9 +1,9 @@
-// plan_low_latency.cc — LaunchVariant::kLowLatency, one GPU: the dispatch as
-// one cooperative launch (count, prefix and scatter separated by grid
-// barriers whose spin-waits end at the group's deadline), so a small batch
-// pays one launch instead of three; the combine as one launch over every SM.
-// Needs cooperative launch (checked at creation, launch_plan.cc) and is not
-// chosen behind armed waits (choose_launch_variant says why).
+// plan_low_latency.cc — LaunchVariant::kLowLatency, on any number of GPUs:
+// per GPU, the dispatch as one ordinary launch (count, prefix and scatter
+// blocks handing over through phase words, dispatch.cu: no cooperative launch,
+// so it runs behind armed stream waits) and the combine as one launch (with
+// its cross-GPU barrier inside on several GPUs). Under the armed executor the
+// last block of each writes the operation's completion.
 #include "launch_plan.h"
 #include "launchers.h"
 
@@ -11,15 +11,24 @@ namespace epd::gpu {
 
 namespace {
 
-int dispatch(const DispatchParams& p, const LaunchShape& shape, const ShardBarrier*, void* stream) {
+// barriers: on several GPUs, barriers[2] (when set) makes every GPU's rows
+// land before the caller's next step (the armed completion has its own).
+int dispatch(const DispatchParams& p, const LaunchShape& shape, const ShardBarrier* barriers, void* stream) {
+  DispatchParams q = p;
+  q.count_blocks = shape.count_blocks;
+  q.prefix_blocks = shape.ordered_prefix_blocks;
   if (int e = plan_stamp(p.stamps, 0, stream)) return e;
-  if (int e = launch_dispatch_fused(p, shape.fused_blocks, stream)) return e;
-  return plan_stamp(p.stamps, 1, stream);
+  if (int e = launch_dispatch_ordered(q, shape.ordered_blocks, stream)) return e;
+  if (int e = plan_stamp(p.stamps, 1, stream)) return e;
+  if (barriers && barriers[2].counter) return launch_shard_barrier(barriers[2], stream);
+  return 0;
 }
 
-int combine(const CombineParams& p, const LaunchShape& shape, const ShardBarrier*, void* stream) {
+int combine(const CombineParams& p, const LaunchShape& shape, const ShardBarrier* before, void* stream) {
+  CombineParams q = p;
+  if (before) q.before = *before;
   if (int e = plan_stamp(p.stamps, 0, stream)) return e;
-  if (int e = launch_combine(p, shape.combine_blocks, stream)) return e;
+  if (int e = launch_combine(q, shape.combine_blocks, stream)) return e;
   return plan_stamp(p.stamps, 1, stream);
 }
 

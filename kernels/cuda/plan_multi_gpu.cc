@@ -3,9 +3,10 @@
 // scatter launches with a cross-GPU barrier after each (every GPU's bitmaps
 // are in before any prefix, every prefix before any scatter, every row
 // before the caller's next step; the third is optional: the armed executor's
-// completion kernel has its own). Combine: a cross-GPU barrier (every GPU's
-// expert outputs are in), then one launch over this GPU's ranks' tokens,
-// pulling rows from peers. Barrier tickets come from GpuExecutor::take_barrier.
+// completion has its own). Combine: one launch over this GPU's ranks' tokens,
+// pulling rows from peers, whose blocks first meet the other GPUs in a
+// cross-GPU barrier inside the kernel (every GPU's expert outputs are in).
+// Barrier tickets come from GpuExecutor::take_barrier.
 #include "launch_plan.h"
 #include "launchers.h"
 
@@ -32,15 +33,13 @@ int dispatch(const DispatchParams& p, const LaunchShape& shape, const ShardBarri
   return 0;
 }
 
+// The cross-GPU barrier before the combine runs inside the combine kernel.
 int combine(const CombineParams& p, const LaunchShape& shape, const ShardBarrier* before, void* stream) {
-  int i = 0;
-  if (int e = plan_stamp(p.stamps, i++, stream)) return e;
-  if (before) {
-    if (int e = launch_shard_barrier(*before, stream)) return e;
-    if (int e = plan_stamp(p.stamps, i++, stream)) return e;
-  }
-  if (int e = launch_combine(p, shape.combine_blocks, stream)) return e;
-  return plan_stamp(p.stamps, i, stream);
+  CombineParams q = p;
+  if (before) q.before = *before;
+  if (int e = plan_stamp(p.stamps, 0, stream)) return e;
+  if (int e = launch_combine(q, shape.combine_blocks, stream)) return e;
+  return plan_stamp(p.stamps, 1, stream);
 }
 
 }  // namespace

@@ -147,12 +147,11 @@ void run_in_process(epd_layout_t layout, epd_mode_t mode, const std::vector<epd_
   ASSERT_TRUE(armed.is_ok()) << armed.status().message();
   ASSERT_TRUE((*armed)->start().is_ok());
   std::printf("%s\n", (*armed)->describe().c_str());
-  // Behind armed waits every mode runs the high_throughput launches, and says why (choose_launch_variant).
-  EXPECT_STREQ((*armed)->variant_name(), "high_throughput");
-  EXPECT_NE((*armed)->describe().find("variant high_throughput"), std::string::npos) << (*armed)->describe();
-  if (mode == EPD_MODE_LOW_LATENCY) {
-    EXPECT_NE((*armed)->describe().find("behind armed waits"), std::string::npos) << (*armed)->describe();
-  }
+  // Behind armed waits each mode runs its own variant, as in process (the
+  // low_latency dispatch is one ordinary launch: no fallback).
+  const char* want = mode == EPD_MODE_LOW_LATENCY ? "low_latency" : "high_throughput";
+  EXPECT_STREQ((*armed)->variant_name(), want);
+  EXPECT_NE((*armed)->describe().find(std::string("variant ") + want), std::string::npos) << (*armed)->describe();
   auto ops = make_ops(g, g.dev_bases());
   cudaStream_t cs = nullptr;
   CUDA_OK(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking));
@@ -261,6 +260,15 @@ TEST(ArmedExecutor, InProcessExpertMajorHighThroughputAllWeightModesMatchHost) {
   const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);
   run_in_process(EPD_LAYOUT_EXPERT_MAJOR, EPD_MODE_HIGH_THROUGHPUT,
                  {EPD_WEIGHTS_APPLY, EPD_WEIGHTS_ONES, EPD_WEIGHTS_APPLY}, 12);
+}
+
+// The one-launch low_latency dispatch and the combine that reads the weight
+// mode on the device, switching modes between steps.
+TEST(ArmedExecutor, InProcessExpertMajorLowLatencyAllWeightModesMatchHost) {
+  SKIP_WITHOUT_GPU();
+  const Watchdog watchdog(::testing::UnitTest::GetInstance()->current_test_info()->name(), 120);
+  run_in_process(EPD_LAYOUT_EXPERT_MAJOR, EPD_MODE_LOW_LATENCY,
+                 {EPD_WEIGHTS_ONES, EPD_WEIGHTS_APPLY, EPD_WEIGHTS_ONES, EPD_WEIGHTS_APPLY}, 13);
 }
 
 // ---- graph capture and replay -----------------------------------------------------

@@ -158,7 +158,7 @@ Case random_case(int i, std::mt19937_64& rng) {
 void run_case(const Case& c, uint64_t seed, int repeats, const GpuTuning& tuning = {}, int32_t world = 8,
               int32_t gpus = 1) {
   SCOPED_TRACE(describe(c, seed) + " tuning(parts=" + std::to_string(tuning.parts) + ",combine_parts=" +
-               std::to_string(tuning.combine_parts) + ",fused_per_sm=" + std::to_string(tuning.fused_blocks_per_sm) +
+               std::to_string(tuning.combine_parts) + ",one_launch_across_gpus=" + std::to_string(tuning.one_launch_across_gpus) +
                ") world=" + std::to_string(world) + " gpus=" + std::to_string(gpus));
   Group g(make_spec(world, c.experts, c.top_k, c.hidden, c.max_tokens, c.dtype, c.quant, c.layout, c.mode,
                     c.shuffled_owner, seed));
@@ -177,7 +177,10 @@ void run_case(const Case& c, uint64_t seed, int repeats, const GpuTuning& tuning
   ASSERT_TRUE(ex.is_ok()) << ex.status().message();
   ASSERT_EQ(ex.value()->shards().size(), static_cast<size_t>(gpus));
   SCOPED_TRACE(ex.value()->describe_launch());
-  const char* variant = gpus > 1 ? "multi_gpu" : c.mode == EPD_MODE_LOW_LATENCY ? "low_latency" : "high_throughput";
+  const bool ll = c.mode == EPD_MODE_LOW_LATENCY;
+  const char* variant = gpus > 1 && !(ll && tuning.one_launch_across_gpus) ? "multi_gpu"
+                        : ll                                               ? "low_latency"
+                                                                           : "high_throughput";
   EXPECT_STREQ(ex.value()->variant_name(), variant);
   HostExecutor host(g.spec, g.host_bases());
   cudaStream_t stream;
@@ -220,6 +223,11 @@ TEST(GpuExecutor, MatchesHostAcrossGpus) {
       const Case c = random_case(i, rng);
       const int32_t world = i % 2 ? 8 : gpus;
       run_case(c, base + static_cast<uint64_t>(i), i % 5 == 0 ? 2 : 1, {}, world, gpus);
+      if (::testing::Test::HasFatalFailure()) return;
+      if (c.mode != EPD_MODE_LOW_LATENCY) continue;
+      GpuTuning one_launch;  // the one-launch low_latency kernel over several GPUs
+      one_launch.one_launch_across_gpus = true;
+      run_case(c, base + static_cast<uint64_t>(i), 2, one_launch, world, gpus);
       if (::testing::Test::HasFatalFailure()) return;
     }
   }

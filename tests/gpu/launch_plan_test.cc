@@ -1,5 +1,5 @@
 // launch_plan_test.cc — the launch variant rule (kernels/gpu_launch_plan.h)
-// against its table: spec mode x number of GPUs x armed waits, and every
+// against its table: spec mode x number of GPUs x tuning, and every
 // variant named and described. Host code only: runs everywhere, GPU or not
 // (what each variant launches is checked on a GPU by gpu_executor_test.cc
 // and armed_executor_test.cc through variant_name()).
@@ -12,36 +12,36 @@
 namespace epd::test {
 namespace {
 
-LaunchVariant chosen(epd_mode_t mode, int32_t gpus, bool armed) {
+LaunchVariant chosen(epd_mode_t mode, int32_t gpus, bool one_launch) {
   GroupSpec s;
   s.mode = mode;
   GpuTuning t;
-  t.behind_armed_waits = armed;
+  t.one_launch_across_gpus = one_launch;
   return choose_launch_variant(s, t, gpus).variant;
 }
 
-TEST(LaunchPlan, ChoosesTheVariantFromModeGpusAndArmedWaits) {
+// The same rule in process and behind armed waits (the one-launch low_latency
+// dispatch is an ordinary launch), so the table has no armed column.
+TEST(LaunchPlan, ChoosesTheVariantFromModeAndGpus) {
   const epd_mode_t ht = EPD_MODE_HIGH_THROUGHPUT, ll = EPD_MODE_LOW_LATENCY;
-  for (bool armed : {false, true}) {
-    SCOPED_TRACE(armed ? "behind armed waits" : "plain streams");
-    EXPECT_EQ(chosen(ht, 1, armed), LaunchVariant::kHighThroughput);
-    EXPECT_EQ(chosen(ll, 1, armed), armed ? LaunchVariant::kHighThroughput : LaunchVariant::kLowLatency);
+  for (bool one_launch : {false, true}) {
+    SCOPED_TRACE(one_launch ? "one_launch_across_gpus" : "default tuning");
+    EXPECT_EQ(chosen(ht, 1, one_launch), LaunchVariant::kHighThroughput);
+    EXPECT_EQ(chosen(ll, 1, one_launch), LaunchVariant::kLowLatency);
     for (int32_t gpus : {2, 4, 8}) {
-      EXPECT_EQ(chosen(ht, gpus, armed), LaunchVariant::kMultiGpu) << gpus << " GPUs";
-      EXPECT_EQ(chosen(ll, gpus, armed), LaunchVariant::kMultiGpu) << gpus << " GPUs";
+      EXPECT_EQ(chosen(ht, gpus, one_launch), LaunchVariant::kMultiGpu) << gpus << " GPUs";
+      EXPECT_EQ(chosen(ll, gpus, one_launch), one_launch ? LaunchVariant::kLowLatency : LaunchVariant::kMultiGpu)
+          << gpus << " GPUs";
     }
   }
 }
 
-TEST(LaunchPlan, SaysWhyALowLatencyGroupRunsHighThroughputBehindArmedWaits) {
+TEST(LaunchPlan, SaysWhyALowLatencyGroupOverSeveralGpusRunsMultiGpu) {
   GroupSpec s;
   s.mode = EPD_MODE_LOW_LATENCY;
-  GpuTuning t;
-  t.behind_armed_waits = true;
-  const LaunchChoice c = choose_launch_variant(s, t, 1);
-  EXPECT_EQ(c.variant, LaunchVariant::kHighThroughput);
-  EXPECT_NE(std::string(c.reason).find("behind armed waits"), std::string::npos) << c.reason;
-  EXPECT_NE(std::string(c.reason).find("cooperative"), std::string::npos) << c.reason;
+  const LaunchChoice c = choose_launch_variant(s, GpuTuning{}, 2);
+  EXPECT_EQ(c.variant, LaunchVariant::kMultiGpu);
+  EXPECT_NE(std::string(c.reason).find("not yet measured"), std::string::npos) << c.reason;
 }
 
 TEST(LaunchPlan, NamesAndDescribesEveryVariant) {

@@ -21,7 +21,7 @@
 // GPU pair, in the same run. Exit 77 (skipped) with fewer than N GPUs or a pair
 // without peer access.
 // Usage: epd_gpu_bench [--json FILE] [--iters N] [--only LL|HT] [--gpus N]
-//   [--parts N] [--combine-parts N] [--fused-per-sm N] [--ll-mode low_latency|high_throughput]
+//   [--parts N] [--combine-parts N] [--one-launch-across-gpus] [--ll-mode low_latency|high_throughput]
 //   [--barrier 0|1]  (multi-GPU barrier: 0 a word per GPU, local polling; 1 one word on the home GPU)
 // (the last four override the executor's launch choices, for sweeps). Every row
 // names the launch variant it measured: "variant=..." leads the launch column,
@@ -667,7 +667,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--gpus") && i + 1 < argc) gpus = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--parts") && i + 1 < argc) g_tuning.parts = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--combine-parts") && i + 1 < argc) g_tuning.combine_parts = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--fused-per-sm") && i + 1 < argc) g_tuning.fused_blocks_per_sm = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--one-launch-across-gpus")) g_tuning.one_launch_across_gpus = true;
     else if (!std::strcmp(argv[i], "--barrier") && i + 1 < argc) g_tuning.barrier = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--ll-mode") && i + 1 < argc) {
       auto m = parse_mode(argv[++i]);

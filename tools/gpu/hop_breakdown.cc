@@ -12,13 +12,14 @@
 //   worker stream: before the first rank's dispatch/combine call, after the
 //     last rank's doorbell write, after the last rank's completion wait;
 //   armed stream: after the doorbell waits, before each launch of the plan and
-//     after its last, after the completion kernel.
+//     after its last (whose last block wrote the completion).
 // Each stamp is itself a launch (~1-2 µs on the stream it sits on: see
 // side=worker op=stream_sync_only segment=gpu_stamp_to_stamp), so the
 // segments are upper bounds; host_total_unstamped vs host_total_stamped shows
 // the stamps' total cost. The in-process reference is GpuExecutor in this
-// process, stamped per launch, for its own variant (low_latency: one
-// cooperative dispatch) and for the one armed streams run (high_throughput).
+// process, stamped per launch, for the group's variant (low_latency: one
+// launch per operation, the variant armed streams run too) and for
+// high_throughput (three dispatch launches).
 // Per stream operation of the worker: worker lines (hop_worker.cc).
 //
 // Usage: epd_hop_breakdown [--iters N] [--warmup N]. Lines:
@@ -113,7 +114,7 @@ double delta_us(uint64_t from, uint64_t to) {
 // What launch i of a one-GPU variant's dispatch (op 0) or combine (op 1) is.
 std::string launch_name(const std::string& variant, int op, int i) {
   if (op == 1) return "combine";
-  if (variant == "low_latency") return "fused";
+  if (variant == "low_latency") return "ordered";
   static const char* const kHt[] = {"count", "prefix", "scatter"};
   if (variant == "high_throughput" && i < 3) return kHt[i];
   return "launch" + std::to_string(i);
@@ -139,8 +140,9 @@ bool add_plan(Segments& seg, const uint64_t* p, const std::string& variant, int 
 
 // GpuExecutor launched here: warmup + iters round trips unstamped, then
 // stamped per launch (dispatch_shard / combine_shard launch_stamps).
-Status in_process(Run& run, int32_t world, bool behind_armed) {
-  const GroupSpec spec = bench::ll_spec(world, "hop_inproc");
+Status in_process(Run& run, int32_t world, bool high_throughput) {
+  GroupSpec spec = bench::ll_spec(world, "hop_inproc");
+  if (high_throughput) spec.mode = EPD_MODE_HIGH_THROUGHPUT;
   auto ws = allocate_gpu_workspaces(spec, 0);
   if (!ws) return ws.status();
   std::vector<uint8_t*> bases;
@@ -148,9 +150,7 @@ Status in_process(Run& run, int32_t world, bool behind_armed) {
     bases.push_back(w->device_ptr());
     HOP_CUDA(cudaMemset(w->device_ptr(), 0, w->bytes()));  // n = 0 in every send header
   }
-  GpuTuning tuning;
-  tuning.behind_armed_waits = behind_armed;
-  auto ex = GpuExecutor::create(spec, bases, 0, tuning);
+  auto ex = GpuExecutor::create(spec, bases, 0);
   if (!ex) return ex.status();
   const std::string variant = (*ex)->variant_name();
   const int32_t n = run.warmup + run.iters;

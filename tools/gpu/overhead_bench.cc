@@ -2,8 +2,10 @@
 // round trip: (a) GpuExecutor launched in process + stream sync, (b) through
 // the armed executor from a client in a separate process (doorbell and
 // completion words in the daemon's cuMem workspaces, imported over
-// SCM_RIGHTS). LL group shape (top-8 of 256 experts, hidden 7168, 128 tokens
-// per rank, low_latency, rank_major) with 1 and 8 ranks on GPU 0.
+// SCM_RIGHTS), from one client process driving every rank and (8 ranks) from
+// one process per rank as serving engines run. LL group shape (top-8 of 256
+// experts, hidden 7168, 128 tokens per rank, low_latency, rank_major) with 1
+// and 8 ranks on GPU 0.
 // Usage: epd_overhead_bench [--iters N] [--label TEXT]. Prints one line per
 // measurement (µs per round trip: median, mean, p99). Run it once without and
 // once with an MPS server started before it (by hand; tools/gpu/daemon_overhead_run measures the path through epd).
@@ -31,8 +33,9 @@ using bench::kWarmup;
 using bench::now_us;
 using bench::Stats;
 
+// What one client process drives: ranks [first, first + count) of the group.
 struct Order {
-  int32_t world, iters;
+  int32_t world, iters, first, count;
   uint64_t mapped_bytes[8];
 };
 struct Report {
@@ -46,7 +49,7 @@ int client_main(int sock) {
   Order o{};
   std::vector<int> fds;
   Report rep{};
-  if (!test::recv_msg(sock, &o, sizeof o, 30000, &fds) || static_cast<int32_t>(fds.size()) != o.world) return 2;
+  if (!test::recv_msg(sock, &o, sizeof o, 30000, &fds) || static_cast<int32_t>(fds.size()) != o.count) return 2;
   auto fail = [&](const Status& s) {
     std::snprintf(rep.message, sizeof rep.message, "%s", s.message().c_str());
     test::send_msg(sock, &rep, sizeof rep);
@@ -57,10 +60,11 @@ int client_main(int sock) {
   const GroupSpec spec = bench::ll_spec(o.world);
   std::vector<std::unique_ptr<GpuWorkspaceMapping>> maps;
   std::vector<std::unique_ptr<GpuRankOps>> ops;
-  for (int32_t r = 0; r < o.world; ++r) {
-    auto m = GpuWorkspaceMapping::import(**drv, fds[r], o.mapped_bytes[r], 0);
+  for (int32_t i = 0; i < o.count; ++i) {
+    const int32_t r = o.first + i;
+    auto m = GpuWorkspaceMapping::import(**drv, fds[i], o.mapped_bytes[i], 0);
     if (!m) return fail(m.status());
-    ::close(fds[r]);
+    ::close(fds[i]);
     ops.push_back(std::make_unique<GpuRankOps>(**drv, spec, r, (*m)->base()));
     maps.push_back(std::move(m.value()));
   }
@@ -96,6 +100,47 @@ int client_main(int sock) {
   return 0;
 }
 
+// Spawns `procs` client processes over the `world` ranks (contiguous, equal
+// shares), hands each its ranks' workspaces and collects every report. "" on
+// success, else what failed.
+std::string run_clients(const std::vector<std::unique_ptr<GpuWorkspace>>& ws, int32_t world, int32_t procs,
+                        int32_t iters, std::vector<Report>* reps) {
+  std::vector<pid_t> pids;
+  std::vector<int> socks;
+  std::string why;
+  const int32_t per = world / procs;
+  for (int32_t p = 0; p < procs && why.empty(); ++p) {
+    int sock = -1;
+    pids.push_back(test::spawn_self({}, &sock));
+    socks.push_back(sock);
+    Order o{};
+    o.world = world;
+    o.iters = iters;
+    o.first = p * per;
+    o.count = per;
+    std::vector<int> fds;
+    for (int32_t i = 0; i < per && why.empty(); ++i) {
+      o.mapped_bytes[i] = ws[o.first + i]->mapped_bytes();
+      auto fd = ws[o.first + i]->export_fd();
+      if (fd) fds.push_back(*fd);
+      else why = "export: " + fd.status().message();
+    }
+    if (why.empty() && !test::send_msg(sock, &o, sizeof o, fds)) why = "sending the order to client " + std::to_string(p);
+    for (int fd : fds) ::close(fd);
+  }
+  for (size_t p = 0; p < socks.size(); ++p) {
+    Report rep{};
+    const bool got = why.empty() && test::recv_msg(socks[p], &rep, sizeof rep, 120000);
+    const int st = test::reap(pids[p], 30000);
+    ::close(socks[p]);
+    if (why.empty() && (!got || !rep.ok || st != 0))
+      why = "client " + std::to_string(p) + " (got " + std::to_string(got) + ", exit " + std::to_string(st) + "): " +
+            rep.message;
+    reps->push_back(rep);
+  }
+  return why;
+}
+
 int run(int iters, const std::string& label) {
   auto count = gpu_device_count();
   if (!count) {
@@ -123,40 +168,32 @@ int run(int iters, const std::string& label) {
       ArmedOptions opt;
       opt.depth = 64;
       opt.poll_us = 10;
-      opt.allow_cooperative = std::getenv("EPD_ARMED_COOPERATIVE") != nullptr;  // diagnosis only
       auto armed = ArmedExecutor::create(spec, bases, 0, opt);
       if (!armed || !(*armed)->start()) {
         std::printf("armed: %s\n", armed ? "start failed" : armed.status().message().c_str());
         return 1;
       }
-      int sock = -1;
-      const pid_t pid = test::spawn_self({}, &sock);
-      Order o{};
-      o.world = world;
-      o.iters = iters;
-      std::vector<int> fds;
-      for (int32_t r = 0; r < world; ++r) {
-        o.mapped_bytes[r] = (*ws)[r]->mapped_bytes();
-        auto fd = (*ws)[r]->export_fd();
-        if (!fd) {
-          std::printf("export: %s\n", fd.status().message().c_str());
+      // One client process driving every rank, then (8 ranks) one process per
+      // rank, as serving engines run: each times its own round trips.
+      for (int32_t procs : world == 1 ? std::vector<int32_t>{1} : std::vector<int32_t>{1, world}) {
+        std::vector<Report> reps;
+        const std::string why = run_clients(*ws, world, procs, iters, &reps);
+        if (!why.empty()) {
+          std::printf("armed clients failed: %s\n", why.c_str());
+          (void)(*armed)->abort(EPD_ERR_SHUTTING_DOWN, 2000);
           return 1;
         }
-        fds.push_back(*fd);
+        const char* health = (*armed)->health() ? "" : " UNHEALTHY";
+        if (procs == 1) {
+          bench::print_line(label, world, "armed, client process, dev", Stats{reps[0].median, reps[0].mean, reps[0].p99},
+                            iters, health);
+          continue;
+        }
+        Stats slowest{0, 0, 0};  // the step waits for the slowest worker: the largest median of the processes
+        for (const Report& r : reps)
+          if (r.median > slowest.median) slowest = Stats{r.median, r.mean, r.p99};
+        bench::print_line(label, world, "armed, one client process per rank (slowest), dev", slowest, iters, health);
       }
-      const bool sent = test::send_msg(sock, &o, sizeof o, fds);
-      for (int fd : fds) ::close(fd);
-      Report rep{};
-      const bool got = sent && test::recv_msg(sock, &rep, sizeof rep, 120000);
-      const int st = test::reap(pid, 30000);
-      ::close(sock);
-      if (!got || !rep.ok || st != 0) {
-        std::printf("armed client failed (got %d, exit %d): %s\n", got, st, rep.message);
-        (void)(*armed)->abort(EPD_ERR_SHUTTING_DOWN, 2000);
-        return 1;
-      }
-      bench::print_line(label, world, "armed, client process, dev", Stats{rep.median, rep.mean, rep.p99}, iters,
-                        (*armed)->health() ? "" : " UNHEALTHY");
       const Status ab = (*armed)->abort(EPD_ERR_SHUTTING_DOWN, 2000);
       if (!ab) std::printf("abort: %s\n", ab.message().c_str());
     }
