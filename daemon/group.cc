@@ -78,16 +78,29 @@ void Group::fail_slot(int32_t slot, const Status& st) {
   for (auto& p : members_) {
     if (!p || !p->joined) continue;
     Member::SlotState& ss = p->slots[static_cast<size_t>(slot)];
-    if (!ss.owe_peer_lost) p->peer_lost_msg = st.message();  // an owed report keeps its first cause
+    using Owed = Member::SlotState::Owed;
+    if (ss.owed == Owed::kNone) p->peer_lost_msg = st.message();  // an owed report keeps its first cause
     if (!rv.in_flight && rv.rung[static_cast<size_t>(p->rank)]) {
       notify(*p, slot, rv.op, ss.seq, st);
-      ss.owe_peer_lost = false;
+      ss.owed = Owed::kNone;
     } else {
-      ss.owe_peer_lost = true;
+      // The phase before the reset says whether a pair is open: kDispatched
+      // (its dispatch done or running), else idle (a running combine already
+      // set it idle at submit: that pair completes).
+      const bool open = ss.phase != Phase::kIdle || ss.owed == Owed::kNextOp;
+      ss.owed = open ? Owed::kNextOp : Owed::kUntilWhole;
     }
     ss.phase = Phase::kIdle;
   }
   if (!rv.in_flight) clear_rendezvous(slot);
+}
+
+void Group::forgive_idle_slots() {
+  for (auto& p : members_) {
+    if (!p || !p->joined) continue;
+    for (Member::SlotState& ss : p->slots)
+      if (ss.owed == Member::SlotState::Owed::kUntilWhole) ss.owed = Member::SlotState::Owed::kNone;
+  }
 }
 
 void Group::clear_rendezvous(int32_t slot) {

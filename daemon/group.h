@@ -63,7 +63,16 @@ struct Member {
     Phase phase = Phase::kIdle;
     uint32_t seq = 0;           // sequence of the rung op
     uint32_t mode = 0;          // weight mode of a rung combine
-    bool owe_peer_lost = false; // report PEER_LOST on the next op of this slot
+    // PEER_LOST owed to this member's next op on the slot, for a rank lost
+    // while that op was not rung yet. kNextOp: the member's dispatch/combine
+    // pair was open on the slot (its dispatch had run with the lost rank), so
+    // the pair can never complete, whenever its next op comes. kUntilWhole:
+    // the slot was idle; only an op rung while the group is still incomplete
+    // gets it, and the re-join that makes the group whole again clears it
+    // (Group::forgive_idle_slots), so a survivor's next step after the
+    // re-join works on every slot.
+    enum class Owed : uint8_t { kNone, kUntilWhole, kNextOp };
+    Owed owed = Owed::kNone;
   };
   std::array<SlotState, EPD_MAX_SLOTS> slots;
   std::string peer_lost_msg;
@@ -129,6 +138,10 @@ class Group {
   // to its next op on the slot. Ends the slot's rendezvous unless it is running.
   // Control thread only.
   void fail_slot(int32_t slot, const Status& st);
+  // The group is whole again (every lost rank re-joined): the PEER_LOST owed
+  // on slots that were idle at the loss (Owed::kUntilWhole) is dropped; what
+  // open pairs owe (kNextOp) stays. Control thread only.
+  void forgive_idle_slots();
   int32_t in_flight() const;
 
   using Target = RankTarget;

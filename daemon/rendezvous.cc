@@ -63,7 +63,7 @@ Status Rendezvous::init() {
       return make_status(st.code(), "config group '%s': %s", spec.name.c_str(), st.message().c_str());
     if (groups_.count(spec.name))
       return make_status(EPD_ERR_INVALID_SPEC, "config declares group '%s' twice", spec.name.c_str());
-    auto g = create_group(spec, nullptr);
+    auto g = create_group(spec, nullptr, false);
     if (!g) return make_status(g.status().code(), "config group '%s': %s", spec.name.c_str(), g.status().message().c_str());
     g.value()->pinned = true;
     if (auto a = config_.group_access.find(spec.name); a != config_.group_access.end()) {
@@ -75,6 +75,7 @@ Status Rendezvous::init() {
 }
 
 Rendezvous::~Rendezvous() {
+  pending_.clear();
   groups_.clear();
   retired_.clear();
   cluster_.reset();
@@ -82,7 +83,7 @@ Rendezvous::~Rendezvous() {
     if (fd >= 0) close(fd);
 }
 
-Result<Group*> Rendezvous::create_group(const GroupSpec& spec, const Session* creator) {
+Result<Group*> Rendezvous::create_group(const GroupSpec& spec, const Session* creator, bool pending) {
   // Quotas are checked on the layout's bytes before anything is allocated.
   const GroupLayout layout = GroupLayout::compute(spec);
   if (creator) EPD_RETURN_IF_ERROR(check_quota(spec.name, creator->uid, layout.total_bytes));
@@ -118,9 +119,11 @@ Result<Group*> Rendezvous::create_group(const GroupSpec& spec, const Session* cr
     u.groups += 1;
     u.workspace_bytes += raw->charged_bytes;
   }
-  groups_.emplace(spec.name, std::move(g.value()));
+  (pending ? pending_ : groups_).emplace(spec.name, std::move(g.value()));
   log_message(LogLevel::kInfo, ctx,
-              "group created: generation " + std::to_string(spec.generation) + ", world_size " +
+              std::string(pending ? "next generation created (the running one stays until it is complete)"
+                                  : "group created") +
+                  ": generation " + std::to_string(spec.generation) + ", world_size " +
                   std::to_string(spec.world_size) + ", " + raw->backend().kind() + " backend (" +
                   raw->backend().created_line() + "), host workspace " + std::to_string(raw->workspace().size()) +
                   " bytes");
@@ -128,8 +131,9 @@ Result<Group*> Rendezvous::create_group(const GroupSpec& spec, const Session* cr
 }
 
 Group* Rendezvous::group_by_id(uint64_t id) {
-  for (auto& [n, g] : groups_)
-    if (g->id() == id) return g.get();
+  for (auto* map : {&groups_, &pending_})
+    for (auto& [n, g] : *map)
+      if (g->id() == id) return g.get();
   for (auto& g : retired_)
     if (g->id() == id) return g.get();
   return nullptr;
@@ -138,53 +142,15 @@ Group* Rendezvous::group_by_id(uint64_t id) {
 Status Rendezvous::join(Session& s, uint32_t index, GroupSpec spec, uint64_t rid) {
   EPD_RETURN_IF_ERROR(check_placement(spec));
   if (auto devices = gpu_devices_of(spec); !devices) return devices.status();
-  auto it = groups_.find(spec.name);
-  bool inherit = false;  // a declared group's new generation stays declared (same access)
-  uint32_t old_owner = 0;
-  std::vector<uint32_t> old_uids, old_gids;
-  if (it != groups_.end()) {
-    Group& g = *it->second;
-    if (!may_use(g, s)) return not_owner(g, s, "join");
-    if (spec.generation > g.spec().generation && g.pinned && !s.admin)
-      return make_status(EPD_ERR_NOT_OWNER,
-                         "group '%s' is declared in the config: uid %u may not retire its generation %llu "
-                         "(only root%s%s may)",
-                         spec.name.c_str(), s.uid, static_cast<unsigned long long>(g.spec().generation),
-                         config_.admin_group.empty() ? "" : " or members of admin group ",
-                         config_.admin_group.c_str());
-    if (spec.generation < g.spec().generation)
-      return make_status(EPD_ERR_STALE_GENERATION, "group '%s': generation %llu is older than the group's %llu",
-                         spec.name.c_str(), static_cast<unsigned long long>(spec.generation),
-                         static_cast<unsigned long long>(g.spec().generation));
-    if (spec.generation > g.spec().generation) {
-      inherit = g.pinned;
-      old_owner = g.owner_uid;
-      old_uids = g.allowed_uids;
-      old_gids = g.allowed_gids;
-      retire_group(spec.name, "replaced by generation " + std::to_string(spec.generation) + " (by uid " +
-                                  std::to_string(s.uid) + ")");
-      it = groups_.end();
-    } else {
-      if (Status st = g.spec().compare(spec); !st)
-        return make_status(st.code(), "group '%s': %s", spec.name.c_str(), st.message().c_str());
-      if (const auto& holder = g.members()[static_cast<size_t>(spec.rank)])
-        return make_status(EPD_ERR_DUPLICATE_RANK, "group '%s': rank %d is already %s by session %llu (pid %d)",
-                           spec.name.c_str(), spec.rank, holder->joined ? "joined" : "joining",
-                           static_cast<unsigned long long>(holder->session_id), holder->pid);
-    }
-  }
-  if (it == groups_.end()) {
-    auto g = create_group(spec, &s);
-    if (!g) return g.status();
-    if (inherit) {
-      g.value()->pinned = true;
-      g.value()->owner_uid = old_owner;
-      g.value()->allowed_uids = std::move(old_uids);
-      g.value()->allowed_gids = std::move(old_gids);
-    }
-    it = groups_.find(spec.name);
-  }
-  Group& g = *it->second;
+  auto target = group_for_join(s, spec);
+  if (!target) return target.status();
+  Group& g = **target;
+  if (Status st = g.spec().compare(spec); !st)
+    return make_status(st.code(), "group '%s': %s", spec.name.c_str(), st.message().c_str());
+  if (const auto& holder = g.members()[static_cast<size_t>(spec.rank)])
+    return make_status(EPD_ERR_DUPLICATE_RANK, "group '%s': rank %d is already %s by session %llu (pid %d)",
+                       spec.name.c_str(), spec.rank, holder->joined ? "joined" : "joining",
+                       static_cast<unsigned long long>(holder->session_id), holder->pid);
   auto m = std::make_shared<Member>();
   m->session = &s;
   m->shm = s.shm;
@@ -203,6 +169,80 @@ Status Rendezvous::join(Session& s, uint32_t index, GroupSpec spec, uint64_t rid
   return Status::ok();
 }
 
+// Which generation a join goes to. A newer generation than the live one is
+// assembled beside it (pending_) while the live one runs (has joined ranks),
+// and replaces it only once complete (promote_if_complete): one mis-launched
+// process cannot stop a running job. A live generation that runs nothing (a
+// declared group without members, a group still forming) is retired at once.
+Result<Group*> Rendezvous::group_for_join(const Session& s, const GroupSpec& spec) {
+  auto live_it = groups_.find(spec.name);
+  auto next_it = pending_.find(spec.name);
+  Group* live = live_it != groups_.end() ? live_it->second.get() : nullptr;
+  Group* next = next_it != pending_.end() ? next_it->second.get() : nullptr;
+  if (!live) return create_group(spec, &s, false);
+  for (Group* g : {live, next})
+    if (g && !may_use(*g, s)) return not_owner(*g, s, "join");
+  const uint64_t gen = spec.generation;
+  if (gen == live->spec().generation) return live;
+  if (next && gen == next->spec().generation) return next;
+  const uint64_t newest = next ? next->spec().generation : live->spec().generation;
+  if (gen < newest)
+    return make_status(EPD_ERR_STALE_GENERATION, "group '%s': generation %llu is older than the group's %llu%s",
+                       spec.name.c_str(), static_cast<unsigned long long>(gen),
+                       static_cast<unsigned long long>(newest), next ? " (being assembled)" : "");
+  if (live->pinned && !s.admin)
+    return make_status(EPD_ERR_NOT_OWNER,
+                       "group '%s' is declared in the config: uid %u may not retire its generation %llu "
+                       "(only root%s%s may)",
+                       spec.name.c_str(), s.uid, static_cast<unsigned long long>(live->spec().generation),
+                       config_.admin_group.empty() ? "" : " or members of admin group ", config_.admin_group.c_str());
+  const std::string by = " (by uid " + std::to_string(s.uid) + ")";
+  if (next) retire_pending(spec.name, "replaced by generation " + std::to_string(gen) + by);
+  const Access heir = access_of(*live);  // what a declared group's next generation keeps
+  if (live->joined() > 0) {
+    auto g = create_group(spec, &s, true);
+    if (g) inherit(heir, **g, false);  // pinned once it replaces the live one
+    return g;
+  }
+  retire_group(spec.name, "replaced by generation " + std::to_string(gen) + by);
+  auto g = create_group(spec, &s, false);
+  if (g) inherit(heir, **g, true);
+  return g;
+}
+
+Rendezvous::Access Rendezvous::access_of(const Group& g) {
+  return Access{g.pinned, g.owner_uid, g.allowed_uids, g.allowed_gids};
+}
+
+void Rendezvous::inherit(const Access& a, Group& to, bool pin) {
+  if (!a.pinned) return;  // a group a join created belongs to its creator
+  to.pinned = pin;
+  to.owner_uid = a.owner_uid;
+  to.allowed_uids = a.uids;
+  to.allowed_gids = a.gids;
+}
+
+void Rendezvous::promote_if_complete(Group& g) {
+  auto it = pending_.find(g.spec().name);
+  if (it == pending_.end() || it->second.get() != &g || g.joined() == 0 || g.joined() != g.present()) return;
+  std::unique_ptr<Group> next = std::move(it->second);
+  pending_.erase(it);
+  const std::string name = g.spec().name;
+  if (auto live = groups_.find(name); live != groups_.end()) {
+    inherit(access_of(*live->second), g, true);
+    retire_group(name, "replaced by generation " + std::to_string(g.spec().generation) + ", now complete");
+  }
+  groups_.emplace(name, std::move(next));
+}
+
+void Rendezvous::retire_pending(const std::string& name, const std::string& why) {
+  auto it = pending_.find(name);
+  if (it == pending_.end()) return;
+  std::unique_ptr<Group> g = std::move(it->second);
+  pending_.erase(it);
+  retire(std::move(g), why);
+}
+
 void Rendezvous::complete_join(Member& m) {
   Group& g = *m.group;
   auto ex = g.backend().export_rank(m.rank, g.workspace());
@@ -218,6 +258,7 @@ void Rendezvous::complete_join(Member& m) {
   auto& lost = g.lost()[static_cast<size_t>(m.rank)];
   const bool rejoin = lost.lost;
   lost = Group::LostRank{};
+  if (rejoin) forgive_if_whole(g);
   log_message(LogLevel::kInfo, LogContext{g.spec().name, m.rank, m.session_id, m.pid},
               rejoin ? "rank re-joined" : "rank joined");
   proto::JoinReply r;
@@ -229,6 +270,12 @@ void Rendezvous::complete_join(Member& m) {
   r.gpu_mapped_bytes = ex->gpu_mapped_bytes;
   if (m.session) sink_.send(*m.session, proto::encode(r, m.join_request), {ex->fd});
   else close(ex->fd);
+}
+
+void Rendezvous::forgive_if_whole(Group& g) {
+  for (const Group::LostRank& l : g.lost())
+    if (l.lost) return;
+  if (missing_ranks(g).empty()) g.forgive_idle_slots();
 }
 
 void Rendezvous::reply_join_error(Member& m, const Status& st) {
@@ -293,6 +340,11 @@ void Rendezvous::retire_group(const std::string& name, const std::string& why) {
   if (it == groups_.end()) return;
   std::unique_ptr<Group> g = std::move(it->second);
   groups_.erase(it);
+  retire(std::move(g), why);
+}
+
+void Rendezvous::retire(std::unique_ptr<Group> g, const std::string& why) {
+  const std::string name = g->spec().name;
   g->closed = true;
   log_message(LogLevel::kInfo, LogContext{name, -1, 0, -1},
               "group generation " + std::to_string(g->spec().generation) + " closed: " + why);
@@ -323,7 +375,21 @@ void Rendezvous::maybe_destroy_group(Group* g) {
     if (it->second.get() == g) {
       log_message(LogLevel::kInfo, LogContext{g->spec().name, -1, 0, -1}, "group destroyed: no members left");
       forget();
+      const std::string name = it->first;
       groups_.erase(it);  // joins the idle worker
+      // A newer generation being assembled becomes the live one: nothing runs to protect.
+      if (auto next = pending_.find(name); next != pending_.end()) {
+        groups_.emplace(name, std::move(next->second));
+        pending_.erase(next);
+      }
+      return;
+    }
+  for (auto it = pending_.begin(); it != pending_.end(); ++it)
+    if (it->second.get() == g) {
+      log_message(LogLevel::kInfo, LogContext{g->spec().name, -1, 0, -1},
+                  "generation " + std::to_string(g->spec().generation) + " destroyed before it was complete");
+      forget();
+      pending_.erase(it);
       return;
     }
   for (auto it = retired_.begin(); it != retired_.end(); ++it)
@@ -364,8 +430,9 @@ bool Rendezvous::may_use(const Group& g, const Session& s) const {
 }
 
 bool Rendezvous::may_see_group(uint64_t group_id, const Session& s) const {
-  for (const auto& [n, g] : groups_)
-    if (g->id() == group_id) return may_use(*g, s);
+  for (const auto* map : {&groups_, &pending_})
+    for (const auto& [n, g] : *map)
+      if (g->id() == group_id) return may_use(*g, s);
   for (const auto& g : retired_)
     if (g->id() == group_id) return may_use(*g, s);
   return false;
@@ -468,11 +535,15 @@ void Rendezvous::on_timers(int64_t now) {
     expire_joins(*g, now, expired);
     expire_slots(*g, now);
   }
+  for (auto& [name, g] : pending_) expire_joins(*g, now, expired);
   for (auto& m : expired) remove_member(m, "join timed out");
 }
 
 int64_t Rendezvous::next_deadline_ns(int64_t limit) const {
   int64_t next = limit;
+  for (const auto& [n, gp] : pending_)
+    for (const auto& m : gp->members())
+      if (m && !m->joined) next = std::min(next, m->join_deadline_ns);
   for (const auto& [n, gp] : groups_) {
     Group& g = *gp;
     for (const auto& m : g.members())
@@ -495,6 +566,7 @@ void Rendezvous::begin_shutdown(const Status& st) {
       if (!g.rendezvous(slot).in_flight) fail_pending(g, slot, st, Phase::kIdle);
   };
   for (auto& [n, g] : groups_) drain(*g);
+  for (auto& [n, g] : pending_) drain(*g);
   for (auto& g : retired_) drain(*g);
 }
 

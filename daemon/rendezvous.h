@@ -90,7 +90,21 @@ class Rendezvous {
   Status init();
   // creator: the session whose join creates it (owner, quotas); null for a
   // group declared in the config.
-  Result<Group*> create_group(const GroupSpec& spec, const Session* creator);
+  // pending: a newer generation assembled beside the running one (pending_).
+  Result<Group*> create_group(const GroupSpec& spec, const Session* creator, bool pending);
+  // The group (live, or a newer generation being assembled) a JOIN of spec
+  // goes to, created or replaced as its generation asks; or the refusal.
+  Result<Group*> group_for_join(const Session& s, const GroupSpec& spec);
+  // What a declared group's next generation keeps (pinned, owner, allowed ids).
+  struct Access {
+    bool pinned = false;
+    uint32_t owner_uid = 0;
+    std::vector<uint32_t> uids, gids;
+  };
+  static Access access_of(const Group& g);
+  static void inherit(const Access& a, Group& to, bool pin);
+  // A pending generation whose ranks all joined replaces the live one.
+  void promote_if_complete(Group& g);
   bool may_use(const Group& g, const Session& s) const;
   Status not_owner(const Group& g, const Session& s, const char* what) const;
   Status check_quota(const std::string& name, uint32_t uid, uint64_t bytes) const;
@@ -101,7 +115,12 @@ class Rendezvous {
   // joins and members
   void complete_join(Member& m);
   void reply_join_error(Member& m, const Status& st);
-  void retire_group(const std::string& name, const std::string& why);
+  // A lost rank came back: once none is lost and every rank is present, the
+  // PEER_LOST owed on slots that were idle at the loss is dropped.
+  void forgive_if_whole(Group& g);
+  void retire_group(const std::string& name, const std::string& why);  // the live generation
+  void retire_pending(const std::string& name, const std::string& why);
+  void retire(std::unique_ptr<Group> g, const std::string& why);
   void maybe_destroy_group(Group* g);
 
   // slots
@@ -144,6 +163,9 @@ class Rendezvous {
   std::map<uint32_t, Usage> usage_;  // per uid, groups a join created
   Usage total_;
   std::map<std::string, std::unique_ptr<Group>> groups_;  // live groups by name
+  // A newer generation of a live group that runs, by name, until all its
+  // ranks joined (then it replaces the live one) or its joins expire.
+  std::map<std::string, std::unique_ptr<Group>> pending_;
   std::vector<std::unique_ptr<Group>> retired_;           // replaced, still holding members
 
   std::unique_ptr<cluster::ClusterLink> cluster_;        // null: single node

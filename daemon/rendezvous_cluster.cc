@@ -65,6 +65,7 @@ Status Rendezvous::init_cluster() {
   t.node_id = c.node_id;
   t.listen_address = c.listen_address;
   t.cluster_secret = c.cluster_secret;
+  t.cluster_secret_file = c.config_file;  // the secret comes from the config file: checked at start
   for (size_t i = 0; i < c.peers.size(); ++i)
     if (i != c.node_id) t.peers[static_cast<transport::NodeId>(i)] = c.peers[i];
   t.log = [](transport::LogSeverity sev, const std::string& msg) {
@@ -169,6 +170,7 @@ void Rendezvous::maybe_complete_joins(Group& g) {
   if (!*proceed) return;
   for (auto& m : g.members())
     if (m && !m->joined) complete_join(*m);
+  promote_if_complete(g);
 }
 
 bool Rendezvous::ship_if_ready(Group& g, int32_t slot) {
@@ -230,8 +232,10 @@ void Rendezvous::apply_arrivals(Group& g, int32_t slot) {
 
 void Rendezvous::on_cluster_events() {
   for (const cluster::Event& e : cluster_->take_events()) {
-    auto it = groups_.find(e.group);
-    Group* g = it != groups_.end() && it->second->spec().generation == e.generation ? it->second.get() : nullptr;
+    Group* g = nullptr;  // the live generation, or a newer one being assembled
+    for (auto* map : {&groups_, &pending_})
+      if (auto it = map->find(e.group); it != map->end() && it->second->spec().generation == e.generation)
+        g = it->second.get();
     switch (e.kind) {
       case cluster::Event::Kind::kArrival:
         if (g) apply_arrivals(*g, e.slot);
@@ -256,12 +260,13 @@ void Rendezvous::on_peer_state(const cluster::Event& e) {
     log_message(LogLevel::kWarn, "cluster: node " + std::to_string(e.node) + " lost: " + e.status.to_string());
   }
   std::vector<Group*> affected;
-  for (auto& [name, gp] : groups_)
-    for (const epd_placement_t& p : gp->spec().placement)
-      if (p.node == static_cast<int32_t>(e.node)) {
-        affected.push_back(gp.get());
-        break;
-      }
+  for (auto* map : {&groups_, &pending_})
+    for (auto& [name, gp] : *map)
+      for (const epd_placement_t& p : gp->spec().placement)
+        if (p.node == static_cast<int32_t>(e.node)) {
+          affected.push_back(gp.get());
+          break;
+        }
   for (Group* a : affected) on_remote_state(*a, e.status.is_ok() ? -1 : static_cast<int64_t>(e.node), e.status.message());
 }
 
@@ -275,10 +280,15 @@ void Rendezvous::on_remote_state(Group& g, int64_t gone_node, const std::string&
   std::vector<uint8_t>& seen = remote_seen_[g.id()];
   seen.resize(present.size(), 0);
   std::vector<int32_t> lost;
+  bool back = false;
   for (size_t r = 0; r < present.size(); ++r) {
     if (seen[r] && !present[r]) lost.push_back(static_cast<int32_t>(r));
-    if (present[r] && g.lost()[r].lost && !is_local(g, static_cast<int32_t>(r))) g.lost()[r] = Group::LostRank{};
+    if (present[r] && g.lost()[r].lost && !is_local(g, static_cast<int32_t>(r))) {
+      g.lost()[r] = Group::LostRank{};
+      back = true;
+    }
   }
+  if (back) forgive_if_whole(g);
   seen = present;
   if (!lost.empty() && g.joined() > 0) {
     std::map<int32_t, std::vector<int32_t>> by_node;  // one message (and one decision) per node

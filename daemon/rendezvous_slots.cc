@@ -39,7 +39,7 @@ void Rendezvous::scan_doorbells(Member& m) {
         publish(*m.shm, m.index, slot, b.op, b.now,
                 make_status(EPD_ERR_PROTOCOL, "%s doorbell of slot %d jumped to %u (expected %u)", op_name(b.op), slot,
                             b.now, expect));
-        break;  // the next scan reads the rest
+        continue;  // the other doorbell is read now: nothing may rely on a later scan
       }
       if (Status st = g.backend().accept_host_ring(); !st) {
         g.notify(m, slot, b.op, b.now, st);
@@ -73,14 +73,16 @@ void Rendezvous::on_ring(Member& m, int32_t slot, Op op, uint32_t seq, uint32_t 
   if (g.closed)
     return refuse(make_status(EPD_ERR_GROUP_CLOSED, "group '%s' generation %llu was replaced by a newer generation",
                               g.spec().name.c_str(), static_cast<unsigned long long>(g.spec().generation)));
-  if (ss.owe_peer_lost) {
-    ss.owe_peer_lost = false;
+  if (ss.owed != Member::SlotState::Owed::kNone) {  // a loss before this op: see Member::SlotState::Owed
+    ss.owed = Member::SlotState::Owed::kNone;
     ss.phase = Phase::kIdle;
     return refuse(Status(EPD_ERR_PEER_LOST, m.peer_lost_msg));
   }
   if (op == Op::kDispatch && ss.phase != Phase::kIdle)
     return refuse(make_status(EPD_ERR_SLOT_BUSY, "dispatch on slot %d while its previous %s is not finished", slot,
                               ss.phase == Phase::kDispatched ? "dispatch has no combine" : "operation"));
+  if (op == Op::kCombine && ss.phase == Phase::kCombineRung)
+    return refuse(make_status(EPD_ERR_SLOT_BUSY, "combine on slot %d while this dispatch's combine is pending", slot));
   if (op == Op::kCombine && ss.phase != Phase::kDispatched)
     return refuse(make_status(EPD_ERR_NO_DISPATCH, "combine on slot %d without a finished dispatch", slot));
   if (op == Op::kCombine && mode > EPD_WEIGHTS_ONES)

@@ -165,6 +165,13 @@ void Server::on_leave(Session& s, const proto::Frame& f) {
                               rid),
                 {});
   std::shared_ptr<Member> m = s.members[l->member_index];
+  if (!m->joined) {  // its JOIN is still pending: answer it too, no request goes unanswered
+    proto::JoinReply r;
+    r.status = EPD_ERR_NOT_JOINED;
+    r.message = "join of rank " + std::to_string(m->rank) + " withdrawn by a LEAVE of member index " +
+                std::to_string(l->member_index) + " before the group was complete";
+    send(s, proto::encode(r, m->join_request), {});
+  }
   rendezvous_->remove_member(m, "rank " + std::to_string(m->rank) + " left the group (pid " + std::to_string(s.pid) + ")");
   send(s, proto::encode(proto::MsgType::kLeaveReply, proto::Reply{EPD_OK, ""}, rid), {});
 }

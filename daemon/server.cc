@@ -36,6 +36,9 @@ constexpr size_t kMaxOutQueue = 64;  // records queued for a client that does no
 // stays queued, so the listening socket stays readable; it is unwatched this long.
 constexpr int64_t kAcceptBackoffNs = 100 * 1000000LL;
 constexpr int64_t kAcceptLogIntervalNs = 1000 * 1000000LL;  // one accept error line a second at most
+// At the fd limit, queued connections answered with an ERROR per back-off
+// (through the spare descriptor): a full backlog (128) is answered in ~3 s.
+constexpr int kRefusalsPerBackoff = 4;
 // SIGTERM: pending joins and rendezvous fail at once; running ops get this long.
 // Below the unit's TimeoutStopSec= (30 s), so systemd never has to SIGKILL.
 constexpr int64_t kShutdownGraceNs = 10 * 1000000000LL;
@@ -46,6 +49,19 @@ Status epoll_add(int ep, int fd, uint32_t events, uint64_t data) {
   ev.data.u64 = data;
   if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) return errno_status("epoll_ctl(ADD)", errno);
   return Status::ok();
+}
+
+// Sends a refusal (an ERROR with request id 0) on a connection it then closes.
+// What the client already sent (its HELLO) is read first: closing a Unix
+// socket with unread data resets the connection, and the client would get
+// ECONNRESET instead of the refusal.
+void refuse_connection(int fd, const Status& st) {
+  (void)proto::send_record(fd, proto::encode(proto::MsgType::kError, proto::Reply{st.code(), st.message()}, 0),
+                           nullptr, 0, true);
+  char sink[256];
+  for (int i = 0; i < 8 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; ++i) {
+  }
+  close(fd);
 }
 
 void drain_eventfd(int fd) {
@@ -69,6 +85,8 @@ Status Server::init() {
   if (epfd_ < 0) return errno_status("epoll_create1", errno);
   stop_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (stop_fd_ < 0) return errno_status("eventfd", errno);
+  spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (spare_fd_ < 0) return errno_status("open(/dev/null)", errno);
   EPD_RETURN_IF_ERROR(epoll_add(epfd_, stop_fd_, EPOLLIN, tag(kStop)));
   if (opts_.handle_signals) EPD_RETURN_IF_ERROR(init_signals());
   // After the signal mask: the CUDA driver's own threads, started here,
@@ -182,7 +200,7 @@ Status Server::init_listen_socket() {
 Server::~Server() {
   sessions_.clear();
   rendezvous_.reset();
-  for (int fd : {epfd_, signal_fd_, stop_fd_})
+  for (int fd : {epfd_, signal_fd_, stop_fd_, spare_fd_})
     if (fd >= 0) close(fd);
   if (listen_fd_ >= 0) close(listen_fd_);
   if (own_socket_path_) unlink(opts_.config.socket_path.c_str());
@@ -293,7 +311,10 @@ void Server::on_accept() {
     if (fd < 0) {
       const int err = errno;
       if (err == EINTR || err == ECONNABORTED) continue;
-      if (err != EAGAIN && err != EWOULDBLOCK) pause_accepting(err, shm::monotonic_ns());
+      if (err != EAGAIN && err != EWOULDBLOCK) {
+        if (err == EMFILE || err == ENFILE) refuse_at_fd_limit(err);
+        pause_accepting(err, shm::monotonic_ns());
+      }
       return;
     }
     ucred cred{};
@@ -311,9 +332,7 @@ void Server::on_accept() {
     s->connected_ns = shm::monotonic_ns();
     if (const Status refuse = refusal_for(cred.uid); !refuse) {
       log_message(LogLevel::kWarn, LogContext{"", -1, s->id, s->pid}, "refused connection: " + refuse.message());
-      (void)proto::send_record(fd, proto::encode(proto::MsgType::kError, proto::Reply{refuse.code(), refuse.message()}, 0),
-                               nullptr, 0, true);
-      close(fd);
+      refuse_connection(fd, refuse);
       continue;
     }
     if (!epoll_add(epfd_, fd, EPOLLIN | EPOLLRDHUP, tag(kSession, s->id))) {
@@ -345,6 +364,22 @@ void Server::pause_accepting(int err, int64_t now) {
   log_message(LogLevel::kWarn, line);
   accept_errors_suppressed_ = 0;
   accept_log_next_ns_ = now + kAcceptLogIntervalNs;
+}
+
+void Server::refuse_at_fd_limit(int err) {
+  // The spare descriptor makes room for one connection at a time: accept it,
+  // tell the client why it cannot be served, close it, take the spare back.
+  for (int i = 0; i < kRefusalsPerBackoff && spare_fd_ >= 0; ++i) {
+    close(spare_fd_);
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0)
+      refuse_connection(fd, make_status(EPD_ERR_SYSTEM,
+                                        "epd is at its file descriptor limit (%s, %zu sessions): this connection is "
+                                        "refused; retry once other clients close, or raise LimitNOFILE=",
+                                        strerror(err), sessions_.size()));
+    spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) break;  // nothing queued, or the freed slot was taken meanwhile
+  }
 }
 
 void Server::resume_accepting() {

@@ -14,7 +14,9 @@
 // unlinked; nor is a path another live daemon still listens on: start-up
 // fails naming it). A full fd table never makes the loop spin: the listening
 // socket is unwatched for kAcceptBackoffNs and its errors are logged at most
-// once a second. Shutdown is bounded: kShutdownGraceNs after SIGTERM the loop
+// once a second; a spare descriptor held for the purpose lets it answer a few
+// queued connections per back-off with an ERROR naming the limit, so their
+// clients get a refusal instead of silence. Shutdown is bounded: kShutdownGraceNs after SIGTERM the loop
 // stops even with operations still running (with a warning).
 // Thread-safety: run() on one thread; request_stop() from any
 // thread or a signal handler context via SIGTERM (handled through a signalfd).
@@ -68,6 +70,7 @@ class Server final : public SessionSink {
   void on_accept();
   void pause_accepting(int err, int64_t now);  // accept4 failed with err: back off, log (rate-limited)
   void resume_accepting();                     // the back-off has passed: watch the listening socket again
+  void refuse_at_fd_limit(int err);            // answer queued connections with an ERROR through the spare fd
   Status refusal_for(uint32_t uid) const;
   void on_session_io(uint64_t sid, uint32_t events);
   void on_doorbell(uint64_t sid);
@@ -92,6 +95,7 @@ class Server final : public SessionSink {
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<Rendezvous> rendezvous_;
   int epfd_ = -1, listen_fd_ = -1, signal_fd_ = -1, stop_fd_ = -1;
+  int spare_fd_ = -1;  // /dev/null, closed to accept (and refuse) a connection at the fd limit
   bool own_socket_path_ = false;
   bool shutting_down_ = false;
   std::string stop_reason_ = "no stop requested";  // what began the shutdown, for the stop line

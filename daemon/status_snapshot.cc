@@ -66,6 +66,7 @@ StatusSnapshot Server::snapshot() const {
 void Rendezvous::fill_snapshot(StatusSnapshot& s) const {
   if (cluster_) s.cluster_threads = cluster_thread_rows(cluster_->pinning(), cluster_->proxy_threads());
   for (const auto& [n, g] : groups_) add_group_rows(*g, s);
+  for (const auto& [n, g] : pending_) add_group_rows(*g, s);  // a newer generation being assembled
   for (const auto& g : retired_) add_group_rows(*g, s);
   s.limits.total_groups = total_.groups;
   s.limits.total_workspace_bytes = total_.workspace_bytes;

@@ -65,6 +65,9 @@ Result<proto::Received> Connection::call(const std::vector<uint8_t>& rec, uint64
       continue;
     }
     if (f->header.request_id != rid) {
+      // Request id 0 is the daemon refusing the connection itself (at accept:
+      // max_sessions, its fd limit): the answer to whatever was asked.
+      if (f->header.type == proto::MsgType::kError && f->header.request_id == 0) return rx;
       for (int fd : rx.fds) close(fd);
       continue;  // a late answer to a request that timed out
     }
@@ -183,6 +186,122 @@ Status wait_seq(epd_group_impl& g, uint32_t* word, uint32_t seq, uint32_t* waite
   }
 }
 
+// The deadline of epd_client_connect (epd.h): $EPD_CONNECT_TIMEOUT_MS, else
+// 5 s, for connecting and the HELLO reply together.
+constexpr uint32_t kConnectTimeoutDefaultMs = 5000;
+Result<uint32_t> connect_timeout_ms() {
+  const char* env = getenv("EPD_CONNECT_TIMEOUT_MS");
+  if (!env || !*env) return kConnectTimeoutDefaultMs;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(env, &end, 10);
+  if (errno != 0 || !end || *end || *env == '-' || v < 1 || v > 3600000)
+    return make_status(EPD_ERR_INVALID_ARGUMENT,
+                       "EPD_CONNECT_TIMEOUT_MS = '%s' is not a number of milliseconds in [1, 3600000]", env);
+  return static_cast<uint32_t>(v);
+}
+
+// A connected socket to `path`, within limit_ms (a daemon whose listen
+// backlog is full keeps connect() waiting).
+Result<std::shared_ptr<Connection>> dial(const char* path, uint32_t limit_ms) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof addr.sun_path)
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "socket path '%s' is longer than %zu bytes", path,
+                       sizeof addr.sun_path - 1);
+  std::strcpy(addr.sun_path, path);
+  auto conn = std::make_shared<Connection>();
+  conn->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (conn->sock < 0) return epd::errno_status("socket(AF_UNIX, SOCK_SEQPACKET)", errno);
+  const timeval connect_limit{static_cast<time_t>(limit_ms / 1000), static_cast<suseconds_t>(limit_ms % 1000) * 1000};
+  setsockopt(conn->sock, SOL_SOCKET, SO_SNDTIMEO, &connect_limit, sizeof connect_limit);
+  if (connect(conn->sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    const int e = errno;
+    if (e == EAGAIN || e == ETIMEDOUT || e == EINPROGRESS)
+      return make_status(EPD_ERR_TIMEOUT,
+                         "connect(%s): the daemon did not accept the connection within %u ms (its listen backlog is "
+                         "full: it is saturated); EPD_CONNECT_TIMEOUT_MS sets this wait",
+                         path, limit_ms);
+    return make_status(e == EACCES ? EPD_ERR_PERMISSION : EPD_ERR_DAEMON_LOST, "connect(%s): %s", path, strerror(e));
+  }
+  // Requests are small; a send that cannot complete in 10 s means a daemon that does not read.
+  const timeval send_limit{10, 0};
+  setsockopt(conn->sock, SOL_SOCKET, SO_SNDTIMEO, &send_limit, sizeof send_limit);
+  return conn;
+}
+
+// Maps the session block the HELLO reply carries (fds: the block, the doorbell).
+Status map_session_block(Connection& conn, const proto::HelloReply& hr, std::vector<int>& fds) {
+  struct stat sb;
+  if (fstat(fds[0], &sb) != 0 || static_cast<uint64_t>(sb.st_size) < shm::kTotalBytes || hr.shm_bytes != shm::kTotalBytes) {
+    close_all(fds);
+    return make_status(EPD_ERR_PROTOCOL, "session block of %u bytes, this library expects %u (layout version %u)",
+                       hr.shm_bytes, shm::kTotalBytes, shm::kLayoutVersion);
+  }
+  void* p = mmap(nullptr, shm::kTotalBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+  close(fds[0]);
+  conn.doorbell = fds[1];
+  fds.clear();
+  if (p == MAP_FAILED) return epd::errno_status("mmap(session block)", errno);
+  conn.shm = p;
+  const shm::Header* hdr = shm::header(p);
+  if (hdr->magic != shm::kMagic || hdr->layout_version != shm::kLayoutVersion ||
+      hdr->membership_offset != shm::kMembershipOffset || hdr->membership_stride != sizeof(shm::Membership) ||
+      hdr->max_memberships != shm::kMaxMemberships)
+    return make_status(EPD_ERR_VERSION_MISMATCH, "session block layout version %u (magic 0x%08x), this library speaks %u",
+                       hdr->layout_version, hdr->magic, shm::kLayoutVersion);
+  return Status::ok();
+}
+
+// HELLO and its reply by `deadline` (the connect deadline of limit_ms).
+Status hello(Connection& conn, const char* path, uint32_t limit_ms, int64_t deadline) {
+  proto::Hello h;
+  h.client_pid = static_cast<uint32_t>(getpid());
+  h.client_name = "libepd-client";
+  const uint64_t rid = conn.next_rid++;
+  const int64_t left = std::max<int64_t>(deadline - epd::shm::monotonic_ns(), 1);
+  auto rx = conn.call(proto::encode(h, rid), rid, left);
+  if (!rx && rx.status().code() == EPD_ERR_TIMEOUT)
+    return make_status(EPD_ERR_TIMEOUT,
+                       "connect(%s): the daemon accepted the connection but did not answer HELLO within %u ms "
+                       "(saturated or stopped); EPD_CONNECT_TIMEOUT_MS sets this wait",
+                       path, limit_ms);
+  if (!rx) return rx.status();
+  auto f = proto::decode_frame(rx->data.data(), rx->data.size());
+  Status st = f ? error_of(*f) : f.status();
+  Result<proto::HelloReply> hr = st ? proto::decode_hello_reply(*f) : Result<proto::HelloReply>(st);
+  if (!hr || hr->status != EPD_OK || rx->fds.size() != 2) {
+    close_all(rx->fds);
+    if (!hr) return hr.status();
+    return hr->status != EPD_OK ? Status(static_cast<epd_status_t>(hr->status), hr->message)
+                                : make_status(EPD_ERR_PROTOCOL, "HELLO_REPLY carried %zu file descriptors, expected 2",
+                                              rx->fds.size());
+  }
+  EPD_RETURN_IF_ERROR(map_session_block(conn, *hr, rx->fds));
+  conn.hello = std::move(hr.value());
+  return Status::ok();
+}
+
+// Whether a combine may follow on a slot in phase `ph`; else the status that
+// says what is out of order: a second combine for one dispatch is SLOT_BUSY
+// while the first is in flight, NO_DISPATCH once the slot is idle again.
+Status combine_order(Phase ph, int32_t slot) {
+  switch (ph) {
+    case Phase::kDispatched: return Status::ok();
+    case Phase::kCombining:
+      return make_status(EPD_ERR_SLOT_BUSY,
+                         "combine on slot %d: this dispatch's combine is already in flight (combine_wait for it first)",
+                         slot);
+    case Phase::kDispatching:
+      return make_status(EPD_ERR_NO_DISPATCH, "combine on slot %d before its dispatch_wait returned", slot);
+    case Phase::kIdle: break;
+  }
+  return make_status(EPD_ERR_NO_DISPATCH,
+                     "combine on slot %d without a dispatch: the slot is idle (no dispatch since its last combine, "
+                     "or that dispatch failed)",
+                     slot);
+}
+
 }  // namespace
 
 
@@ -190,66 +309,17 @@ extern "C" {
 
 EPD_API epd_status_t epd_client_connect(const char* socket_path, epd_client_t** out) {
   return guarded([&]() -> epd_status_t {
-    auto fail = [](const Status& st) { return fail_without_handle(st); };
-    if (!out) return fail(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL"));
+    if (!out) return fail_without_handle(make_status(EPD_ERR_INVALID_ARGUMENT, "out is NULL"));
     const char* path = socket_path ? socket_path : getenv("EPD_SOCKET");
     if (!path || !*path) path = EPD_DEFAULT_SOCKET;
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof addr.sun_path)
-      return fail(make_status(EPD_ERR_INVALID_ARGUMENT, "socket path '%s' is longer than %zu bytes", path,
-                              sizeof addr.sun_path - 1));
-    std::strcpy(addr.sun_path, path);
-    auto conn = std::make_shared<Connection>();
-    conn->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    if (conn->sock < 0) return fail(epd::errno_status("socket(AF_UNIX, SOCK_SEQPACKET)", errno));
-    // Requests are small; a send that cannot complete in 10 s means a daemon that does not read.
-    const timeval send_limit{10, 0};
-    setsockopt(conn->sock, SOL_SOCKET, SO_SNDTIMEO, &send_limit, sizeof send_limit);
-    if (connect(conn->sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-      const int e = errno;
-      return fail(make_status(e == EACCES ? EPD_ERR_PERMISSION : EPD_ERR_DAEMON_LOST, "connect(%s): %s", path, strerror(e)));
-    }
-    proto::Hello h;
-    h.client_pid = static_cast<uint32_t>(getpid());
-    h.client_name = "libepd-client";
-    const uint64_t rid = conn->next_rid++;
-    auto rx = conn->call(proto::encode(h, rid), rid, kRequestNs);
-    if (!rx) return fail(rx.status());
-    auto f = proto::decode_frame(rx->data.data(), rx->data.size());
-    Status st = f ? error_of(*f) : f.status();
-    Result<proto::HelloReply> hr = st ? proto::decode_hello_reply(*f) : Result<proto::HelloReply>(st);
-    if (!hr) {
-      close_all(rx->fds);
-      return fail(hr.status());
-    }
-    if (hr->status != EPD_OK || rx->fds.size() != 2) {
-      close_all(rx->fds);
-      return fail(hr->status != EPD_OK ? Status(static_cast<epd_status_t>(hr->status), hr->message)
-                                       : make_status(EPD_ERR_PROTOCOL, "HELLO_REPLY carried %zu file descriptors, expected 2",
-                                                     rx->fds.size()));
-    }
-    struct stat sb;
-    if (fstat(rx->fds[0], &sb) != 0 || static_cast<uint64_t>(sb.st_size) < shm::kTotalBytes ||
-        hr->shm_bytes != shm::kTotalBytes) {
-      close_all(rx->fds);
-      return fail(make_status(EPD_ERR_PROTOCOL, "session block of %u bytes, this library expects %u (layout version %u)",
-                              hr->shm_bytes, shm::kTotalBytes, shm::kLayoutVersion));
-    }
-    void* p = mmap(nullptr, shm::kTotalBytes, PROT_READ | PROT_WRITE, MAP_SHARED, rx->fds[0], 0);
-    close(rx->fds[0]);
-    conn->doorbell = rx->fds[1];
-    if (p == MAP_FAILED) return fail(epd::errno_status("mmap(session block)", errno));
-    conn->shm = p;
-    const shm::Header* hdr = shm::header(p);
-    if (hdr->magic != shm::kMagic || hdr->layout_version != shm::kLayoutVersion ||
-        hdr->membership_offset != shm::kMembershipOffset || hdr->membership_stride != sizeof(shm::Membership) ||
-        hdr->max_memberships != shm::kMaxMemberships)
-      return fail(make_status(EPD_ERR_VERSION_MISMATCH, "session block layout version %u (magic 0x%08x), this library speaks %u",
-                              hdr->layout_version, hdr->magic, shm::kLayoutVersion));
-    conn->hello = std::move(hr.value());
+    auto limit_ms = connect_timeout_ms();
+    if (!limit_ms) return fail_without_handle(limit_ms.status());
+    const int64_t deadline = epd::shm::monotonic_ns() + static_cast<int64_t>(*limit_ms) * 1000000LL;
+    auto conn = dial(path, *limit_ms);
+    if (!conn) return fail_without_handle(conn.status());
+    if (Status st = hello(**conn, path, *limit_ms, deadline); !st) return fail_without_handle(st);
     auto* c = new epd_client();
-    c->conn = std::move(conn);
+    c->conn = std::move(conn.value());
     *out = c;
     return EPD_OK;
   });
@@ -462,8 +532,7 @@ EPD_API epd_status_t epd_group_combine(epd_group_t* group, int32_t slot, epd_wei
     if (Status st = check_weight_mode(g->spec, weight_mode); !st) return g->fail(st);
     if (Status st = check_live(*g); !st) return g->fail(st);
     auto& s = g->slots[slot];
-    if (s.phase.load() != Phase::kDispatched)
-      return g->fail(make_status(EPD_ERR_NO_DISPATCH, "combine on slot %d without a finished dispatch_wait", slot));
+    if (Status st = combine_order(s.phase.load(), slot); !st) return g->fail(st);
     shm::SlotWords& w = g->entry->slot[slot];
     shm::word(w.combine_mode).store(static_cast<uint32_t>(weight_mode), std::memory_order_relaxed);
     s.phase = Phase::kCombining;

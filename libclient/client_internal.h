@@ -68,9 +68,9 @@ struct Connection {
     if (doorbell >= 0) close(doorbell);
     if (sock >= 0) close(sock);
   }
-  bool shutting_down() const {
+  bool shutting_down() const {  // shm is null until the HELLO reply is mapped
     return shutdown_seen.load() ||
-           shm::word(shm::header(shm)->daemon_state).load(std::memory_order_acquire) == shm::kShuttingDown;
+           (shm && shm::word(shm::header(shm)->daemon_state).load(std::memory_order_acquire) == shm::kShuttingDown);
   }
   Status lost_status() const {
     if (shutting_down()) return make_status(EPD_ERR_SHUTTING_DOWN, "the epd daemon (pid %u) is shutting down", hello.daemon_pid);

@@ -2,6 +2,7 @@
 #include "cluster.h"
 
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -121,7 +122,31 @@ std::vector<std::pair<uint64_t, uint64_t>> op_ranges(const GroupSpec& spec, cons
 }
 
 // ---- lifetime -------------------------------------------------------------------------------
+Status check_secret_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    const int e = errno;
+    return make_status(EPD_ERR_SYSTEM, "cluster secret file %s: stat: %s", path.c_str(), strerror(e));
+  }
+  const uid_t me = ::geteuid();
+  const unsigned mode = static_cast<unsigned>(st.st_mode & 07777);
+  if (st.st_uid != me && st.st_uid != 0) {
+    return make_status(EPD_ERR_PERMISSION,
+                       "cluster secret file %s is owned by uid %u (mode %04o); it must belong to this daemon's "
+                       "uid %u or to root",
+                       path.c_str(), static_cast<unsigned>(st.st_uid), mode, static_cast<unsigned>(me));
+  }
+  if ((st.st_mode & 077) != 0) {
+    return make_status(EPD_ERR_PERMISSION,
+                       "cluster secret file %s has mode %04o (owner uid %u): its group or others may access the "
+                       "secret; chmod 600 it",
+                       path.c_str(), mode, static_cast<unsigned>(st.st_uid));
+  }
+  return Status::ok();
+}
+
 Result<std::unique_ptr<ClusterLink>> ClusterLink::create(transport::TransportConfig config, ProxyPinning pinning) {
+  if (!config.cluster_secret_file.empty()) EPD_RETURN_IF_ERROR(check_secret_file(config.cluster_secret_file));
   std::unique_ptr<ClusterLink> c(new ClusterLink(std::move(config), std::move(pinning)));
   c->event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (c->event_fd_ < 0) return errno_status("eventfd", errno);
@@ -303,7 +328,7 @@ Status ClusterLink::attach(const GroupSpec& spec, uint8_t* base, uint64_t bytes,
   g.nodes = other_nodes(spec, cfg_.node_id);
   Status st = transport_->register_region(g.region_id, base, bytes);
   if (!st) return st;
-  keepalive_.push_back(std::move(keepalive));
+  g.keepalive = std::move(keepalive);
   Attached& ref = groups_.emplace(key, std::move(g)).first->second;
   for (NodeId n : ref.nodes) {
     ref.remotes[n] = Remote{};
@@ -316,16 +341,28 @@ Status ClusterLink::attach(const GroupSpec& spec, uint8_t* base, uint64_t bytes,
 }
 
 void ClusterLink::detach(const std::string& name, uint64_t generation) {
+  uint32_t region = 0;
+  std::shared_ptr<void> mirror;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = groups_.find({name, generation});
+    if (it == groups_.end()) return;
+    it->second.present.clear();
+    for (NodeId n : it->second.nodes) announce(it->second, n);
+    region = it->second.region_id;
+    mirror = std::move(it->second.keepalive);
+    groups_.erase(it);
+    // Queued shippings of the group find no entry and are skipped; a running one
+    // finishes (its plan keeps the mirror mapped) and its outcome is dropped.
+    for (auto s = ships_.begin(); s != ships_.end();)
+      s = std::get<0>(s->first) == name && std::get<1>(s->first) == generation ? ships_.erase(s) : std::next(s);
+  }
+  // Outside mu_: the transport waits for its progress thread, whose callbacks take mu_.
+  Status st = transport_->deregister_region(region);
+  if (st) return;  // the mirror goes with `mirror` (once no shipping holds it)
+  if (cfg_.log) cfg_.log(transport::LogSeverity::kWarn, "group '" + name + "': " + st.message() + "; its mirror is kept");
   std::lock_guard<std::mutex> l(mu_);
-  auto it = groups_.find({name, generation});
-  if (it == groups_.end()) return;
-  it->second.present.clear();
-  for (NodeId n : it->second.nodes) announce(it->second, n);
-  groups_.erase(it);
-  // Queued shippings of the group find no entry and are skipped; a running one
-  // finishes (its mirror is kept alive) and its outcome is dropped.
-  for (auto s = ships_.begin(); s != ships_.end();)
-    s = std::get<0>(s->first) == name && std::get<1>(s->first) == generation ? ships_.erase(s) : std::next(s);
+  unreleased_.push_back(std::move(mirror));
 }
 
 void ClusterLink::set_present(const std::string& name, uint64_t generation, const std::vector<int32_t>& ranks) {
@@ -487,6 +524,7 @@ Status ClusterLink::plan_ship(const std::string& name, uint64_t generation, int3
   w.bytes(name.data(), name.size());
   plan->op_done = std::move(w.out());
   plan->base = g.base;
+  plan->keepalive = g.keepalive;
   plan->imm = (static_cast<uint32_t>(slot) << 8) | static_cast<uint32_t>(op);
   return Status::ok();
 }

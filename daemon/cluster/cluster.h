@@ -14,9 +14,9 @@
 // Every node then runs the same deterministic HostExecutor over its mirror.
 //
 // Ownership: ClusterLink owns the Transport, a connector thread and a proxy
-// thread. Registered mirrors are kept alive (keepalive) until the ClusterLink
-// is destroyed — the transport has no deregistration, so a peer could still
-// write into one.
+// thread. A registered mirror is kept alive (keepalive) while attached and
+// while a shipping reads it; detach() deregisters it from the transport and
+// then lets it go (a mirror whose deregistration is not confirmed is kept).
 // Proxy thread: every transport send and write of the link (announcements and
 // shipping) runs there, so the control thread never waits on a peer. It and
 // the transport's progress thread are pinned to the CPUs of `ProxyPinning`
@@ -103,6 +103,12 @@ struct ShipResult {
 // Binds the calling thread to `cpus` (pthread_setaffinity_np) and reads the
 // result back into *affinity. EPD_ERR_SYSTEM naming the CPUs and the error.
 Status pin_current_thread_to(const std::vector<int>& cpus, std::vector<int>* affinity);
+
+// The file holding the cluster secret must belong to the daemon's uid or
+// root and give its group and others no access; else EPD_ERR_PERMISSION
+// naming the path, the mode and the owner. ClusterLink::create checks
+// config.cluster_secret_file with it before anything starts.
+Status check_secret_file(const std::string& path);
 
 // The ranks of `spec` placed on `node`, ascending.
 std::vector<int32_t> ranks_on_node(const GroupSpec& spec, int32_t node);
@@ -191,6 +197,7 @@ class ClusterLink {
     std::map<int32_t, std::deque<OpKind>> arrivals;  // by slot
   };
   struct Attached {
+    std::shared_ptr<void> keepalive;  // the mirror's memory, released at detach
     GroupSpec spec;
     GroupLayout layout;
     std::vector<uint64_t> offsets;
@@ -219,6 +226,7 @@ class ClusterLink {
     std::vector<std::pair<uint64_t, std::pair<uint64_t, uint64_t>>> ranges;  // (rank offset, (offset, bytes))
     std::vector<uint8_t> op_done;
     const uint8_t* base = nullptr;
+    std::shared_ptr<void> keepalive;  // base stays mapped while the plan runs
     uint32_t imm = 0;
   };
   using ShipKey = std::tuple<std::string, uint64_t, int32_t>;  // (group, generation, slot)
@@ -267,7 +275,7 @@ class ClusterLink {
   std::map<std::pair<std::string, uint64_t>, Attached> groups_;
   std::map<std::pair<std::string, NodeId>, std::pair<uint64_t, Announcement>> announcements_;
   std::set<NodeId> connected_;
-  std::vector<std::shared_ptr<void>> keepalive_;
+  std::vector<std::shared_ptr<void>> unreleased_;  // mirrors whose deregistration failed: still writable
   uint32_t next_region_id_ = 1;
   std::vector<Event> events_;
   std::deque<Job> jobs_;             // for the proxy thread (bounds: see the header comment)

@@ -140,6 +140,7 @@ HandshakeParams ConnectedTransport::handshake_params(const LinkState& c) {
   p.major = cfg_.protocol_major;
   p.minor = cfg_.protocol_minor;
   p.secret = cfg_.cluster_secret;
+  p.initiator = c.dialed;
   if (c.dialed) p.expected_peer = c.expected;
   p.is_known_peer = [this](uint32_t n) {
     std::lock_guard<std::mutex> l(mu_);
@@ -148,6 +149,10 @@ HandshakeParams ConnectedTransport::handshake_params(const LinkState& c) {
   p.local_regions = [this] {
     std::lock_guard<std::mutex> l(mu_);
     return region_advert_locked();
+  };
+  p.admit_peer = [this, &c](uint32_t n) {
+    std::lock_guard<std::mutex> l(mu_);
+    return admit_locked(n, c);
   };
   p.remote = c.remote;
   return p;
@@ -159,27 +164,42 @@ NodeId ConnectedTransport::peer_of(const LinkState& c) {
   return c.dialed ? c.expected : kUnknownNode;
 }
 
-LinkPtr ConnectedTransport::install_locked(const LinkPtr& c, NodeId peer) {
+Status ConnectedTransport::admit_locked(NodeId peer, const LinkState& c) const {
+  auto it = by_peer_.find(peer);
+  if (it == by_peer_.end() || it->second.get() == &c) return Status::ok();
+  const auto age = std::chrono::duration_cast<milliseconds>(Clock::now() - it->second->created).count();
+  return make_status(EPD_ERR_PERMISSION,
+                     "node %u (%s) already has an authenticated connection to node %u (%s, %lld ms old): the "
+                     "new one is refused; the node may connect again once that one is closed or silent for "
+                     "peer_timeout",
+                     peer, c.remote.c_str(), cfg_.node_id, it->second->remote.c_str(), static_cast<long long>(age));
+}
+
+Status ConnectedTransport::install_locked(const LinkPtr& c, NodeId peer) {
+  EPD_RETURN_IF_ERROR(admit_locked(peer, *c));
   c->peer = peer;
   c->established = true;
   c->outcome = Status::ok();
-  LinkPtr old;
-  auto it = by_peer_.find(peer);
-  if (it != by_peer_.end() && it->second != c) old = it->second;
   by_peer_[peer] = c;
   last_error_.erase(peer);
   refusal_.erase(peer);
-  return old;
+  return Status::ok();
 }
 
-bool ConnectedTransport::record_failure_locked(const LinkPtr& c, NodeId peer, const Status& s) {
+bool ConnectedTransport::record_failure_locked(const LinkPtr& c, NodeId peer, const Status& s, bool* report) {
+  if (report) *report = false;
   if (c->reported) return false;
   c->reported = true;
   if (!c->outcome) c->outcome = s;
-  if (peer == kUnknownNode) return true;
+  if (peer == kUnknownNode) {
+    if (report) *report = true;
+    return true;
+  }
   auto it = by_peer_.find(peer);
   if (it != by_peer_.end() && it->second == c) by_peer_.erase(it);
-  if (by_peer_.count(peer) || c->transient) return true;
+  if (by_peer_.count(peer)) return true;
+  if (report) *report = true;
+  if (c->transient) return true;
   last_error_[peer] = s;
   ++error_seq_[peer];
   if (!c->established && is_refusal(s)) refusal_[peer] = s;

@@ -94,14 +94,24 @@ class ConnectedTransport : public Transport {
   static NodeId peer_of(const LinkState& c);
 
   // Under mu_: `c`'s handshake is done with `peer`: it becomes the peer's
-  // connection (its error and refusal are cleared). Returns the connection it
-  // replaces, if any (the caller fails it).
-  LinkPtr install_locked(const LinkPtr& c, NodeId peer);
+  // connection (its error and refusal are cleared). A node that already has
+  // an established connection keeps it: the new one is refused (the error,
+  // EPD_ERR_PERMISSION naming both, for the caller to fail `c` with). A dead
+  // link is closed by its own failure (EOF, reset, peer_timeout of silence),
+  // after which the node's next connection is accepted.
+  Status install_locked(const LinkPtr& c, NodeId peer);
+  // Under mu_: why `peer` may not have another connection now, or OK (the
+  // handshake asks this once the peer proved the secret).
+  Status admit_locked(NodeId peer, const LinkState& c) const;
   // Under mu_: the first failure of `c` (false if it was recorded already):
   // sets its outcome, drops it from the table, and unless another connection
   // serves the node or the failure is transient, records the node's error
   // (and refusal, before the handshake completed) for connect() and callers.
-  bool record_failure_locked(const LinkPtr& c, NodeId peer, const Status& s);
+  // *report (if given) tells whether the node's state changed, i.e. whether
+  // on_peer_state should hear of it: never while another (established)
+  // connection serves the node — a failed or refused stranger claiming its id
+  // does not make a live node lost.
+  bool record_failure_locked(const LinkPtr& c, NodeId peer, const Status& s, bool* report = nullptr);
   // Under mu_: `c` no longer serves its peer.
   void drop_locked(const LinkPtr& c);
   // Under mu_: the established connection to `peer`, or nullptr.

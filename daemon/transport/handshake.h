@@ -1,17 +1,29 @@
-// handshake.h — the authenticated daemon-to-daemon handshake as a pure state
-// machine: frames in, frames out. The TCP transport runs it over the socket
-// stream, the RDMA transport over its first send/recv messages.
+// handshake.h — the mutual, connection-bound daemon-to-daemon handshake as a
+// pure state machine: frames in, frames out. The TCP transport runs it over
+// the socket stream, the RDMA transport over its first send/recv messages.
 //
-// Both sides are symmetric:
-//   1. each sends HELLO {major, minor, node id, 32-byte random nonce};
+// The dialing side is the initiator (I), the accepting side the responder (R):
+//   1. each sends HELLO {major, minor, node id, 32-byte random nonce} at once;
 //   2. on the peer's HELLO: a different major version is refused
 //      (EPD_ERR_VERSION_MISMATCH, naming both versions), an unknown or
-//      unexpected node id is refused (EPD_ERR_PERMISSION); else send AUTH =
-//      HMAC-SHA256(secret, label | sender id | receiver id | sender nonce |
-//      receiver nonce | both versions);
-//   3. on the peer's AUTH: verify it (EPD_ERR_PERMISSION on mismatch); send
-//      AUTH_OK carrying this side's region advert;
-//   4. on the peer's AUTH_OK: done.
+//      unexpected node id is refused (EPD_ERR_PERMISSION). Both sides now
+//      hold the transcript (I's HELLO, R's HELLO: both ids, nonces, versions)
+//      and derive from it and the shared secret (link_crypto.h) two proofs
+//      and two record keys. I sends AUTH = its proof;
+//   3. R, on I's AUTH: checks it in constant time (EPD_ERR_PERMISSION, nothing
+//      of its own proof sent); then sends AUTH = its proof, and AUTH_OK
+//      sealed with the responder key, carrying its region advert;
+//   4. I, on R's AUTH: checks it, then sends AUTH_OK sealed with its key;
+//   5. on the peer's sealed AUTH_OK (which only a holder of the secret that
+//      saw this very transcript can produce): done.
+// Only I sends a proof before checking the peer's — to the address it chose
+// to dial; an inbound stranger never gets a proof. A relay that forwards the
+// bytes unchanged lets both sides finish but gains nothing: the keys never
+// cross the wire and every later frame is sealed. A relay that changes a HELLO
+// (its own nonce, a reflected one, another id) breaks the transcript, so the
+// proofs fail. Rule for the transport: a side seals every frame it sends after
+// its own AUTH (the `sealed` flag below), and opens every frame it receives
+// after it accepted the peer's AUTH (rx_sealed()).
 // A failure queues a REJECT frame (with the reason) for the peer before the
 // caller closes. The secret itself is never sent.
 // Owned by one connection; not thread-safe (one thread drives it).
@@ -23,8 +35,8 @@
 #include <string>
 #include <vector>
 
+#include "link_crypto.h"
 #include "status.h"
-#include "sha256.h"
 #include "wire.h"
 
 namespace epd::transport {
@@ -34,10 +46,21 @@ struct HandshakeParams {
   uint16_t major = kProtocolMajor;
   uint16_t minor = kProtocolMinor;
   std::string secret;
+  bool initiator = false;                         // this side dialed
   std::optional<uint32_t> expected_peer;          // set by the dialing side
   std::function<bool(uint32_t)> is_known_peer;   // accepting side: node id allowed?
   std::function<std::vector<RegionInfo>()> local_regions;  // advert for AUTH_OK
+  // Once the peer proved the secret: may it have this connection (OK), or why
+  // not (a node with a live link is refused before anything else is sent).
+  std::function<Status(uint32_t)> admit_peer;
   std::string remote;  // "host:port" of the other end, for messages
+};
+
+// A frame the handshake wants sent; `sealed`: the transport seals it (and
+// every later frame) with tx_key().
+struct HandshakeFrame {
+  std::vector<uint8_t> bytes;  // header + payload, plain
+  bool sealed = false;
 };
 
 class Handshake {
@@ -47,12 +70,17 @@ class Handshake {
   // The HELLO frame to send first.
   std::vector<uint8_t> hello_frame() const;
 
-  // Feeds one received frame. Frames to send are appended to `out` (also on
-  // failure: a REJECT). Returns an error when the connection must be closed.
-  Status on_frame(const FrameHeader& h, const uint8_t* payload,
-                  std::vector<std::vector<uint8_t>>* out);
+  // Feeds one received frame (opened by the transport once rx_sealed()).
+  // Frames to send are appended to `out` (also on failure: a REJECT).
+  // Returns an error when the connection must be closed.
+  Status on_frame(const FrameHeader& h, const uint8_t* payload, std::vector<HandshakeFrame>* out);
 
   bool done() const { return state_ == State::kDone; }
+  // The peer's AUTH was accepted: every later frame from it is sealed.
+  bool rx_sealed() const { return rx_sealed_; }
+  // Valid once the peer's HELLO arrived.
+  const Key& tx_key() const { return initiator() ? secrets_.initiator_key : secrets_.responder_key; }
+  const Key& rx_key() const { return initiator() ? secrets_.responder_key : secrets_.initiator_key; }
   // Valid once the peer's HELLO arrived (claimed, authenticated only when done()).
   std::optional<uint32_t> peer_node() const { return peer_node_; }
   const std::vector<RegionInfo>& peer_regions() const { return peer_regions_; }
@@ -61,22 +89,22 @@ class Handshake {
 
  private:
   enum class State { kWaitHello, kWaitAuth, kWaitAuthOk, kDone, kFailed };
-  Digest proof(uint32_t sender, uint32_t receiver, const uint8_t* sender_nonce,
-               const uint8_t* receiver_nonce, uint16_t sender_major, uint16_t sender_minor,
-               uint16_t receiver_major, uint16_t receiver_minor) const;
-  Status fail(Status s, std::vector<std::vector<uint8_t>>* out, bool send_reject);
+  bool initiator() const { return p_.initiator; }
+  Status on_hello(const uint8_t* payload, size_t bytes, std::vector<HandshakeFrame>* out);
+  Status check_hello(const HelloPayload& hp) const;
+  Status on_auth(const uint8_t* payload, std::vector<HandshakeFrame>* out);
+  HandshakeFrame auth_ok_frame() const;
+  Status fail(Status s, std::vector<HandshakeFrame>* out, bool send_reject);
 
   HandshakeParams p_;
   State state_ = State::kWaitHello;
-  uint8_t my_nonce_[kNonceBytes];
-  HelloPayload peer_hello_;
+  uint8_t my_hello_[kHelloBytes];
   std::optional<uint32_t> peer_node_;
   std::vector<RegionInfo> peer_regions_;
-  bool sent_auth_ok_ = false;
+  LinkSecrets secrets_;
+  bool sent_auth_ = false;
+  bool rx_sealed_ = false;
 };
-
-// Fills `out` from the kernel's CSPRNG (getrandom); aborts never, returns errors.
-Status random_bytes(void* out, size_t bytes);
 
 // The REGIONS frame a transport queues on a connection when its handshake
 // completes: the whole current advert (`regions`, read under the lock that

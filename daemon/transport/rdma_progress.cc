@@ -323,9 +323,10 @@ void RdmaTransport::on_frame(const RConnPtr& c, const uint8_t* buf, size_t len) 
   const uint8_t* payload = buf + kHeaderBytes;
   if (!c->established) {
     if (!c->hs) return fail(c, make_status(EPD_ERR_PROTOCOL, "%s sent data before the connection was up", label(c).c_str()));
-    std::vector<std::vector<uint8_t>> out;
+    std::vector<HandshakeFrame> out;
     Status s = c->hs->on_frame(*h, payload, &out);
-    for (auto& f : out) send_raw(c, f);
+    // Over verbs the frames stay plain on both ends (no sealing yet: see docs/ARCHITECTURE.md).
+    for (auto& f : out) send_raw(c, f.bytes);
     if (!s) return fail(c, s);
     if (c->hs->done()) promote(c);
     return;
@@ -361,10 +362,10 @@ void RdmaTransport::on_frame(const RConnPtr& c, const uint8_t* buf, size_t len) 
 
 void RdmaTransport::promote(const RConnPtr& c) {
   const NodeId peer = *c->hs->peer_node();
-  RConnPtr old;
   Status advertised = Status::ok();
   {
     std::lock_guard<std::mutex> l(mu_);
+    advertised = admit_locked(peer, *c);  // a node's live connection is kept, this one refused
     // Regions registered since our AUTH_OK was built (handshake.h says why).
     // Posted in the same mu_ section that makes c the peer's connection
     // (add_region reads regions_ and the peer table under mu_ too), so every region is in the
@@ -372,26 +373,25 @@ void RdmaTransport::promote(const RConnPtr& c) {
     // on the QP. The deadline is now: the proxy thread must not wait, and a
     // fresh connection has its slots and all but the handshake's credits.
     const std::vector<uint8_t> adv = regions_frame_after_handshake(region_advert_locked());
-    if (!adv.empty()) advertised = post_whole_frame(c, adv, Clock::now());
+    if (advertised && !adv.empty()) advertised = post_whole_frame(c, adv, Clock::now());
+    if (advertised) advertised = install_locked(c, peer);
     if (advertised) {
-      old = std::static_pointer_cast<RConn>(install_locked(c, peer));
       std::lock_guard<std::mutex> cl(c->mu);
       for (const RegionInfo& r : c->hs->peer_regions()) c->peer_regions[r.id] = r;
     }
   }
   if (!advertised) return fail(c, advertised);  // not promoted: the dialer gets the error
   state_cv_.notify_all();
-  if (old) fail(old, make_status(EPD_ERR_PEER_LOST, "node %u: connection replaced by a new one", peer));
   transport_log(cfg_, LogSeverity::kInfo, "node " + std::to_string(cfg_.node_id) + " connected to " + label(c) + " over rdma");
   deliver("on_peer_state", [&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, Status::ok()); });
 }
 
 void RdmaTransport::fail(const RConnPtr& c, const Status& s) {
   const NodeId peer = peer_of(*c);
-  bool first;
+  bool first, report = false;
   {
     std::lock_guard<std::mutex> l(mu_);
-    first = record_failure_locked(c, peer, s);
+    first = record_failure_locked(c, peer, s, &report);
     if (first) c->close_by = Clock::now() + milliseconds(2000);
   }
   state_cv_.notify_all();
@@ -407,7 +407,7 @@ void RdmaTransport::fail(const RConnPtr& c, const Status& s) {
   if (c->id && c->id->qp) rdma_disconnect(c->id);
   if (c->transient) return;  // the dialer retries; nothing to report yet
   transport_log(cfg_, LogSeverity::kWarn, "node " + std::to_string(cfg_.node_id) + ": " + s.to_string());
-  deliver("on_peer_state", [&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, s); });
+  if (report) deliver("on_peer_state", [&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, s); });
 }
 
 void RdmaTransport::destroy(const RConnPtr& c) {

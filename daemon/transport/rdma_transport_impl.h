@@ -92,6 +92,18 @@ class RdmaTransport final : public ConnectedTransport {
   Status start();
   const char* name() const override { return "rdma"; }
   std::string listen_address() const override { return bound_; }
+  Status deregister_region(uint32_t id) override {
+    ibv_mr* mr = nullptr;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = regions_.find(id);
+      if (it == regions_.end()) return Status::ok();
+      mr = it->second.mr;
+      regions_.erase(it);
+    }
+    if (mr) ibv_dereg_mr(mr);  // the NIC refuses later writes to it (see transport.h)
+    return Status::ok();
+  }
   Status register_region(uint32_t id, void* addr, size_t bytes) override {
     if (!addr || !bytes) return make_status(EPD_ERR_INVALID_ARGUMENT, "region %u is empty", id);
     ibv_mr* mr = ibv_reg_mr(pd_, addr, bytes, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);

@@ -52,7 +52,13 @@ void TcpTransport::run() {
       }
     }
     tick();
+    retire_writes();
   }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    retire_done_ = retire_asked_;  // stopped: nothing writes any more
+  }
+  retire_cv_.notify_all();
   tls_progress_owner = nullptr;
 }
 
@@ -70,15 +76,11 @@ void TcpTransport::on_accept() {
     auto c = std::make_shared<Conn>();
     c->fd = fd;
     c->remote = sockaddr_string(ss);
+    c->remote_host = c->remote.substr(0, c->remote.rfind(':'));
     {
       std::lock_guard<std::mutex> l(mu_);
-      int pending = 0;
-      for (auto& [k, other] : conns_) pending += other->established ? 0 : 1;
-      if (pending >= kMaxPendingHandshakes) {
+      if (!admit_address(c)) {
         ::close(fd);
-        transport_log(cfg_, LogSeverity::kWarn,
-                      "node " + std::to_string(cfg_.node_id) + ": refused connection from " + c->remote +
-                          ": " + std::to_string(pending) + " handshakes already pending");
         continue;
       }
       c->key = next_key_++;
@@ -91,6 +93,35 @@ void TcpTransport::on_accept() {
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
     start_handshake(c);
   }
+}
+
+bool TcpTransport::admit_address(const ConnPtr& c) {
+  int pending = 0, from_host = 0;
+  for (auto& [k, other] : conns_) {
+    if (other->established) continue;
+    ++pending;
+    from_host += other->remote_host == c->remote_host ? 1 : 0;
+  }
+  std::string why;
+  if (pending >= kMaxPendingHandshakes) {
+    why = std::to_string(pending) + " handshakes already pending";
+  } else if (static_cast<uint32_t>(from_host) >= cfg_.max_pending_per_address) {
+    why = std::to_string(from_host) + " handshakes from " + c->remote_host +
+          " already pending (max_pending_per_address " + std::to_string(cfg_.max_pending_per_address) + ")";
+  } else {
+    return true;
+  }
+  // A flood of connections must not flood the log: one line a second at most.
+  ++refusals_unlogged_;
+  const auto now = Clock::now();
+  if (now - refusal_logged_ >= std::chrono::seconds(1)) {
+    transport_log(cfg_, LogSeverity::kWarn,
+                  "node " + std::to_string(cfg_.node_id) + ": refused connection from " + c->remote + ": " + why +
+                      " (" + std::to_string(refusals_unlogged_) + " refused since the last such line)");
+    refusal_logged_ = now;
+    refusals_unlogged_ = 0;
+  }
+  return false;
 }
 
 void TcpTransport::start_handshake(const ConnPtr& c) {
@@ -188,24 +219,25 @@ void TcpTransport::drain_tx(const ConnPtr& c) {
 
 void TcpTransport::promote(const ConnPtr& c) {
   const NodeId peer = *c->hs->peer_node();
-  ConnPtr old;
+  Status installed;
   {
     std::lock_guard<std::mutex> l(mu_);
-    old = std::static_pointer_cast<Conn>(install_locked(c, peer));
-    {
-      std::lock_guard<std::mutex> tl(c->tx_mu);
-      for (const RegionInfo& r : c->hs->peer_regions()) c->peer_regions[r.id] = r;
+    installed = install_locked(c, peer);
+    if (installed) {
+      {
+        std::lock_guard<std::mutex> tl(c->tx_mu);
+        for (const RegionInfo& r : c->hs->peer_regions()) c->peer_regions[r.id] = r;
+      }
+      // Regions registered since our AUTH_OK was built (handshake.h says why).
+      std::vector<uint8_t> adv = regions_frame_after_handshake(region_advert_locked());
+      if (!adv.empty()) push_control(c, std::move(adv));
     }
-    // Regions registered since our AUTH_OK was built (handshake.h says why).
-    std::vector<uint8_t> adv = regions_frame_after_handshake(region_advert_locked());
-    if (!adv.empty()) push_control(c, std::move(adv));
+  }
+  if (!installed) {  // the node's live link stays; this one goes
+    fail(c, installed, true, true);
+    return;
   }
   state_cv_.notify_all();
-  if (old) {
-    fail(old, make_status(EPD_ERR_PEER_LOST, "node %u: connection replaced by a new one from %s", peer,
-                          c->remote.c_str()),
-         false, false);
-  }
   transport_log(cfg_, LogSeverity::kInfo,
                 "node " + std::to_string(cfg_.node_id) + " connected to " + label(c) + " (authenticated)");
   deliver("on_peer_state", [&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, Status::ok()); });
@@ -213,10 +245,10 @@ void TcpTransport::promote(const ConnPtr& c) {
 
 void TcpTransport::fail(const ConnPtr& c, const Status& s, bool linger, bool send_reject) {
   const NodeId peer = peer_of(*c);
-  bool first = false;
+  bool first = false, report = false;
   {
     std::lock_guard<std::mutex> l(mu_);
-    first = record_failure_locked(c, peer, s);
+    first = record_failure_locked(c, peer, s, &report);
   }
   state_cv_.notify_all();
   if (linger && send_reject) {
@@ -246,7 +278,7 @@ void TcpTransport::fail(const ConnPtr& c, const Status& s, bool linger, bool sen
   if (first) {
     transport_log(cfg_, is_refusal(s) ? LogSeverity::kError : LogSeverity::kWarn,
                   "node " + std::to_string(cfg_.node_id) + ": " + s.to_string());
-    deliver("on_peer_state", [&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, s); });
+    if (report) deliver("on_peer_state", [&] { if (cb_.on_peer_state) cb_.on_peer_state(peer, s); });
   }
 }
 
@@ -313,6 +345,12 @@ void TcpTransport::tick() {
       }
       continue;
     }
+    if (!c->established && now - c->created > cfg_.handshake_timeout) {
+      fail(c, make_status(EPD_ERR_TIMEOUT, "%s did not complete the handshake within %lld ms (handshake_timeout)",
+                          label(c).c_str(), static_cast<long long>(cfg_.handshake_timeout.count())),
+           false, false);
+      continue;
+    }
     if (now - c->last_rx > cfg_.peer_timeout) {
       const long long silent = std::chrono::duration_cast<milliseconds>(now - c->last_rx).count();
       fail(c, make_status(EPD_ERR_TIMEOUT, "%s sent nothing for %lld ms (peer_timeout %lld ms)%s",
@@ -326,9 +364,7 @@ void TcpTransport::tick() {
       if (c->txq.empty() && !c->writer_active && now - c->last_tx >= cfg_.heartbeat_interval && !c->dead) {
         FrameHeader h;
         h.type = FrameType::kHeartbeat;
-        c->txq.push_back(make_frame(h, nullptr, 0));
-        c->queued += kHeaderBytes;
-        set_epollout(c, true);
+        queue_locked(c, make_frame(h, nullptr, 0));
       }
     }
   }

@@ -63,6 +63,40 @@ std::vector<RegionInfo> TcpTransport::region_advert_locked() {
   return out;
 }
 
+Status TcpTransport::deregister_region(uint32_t region_id) {
+  std::unique_lock<std::mutex> l(mu_);
+  if (!regions_.erase(region_id)) return Status::ok();
+  retired_regions_.insert(region_id);
+  const uint64_t ticket = ++retire_asked_;
+  if (tls_progress_owner == this) {  // from a callback: the progress thread itself
+    l.unlock();
+    retire_writes();
+    return Status::ok();
+  }
+  if (stopping_ || !thread_.joinable()) return Status::ok();  // no progress thread: nothing writes
+  l.unlock();
+  wake();
+  l.lock();
+  // Only the progress thread writes into regions; once it has seen the
+  // deregistration (retire_writes), none of its writes lands there.
+  if (!retire_cv_.wait_for(l, std::chrono::seconds(10), [&] { return retire_done_ >= ticket || stopping_.load(); }))
+    return make_status(EPD_ERR_TIMEOUT, "region %u: the progress thread did not confirm its deregistration in 10 s",
+                       region_id);
+  return Status::ok();
+}
+
+void TcpTransport::retire_writes() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (retire_done_ == retire_asked_) return;
+  for (auto& [key, c] : conns_)
+    if (c->writing() && !regions_.count(c->cur.a)) {
+      if (!c->discard_buf) c->discard_buf.reset(new uint8_t[kSealChunkBytes]);
+      c->discard_write = true;
+    }
+  retire_done_ = retire_asked_;
+  retire_cv_.notify_all();
+}
+
 Status TcpTransport::register_region(uint32_t region_id, void* addr, size_t bytes) {
   if (addr == nullptr || bytes == 0) {
     return make_status(EPD_ERR_INVALID_ARGUMENT, "region %u: address %p / %zu bytes is empty",
@@ -99,9 +133,24 @@ void TcpTransport::set_epollout(const ConnPtr& c, bool on) {
 void TcpTransport::push_control(const ConnPtr& c, std::vector<uint8_t> frame) {
   std::lock_guard<std::mutex> l(c->tx_mu);
   if (c->dead) return;
+  queue_locked(c, std::move(frame));
+}
+
+void TcpTransport::queue_locked(const ConnPtr& c, std::vector<uint8_t> frame) {
+  if (c->tx_seal) frame = c->tx_seal->seal_frame(frame);
   c->queued += frame.size();
   c->txq.push_back(std::move(frame));
   if (!c->connecting) set_epollout(c, true);
+}
+
+void TcpTransport::seal_payload(const FrameSealer& s, uint64_t seq, const uint8_t* data, size_t from, size_t bytes,
+                                std::vector<uint8_t>* out) {
+  for (size_t at = from; at < bytes; at += kSealChunkBytes, ++seq) {
+    const size_t n = std::min(kSealChunkBytes, bytes - at);
+    const size_t pos = out->size();
+    out->resize(pos + n + kTagBytes);
+    s.seal_chunk(data + at, n, seq, out->data() + pos);
+  }
 }
 
 Status TcpTransport::enqueue(NodeId peer, FrameHeader h, const void* data, size_t bytes, Deadline d,
@@ -124,7 +173,11 @@ Status TcpTransport::enqueue(NodeId peer, FrameHeader h, const void* data, size_
                          static_cast<unsigned long long>(it->second.bytes));
     }
   }
-  const size_t total = kHeaderBytes + bytes;
+  uint64_t wire = 0;
+  if (!sealed_frame_bytes(bytes, &wire) || wire > SIZE_MAX / 2) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT, "send to node %u: %zu bytes do not fit a frame", peer, bytes);
+  }
+  const size_t total = static_cast<size_t>(wire);
   const size_t max_queued = cfg_.tcp.max_queued_bytes;
   while (!c->dead && (c->writer_active || (c->queued > 0 && c->queued + total > max_queued))) {
     if (on_progress || c->tx_cv.wait_until(l, d) == std::cv_status::timeout) {
@@ -141,71 +194,79 @@ Status TcpTransport::enqueue(NodeId peer, FrameHeader h, const void* data, size_
     }
   }
   if (c->dead) return c->dead_status;
+  if (!c->tx_seal) {
+    return make_status(EPD_ERR_INTERNAL, "send to node %u: the established connection has no sealing key", peer);
+  }
   h.length = bytes;
-  uint8_t hdr[kHeaderBytes];
-  encode_header(h, hdr);
-  size_t sent = 0;
-  if (c->txq.empty()) {
-    iovec iov[2] = {{hdr, kHeaderBytes}, {const_cast<void*>(data), bytes}};
-    msghdr mh{};
-    mh.msg_iov = iov;
-    mh.msg_iovlen = bytes > 0 ? 2 : 1;
+  return write_sealed(c, l, h, static_cast<const uint8_t*>(data), d, on_progress);
+}
+
+Status TcpTransport::write_sealed(const ConnPtr& c, std::unique_lock<std::mutex>& l, const FrameHeader& h,
+                                  const uint8_t* data, Deadline d, bool on_progress) {
+  const size_t bytes = h.length;
+  SealedWrite w{c->tx_scratch, data, bytes, c->tx_seal->reserve(1 + sealed_chunks(bytes))};  // scratch: ours under tx_mu
+  w.buf.resize(kSealedHeaderBytes);
+  c->tx_seal->seal_header(h, w.seq++, w.buf.data());
+  w.left = kSealedHeaderBytes + bytes + sealed_chunks(bytes) * kTagBytes;
+  const bool direct = c->txq.empty();
+  if (direct) {
     c->writer_active = true;
-    Status err;
-    // Bounded: each pass sends bytes or waits <= 5 ms; the deadline ends the waiting.
-    for (size_t pass = 0; sent < total && pass < (size_t(1) << 30); ++pass) {
-      ssize_t n = ::sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        // Small rests are cheaper to queue; the progress thread never waits.
-        if (on_progress || total - sent < kDirectWriteMin || Clock::now() >= d) break;
-        const int fd = c->fd;
-        l.unlock();
-        pollfd pfd{fd, POLLOUT, 0};
-        ::poll(&pfd, 1, static_cast<int>(std::clamp<long long>(ms_until(d), 0, 5)));
-        l.lock();
-        if (c->dead || c->fd < 0) break;
-        continue;
-      }
-      if (n < 0) {
-        err = make_status(EPD_ERR_PEER_LOST, "send to node %u: %s", peer, strerror(errno));
-        break;
-      }
-      sent += static_cast<size_t>(n);
-      size_t adv = static_cast<size_t>(n);
-      while (adv > 0 && mh.msg_iovlen > 0) {
-        size_t take = std::min(adv, mh.msg_iov[0].iov_len);
-        mh.msg_iov[0].iov_base = static_cast<uint8_t*>(mh.msg_iov[0].iov_base) + take;
-        mh.msg_iov[0].iov_len -= take;
-        adv -= take;
-        if (mh.msg_iov[0].iov_len == 0) {
-          ++mh.msg_iov;
-          --mh.msg_iovlen;
-        }
-      }
-    }
+    Status err = write_direct(c, l, w, d, on_progress);
     c->writer_active = false;
     c->tx_cv.notify_all();
-    if (sent > 0) c->last_tx = Clock::now();
     if (!err.is_ok() && !c->dead) {
       c->dead = true;
       c->dead_status = err;
       wake();  // the progress thread sees the error on the socket and reports it
     }
     if (c->dead) return c->dead_status;
-    if (sent == total) return Status::ok();
+    if (w.left == 0) return Status::ok();
   }
-  std::vector<uint8_t> rest(total - sent);
-  size_t pos = 0;
-  if (sent < kHeaderBytes) {
-    std::memcpy(rest.data(), hdr + sent, kHeaderBytes - sent);
-    pos = kHeaderBytes - sent;
-  }
-  size_t data_off = sent > kHeaderBytes ? sent - kHeaderBytes : 0;
-  if (bytes > data_off) std::memcpy(rest.data() + pos, static_cast<const uint8_t*>(data) + data_off, bytes - data_off);
+  // The rest, in record order. Written directly, it goes before whatever was
+  // queued meanwhile (those frames took later record numbers); else after
+  // what was queued before it.
+  std::vector<uint8_t> rest(w.buf.begin() + static_cast<ptrdiff_t>(w.off), w.buf.end());
+  seal_payload(*c->tx_seal, w.seq, data, w.sealed_to, bytes, &rest);
   c->queued += rest.size();
-  c->txq.push_back(std::move(rest));
+  if (direct) {
+    c->txq.push_front(std::move(rest));
+  } else {
+    c->txq.push_back(std::move(rest));
+  }
   set_epollout(c, true);
+  return Status::ok();
+}
+
+Status TcpTransport::write_direct(const ConnPtr& c, std::unique_lock<std::mutex>& l, SealedWrite& w, Deadline d,
+                                  bool on_progress) {
+  // Bounded: each pass sends bytes or waits <= 5 ms; the deadline ends the waiting.
+  for (size_t pass = 0; w.left > 0 && pass < (size_t(1) << 30); ++pass) {
+    if (w.off == w.buf.size()) {  // seal the next batch of payload records
+      w.buf.clear();
+      w.off = 0;
+      const size_t to = std::min(w.bytes, w.sealed_to + kSealBatchChunks * kSealChunkBytes);
+      seal_payload(*c->tx_seal, w.seq, w.data, w.sealed_to, to, &w.buf);
+      w.seq += sealed_chunks(to - w.sealed_to);
+      w.sealed_to = to;
+    }
+    const ssize_t n = ::send(c->fd, w.buf.data() + w.off, w.buf.size() - w.off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // Small rests are cheaper to queue; the progress thread never waits.
+      if (on_progress || w.left < kDirectWriteMin || Clock::now() >= d) return Status::ok();
+      const int fd = c->fd;
+      l.unlock();
+      pollfd pfd{fd, POLLOUT, 0};
+      ::poll(&pfd, 1, static_cast<int>(std::clamp<long long>(ms_until(d), 0, 5)));
+      l.lock();
+      if (c->dead || c->fd < 0) return Status::ok();
+      continue;
+    }
+    if (n < 0) return make_status(EPD_ERR_PEER_LOST, "send to %s: %s", label(c).c_str(), strerror(errno));
+    w.off += static_cast<size_t>(n);
+    w.left -= static_cast<size_t>(n);
+    c->last_tx = Clock::now();
+  }
   return Status::ok();
 }
 
@@ -278,9 +339,10 @@ void TcpTransport::shutdown() {
     for (const LinkPtr& link : established_links_locked()) {
       Conn* c = static_cast<Conn*>(link.get());
       std::lock_guard<std::mutex> tl(c->tx_mu);
-      uint8_t hdr[kHeaderBytes];
-      encode_header(h, hdr);
-      if (c->txq.empty()) (void)::send(c->fd, hdr, sizeof(hdr), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (!c->txq.empty() || c->writer_active || !c->tx_seal) continue;
+      uint8_t rec[kSealedHeaderBytes];
+      c->tx_seal->seal_header(h, c->tx_seal->reserve(1), rec);
+      (void)::send(c->fd, rec, sizeof(rec), MSG_NOSIGNAL | MSG_DONTWAIT);
     }
   }
   state_cv_.notify_all();

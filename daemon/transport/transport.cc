@@ -2,6 +2,8 @@
 // the kinds and make_transport).
 #include "transport.h"
 
+#include "link_crypto.h"
+
 #include <arpa/inet.h>
 #include <ifaddrs.h>
 #include <netdb.h>
@@ -123,7 +125,12 @@ Status validate_config(const TransportConfig& c) {
   if (c.max_message_bytes == 0) {
     return make_status(EPD_ERR_INVALID_ARGUMENT, "max_message_bytes must be > 0");
   }
-  return Status::ok();
+  if (c.handshake_timeout.count() <= 0 || c.max_pending_per_address == 0) {
+    return make_status(EPD_ERR_INVALID_ARGUMENT,
+                       "handshake_timeout %lld ms and max_pending_per_address %u must be > 0",
+                       static_cast<long long>(c.handshake_timeout.count()), c.max_pending_per_address);
+  }
+  return link_crypto_init();
 }
 
 }  // namespace epd::transport

@@ -7,8 +7,9 @@
 // one connect-with-backoff and one handshake bookkeeping for every kind.
 //
 // What it provides, per peer node: an authenticated connection (handshake.h:
-// protocol version + mutual HMAC challenge-response over a shared cluster
-// secret), reliable ordered messages (send → on_message) and bulk writes into a
+// protocol version + a mutual proof of the shared cluster secret bound to the
+// connection's transcript; TCP then seals every frame with per-connection,
+// per-direction keys, link_crypto.h), reliable ordered messages (send → on_message) and bulk writes into a
 // region the peer registered (write → on_write at the peer once the data is in
 // place) — the shape of RDMA WRITE with immediate. Messages and writes to one
 // peer are delivered in the order they were issued.
@@ -35,6 +36,7 @@
 #include <string_view>
 
 #include "status.h"
+#include "wire.h"  // kProtocolMajor / kProtocolMinor
 
 namespace epd::transport {
 
@@ -69,12 +71,22 @@ struct TransportConfig {
   std::string listen_address;
   std::map<NodeId, std::string> peers;  // node id → "host:port"
   std::string cluster_secret;           // >= 16 bytes; never sent on the wire
+  // The file the secret was read from ("" = none): ClusterLink refuses to
+  // start when others than its owner may read it (check_secret_file).
+  std::string cluster_secret_file;
   std::chrono::milliseconds heartbeat_interval{1000};
   std::chrono::milliseconds peer_timeout{5000};  // silence (no frame at all) → EPD_ERR_TIMEOUT
   size_t max_message_bytes = 16u << 20;   // send() payload limit, checked on both sides
+  // Before authentication: a connection must finish its handshake within
+  // handshake_timeout of being accepted or dialed (else EPD_ERR_TIMEOUT), and
+  // one source address may hold at most max_pending_per_address connections
+  // still in their handshake (more are closed at accept). Frames before
+  // authentication are limited to kMaxPreAuthPayload bytes (wire.h).
+  std::chrono::milliseconds handshake_timeout{5000};
+  uint32_t max_pending_per_address = 8;
   // Protocol version spoken; tests override it to check the refusal.
-  uint16_t protocol_major = 1;
-  uint16_t protocol_minor = 0;
+  uint16_t protocol_major = kProtocolMajor;
+  uint16_t protocol_minor = kProtocolMinor;
   TcpOptions tcp;
   RdmaOptions rdma;
   // Log hook (start-up line, refusals, lost peers). Default: stderr.
@@ -92,6 +104,8 @@ struct TransportCallbacks {
   std::function<void(NodeId peer, uint32_t imm, size_t bytes)> on_write;
   // A peer connected (OK) or was lost / refused (the error, naming the node).
   // peer is kUnknownNode for a connection refused before it said who it is.
+  // A connection that fails while the node it claims has another, live link
+  // is logged but not reported here: it does not make that node lost.
   std::function<void(NodeId peer, const Status& status)> on_peer_state;
 };
 
@@ -115,10 +129,20 @@ class Transport {
   // (Host memory only: multi-node groups ship host mirrors; GPU memory would
   // come as a dmabuf registration once a caller exists.)
   virtual Status register_region(uint32_t region_id, void* addr, size_t bytes) = 0;
+  // Forgets region `region_id`. Once it returns OK nothing is written into
+  // the region's memory any more and the caller may free it; a peer's later
+  // write to the id is dropped (TCP reads and discards its bytes; RDMA: the
+  // memory registration is gone and the NIC refuses the write, which ends that
+  // connection — peers stop writing to a group's mirror once it is detached,
+  // so only a race meets this). An error (the progress thread did not confirm
+  // within 10 s) means the region may still be written: keep its memory.
+  // Unknown ids are OK.
+  virtual Status deregister_region(uint32_t region_id) = 0;
 
   // Returns once `peer` is connected and authenticated. The node with the lower
   // id dials; the other waits for the inbound connection. Refusals (wrong
-  // secret, version, unknown node) return the reason, on both sides; on the
+  // secret, version, unknown node, a second connection of a node with a live
+  // link) return the reason, on both sides; on the
   // waiting side the latest refused attempt by `peer` is returned at once
   // until a connection with it succeeds.
   virtual Status connect(NodeId peer, Deadline deadline) = 0;

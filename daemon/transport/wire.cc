@@ -107,6 +107,18 @@ Result<FrameHeader> decode_header(const uint8_t in[kHeaderBytes], const WireLimi
   return h;
 }
 
+Status check_pre_auth_header(const FrameHeader& h, const std::string& peer) {
+  const bool allowed = h.type == FrameType::kHello || h.type == FrameType::kAuth || h.type == FrameType::kReject;
+  if (!allowed || h.length > kMaxPreAuthPayload) {
+    return make_status(EPD_ERR_PROTOCOL,
+                       "%s sent a %s frame of %llu bytes before authenticating (allowed: HELLO, AUTH, REJECT "
+                       "of at most %zu bytes)",
+                       peer.c_str(), frame_type_name(h.type), static_cast<unsigned long long>(h.length),
+                       kMaxPreAuthPayload);
+  }
+  return Status::ok();
+}
+
 std::vector<uint8_t> make_frame(FrameHeader h, const void* payload, size_t bytes) {
   h.length = bytes;
   std::vector<uint8_t> out(kHeaderBytes + bytes);

@@ -4,7 +4,9 @@
 // Every frame is a fixed 32-byte little-endian header followed by `length`
 // payload bytes. decode_header() checks everything that can be checked without
 // context (magic, type, reserved bits, length limits per type) so a malformed
-// frame becomes EPD_ERR_PROTOCOL before any payload is read.
+// frame becomes EPD_ERR_PROTOCOL before any payload is read. Over TCP only
+// the handshake's frames travel like this; every later frame is sealed
+// (link_crypto.h) and its header decoded once opened.
 // Pure functions and value types; thread-safe.
 #pragma once
 
@@ -18,12 +20,14 @@
 namespace epd::transport {
 
 constexpr uint32_t kFrameMagic = 0x54445045;  // "EPDT" little-endian
-constexpr uint16_t kProtocolMajor = 1;
+constexpr uint16_t kProtocolMajor = 2;  // 2: mutual handshake, sealed frames
 constexpr uint16_t kProtocolMinor = 0;
 constexpr size_t kHeaderBytes = 32;
 constexpr size_t kNonceBytes = 32;
 constexpr size_t kMaxRegionsPerAdvert = 4096;
 constexpr size_t kMaxRejectText = 1024;
+// The largest payload a peer may send before it authenticated (a REJECT).
+constexpr size_t kMaxPreAuthPayload = 4 + kMaxRejectText;
 
 enum class FrameType : uint8_t {
   kHello = 1,      // payload: HelloPayload
@@ -59,6 +63,10 @@ void encode_header(const FrameHeader& h, uint8_t out[kHeaderBytes]);
 Result<FrameHeader> decode_header(const uint8_t in[kHeaderBytes], const WireLimits& limits,
                                   const std::string& peer);
 const char* frame_type_name(FrameType t);
+// Before authentication only HELLO, AUTH and REJECT (at most
+// kMaxPreAuthPayload bytes) may arrive; anything else is EPD_ERR_PROTOCOL
+// naming the type, the length and the limit, before any payload is read.
+Status check_pre_auth_header(const FrameHeader& h, const std::string& peer);
 
 // A complete frame (header + payload) as bytes.
 std::vector<uint8_t> make_frame(FrameHeader h, const void* payload, size_t bytes);

@@ -62,9 +62,16 @@ typedef struct epd_client_info {
 
 /* Connects to the daemon at `socket_path` (NULL: $EPD_SOCKET, else
  * EPD_DEFAULT_SOCKET) and maps the session block. *out is set on success.
- * Errors: EPD_ERR_DAEMON_LOST (no daemon there), EPD_ERR_VERSION_MISMATCH,
- * EPD_ERR_PERMISSION, EPD_ERR_PROTOCOL, EPD_ERR_SYSTEM. The message of a failed
- * connect is available from epd_client_last_error(NULL) on the calling thread.
+ * Bounded: connecting and the daemon's answer to the hello together take at
+ * most $EPD_CONNECT_TIMEOUT_MS milliseconds (1 to 3600000; unset: 5000),
+ * else EPD_ERR_TIMEOUT naming the socket and the wait (a saturated daemon:
+ * full listen backlog, or no answer). A daemon at its file-descriptor limit
+ * refuses with EPD_ERR_SYSTEM saying so. Other errors: EPD_ERR_DAEMON_LOST
+ * (no daemon there), EPD_ERR_VERSION_MISMATCH, EPD_ERR_PERMISSION (also
+ * max_sessions reached), EPD_ERR_QUOTA_EXCEEDED, EPD_ERR_PROTOCOL,
+ * EPD_ERR_INVALID_ARGUMENT (a bad $EPD_CONNECT_TIMEOUT_MS, named). The message
+ * of a failed connect is available from epd_client_last_error(NULL) on the
+ * calling thread.
  * Thread-safe. */
 EPD_API epd_status_t epd_client_connect(const char* socket_path, epd_client_t** out);
 
@@ -164,7 +171,10 @@ EPD_API epd_status_t epd_group_dispatch_wait(epd_group_t* group, int32_t slot, u
  * after the caller wrote its expert outputs into combine_in. Uses the routing
  * captured at dispatch. rank_major accepts EPD_WEIGHTS_ALREADY_APPLIED or
  * EPD_WEIGHTS_ONES; expert_major accepts all three. Every rank must pass the
- * same mode. Thread-safe for different slots. */
+ * same mode. A second combine for one dispatch is EPD_ERR_SLOT_BUSY while the
+ * first is in flight; on an idle slot (or before dispatch_wait returned)
+ * EPD_ERR_NO_DISPATCH, the message saying which. Thread-safe for different
+ * slots. */
 EPD_API epd_status_t epd_group_combine(epd_group_t* group, int32_t slot, epd_weight_mode_t weight_mode);
 
 /* Waits for the combine of `slot` like dispatch_wait and sets *out to a view

@@ -145,7 +145,12 @@ typedef struct epd_placement {
 typedef struct epd_group_spec {
   uint32_t struct_size;            /* sizeof(epd_group_spec_t) */
   char name[EPD_NAME_MAX];         /* NUL-terminated, [A-Za-z0-9._-]{1,63} */
-  uint64_t generation;             /* a restarted job bumps it; any value */
+  uint64_t generation;             /* a restarted job bumps it; any value. A newer
+                                      generation is assembled beside a running one
+                                      and replaces it only once all its ranks joined
+                                      (then the old handles get EPD_ERR_GROUP_CLOSED);
+                                      a join older than the newest is
+                                      EPD_ERR_STALE_GENERATION */
   int32_t world_size;              /* EP size, 1..EPD_MAX_WORLD_SIZE */
   int32_t rank;                    /* this rank, [0, world_size) */
   const epd_placement_t* placement; /* world_size entries; NULL = every rank on the host of node 0 */

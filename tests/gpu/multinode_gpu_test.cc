@@ -168,6 +168,7 @@ class NodeDaemon {
       f << "]\n";
       if (!f) return "cannot write " + cfg;
     }
+    if (chmod(cfg.c_str(), 0600) != 0) return "chmod " + cfg + ": " + strerror(errno);  // it holds the secret
     std::ofstream(log_path(), std::ios::trunc).flush();  // this start's log only
     if (notify_fd_ >= 0) close(notify_fd_);
     unlink(notify.c_str());

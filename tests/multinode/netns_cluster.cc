@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -114,6 +115,8 @@ std::string Cluster::start_daemon(int node, const std::string& secret, int timeo
     for (int n = 0; n < nodes(); ++n) f << (n ? ", " : "") << "\"" << address(n) << "\"";
     f << "]\n";
   }
+  // The daemon refuses a secret others may read.
+  if (chmod(cfg.c_str(), 0600) != 0) return "chmod " + cfg + ": " + strerror(errno);
   if (notify_fds_[i] >= 0) close(notify_fds_[i]);
   unlink(notify.c_str());
   notify_fds_[i] = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);

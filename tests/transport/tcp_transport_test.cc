@@ -164,7 +164,7 @@ TEST(TcpTransport, VersionMismatchRefusedNamingBothVersions) {
   Watchdog wd(30s);
   auto a = make_node(1);
   auto b = make_node(2, [](TransportConfig& c) {
-    c.protocol_major = 2;
+    c.protocol_major = kProtocolMajor + 1;
     c.protocol_minor = 3;
   });
   ASSERT_TRUE(a && b);
@@ -175,8 +175,8 @@ TEST(TcpTransport, VersionMismatchRefusedNamingBothVersions) {
   tb.join();
   for (const Status* s : {&sa, &sb}) {
     EXPECT_EQ(s->code(), EPD_ERR_VERSION_MISMATCH) << s->to_string();
-    EXPECT_NE(s->message().find("1.0"), std::string::npos) << s->message();
-    EXPECT_NE(s->message().find("2.3"), std::string::npos) << s->message();
+    EXPECT_NE(s->message().find(std::to_string(kProtocolMajor) + ".0"), std::string::npos) << s->message();
+    EXPECT_NE(s->message().find(std::to_string(kProtocolMajor + 1) + ".3"), std::string::npos) << s->message();
   }
 }
 
@@ -282,39 +282,20 @@ TEST(TcpTransport, WriteBoundsCheckedAtSender) {
 }
 
 // Completes the handshake by hand on a raw socket, as node 1 talking to node 2.
-int raw_authenticated(Node& b) {
-  int fd = raw_connect(b.t->listen_address());
-  if (fd < 0) return -1;
-  HandshakeParams p;
-  p.my_node = 1;
-  p.secret = kSecret;
-  p.expected_peer = 2;
-  p.remote = b.t->listen_address();
-  Handshake hs(p);
-  auto hello = hs.hello_frame();
-  if (!raw_write_all(fd, hello.data(), hello.size())) return -1;
-  for (int i = 0; i < 8 && !hs.done(); ++i) {
-    FrameHeader h;
-    std::vector<uint8_t> payload;
-    if (!raw_read_frame(fd, &h, &payload, 5s)) break;
-    std::vector<std::vector<uint8_t>> out;
-    if (!hs.on_frame(h, payload.data(), &out)) break;
-    for (auto& f : out) raw_write_all(fd, f.data(), f.size());
-  }
-  if (!hs.done()) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
+std::unique_ptr<RawLink> raw_authenticated(Node& b) {
+  Status why;
+  auto link = raw_link(b.t->listen_address(), 1, 2, kSecret, &why);
+  EXPECT_TRUE(link) << why.to_string();
+  return link;
 }
 
-void expect_protocol_drop(Node& b, int fd, NodeId expect_peer, const char* needle) {
-  // b answers with a REJECT naming the reason, then closes.
+void expect_protocol_drop(Node& b, RawLink& link, NodeId expect_peer, const char* needle) {
+  // b answers with a REJECT naming the reason (sealed after the handshake), then closes.
   bool saw_reject = false;
   for (int i = 0; i < 16; ++i) {
     FrameHeader h;
     std::vector<uint8_t> payload;
-    if (!raw_read_frame(fd, &h, &payload, 5s)) break;
+    if (!link.read_frame(&h, &payload, 5s)) break;
     if (h.type == FrameType::kReject) {
       Status r = decode_reject(payload.data(), payload.size(), "b");
       EXPECT_EQ(r.code(), EPD_ERR_PROTOCOL) << r.to_string();
@@ -323,12 +304,11 @@ void expect_protocol_drop(Node& b, int fd, NodeId expect_peer, const char* needl
     }
   }
   EXPECT_TRUE(saw_reject);
-  EXPECT_TRUE(raw_wait_eof(fd, 5s));
+  EXPECT_TRUE(raw_wait_eof(link.fd, 5s));
   Status e;
   ASSERT_TRUE(b.events.wait_peer_error(expect_peer, 5s, &e));
   EXPECT_EQ(e.code(), EPD_ERR_PROTOCOL) << e.to_string();
   EXPECT_NE(e.message().find(needle), std::string::npos) << e.message();
-  ::close(fd);
 }
 
 TEST(TcpTransport, MalformedFramesDropTheConnection) {
@@ -339,12 +319,13 @@ TEST(TcpTransport, MalformedFramesDropTheConnection) {
   ASSERT_TRUE(b->t->register_region(1, region.data(), region.size()).is_ok());
   {
     SCOPED_TRACE("garbage before the handshake");
-    int fd = raw_connect(b->t->listen_address());
-    ASSERT_GE(fd, 0);
+    RawLink raw;
+    raw.fd = raw_connect(b->t->listen_address());
+    ASSERT_GE(raw.fd, 0);
     uint8_t junk[kHeaderBytes];
     std::memset(junk, 0x41, sizeof(junk));
-    ASSERT_TRUE(raw_write_all(fd, junk, sizeof(junk)));
-    expect_protocol_drop(*b, fd, kUnknownNode, "magic");
+    ASSERT_TRUE(raw_write_all(raw.fd, junk, sizeof(junk)));
+    expect_protocol_drop(*b, raw, kUnknownNode, "magic");
   }
   struct Case {
     const char* name;
@@ -390,36 +371,36 @@ TEST(TcpTransport, MalformedFramesDropTheConnection) {
       std::lock_guard<std::mutex> l(b->events.mu);
       b->events.peer_events.clear();
     }
-    int fd = raw_authenticated(*b);
-    ASSERT_GE(fd, 0);
+    auto link = raw_authenticated(*b);
+    ASSERT_TRUE(link);
     ASSERT_TRUE(b->events.wait([&] { return !b->events.peer_events.empty(); }, 5s));  // connected
-    uint8_t hdr[kHeaderBytes];
-    encode_header(c.h, hdr);
-    if (static_cast<uint8_t>(c.h.type) == 42) hdr[4] = 42;
-    ASSERT_TRUE(raw_write_all(fd, hdr, sizeof(hdr)));
-    std::vector<uint8_t> body(std::min<uint64_t>(c.h.length, 4096), 0x5a);
-    if (c.h.type == FrameType::kHello) (void)raw_write_all(fd, body.data(), body.size());
-    expect_protocol_drop(*b, fd, 1, c.needle);
+    if (c.h.type == FrameType::kHello) {
+      std::vector<uint8_t> body(kHelloBytes, 0x5a);
+      ASSERT_TRUE(link->send_frame(c.h, body.data(), body.size()));
+    } else {
+      ASSERT_TRUE(link->send_header(c.h));  // sealed: b reads the header before any payload
+    }
+    expect_protocol_drop(*b, *link, 1, c.needle);
+    link.reset();
+    // Closed: the next case's connection is not a second one of node 1.
+    ASSERT_TRUE(b->events.wait([&] { return b->t->peer_status(1).code() != EPD_OK; }, 5s));
   }
   // Still serving: a well-formed peer connects afterwards.
-  int fd = raw_authenticated(*b);
-  EXPECT_GE(fd, 0);
-  if (fd >= 0) ::close(fd);
+  EXPECT_TRUE(raw_authenticated(*b));
 }
 
 TEST(TcpTransport, TruncatedFrameThenCloseIsPeerLost) {
   auto b = make_node(2, [](TransportConfig& c) { c.peers[1] = "127.0.0.1:1"; });
   ASSERT_TRUE(b);
-  int fd = raw_authenticated(*b);
-  ASSERT_GE(fd, 0);
+  auto link = raw_authenticated(*b);
+  ASSERT_TRUE(link);
   FrameHeader h;
   h.type = FrameType::kMessage;
   h.length = 1000;
-  uint8_t hdr[kHeaderBytes];
-  encode_header(h, hdr);
-  ASSERT_TRUE(raw_write_all(fd, hdr, sizeof(hdr)));
-  ASSERT_TRUE(raw_write_all(fd, hdr, 10));  // 10 of 1000 payload bytes
-  ::close(fd);
+  ASSERT_TRUE(link->send_header(h));
+  uint8_t part[10] = {};
+  ASSERT_TRUE(raw_write_all(link->fd, part, sizeof(part)));  // 10 of the 1000 + 16 payload bytes
+  link.reset();
   Status e;
   ASSERT_TRUE(b->events.wait_peer_error(1, 5s, &e));
   EXPECT_EQ(e.code(), EPD_ERR_PEER_LOST) << e.to_string();

@@ -1,6 +1,8 @@
 // test_util.cc — see test_util.h.
 #include "test_util.h"
 
+#include "handshake.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -183,6 +185,83 @@ bool raw_wait_eof(int fd, std::chrono::milliseconds timeout) {
     ssize_t r = ::recv(fd, buf, sizeof(buf), 0);
     if (r <= 0) return true;
   }
+}
+
+RawLink::~RawLink() {
+  if (fd >= 0) ::close(fd);
+}
+
+bool RawLink::send_frame(const FrameHeader& h, const void* payload, size_t bytes) {
+  std::vector<uint8_t> f = make_frame(h, payload, bytes);
+  if (tx) f = tx->seal_frame(f);
+  return raw_write_all(fd, f.data(), f.size());
+}
+
+bool RawLink::send_header(const FrameHeader& h) {
+  if (!tx) {
+    uint8_t hdr[kHeaderBytes];
+    encode_header(h, hdr);
+    return raw_write_all(fd, hdr, sizeof(hdr));
+  }
+  uint8_t rec[kSealedHeaderBytes];
+  tx->seal_header(h, tx->reserve(1), rec);
+  return raw_write_all(fd, rec, sizeof(rec));
+}
+
+bool RawLink::read_frame(FrameHeader* h, std::vector<uint8_t>* payload, std::chrono::milliseconds timeout) {
+  if (!rx) return raw_read_frame(fd, h, payload, timeout);
+  const Deadline d = deadline_after(timeout);
+  uint8_t rec[kSealedHeaderBytes], plain[kHeaderBytes];
+  if (!read_exact(fd, rec, sizeof(rec), d) || !rx->open_header(rec, plain, "raw")) return false;
+  WireLimits limits;
+  Result<FrameHeader> r = decode_header(plain, limits, "raw");
+  if (!r) return false;
+  *h = *r;
+  payload->resize(h->length);
+  std::vector<uint8_t> chunk;
+  for (size_t at = 0; at < h->length; at += kSealChunkBytes) {
+    const size_t n = std::min<size_t>(kSealChunkBytes, h->length - at);
+    chunk.resize(n + kTagBytes);
+    if (!read_exact(fd, chunk.data(), chunk.size(), d) || !rx->open_chunk(chunk.data(), n, payload->data() + at, "raw"))
+      return false;
+  }
+  return true;
+}
+
+std::unique_ptr<RawLink> raw_link(const std::string& host_port, NodeId me, NodeId peer, const std::string& secret,
+                                  Status* why) {
+  auto link = std::make_unique<RawLink>();
+  link->fd = raw_connect(host_port);
+  if (link->fd < 0) return nullptr;
+  HandshakeParams p;
+  p.my_node = me;
+  p.secret = secret;
+  p.initiator = true;
+  p.expected_peer = peer;
+  p.remote = host_port;
+  Handshake hs(p);
+  const std::vector<uint8_t> hello = hs.hello_frame();
+  if (!raw_write_all(link->fd, hello.data(), hello.size())) return nullptr;
+  Status st = make_status(EPD_ERR_TIMEOUT, "%s: the handshake did not complete", host_port.c_str());
+  for (int i = 0; i < 8 && !hs.done(); ++i) {
+    FrameHeader h;
+    std::vector<uint8_t> payload;
+    if (!link->read_frame(&h, &payload, 5s)) break;
+    std::vector<HandshakeFrame> out;
+    st = hs.on_frame(h, payload.data(), &out);
+    for (HandshakeFrame& f : out) {
+      if (f.sealed && !link->tx) link->tx.emplace(hs.tx_key());
+      std::vector<uint8_t> bytes = link->tx ? link->tx->seal_frame(f.bytes) : f.bytes;
+      (void)raw_write_all(link->fd, bytes.data(), bytes.size());
+    }
+    if (!st) break;
+    if (hs.rx_sealed() && !link->rx) link->rx.emplace(hs.rx_key());
+  }
+  if (!hs.done()) {
+    if (why) *why = st;
+    return nullptr;
+  }
+  return link;
 }
 
 Watchdog::Watchdog(std::chrono::seconds timeout) {

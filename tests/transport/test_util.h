@@ -9,11 +9,13 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "link_crypto.h"
 #include "transport.h"
 #include "wire.h"
 
@@ -84,6 +86,29 @@ bool raw_read_frame(int fd, FrameHeader* h, std::vector<uint8_t>* payload, std::
 bool raw_write_all(int fd, const void* data, size_t bytes);
 // True when the peer closes within the timeout (reads and discards until EOF).
 bool raw_wait_eof(int fd, std::chrono::milliseconds timeout);
+
+// A hand-driven node on a raw socket: the real handshake (as the dialer),
+// then sealed frames both ways, for tests that send what a real node never
+// would. Not thread-safe.
+struct RawLink {
+  int fd = -1;
+  std::optional<FrameSealer> tx;
+  std::optional<FrameOpener> rx;
+  RawLink() = default;
+  RawLink(const RawLink&) = delete;
+  RawLink& operator=(const RawLink&) = delete;
+  ~RawLink();
+  // A whole frame, sealed (plain before the handshake sealed).
+  bool send_frame(const FrameHeader& h, const void* payload, size_t bytes);
+  // Only the (sealed) header record of `h`: the payload never follows.
+  bool send_header(const FrameHeader& h);
+  // One frame, opened; false on EOF, timeout or a record that fails its tag.
+  bool read_frame(FrameHeader* h, std::vector<uint8_t>* payload, std::chrono::milliseconds timeout);
+};
+// Connects to `host_port` as node `me` expecting node `peer`, and runs the
+// handshake with `secret`; nullptr (and *why) when it does not complete.
+std::unique_ptr<RawLink> raw_link(const std::string& host_port, NodeId me, NodeId peer, const std::string& secret,
+                                  Status* why = nullptr);
 
 // Fails (aborts) the process if not disarmed within `timeout`: a hung test
 // becomes a failure with a message instead of a ctest timeout.

@@ -145,9 +145,9 @@ struct Pair {
         in.pop_front();
         Result<FrameHeader> hdr = decode_header(f.data(), lim, "mem");
         ASSERT_TRUE(hdr);
-        std::vector<std::vector<uint8_t>> o;
+        std::vector<HandshakeFrame> o;
         st = h.on_frame(*hdr, f.data() + kHeaderBytes, &o);
-        for (auto& x : o) out.push_back(std::move(x));
+        for (auto& x : o) out.push_back(std::move(x.bytes));
       };
       step(a, sa, to_a, to_b);
       step(b, sb, to_b, to_a);
@@ -156,9 +156,11 @@ struct Pair {
   }
 };
 
-HandshakeParams params(uint32_t me, std::optional<uint32_t> expect, std::string secret, uint16_t major = 1) {
+HandshakeParams params(uint32_t me, std::optional<uint32_t> expect, std::string secret,
+                       uint16_t major = kProtocolMajor) {
   HandshakeParams p;
   p.my_node = me;
+  p.initiator = expect.has_value();
   p.expected_peer = expect;
   p.secret = std::move(secret);
   p.major = major;
@@ -212,16 +214,87 @@ TEST(Handshake, ReflectedProofIsRejected) {
   hp->node_id = 2;
   uint8_t body[kHelloBytes];
   encode_hello(*hp, body);
-  std::vector<std::vector<uint8_t>> out;
+  std::vector<HandshakeFrame> out;
   ASSERT_TRUE(a.on_frame(*hh, body, &out).is_ok());
   ASSERT_EQ(out.size(), 1u);  // a's AUTH
-  Result<FrameHeader> ah = decode_header(out[0].data(), lim, "m");
+  Result<FrameHeader> ah = decode_header(out[0].bytes.data(), lim, "m");
   ASSERT_TRUE(ah);
-  std::vector<std::vector<uint8_t>> out2;
-  Status s = a.on_frame(*ah, out[0].data() + kHeaderBytes, &out2);  // reflect it
+  std::vector<HandshakeFrame> out2;
+  Status s = a.on_frame(*ah, out[0].bytes.data() + kHeaderBytes, &out2);  // reflect it
   EXPECT_EQ(s.code(), EPD_ERR_PERMISSION) << s.to_string();
   ASSERT_EQ(out2.size(), 1u);
-  EXPECT_EQ(out2[0][4], static_cast<uint8_t>(FrameType::kReject));
+  EXPECT_EQ(out2[0].bytes[4], static_cast<uint8_t>(FrameType::kReject));
+}
+
+
+TEST(Handshake, BothSidesDeriveTheSameKeysAndOnlyTheDialerProvesFirst) {
+  Handshake a(params(1, 2, kSecretA)), b(params(2, std::nullopt, kSecretA));
+  WireLimits lim;
+  auto feed = [&](Handshake& h, const std::vector<uint8_t>& f, std::vector<HandshakeFrame>* out) {
+    Result<FrameHeader> hdr = decode_header(f.data(), lim, "mem");
+    EXPECT_TRUE(hdr);
+    return h.on_frame(*hdr, f.data() + kHeaderBytes, out);
+  };
+  std::vector<HandshakeFrame> from_a, from_b;
+  ASSERT_TRUE(feed(b, a.hello_frame(), &from_b).is_ok());
+  EXPECT_TRUE(from_b.empty()) << "the acceptor answered a HELLO with something before any proof";
+  ASSERT_TRUE(feed(a, b.hello_frame(), &from_a).is_ok());
+  ASSERT_EQ(from_a.size(), 1u);
+  EXPECT_EQ(from_a[0].bytes[4], static_cast<uint8_t>(FrameType::kAuth));
+  EXPECT_FALSE(from_a[0].sealed);
+  // A wrong proof gets a REJECT and nothing of b's proof.
+  {
+    Handshake b2(params(2, std::nullopt, kSecretA));
+    std::vector<HandshakeFrame> o;
+    ASSERT_TRUE(feed(b2, a.hello_frame(), &o).is_ok());
+    std::vector<uint8_t> forged = from_a[0].bytes;
+    forged[kHeaderBytes] ^= 1;
+    EXPECT_EQ(feed(b2, forged, &o).code(), EPD_ERR_PERMISSION);
+    ASSERT_EQ(o.size(), 1u);
+    EXPECT_EQ(o[0].bytes[4], static_cast<uint8_t>(FrameType::kReject));
+  }
+  ASSERT_TRUE(feed(b, from_a[0].bytes, &from_b).is_ok());
+  ASSERT_EQ(from_b.size(), 2u);  // AUTH (plain), AUTH_OK (sealed)
+  EXPECT_FALSE(from_b[0].sealed);
+  EXPECT_TRUE(from_b[1].sealed);
+  EXPECT_TRUE(b.rx_sealed());
+  EXPECT_EQ(a.tx_key(), b.rx_key());
+  EXPECT_EQ(a.rx_key(), b.tx_key());
+  EXPECT_NE(a.tx_key(), a.rx_key());
+  // The same secret over other nonces gives other keys.
+  Handshake c(params(1, 2, kSecretA)), d(params(2, std::nullopt, kSecretA));
+  std::vector<HandshakeFrame> o;
+  ASSERT_TRUE(feed(d, c.hello_frame(), &o).is_ok());
+  ASSERT_TRUE(feed(c, d.hello_frame(), &o).is_ok());
+  EXPECT_NE(c.tx_key(), a.tx_key());
+}
+
+TEST(Handshake, SecondConnectionOfALinkedNodeIsRefusedAfterItsProof) {
+  HandshakeParams pb = params(2, std::nullopt, kSecretA);
+  pb.admit_peer = [](uint32_t n) { return make_status(EPD_ERR_PERMISSION, "node %u already has a link", n); };
+  Pair p{Handshake(params(1, 2, kSecretA)), Handshake(pb), {}, {}};
+  EXPECT_FALSE(p.run());
+  EXPECT_EQ(p.sb.code(), EPD_ERR_PERMISSION) << p.sb.to_string();
+  EXPECT_NE(p.sa.message().find("already has a link"), std::string::npos) << p.sa.to_string();
+}
+
+TEST(Wire, OnlySmallHandshakeFramesBeforeAuthentication) {
+  FrameHeader h;
+  for (FrameType t : {FrameType::kHello, FrameType::kAuth, FrameType::kReject}) {
+    h.type = t;
+    h.length = 40;
+    EXPECT_TRUE(check_pre_auth_header(h, "p").is_ok()) << frame_type_name(t);
+  }
+  h.length = kMaxPreAuthPayload + 1;
+  EXPECT_EQ(check_pre_auth_header(h, "p").code(), EPD_ERR_PROTOCOL);
+  for (FrameType t : {FrameType::kAuthOk, FrameType::kMessage, FrameType::kWrite, FrameType::kRegions,
+                      FrameType::kHeartbeat, FrameType::kBye}) {
+    h.type = t;
+    h.length = 0;
+    Status s = check_pre_auth_header(h, "peer 9");
+    EXPECT_EQ(s.code(), EPD_ERR_PROTOCOL) << frame_type_name(t);
+    EXPECT_NE(s.message().find("peer 9"), std::string::npos) << s.message();
+  }
 }
 
 }  // namespace

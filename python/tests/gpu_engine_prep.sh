@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# gpu_engine_prep.sh — run on a machine WITH internet (the CPU machine): puts into <repo>/.whl
+# (git-ignored) what the vLLM engine tests need on the GPU machine, which has Python 3.12,
+# torch 2.11 and no internet: vLLM 0.34.0's wheel (its pure-Python files; its compiled extension was
+# built for torch 2.14 and may not load there: epd.vllm.testing.install_standins() covers the one op
+# the tests' experts call), the cp312 wheels of the dependencies its MoE modules import, and the
+# vLLM sdist unpacked (its tests/kernels/moe/modular_kernel_tools sweep is not in the wheel).
+# Then run python/tests/gpu_engine_run.sh there.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+whl=.whl
+mkdir -p "$whl"
+pip=${PIP:-python3 -m pip}
+# Every wheel for CPython 3.12 on x86_64 Linux, no dependencies resolved (the list is explicit).
+$pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  --platform manylinux_2_34_x86_64 --platform manylinux_2_27_x86_64 --platform any -d "$whl" \
+  vllm==0.34.0 pydantic==2.14.4 pydantic-core annotated-types typing-inspection pyzmq==27.3.0 \
+  msgspec==0.23.0 cbor2==6.3.0 pybase64==1.5.1 cachetools==8.0.3 cloudpickle==3.1.3 \
+  py-cpuinfo==9.0.0 prometheus_client==0.26.0 llguidance xgrammar==0.2.9 \
+  apache-tvm-ffi regex==2026.12.2 psutil==7.2.2 uvloop==0.23.0 pillow==13.0.0 \
+  "transformers==5.22.2" "huggingface_hub" "tokenizers" "safetensors" aiohttp==3.14.5 \
+  aiohappyeyeballs aiosignal frozenlist multidict yarl propcache attrs requests==2.34.2 \
+  urllib3==2.8.0 idna charset-normalizer certifi pyyaml tqdm packaging==26.4 hf-xet
+# The sdist, for vLLM's own modular-kernel sweep.
+if [ ! -d "$whl/vllm-0.34.0/tests/kernels/moe/modular_kernel_tools" ]; then
+  $pip download --no-deps --no-binary vllm -d "$whl" vllm==0.34.0
+  tar -xzf "$whl/vllm-0.34.0.tar.gz" -C "$whl"
+fi
+du -sh "$whl"

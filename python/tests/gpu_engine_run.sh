@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# gpu_engine_run.sh — run on the GPU machine (no internet) after gpu_engine_prep.sh filled <repo>/.whl:
+# installs those wheels into .whl/site (not the system's site-packages; the system's torch is used),
+# builds epd with CUDA and the torch ops extension into ${EPD_BUILD_DIR:-build-engines}, and runs the
+# vLLM engine tests on the GPU (python/tests/test_engines_vllm_gpu.py: worker processes on one GPU,
+# CUDA graph replay with changing counts, vLLM's own modular-kernel sweep with epd's prepare/finalize),
+# logs under ${OUT:-.}.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${OUT:-.}
+build=${EPD_BUILD_DIR:-build-engines}
+py=${EPD_PYTHON:-python3}
+mkdir -p "$out" .whl/site
+$py -m pip install --no-index --no-deps --target .whl/site .whl/*.whl > "$out/engines-pip.log" 2>&1
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DEPD_WITH_CUDA=ON -DEPD_WITH_TORCH=ON \
+  -DEPD_PYTHON="$(command -v "$py")" > "$out/engines-cmake.log" 2>&1
+cmake --build "$build" -j "$(nproc)" --target epd_engines_test_deps > "$out/engines-build.log" 2>&1
+export EPD_BUILD_DIR=$PWD/$build EPD_DAEMON=$PWD/$build/daemon/epd EPD_VLLM_SDIST=$PWD/.whl/vllm-0.34.0
+export PYTHONPATH=$PWD/python:$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}
+$py -c "import torch, vllm; print('torch', torch.__version__, 'vllm', vllm.__version__, torch.cuda.get_device_name(0))" \
+  2>&1 | tail -1 | tee "$out/engines-versions.log"
+$py -m pytest -q -rs -p no:cacheprovider python/tests/test_engines_vllm_gpu.py 2>&1 | tee "$out/engines-gpu.log"
+exit "${PIPESTATUS[0]}"
