@@ -27,4 +27,29 @@ if [ ! -d "$whl/vllm-0.34.0/tests/kernels/moe/modular_kernel_tools" ]; then
   $pip download --no-deps --no-binary vllm -d "$whl" vllm==0.34.0
   tar -xzf "$whl/vllm-0.34.0.tar.gz" -C "$whl"
 fi
+# Fit the device tool's 64 MiB carry (about 24 MB in all): vLLM's Python and JSON files
+# only, as $whl/vllm-py.tar.xz (about 8 MB; gpu_engine_run.sh unpacks it into $whl/site;
+# the compiled extension, built for torch 2.14, and the bundled C++ headers and binaries
+# stay out), only the sdist's MoE tests, and no wheel of a package the GPU image already
+# has (its package list: /work/.library/device/KINDS.md).
+for w in "$whl"/vllm-0.34.0-*.whl; do
+  [ -f "$w" ] || continue
+  tmp=$(mktemp -d)
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$w" "$tmp"
+  (cd "$tmp" && find vllm vllm-0.34.0.dist-info -type f \( -name "*.py" -o -name "*.json" -o -name py.typed \
+     -o -path "*dist-info*" \) | tar -cJf - -T -) > "$whl/vllm-py.tar.xz"
+  rm -rf "$tmp" "$w"
+done
+if [ -f "$whl/vllm-0.34.0.tar.gz" ]; then
+  find "$whl/vllm-0.34.0" -mindepth 1 -maxdepth 1 ! -name tests -exec rm -rf {} +
+  find "$whl/vllm-0.34.0/tests" -mindepth 1 -maxdepth 1 ! -name kernels -exec rm -rf {} +
+  find "$whl/vllm-0.34.0/tests/kernels" -mindepth 1 -maxdepth 1 ! -name moe ! -name utils.py ! -name __init__.py \
+    -exec rm -rf {} +
+  rm -f "$whl/vllm-0.34.0.tar.gz"
+fi
+for present in aiohttp aiohappyeyeballs aiosignal attrs frozenlist multidict yarl propcache requests urllib3 idna \
+               charset_normalizer certifi PyYAML pyyaml tqdm packaging pillow psutil regex uvloop transformers \
+               huggingface_hub tokenizers safetensors hf_xet cloudpickle py_cpuinfo prometheus_client; do
+  rm -f "$whl/$present"-[0-9]*.whl
+done
 du -sh "$whl"

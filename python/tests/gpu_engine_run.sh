@@ -11,6 +11,7 @@ out=${OUT:-.}
 build=${EPD_BUILD_DIR:-build-engines}
 py=${EPD_PYTHON:-python3}
 mkdir -p "$out" .whl/site
+tar -xJf .whl/vllm-py.tar.xz -C .whl/site  # vLLM's Python files (gpu_engine_prep.sh)
 $py -m pip install --no-index --no-deps --target .whl/site .whl/*.whl > "$out/engines-pip.log" 2>&1
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DEPD_WITH_CUDA=ON -DEPD_WITH_TORCH=ON \
   -DEPD_PYTHON="$(command -v "$py")" > "$out/engines-cmake.log" 2>&1
