@@ -10,9 +10,6 @@ with a plain loop over (token, k). Exit 0 with "OK rank R", else 1.
 """
 from __future__ import annotations
 
-import os
-import sys
-import traceback
 
 E, TOP_K, HIDDEN, MAX_TOKENS = 6, 2, 64, 10
 STEPS = [([4, 10], [0, 3]), ([0, 0], [7, 1]), ([10, 2], [10, 10])]  # (tokens of sub-batch 0, of 1) per rank
@@ -108,11 +105,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        rc = main(sys.argv)
-    except Exception:
-        traceback.print_exc()
-        print(f"FAILED rank {sys.argv[2] if len(sys.argv) > 2 else '?'} seed "
-              f"{sys.argv[4] if len(sys.argv) > 4 else '?'} (pid {os.getpid()})", flush=True)
-        sys.exit(1)
-    sys.exit(rc)
+    import rank_main  # beside this script
+    rank_main.run(main)

@@ -14,10 +14,7 @@ differed (with the seed) and exits 1.
 """
 from __future__ import annotations
 
-import os
-import sys
 import threading
-import traceback
 
 E, TOP_K, HIDDEN, INTER, MAX_TOKENS = 8, 2, 128, 64, 12
 # Each step: micro-batches run concurrently, one per slot: (slot, route, tokens per rank [r0, r1, ...]).
@@ -215,11 +212,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        rc = main(sys.argv)
-    except Exception:
-        traceback.print_exc()
-        print(f"FAILED rank {sys.argv[2] if len(sys.argv) > 2 else '?'} seed "
-              f"{sys.argv[4] if len(sys.argv) > 4 else '?'} (pid {os.getpid()})", flush=True)
-        sys.exit(1)
-    sys.exit(rc)
+    import rank_main  # beside this script
+    rank_main.run(main)

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/small_spec.h"
 #include "epd/epd.h"
 
 namespace {
@@ -52,19 +53,7 @@ epd_status_t cwait(int slot) {
 }
 
 epd_status_t join(const char* name, int world, int rank, unsigned long long generation, unsigned timeout_ms) {
-  epd_group_spec_t s;
-  epd_group_spec_init(&s);
-  std::snprintf(s.name, sizeof s.name, "%s", name);
-  s.generation = generation;
-  s.world_size = world;
-  s.rank = rank;
-  s.num_experts = 4 * world;
-  s.top_k = 2;
-  s.hidden = 32;
-  s.dtype = EPD_DTYPE_FP32;
-  s.max_tokens_per_rank = 8;
-  s.slots = 2;
-  s.timeout_ms = timeout_ms;
+  const epd_group_spec_t s = epd::test::small_spec(name, world, rank, timeout_ms, generation);
   return epd_group_join(client, &s, &group);
 }
 

@@ -73,23 +73,6 @@ job::Child& DaemonTest::worker(const std::vector<std::string>& args) {
   return *children_.back();
 }
 
-epd_group_spec_t small_spec(const char* name, int32_t world, int32_t rank, uint32_t timeout_ms) {
-  epd_group_spec_t s;
-  epd_group_spec_init(&s);
-  std::snprintf(s.name, sizeof s.name, "%s", name);
-  s.generation = 1;
-  s.world_size = world;
-  s.rank = rank;
-  s.num_experts = 4 * world;
-  s.top_k = 2;
-  s.hidden = 32;
-  s.dtype = EPD_DTYPE_FP32;
-  s.max_tokens_per_rank = 8;
-  s.slots = 2;
-  s.timeout_ms = timeout_ms;
-  return s;
-}
-
 epd_client_t* connect_or_die(const std::string& socket) {
   epd_client_t* c = nullptr;
   const epd_status_t rc = epd_client_connect(socket.c_str(), &c);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "epd/epd.h"
+#include "../common/small_spec.h"  // small_spec: the spec in-process tests join with
 #include "main_job_lib.h"
 
 namespace epd::test {
@@ -53,8 +54,6 @@ class DaemonTest : public ::testing::Test {
   std::vector<std::unique_ptr<job::Child>> children_;
 };
 
-// A small spec for in-process tests (host placement, fp32, rank_major).
-epd_group_spec_t small_spec(const char* name, int32_t world, int32_t rank, uint32_t timeout_ms = 10000);
 
 // Connects or fails the test.
 epd_client_t* connect_or_die(const std::string& socket);

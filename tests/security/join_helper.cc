@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/small_spec.h"
 #include "epd/epd.h"
 
 int main(int argc, char** argv) {
@@ -36,19 +37,7 @@ int main(int argc, char** argv) {
       std::printf("bad action %s\n", argv[i]);
       continue;
     }
-    epd_group_spec_t s;
-    epd_group_spec_init(&s);
-    std::snprintf(s.name, sizeof s.name, "%s", name);
-    s.generation = gen;
-    s.world_size = world;
-    s.rank = rank;
-    s.num_experts = 4 * world;
-    s.top_k = 2;
-    s.hidden = 32;
-    s.dtype = EPD_DTYPE_FP32;
-    s.max_tokens_per_rank = 8;
-    s.slots = 2;
-    s.timeout_ms = 10000;  // as the harness's small_spec
+    const epd_group_spec_t s = epd::test::small_spec(name, world, rank, 10000, gen);
     epd_group_t* g = nullptr;
     const epd_status_t rc = epd_group_join(c, &s, &g);
     std::printf("join %s %llu -> %d %s\n", name, gen, static_cast<int>(rc),
