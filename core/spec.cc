@@ -157,6 +157,17 @@ Status check_relations(const GroupSpec& s, SpecFieldId id) {
                    INT32_MAX);
       break;
     }
+    case SpecFieldId::executor:
+      // The inline executor runs every rank's launches as shards of one GPU
+      // (kernels/gpu_inline.h); several GPUs and nodes stay with the daemon.
+      if (s.executor == EPD_EXECUTOR_INLINE)
+        for (int32_t r = 0; r < s.world_size; ++r)
+          if (s.placement[r].gpu == EPD_GPU_HOST || s.placement[r].gpu != s.placement[0].gpu ||
+              s.placement[r].node != s.placement[0].node)
+            return bad("executor = inline needs every rank on one GPU of one node; placement[%d] is node %d gpu %d, "
+                       "placement[0] node %d gpu %d (use executor = daemon)",
+                       r, s.placement[r].node, s.placement[r].gpu, s.placement[0].node, s.placement[0].gpu);
+      break;
     default: break;
   }
   return Status::ok();

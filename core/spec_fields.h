@@ -70,7 +70,8 @@ inline constexpr unsigned kSpecShared = kSpecCompared | kSpecConfig;
   X(layout, epd_layout_t, EPD_LAYOUT_RANK_MAJOR, kEnum, 0, 0, kSpecShared)                           \
   X(slots, int32_t, 2, kRange, 2, EPD_MAX_SLOTS, kSpecShared)                                        \
   X(timeout_ms, uint32_t, kDefaultTimeoutMs, kNone, 0, 0, kSpecShared) /* 0 = daemon's default */    \
-  X(sm_budget, int32_t, 0, kRange, 0, EPD_MAX_SM_BUDGET, kSpecShared)
+  X(sm_budget, int32_t, 0, kRange, 0, EPD_MAX_SM_BUDGET, kSpecShared)                                \
+  X(executor, epd_executor_t, EPD_EXECUTOR_DAEMON, kEnum, 0, 0, kSpecShared)
 
 // One enumerator per row, H rows included: lets hand-written code name a field.
 #define EPD_SPEC_FIELD_ID(name, ...) name,
@@ -112,6 +113,12 @@ struct EnumNames<epd_layout_t> {
   static constexpr const char* kCType = "epd_layout_t";
   static constexpr EnumName<epd_layout_t> kNames[] = {{EPD_LAYOUT_RANK_MAJOR, "rank_major"},
                                                       {EPD_LAYOUT_EXPERT_MAJOR, "expert_major"}};
+};
+template <>
+struct EnumNames<epd_executor_t> {
+  static constexpr const char* kCType = "epd_executor_t";
+  static constexpr EnumName<epd_executor_t> kNames[] = {{EPD_EXECUTOR_DAEMON, "daemon"},
+                                                        {EPD_EXECUTOR_INLINE, "inline"}};
 };
 // Not a spec field (a combine argument), but named the same way.
 template <>

@@ -130,6 +130,18 @@ class GpuExecutor {
                                                      const std::vector<int32_t>& rank_devices,
                                                      const GpuTuning& tuning = {});
 
+  // The inline executor (gpu_inline.h), in a worker process: `block` is the
+  // inline group's block (inline_block_layout) mapped here for `device`. Every
+  // rank is a shard of `device` ([r, r + 1)); this process enqueues only its
+  // own rank's shard (dispatch_shard / combine_shard with an ArmedParams, whose
+  // completion the last block writes). Nothing in the block is written at
+  // creation (the daemon initialised it; other ranks may be running). The
+  // scratch's barrier counters are the one-word barriers (GpuTuning::barrier 1);
+  // the block's abort word ends every wait; low_latency runs the one-launch
+  // kernel per rank, high_throughput the multi_gpu launches per rank.
+  static Result<std::unique_ptr<GpuExecutor>> create_inline(const GroupSpec& spec, uint8_t* block, int32_t device,
+                                                            const GpuTuning& tuning = {});
+
   struct Shard {
     int32_t device = 0;
     int32_t rank_lo = 0, rank_hi = 0;  // ranks [lo, hi) are on `device`

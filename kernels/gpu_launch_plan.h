@@ -53,6 +53,12 @@ struct GpuTuning {
   // mode low_latency over several GPUs: the one-launch low_latency kernel
   // instead of the multi_gpu launches (not yet the default there: unmeasured).
   bool one_launch_across_gpus = false;
+  // The inline executor (gpu_inline.h): this many shards share each GPU and
+  // wait on each other inside their launches, so every shard's launches of
+  // every slot must be resident together: the row split counts all their
+  // tokens and each grid is capped at the GPU's resident blocks / (shards x
+  // slots). 0 or 1: shards do not share a GPU.
+  int32_t co_resident = 0;
 };
 
 struct LaunchChoice {

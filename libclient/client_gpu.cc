@@ -3,9 +3,14 @@
 // enqueue through GpuRankOps on the caller's stream, epd_group_gpu_status
 // polls the slot's completion word on the host with a deadline, and the
 // deprecated 0.1 names of these calls forward to them.
+#include <dlfcn.h>
 #include <poll.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
 
 #include "client_internal.h"
 #include "control_block.h"
@@ -75,17 +80,83 @@ Status wait_completion(epd_group_impl& g, int32_t slot, uint32_t expect, int64_t
 
 }  // namespace
 
+// libepd-inline.so's factory: EPD_INLINE_LIBRARY, else the file beside this
+// library, else the loader's search path. Loaded once and never closed (the
+// runners' code lives there).
+Status inline_factory(InlineCreateFn* out) {
+  static std::mutex mu;
+  static InlineCreateFn fn = nullptr;
+  static std::string tried;
+  std::lock_guard<std::mutex> lk(mu);
+  *out = fn;
+  if (fn) return Status::ok();
+  std::vector<std::string> paths;
+  if (const char* env = getenv("EPD_INLINE_LIBRARY"); env && *env) {
+    paths.push_back(env);
+  } else {
+    Dl_info info{};
+    if (dladdr(reinterpret_cast<void*>(&attach_gpu_workspace), &info) && info.dli_fname) {
+      std::string self = info.dli_fname;
+      const size_t cut = self.rfind('/');
+      if (cut != std::string::npos) paths.push_back(self.substr(0, cut + 1) + kInlineLibrary);
+    }
+    paths.push_back(kInlineLibrary);
+  }
+  tried.clear();
+  for (const std::string& p : paths) {
+    void* h = dlopen(p.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+      const char* why = dlerror();
+      tried += (tried.empty() ? "" : "; ") + p + ": " + (why ? why : "not loadable");
+      continue;
+    }
+    fn = reinterpret_cast<InlineCreateFn>(dlsym(h, kInlineCreateSymbol));
+    *out = fn;
+    if (fn) return Status::ok();
+    tried += (tried.empty() ? "" : "; ") + p + ": no symbol " + kInlineCreateSymbol;
+  }
+  return make_status(EPD_ERR_UNSUPPORTED,
+                     "executor inline needs %s (built with CUDA, installed beside libepd-client; EPD_INLINE_LIBRARY "
+                     "names another path): %s",
+                     kInlineLibrary, tried.c_str());
+}
+
 Status attach_gpu_workspace(epd_group_impl& g, const proto::JoinReply& jr, int fd) {
   auto drv = cu::GpuDriver::get();
   if (!drv) return drv.status();
   const RankLayout& l = g.layout.ranks[static_cast<size_t>(g.spec.rank)];
-  if (jr.gpu_mapped_bytes < l.bytes)
-    return make_status(EPD_ERR_PROTOCOL, "JOIN_REPLY: GPU workspace of %llu bytes, rank %d of group '%s' needs %llu",
-                       static_cast<unsigned long long>(jr.gpu_mapped_bytes), g.spec.rank, g.spec.name.c_str(),
-                       static_cast<unsigned long long>(l.bytes));
+  const bool in_line = g.spec.executor == EPD_EXECUTOR_INLINE;
+  uint64_t need = l.bytes, rank_at = 0;
+  if (in_line) {
+    auto lay = inline_block_layout(g.spec);
+    if (!lay) return lay.status();
+    need = lay->bytes;
+    rank_at = lay->rank_at[static_cast<size_t>(g.spec.rank)];
+  }
+  if (jr.gpu_mapped_bytes < need)
+    return make_status(EPD_ERR_PROTOCOL, "JOIN_REPLY: GPU %s of %llu bytes, rank %d of group '%s' needs %llu",
+                       in_line ? "block" : "workspace", static_cast<unsigned long long>(jr.gpu_mapped_bytes), g.spec.rank,
+                       g.spec.name.c_str(), static_cast<unsigned long long>(need));
   auto m = GpuWorkspaceMapping::import(**drv, fd, jr.gpu_mapped_bytes, jr.gpu_device);
   if (!m) return m.status();
-  g.gpu_ops = std::make_unique<GpuRankOps>(**drv, g.spec, g.spec.rank, (*m)->base(), jr.gpu_device);
+  if (in_line) {
+    InlineCreateFn make = nullptr;
+    EPD_RETURN_IF_ERROR(inline_factory(&make));
+    Status st = make_status(EPD_ERR_INTERNAL, "libepd-inline.so gave no runner");
+    InlineCreateArgs a;
+    a.abi = kInlineAbi;
+    a.spec = &g.spec;
+    a.block = (*m)->base();
+    a.block_bytes = jr.gpu_mapped_bytes;
+    a.rank = g.spec.rank;
+    a.device = jr.gpu_device;
+    a.out = &g.gpu_inline;
+    a.status = &st;
+    make(&a);
+    if (!g.gpu_inline) return st;
+  }
+  g.gpu_ops = std::make_unique<GpuRankOps>(**drv, g.spec, g.spec.rank, (*m)->base() + rank_at, jr.gpu_device);
+  g.gpu_ops->set_inline(g.gpu_inline.get());
   g.gpu_map = std::move(m.value());
   g.gpu_device = jr.gpu_device;
   return Status::ok();

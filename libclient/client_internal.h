@@ -117,6 +117,7 @@ struct epd_group_impl : Handle {
   // this order so the operations go before the mapping they point into.
   int32_t gpu_device = -1;
   std::unique_ptr<GpuWorkspaceMapping> gpu_map;
+  std::unique_ptr<InlineRunner> gpu_inline;  // executor inline: this rank's launches (libepd-inline.so)
   std::unique_ptr<GpuRankOps> gpu_ops;
   std::mutex gpu_mu;  // each GpuRankOps host read (completion, query): they share a private stream
   // The abort status (EPD_ERR_PEER_LOST, ...) once a query saw the daemon

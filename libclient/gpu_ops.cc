@@ -94,6 +94,15 @@ Status GpuRankOps::dispatch_here(int32_t slot, const GpuDispatchArgs& a, void* s
       EPD_CU_CALL(drv_, drv_.memset32_async(dptr(base_ + o.send_weights), 0x3f800000u /* 1.0f */, rows * K, st));
   }
   const CUdeviceptr n_word = dptr(base_ + o.send_hdr + offsetof(SendHeader, n_tokens));
+  if (inline_) {  // the count, then this rank's launch
+    if (a.n_tokens_device)
+      EPD_CU_CALL(drv_, drv_.memcpy_async(n_word, dptr(a.n_tokens_device), sizeof(int32_t), st));
+    else
+      EPD_CU_CALL(drv_, drv_.write32(st, n_word, static_cast<uint32_t>(a.n_tokens_host), cu::CU_STREAM_WRITE_VALUE_DEFAULT));
+    EPD_RETURN_IF_ERROR(inline_->dispatch(slot, stream));
+    phase_[slot] = Phase::kDispatched;
+    return Status::ok();
+  }
   const CUdeviceptr bell = word(slot, offsetof(ControlSlot, doorbell));
   // The default write flags put a memory barrier before the doorbell: the
   // copies above are visible to the daemon's kernels when they see the ring.
@@ -111,6 +120,10 @@ Status GpuRankOps::dispatch_wait_here(int32_t slot, void* stream) {
   if (slot >= 0 && slot < spec_.slots && phase_[slot] == Phase::kIdle)
     return make_status(EPD_ERR_NO_DISPATCH, "rank %d: dispatch_wait on slot %d without a dispatch", rank_, slot);
   EPD_RETURN_IF_ERROR(check_slot(slot, Phase::kDispatched, "dispatch_wait"));
+  if (inline_) {
+    phase_[slot] = Phase::kDispatchWaited;
+    return Status::ok();
+  }
   EPD_CU_CALL(drv_, drv_.wait32(as_stream(stream), word(slot, offsetof(ControlSlot, completion)), kDoneDispatch,
                                 cu::CU_STREAM_WAIT_VALUE_AND));
   phase_[slot] = Phase::kDispatchWaited;
@@ -129,6 +142,13 @@ Status GpuRankOps::combine_here(int32_t slot, epd_weight_mode_t mode, const void
   if (expert_out && rows > 0)
     EPD_CU_CALL(drv_, drv_.memcpy_async(dptr(base_ + layout_.slot[slot].combine_in), dptr(expert_out),
                                         static_cast<size_t>(rows) * layout_.in_row_bytes, st));
+  if (inline_) {  // the mode word (the completion checks every rank's), then this rank's launch
+    EPD_CU_CALL(drv_, drv_.write32(st, word(slot, offsetof(ControlSlot, weight_mode)), static_cast<uint32_t>(mode),
+                                   cu::CU_STREAM_WRITE_VALUE_DEFAULT));
+    EPD_RETURN_IF_ERROR(inline_->combine(slot, mode, stream));
+    phase_[slot] = Phase::kCombined;
+    return Status::ok();
+  }
   // Weight mode and doorbell in one stream operation.
   EPD_RETURN_IF_ERROR(drv_.write32_pair(st, word(slot, offsetof(ControlSlot, weight_mode)), static_cast<uint32_t>(mode),
                                         word(slot, offsetof(ControlSlot, doorbell)), kRingCombine));
@@ -138,6 +158,10 @@ Status GpuRankOps::combine_here(int32_t slot, epd_weight_mode_t mode, const void
 
 Status GpuRankOps::combine_wait_here(int32_t slot, void* stream) {
   EPD_RETURN_IF_ERROR(check_slot(slot, Phase::kCombined, "combine_wait"));
+  if (inline_) {
+    phase_[slot] = Phase::kIdle;
+    return Status::ok();
+  }
   EPD_CU_CALL(drv_, drv_.wait32(as_stream(stream), word(slot, offsetof(ControlSlot, completion)), kDoneCombine,
                                 cu::CU_STREAM_WAIT_VALUE_AND));
   phase_[slot] = Phase::kIdle;

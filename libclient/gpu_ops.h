@@ -30,6 +30,7 @@
 
 #include "epd/types.h"
 #include "gpu_driver.h"
+#include "gpu_inline.h"
 #include "layout.h"
 #include "spec.h"
 #include "status.h"
@@ -104,6 +105,11 @@ class GpuRankOps {
 
   // Forgets the per-slot call order (after the daemon's reset() / a re-join).
   void reset_slots();
+  // The inline executor (gpu_inline.h; borrowed, outlives this): dispatch and
+  // combine write the count / weight mode and launch the rank's kernels on the
+  // caller's stream instead of ringing; the waits enqueue nothing (the launch
+  // ends after every rank's part, in stream order).
+  void set_inline(InlineRunner* runner) { inline_ = runner; }
 
   const RankLayout& layout() const { return layout_; }
   uint8_t* at(int32_t slot, uint64_t SlotOffsets::*field) const { return base_ + layout_.slot[slot].*field; }
@@ -149,6 +155,7 @@ class GpuRankOps {
   int32_t device_;
   RankLayout layout_;
   std::vector<Phase> phase_;
+  InlineRunner* inline_ = nullptr;
   mutable cu::CUstream query_stream_ = nullptr;  // in device_'s primary context; host reads only
   mutable std::atomic<cu::CUcontext> rank_ctx_{nullptr};  // device_'s primary context, once looked up
 };

@@ -357,6 +357,8 @@ Result<Join> decode_join(const Frame& f) {
   for_each_spec_field([&](const auto& field) {
     if constexpr (!kIsSpecHand<decltype(field)>) {
       using T = typename std::decay_t<decltype(field)>::Type;
+      // A client of minor < 3 sends no executor: its groups run on the daemon.
+      if (field.id == SpecFieldId::executor && f.header.major == 1 && f.header.minor < 3) return;
       s.*field.member = get_spec_scalar<T>(r, field.name);
       // The array sizes are bounded before the arrays are read.
       if (field.id == SpecFieldId::world_size) r.range(field.name, s.world_size, 1, EPD_MAX_WORLD_SIZE);

@@ -26,7 +26,8 @@ namespace epd::proto {
 
 constexpr uint32_t kMagic = 0x31445045;  // "EPD1" little-endian
 constexpr uint16_t kMajor = 1;
-constexpr uint16_t kMinor = 2;  // 1: JoinReply carries gpu_device / gpu_mapped_bytes; 2: HelloReply join_timeout_ms
+constexpr uint16_t kMinor = 3;  // 1: JoinReply carries gpu_device / gpu_mapped_bytes; 2: HelloReply join_timeout_ms;
+                                // 3: JOIN carries spec.executor (after sm_budget; absent below 3: the default)
 constexpr size_t kHeaderBytes = 24;
 // Largest record either side sends or accepts (fits the default socket buffer).
 constexpr size_t kMaxMessage = 128 * 1024;

@@ -6,6 +6,7 @@
 // Backends today (one file pair each):
 //   host        host_backend.*        the host executor over the memfd workspace
 //   gpu         gpu_armed_backend.*   GPU workspaces on one node, armed streams
+//   gpu-inline  gpu_inline_backend.*  one GPU block; the workers' streams launch (executor inline)
 //   gpu-staged  gpu_staged_backend.*  GPU ranks of a group spanning nodes, staged
 //                                     through the host mirror the host executor runs on
 // A new backend is a new file pair and one row in the factory's table.

@@ -4,6 +4,7 @@
 #include "backend.h"
 
 #include "gpu_armed_backend.h"
+#include "gpu_inline_backend.h"
 #include "gpu_group.h"
 #include "gpu_staged_backend.h"
 #include "host_backend.h"
@@ -23,6 +24,8 @@ struct BackendRow {
 // placement[0] speaks for every rank.
 constexpr BackendRow kBackends[] = {
     {on_host, make_host_backend},
+    // GroupSpec::validate keeps an inline group on one GPU of one node.
+    {[](const GroupSpec& s) { return s.executor == EPD_EXECUTOR_INLINE; }, make_gpu_inline_backend},
     {[](const GroupSpec& s) { return spans_nodes(s); }, make_gpu_staged_backend},
     {[](const GroupSpec&) { return true; }, make_gpu_armed_backend},
 };

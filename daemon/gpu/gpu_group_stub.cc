@@ -1,6 +1,8 @@
 // gpu_group_stub.cc — GpuGroup for an epd built without CUDA (gpu_group.h):
 // every GPU placement is refused with a message saying so.
+#include "gpu_executor.h"
 #include "gpu_group.h"
+#include "gpu_inline.h"
 
 namespace epd {
 
@@ -34,5 +36,20 @@ Status GpuGroup::health() const { return no_cuda(); }
 uint64_t GpuGroup::completed(int32_t) const { return 0; }
 std::string GpuGroup::describe() const { return no_cuda().message(); }
 const char* GpuGroup::variant() const { return "none"; }
+
+// The inline executor's block: never created without CUDA.
+GpuWorkspace::~GpuWorkspace() = default;
+InlineBlock::~InlineBlock() = default;
+Result<std::unique_ptr<InlineBlock>> InlineBlock::create(const GroupSpec& spec) {
+  return make_status(EPD_ERR_GPU_UNAVAILABLE, "group '%s' (executor inline) places ranks on GPU %d: %s",
+                     spec.name.c_str(), spec.placement.empty() ? -1 : spec.placement[0].gpu,
+                     no_cuda().message().c_str());
+}
+int32_t InlineBlock::device() const { return -1; }
+uint64_t InlineBlock::mapped_bytes() const { return 0; }
+Result<int> InlineBlock::export_fd() const { return no_cuda(); }
+Status InlineBlock::abort(epd_status_t) { return Status::ok(); }
+Status InlineBlock::reset() { return Status::ok(); }
+Result<uint64_t> InlineBlock::completed() const { return no_cuda(); }
 
 }  // namespace epd

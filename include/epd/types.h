@@ -95,6 +95,17 @@ typedef enum epd_mode {
   EPD_MODE_LOW_LATENCY = 1,
 } epd_mode_t;
 
+/* Who launches a GPU group's kernels (spec.executor). */
+typedef enum epd_executor {
+  EPD_EXECUTOR_DAEMON = 0, /* the daemon, on streams armed ahead of each call: the worker's stream
+                              rings a doorbell and waits for the completion word (the default) */
+  EPD_EXECUTOR_INLINE = 1, /* the worker's own stream launches the daemon's kernels on the
+                              daemon-owned workspaces (libepd-inline, loaded by libepd-client);
+                              the daemon keeps memory, topology, deadlines and aborts. Every rank
+                              on one GPU of one node; each rank's calls on its own stream; several
+                              worker processes on one GPU need MPS (README, "Executors") */
+} epd_executor_t;
+
 typedef enum epd_layout {
   EPD_LAYOUT_RANK_MAJOR = 0,   /* one row per (token, destination rank) */
   EPD_LAYOUT_EXPERT_MAJOR = 1, /* [local_experts][world_size * max_tokens] rows */
@@ -178,6 +189,10 @@ typedef struct epd_group_spec {
                                       every wait (the daemon tells libepd-client its value) */
   int32_t sm_budget;               /* GPU high_throughput: SMs to use, 0 = executor default,
                                       0..EPD_MAX_SM_BUDGET */
+  epd_executor_t executor;         /* GPU groups: who launches the kernels (default daemon); a host
+                                      group accepts only EPD_EXECUTOR_DAEMON. Added after 0.2.0 in what
+                                      was the struct's tail padding (sizeof unchanged): a spec from
+                                      epd_group_spec_init or zeroed memory has the default */
 } epd_group_spec_t;
 
 /* Fill `spec` with defaults (struct_size set, 2 slots, bf16, rank_major,

@@ -100,7 +100,7 @@ __device__ inline void armed_complete_block(const ArmedParams& p) {
   __syncthreads();
   for (int r = p.rank_lo + threadIdx.x; r < p.rank_hi; r += blockDim.x)
     store_volatile(&ctl(p, r)->slot[p.slot].completion, word);
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0 && p.progress) {  // the inline executor has no host-mapped progress
     store_volatile(&p.progress->status, status);
     __threadfence_system();
     store_volatile(&p.progress->seq, p.seq);

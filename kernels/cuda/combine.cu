@@ -153,33 +153,41 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
     *reinterpret_cast<volatile uint32_t*>(p.words + kCombineTicket) = 0u;
 }
 
+using CombineKernel = void (*)(CombineParams);
+
+// The instantiation a combine of `p` runs: the row's widest access for the dtype.
 template <typename Cv>
-cudaError_t launch_for(const CombineParams& p, int blocks, cudaStream_t st) {
+CombineKernel kernel_for(const CombineParams& p) {
   switch (vec_bytes_for(p.in_row_bytes)) {
-    case 16: combine_kernel<Cv, uint4><<<blocks, kThreads, 0, st>>>(p); break;
-    case 8: combine_kernel<Cv, uint2><<<blocks, kThreads, 0, st>>>(p); break;
+    case 16: return combine_kernel<Cv, uint4>;
+    case 8: return combine_kernel<Cv, uint2>;
     default:
       if constexpr (sizeof(typename Cv::Raw) == 4) {
-        combine_kernel<Cv, uint32_t><<<blocks, kThreads, 0, st>>>(p);
+        return combine_kernel<Cv, uint32_t>;
       } else {
-        if (p.in_row_bytes % 4 == 0)
-          combine_kernel<Cv, uint32_t><<<blocks, kThreads, 0, st>>>(p);
-        else
-          combine_kernel<Cv, uint16_t><<<blocks, kThreads, 0, st>>>(p);
+        return p.in_row_bytes % 4 == 0 ? combine_kernel<Cv, uint32_t> : combine_kernel<Cv, uint16_t>;
       }
   }
-  return cudaGetLastError();
+}
+
+CombineKernel combine_kernel_of(const CombineParams& p) {
+  switch (p.dtype) {
+    case EPD_DTYPE_BF16: return kernel_for<Bf16>(p);
+    case EPD_DTYPE_FP16: return kernel_for<Fp16>(p);
+    default: return kernel_for<Fp32>(p);
+  }
 }
 
 }  // namespace
 
 int launch_combine(const CombineParams& p, int32_t blocks, void* stream) {
-  auto st = static_cast<cudaStream_t>(stream);
-  switch (p.dtype) {
-    case EPD_DTYPE_BF16: return static_cast<int>(launch_for<Bf16>(p, blocks, st));
-    case EPD_DTYPE_FP16: return static_cast<int>(launch_for<Fp16>(p, blocks, st));
-    default: return static_cast<int>(launch_for<Fp32>(p, blocks, st));
-  }
+  combine_kernel_of(p)<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int combine_blocks_per_sm(const CombineParams& p, int* blocks) {
+  return static_cast<int>(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      blocks, reinterpret_cast<const void*>(combine_kernel_of(p)), kThreads, 0));
 }
 
 }  // namespace epd::gpu

@@ -112,9 +112,11 @@ __device__ inline void phase_arrive(uint32_t* word, bool across_gpus) {
 // ... and a block of a later phase waits until the word reaches `target`
 // (modulo 2^32). Blocks only ever wait for blocks that took an earlier ticket
 // of the same launch (or for other GPUs' launches), which are running already,
-// so the wait needs no co-residency (no cooperative launch). On the deadline:
-// kFaultTimeout in the served ranks' control blocks, the abort flag set, and
-// false.
+// so the wait needs no co-residency (no cooperative launch) — except between
+// the shards of an inline group on one GPU (gpu_inline.h), whose grids are
+// sized to be resident together. On the deadline: kFaultTimeout in the served
+// ranks' control blocks, the abort flag set, and false; once the armed or
+// inline abort word (p.done.abort_word) is set: the abort flag and false.
 __device__ inline bool phase_wait(const uint32_t* word, uint32_t target, uint64_t deadline,
                                   const DispatchParams& p) {
   __shared__ uint32_t ok;
@@ -126,6 +128,13 @@ __device__ inline bool phase_wait(const uint32_t* word, uint32_t target, uint64_
       if (across_gpus) asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(now) : "l"(word) : "memory");
       else asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(now) : "l"(word) : "memory");
       if (static_cast<int32_t>(now - target) >= 0) break;
+      // The daemon aborted the group (a rank is gone): stop waiting; the
+      // completion reports the abort's status.
+      if ((i & 63u) == 63u && p.done.abort_word && load_volatile(p.done.abort_word) != 0u) {
+        ok = 0;
+        atomicExch(p.scratch.abort, 1u);
+        break;
+      }
       if ((i & 63u) == 63u && global_timer_ns() > deadline) {
         ok = 0;
         for (int32_t r = p.rank_lo; r < p.rank_hi; ++r)

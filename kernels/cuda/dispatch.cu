@@ -490,6 +490,11 @@ int prepare_dispatch_kernels(const DispatchParams& p) {
   return 0;
 }
 
+int dispatch_ordered_blocks_per_sm(const DispatchParams& p, int* blocks) {
+  return static_cast<int>(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      blocks, reinterpret_cast<const void*>(dispatch_ordered), kThreads, dispatch_smem_bytes(p)));
+}
+
 int launch_dispatch_count(const DispatchParams& p, int32_t blocks, void* stream) {
   dispatch_count<<<blocks, kThreads, count_smem(p), static_cast<cudaStream_t>(stream)>>>(p);
   return static_cast<int>(cudaGetLastError());

@@ -167,43 +167,53 @@ Status ShardImpl::init(const GpuExecutor::Shard& sh, const GroupSpec& spec, cons
 }
 
 // Per slot: bitmaps, offsets, totals, fault key, abort, barrier; then
-// (multi-GPU) the barrier counters.
-Status GpuExecutor::Impl::alloc_scratch(const GroupSpec& spec, const std::vector<int32_t>& gpus, uint64_t* total) {
+// (multi-GPU) the barrier counters (gpu_inline.h: scratch_layout). external:
+// an inline executor's scratch in the daemon's block, initialised there (every
+// rank's process shares it: nothing is written here).
+Status GpuExecutor::Impl::alloc_scratch(const GroupSpec& spec, const std::vector<int32_t>& gpus, uint64_t* total,
+                                        uint8_t* external) {
   const int32_t S = spec.slots;
   ShardImpl& h = home();
   EPD_CUDA_RETURN(cudaSetDevice(h.device));
-  const uint64_t table_bytes = static_cast<uint64_t>(spec.world_size) * chunks * dests * 4;
-  const uint64_t words_at = (static_cast<uint64_t>(dests) * 4 + 7) / 8 * 8;
-  const uint64_t slot_bytes = (2 * table_bytes + words_at + 64 + 255) / 256 * 256;
+  auto lay = scratch_layout(spec);
+  if (!lay) return lay.status();
   uint8_t* block = nullptr;
-  const uint64_t block_bytes = slot_bytes * S + 256;
-  if (gpus.size() > 1) {
-    auto ws = GpuWorkspace::create(block_bytes, h.device, gpus);
+  if (external) {
+    block = external;
+    counters = reinterpret_cast<uint32_t*>(block + lay->counters_at);
+  } else if (gpus.size() > 1) {
+    auto ws = GpuWorkspace::create(lay->bytes, h.device, gpus);
     if (!ws) return ws.status();
     shared = std::move(ws.value());
     block = shared->device_ptr();
     *total += shared->mapped_bytes();
-    counters = reinterpret_cast<uint32_t*>(block + slot_bytes * S);
+    counters = reinterpret_cast<uint32_t*>(block + lay->counters_at);
   } else {
     void* p = nullptr;
-    EPD_RETURN_IF_ERROR(h.alloc(block_bytes, &p, total));
+    EPD_RETURN_IF_ERROR(h.alloc(lay->bytes, &p, total));
     block = static_cast<uint8_t*>(p);
   }
-  EPD_CUDA_RETURN(cudaMemsetAsync(block, 0, block_bytes, h.setup));
+  if (!external) EPD_RETURN_IF_ERROR(init_scratch(block, *lay, S, h.setup));
   for (int32_t s = 0; s < S; ++s) {
-    uint8_t* b = block + slot_bytes * s;
+    uint8_t* b = block + lay->slot_bytes * s;
     gpu::SlotScratch sc{};
     sc.bitmaps = reinterpret_cast<uint32_t*>(b);
-    sc.offsets = reinterpret_cast<int32_t*>(b + table_bytes);
-    sc.totals = reinterpret_cast<int32_t*>(b + 2 * table_bytes);
-    uint8_t* words = b + 2 * table_bytes + words_at;
+    sc.offsets = reinterpret_cast<int32_t*>(b + lay->table_bytes);
+    sc.totals = reinterpret_cast<int32_t*>(b + 2 * lay->table_bytes);
+    uint8_t* words = b + lay->words_at;
     sc.fault_key = reinterpret_cast<unsigned long long*>(words);
     sc.abort = reinterpret_cast<uint32_t*>(words + 8);
     sc.barrier = nullptr;  // per GPU: ShardImpl::grid_bar
     sc.phase = reinterpret_cast<uint32_t*>(words + 16);
-    EPD_CUDA_RETURN(cudaMemsetAsync(sc.fault_key, 0xff, 8, h.setup));
     scratch.push_back(sc);
   }
+  return Status::ok();
+}
+
+Status init_scratch(uint8_t* block, const ScratchLayout& lay, int32_t slots, cudaStream_t stream) {
+  EPD_CUDA_RETURN(cudaMemsetAsync(block, 0, lay.bytes, stream));
+  for (int32_t s = 0; s < slots; ++s)
+    EPD_CUDA_RETURN(cudaMemsetAsync(block + lay.slot_bytes * s + lay.words_at, 0xff, 8, stream));  // no fault key
   return Status::ok();
 }
 
@@ -271,7 +281,7 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
     im.shards.push_back(std::make_unique<ShardImpl>());
     EPD_RETURN_IF_ERROR(im.shards.back()->init(sh, spec, table, li, &total));
   }
-  EPD_RETURN_IF_ERROR(im.alloc_scratch(spec, gpus, &total));
+  EPD_RETURN_IF_ERROR(im.alloc_scratch(spec, gpus, &total, nullptr));
   if (gpus.size() > 1) EPD_RETURN_IF_ERROR(im.alloc_signals(spec, gpus, tuning.barrier, &total));
 
   // Control blocks: zeroed, then magic and version.
@@ -287,6 +297,43 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
   if (!plan) return plan.status();
   im.plan = std::move(plan.value());
   EPD_CUDA_RETURN(cudaSetDevice(im.home().device));
+  return ex;
+}
+
+Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create_inline(const GroupSpec& spec, uint8_t* block,
+                                                                int32_t device, const GpuTuning& tuning) {
+  auto lay = inline_block_layout(spec);
+  if (!lay) return lay.status();
+  const int32_t W = spec.world_size;
+  std::unique_ptr<GpuExecutor> ex(new GpuExecutor());
+  ex->spec_ = spec;
+  ex->layout_ = GroupLayout::compute(spec);
+  for (int32_t r = 0; r < W; ++r) ex->shards_.push_back(Shard{device, r, r + 1});
+  ex->impl_ = std::make_unique<Impl>();
+  Impl& im = *ex->impl_;
+  for (int32_t r = 0; r < W; ++r) im.bases.push_back(block + lay->rank_at[static_cast<size_t>(r)]);
+  im.dispatched.assign(static_cast<size_t>(spec.slots), false);
+  im.dests = lay->scratch.dests;
+  im.chunks = lay->scratch.chunks;
+  im.barrier_mode = 1;
+  uint64_t& total = ex->scratch_bytes_;
+  EPD_CUDA_RETURN(cudaSetDevice(device));
+  const std::vector<gpu::DevRank> table = rank_table(spec, ex->layout_, im.bases);
+  const std::vector<int32_t> li = spec.local_index();
+  for (const Shard& sh : ex->shards_) {
+    im.shards.push_back(std::make_unique<ShardImpl>());
+    EPD_RETURN_IF_ERROR(im.shards.back()->init(sh, spec, table, li, &total));
+  }
+  EPD_RETURN_IF_ERROR(im.alloc_scratch(spec, {device}, &total, block + lay->scratch_at));
+  ex->abort_word_ = reinterpret_cast<const uint32_t*>(block + lay->abort_at);
+  for (auto& si : im.shards) EPD_CUDA_RETURN(cudaStreamSynchronize(si->setup));  // `table`, `li` go out of scope
+  GpuTuning t = tuning;
+  t.one_launch_across_gpus = true;
+  t.co_resident = W;
+  auto plan = gpu::make_launch_plan(spec, ex->layout_, ex->shards_, t, im.dests, im.chunks);
+  if (!plan) return plan.status();
+  im.plan = std::move(plan.value());
+  EPD_CUDA_RETURN(cudaSetDevice(device));
   return ex;
 }
 

@@ -14,6 +14,7 @@
 #include "cuda_status.h"
 #include "device_params.h"
 #include "gpu_executor.h"
+#include "gpu_inline.h"
 #include "launch_plan.h"
 
 namespace epd {
@@ -50,6 +51,9 @@ struct ShardImpl {
               const std::vector<int32_t>& local_index_of, uint64_t* total);
 };
 
+// Zeroes a routing scratch (scratch_layout) and re-arms its fault keys.
+Status init_scratch(uint8_t* block, const ScratchLayout& lay, int32_t slots, cudaStream_t stream);
+
 struct GpuExecutor::Impl {
   std::vector<uint8_t*> bases;
   // Every setup copy, allocation and free goes through the shards'
@@ -74,7 +78,7 @@ struct GpuExecutor::Impl {
   ShardImpl& home() { return *shards[0]; }
   // Per-slot routing scratch on the home GPU (on `shared` over several GPUs),
   // zeroed, fault keys re-armed.
-  Status alloc_scratch(const GroupSpec& spec, const std::vector<int32_t>& gpus, uint64_t* total);
+  Status alloc_scratch(const GroupSpec& spec, const std::vector<int32_t>& gpus, uint64_t* total, uint8_t* external);
   // Multi-GPU: the barrier counters and every GPU's signal words and peer tables.
   Status alloc_signals(const GroupSpec& spec, const std::vector<int32_t>& gpus, int32_t mode, uint64_t* total);
 };

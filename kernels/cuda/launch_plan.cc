@@ -22,6 +22,40 @@ const VariantSequence& variant_sequence(LaunchVariant v) {
   return kHighThroughputSequence;
 }
 
+namespace {
+
+// Caps every grid of a shard so that `sharing` shards' launches of every slot
+// are resident on the GPU together (GpuTuning::co_resident): each launch gets
+// (resident blocks of the tightest kernel) / (sharing x slots) blocks, at
+// least one per phase.
+Status cap_for_co_residency(const GroupSpec& spec, const GroupLayout& layout, int sms, int32_t sharing,
+                            const DispatchParams& dp, LaunchShape* shp) {
+  int per_sm_dispatch = 0, per_sm_combine = 0;
+  EPD_CUDA_RETURN(static_cast<cudaError_t>(dispatch_ordered_blocks_per_sm(dp, &per_sm_dispatch)));
+  CombineParams cp{};
+  cp.dtype = spec.dtype;
+  cp.in_row_bytes = layout.ranks[0].in_row_bytes;
+  EPD_CUDA_RETURN(static_cast<cudaError_t>(combine_blocks_per_sm(cp, &per_sm_combine)));
+  const int64_t resident = static_cast<int64_t>(sms) * std::min(per_sm_dispatch, per_sm_combine);
+  const int64_t cap = resident / (static_cast<int64_t>(sharing) * spec.slots);
+  if (cap < 3)
+    return make_status(EPD_ERR_UNSUPPORTED,
+                       "inline executor: %d ranks x %d slots on one GPU need %d resident blocks per launch, the GPU "
+                       "holds %lld blocks of these kernels (use executor = daemon)",
+                       sharing, spec.slots, 3, static_cast<long long>(resident));
+  const auto capped = [](int64_t v, int64_t c) { return static_cast<int32_t>(std::max<int64_t>(1, std::min(v, c))); };
+  shp->count_blocks = capped(shp->count_blocks, cap / 4);
+  shp->ordered_prefix_blocks = capped(shp->ordered_prefix_blocks, cap / 4);
+  shp->ordered_blocks = capped(shp->ordered_blocks, cap);
+  shp->ordered_blocks = std::max(shp->ordered_blocks, shp->count_blocks + shp->ordered_prefix_blocks + 1);
+  shp->prefix_blocks = capped(shp->prefix_blocks, cap);
+  shp->scatter_blocks = capped(shp->scatter_blocks, cap);
+  shp->combine_blocks = capped(shp->combine_blocks, cap);
+  return Status::ok();
+}
+
+}  // namespace
+
 Result<LaunchPlan> make_launch_plan(const GroupSpec& spec, const GroupLayout& layout,
                                     const std::vector<GpuExecutor::Shard>& shards, const GpuTuning& tuning,
                                     int32_t dests, int32_t chunks) {
@@ -50,10 +84,12 @@ Result<LaunchPlan> make_launch_plan(const GroupSpec& spec, const GroupLayout& la
     // bf16 / fp8, against 61.3 / 59.9 with 8 slices and 3 blocks per SM);
     // combine at about two slices per warp of four blocks per SM (8 slices:
     // 45 us, 1 slice: 62 us).
+    const int32_t sharing = std::max(1, tuning.co_resident);
     const int64_t token_slots = static_cast<int64_t>(sh.rank_hi - sh.rank_lo) * spec.max_tokens_per_rank;
+    const int64_t gpu_token_slots = token_slots * sharing;  // the row split fills the GPU once for all shards
     const auto slices = [&](int64_t warps, int64_t cap) {
       return static_cast<int32_t>(
-          std::clamp<int64_t>(std::min<int64_t>((warps + token_slots - 1) / token_slots, cap), 1, 8));
+          std::clamp<int64_t>(std::min<int64_t>((warps + gpu_token_slots - 1) / gpu_token_slots, cap), 1, 8));
     };
     if (i == 0) {  // one row split for every shard (the same rows everywhere)
       plan.parts = slices(static_cast<int64_t>(sms) * kWarps, pieces / 2);
@@ -80,6 +116,7 @@ Result<LaunchPlan> make_launch_plan(const GroupSpec& spec, const GroupLayout& la
       return make_status(EPD_ERR_UNSUPPORTED,
                          "GPU executor: %d destinations need more shared memory than a block has", dests);
     EPD_CUDA_RETURN(static_cast<cudaError_t>(prepare_dispatch_kernels(dp)));
+    if (sharing > 1) EPD_RETURN_IF_ERROR(cap_for_co_residency(spec, layout, sms, sharing, dp, &shp));
     plan.shapes.push_back(shp);
   }
   return plan;

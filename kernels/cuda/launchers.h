@@ -29,6 +29,8 @@ int launch_dispatch_scatter(const DispatchParams& p, int32_t blocks, void* strea
 int launch_dispatch_ordered(const DispatchParams& p, int32_t blocks, void* stream);
 // Shared memory the dispatch kernels need per block (for the caller's checks).
 uint64_t dispatch_smem_bytes(const DispatchParams& p);
+// Blocks of the one-launch dispatch resident per SM (after prepare_dispatch_kernels).
+int dispatch_ordered_blocks_per_sm(const DispatchParams& p, int* blocks);
 // Raises the dispatch kernels' dynamic shared memory limit on the current device.
 int prepare_dispatch_kernels(const DispatchParams& p);
 
@@ -36,6 +38,8 @@ int prepare_dispatch_kernels(const DispatchParams& p);
 // One warp per (token, row slice): gathers the routed expert outputs and sums
 // them in the host executor's order (after p.before, a cross-GPU barrier, when set).
 int launch_combine(const CombineParams& p, int32_t blocks, void* stream);
+// Blocks of the combine kernel `p` runs (its dtype and row width) resident per SM.
+int combine_blocks_per_sm(const CombineParams& p, int* blocks);
 
 // ---- multi-GPU (dispatch.cu) ----
 // One warp: arrive at the cross-GPU barrier and wait for every GPU (or the

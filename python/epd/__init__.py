@@ -16,7 +16,7 @@ extension libepd_torch_ops.so (epd.ops.available() tells, epd.ops.load_error()
 says why not). See python/README.md.
 """
 from ._status import EpdError, Status
-from ._spec import (GPU_HOST, Capability, DType, Layout, Mode, Quant, WeightMode, defaults as spec_defaults,
+from ._spec import (GPU_HOST, Capability, DType, Executor, Layout, Mode, Quant, WeightMode, defaults as spec_defaults,
                     workspace_bytes)
 from .client import Client, Info, connect
 from .group import Group, Views
@@ -25,6 +25,6 @@ from .ops import combine, combine_wait, dispatch, dispatch_wait
 
 __version__ = "0.2.0"
 
-__all__ = ["EpdError", "Status", "GPU_HOST", "Capability", "DType", "Layout", "Mode", "Quant", "WeightMode",
+__all__ = ["EpdError", "Status", "GPU_HOST", "Capability", "DType", "Executor", "Layout", "Mode", "Quant", "WeightMode",
            "spec_defaults", "workspace_bytes", "Client", "Info", "connect", "Group", "Views", "ops",
            "dispatch", "dispatch_wait", "combine", "combine_wait"]

@@ -58,6 +58,7 @@ class GroupSpec(ctypes.Structure):
         ("slots", ctypes.c_int32),
         ("timeout_ms", ctypes.c_uint32),
         ("sm_budget", ctypes.c_int32),
+        ("executor", ctypes.c_int32),
     ]
 
 

@@ -38,6 +38,12 @@ class Layout(enum.IntEnum):
     EXPERT_MAJOR = 1
 
 
+class Executor(enum.IntEnum):
+    """epd_executor_t: who launches a GPU group's kernels."""
+    DAEMON = 0
+    INLINE = 1
+
+
 class WeightMode(enum.IntEnum):
     """epd_weight_mode_t: what combine does with the router weights."""
     APPLY = 0
@@ -57,8 +63,8 @@ class Capability(enum.IntFlag):
 GPU_HOST = _lib.GPU_HOST
 FIELDS = ("name", "generation", "world_size", "rank", "placement", "num_experts", "top_k", "expert_owner",
           "hidden", "dtype", "dispatch_quant", "max_tokens_per_rank", "mode", "layout", "slots", "timeout_ms",
-          "sm_budget")
-_ENUM_FIELDS = {"dtype": DType, "dispatch_quant": Quant, "mode": Mode, "layout": Layout}
+          "sm_budget", "executor")
+_ENUM_FIELDS = {"dtype": DType, "dispatch_quant": Quant, "mode": Mode, "layout": Layout, "executor": Executor}
 _TORCH_DTYPES = {"torch.bfloat16": DType.BF16, "torch.float16": DType.FP16, "torch.half": DType.FP16,
                  "torch.float32": DType.FP32, "torch.float": DType.FP32}
 

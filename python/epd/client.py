@@ -68,7 +68,7 @@ class Client:
         'fp16', 'fp32', a torch dtype or epd.DType), dispatch_quant ('none',
         'fp8_e4m3_block128'), max_tokens_per_rank, mode ('high_throughput',
         'low_latency'), layout ('rank_major', 'expert_major'), slots,
-        timeout_ms, sm_budget. The spec is checked by epd_group_spec_validate
+        timeout_ms, sm_budget, executor ('daemon', 'inline'). The spec is checked by epd_group_spec_validate
         first (EpdError INVALID_SPEC naming the field), then by the daemon.
         Blocks until every rank has joined or timeout_ms passes."""
         from .group import Group

@@ -58,19 +58,31 @@ int32_t test_gpus() {
 int32_t device_of(int32_t rank) { return rank * test_gpus() / kWorld; }
 
 GroupSpec gpu_spec(const char* name, epd_layout_t layout, epd_mode_t mode, epd_quant_t quant, int32_t hidden,
-                   int32_t max_tokens, uint32_t timeout_ms, uint64_t seed) {
+                   int32_t max_tokens, uint32_t timeout_ms, uint64_t seed,
+                   epd_executor_t executor = EPD_EXECUTOR_DAEMON) {
   GroupSpec s = make_spec(kWorld, 64, 4, hidden, max_tokens, EPD_DTYPE_BF16, quant, layout, mode,
                           /*shuffled_owner=*/true, seed);
   s.name = name;
   s.generation = 1;
   s.timeout_ms = timeout_ms;
+  s.executor = executor;
   for (int32_t r = 0; r < kWorld; ++r) s.placement[static_cast<size_t>(r)] = epd_placement_t{0, device_of(r)};
   return s;
 }
 
+// The executors a test runs its groups with: the daemon's armed streams, and
+// the inline executor when every rank is on one GPU (its only placement).
+std::vector<epd_executor_t> test_executors() {
+  if (test_gpus() == 1) return {EPD_EXECUTOR_DAEMON, EPD_EXECUTOR_INLINE};
+  return {EPD_EXECUTOR_DAEMON};
+}
+const char* executor_tag(epd_executor_t e) { return e == EPD_EXECUTOR_INLINE ? "inline" : "daemon"; }
+constexpr const char* kWorkerExecutorEnv = "EPD_DAEMON_GPU_WORKER_EXECUTOR";
+
 // The group of the SIGKILL case; the worker role builds the same spec.
-GroupSpec kill_spec() {
-  return gpu_spec("killed", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, 16, 3000, 61);
+GroupSpec kill_spec(epd_executor_t executor) {
+  return gpu_spec(executor == EPD_EXECUTOR_INLINE ? "killed-inline" : "killed", EPD_LAYOUT_RANK_MAJOR,
+                  EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, 16, 3000, 61, executor);
 }
 
 class DaemonGpuTest : public DaemonTest {
@@ -104,6 +116,8 @@ class DaemonGpuTest : public DaemonTest {
 
   // 8 sessions to the one epd, 8 streams on the ranks' GPUs.
   void connect_all() { ranks_.connect([this](int32_t) { return socket(); }); }
+  void graphs_replayed(epd_executor_t executor);
+  void killed_rank(epd_executor_t executor);
 
   bool gpu_ready_ = false;
   DaemonRanks ranks_{kWorld, device_of};
@@ -131,10 +145,13 @@ TEST_F(DaemonGpuTest, EightRanksMatchHostExecutorAcrossLayoutsDtypesAndWeightMod
       {"em_fp8", EPD_LAYOUT_EXPERT_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_FP8_E4M3_BLOCK128, 256},
   };
   constexpr int32_t M = 48;
+  for (const epd_executor_t executor : test_executors())
   for (size_t ci = 0; ci < std::size(cases); ++ci) {
     const Case& c = cases[ci];
     const uint64_t cseed = seed * 131 + ci;
-    const GroupSpec spec = gpu_spec(c.name, c.layout, c.mode, c.quant, c.hidden, M, 5000, cseed);
+    SCOPED_TRACE(std::string("executor ") + executor_tag(executor));
+    const std::string name = std::string(c.name) + "-" + executor_tag(executor);
+    const GroupSpec spec = gpu_spec(name.c_str(), c.layout, c.mode, c.quant, c.hidden, M, 5000, cseed, executor);
     ASSERT_TRUE(spec.validate().is_ok()) << spec.validate().message();
     ranks_.join_all(spec);
     if (HasFatalFailure()) return;
@@ -166,7 +183,7 @@ TEST_F(DaemonGpuTest, EightRanksMatchHostExecutorAcrossLayoutsDtypesAndWeightMod
     for (size_t ri = 0; ri < std::size(rounds); ++ri) {
       Step st = rounds[ri].step;
       st.mode = modes[ri % modes.size()];
-      const std::string what = std::string(c.name) + " round " + std::to_string(ri) + " (" +
+      const std::string what = name + " round " + std::to_string(ri) + " (" +
                                routing_name(rounds[ri].routing) + ")";
       const Status staged = m.stage(st.slot, rounds[ri].routing, rounds[ri].n, cseed + 10 + ri);
       ASSERT_TRUE(staged.is_ok()) << staged.message();
@@ -180,10 +197,51 @@ TEST_F(DaemonGpuTest, EightRanksMatchHostExecutorAcrossLayoutsDtypesAndWeightMod
 // ---- b: CUDA graphs replayed with device-side counts ---------------------------------------
 
 TEST_F(DaemonGpuTest, GraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCounts) {
+  graphs_replayed(EPD_EXECUTOR_DAEMON);
+}
+
+// Eight inline ranks: capture is refused by name (the cross-rank barrier
+// targets are fixed at enqueue), and the group still runs eagerly after it.
+TEST_F(DaemonGpuTest, InlineCaptureOfSeveralRanksIsRefusedAndTheGroupStillRuns) {
+  if (test_gpus() != 1) GTEST_SKIP() << "the inline executor needs every rank on one GPU (EPD_TEST_GPUS=1)";
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
+  const GroupSpec spec = gpu_spec("capture-inline", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128,
+                                  16, 5000, seed, EPD_EXECUTOR_INLINE);
+  connect_all();
+  if (HasFatalFailure()) return;
+  ranks_.join_all(spec);
+  if (HasFatalFailure()) return;
+  cudaStream_t st = ranks_.stream(0);
+  ranks_.on(0);
+  CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  epd_gpu_dispatch_args_t a{};
+  a.struct_size = sizeof a;
+  a.n_tokens = 0;
+  const epd_status_t rc = epd_group_dispatch_async(ranks_.group(0), 0, &a, st);
+  const std::string msg = epd_group_last_error(ranks_.group(0));
+  cudaGraph_t g = nullptr;
+  cudaStreamEndCapture(st, &g);
+  if (g) cudaGraphDestroy(g);
+  cudaGetLastError();
+  EXPECT_EQ(rc, EPD_ERR_UNSUPPORTED) << msg;
+  EXPECT_NE(msg.find("under CUDA graph capture"), std::string::npos) << msg;
+  Group m(spec);
+  m.poison(seed + 1);
+  ranks_.alloc_buffers(m);
+  std::mt19937_64 rng(seed + 2);
+  ASSERT_TRUE(m.stage(0, Routing::kUniform, random_n(rng, kWorld, 16), seed + 3).is_ok());
+  ranks_.run_step(m, Step{0, EPD_WEIGHTS_ALREADY_APPLIED}, "eager after the refused capture");
+  if (HasFatalFailure()) return;
+  ranks_.leave_all();
+}
+
+void DaemonGpuTest::graphs_replayed(epd_executor_t executor) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + ", executor " + executor_tag(executor));
   constexpr int32_t M = 32, kReplays = 1000, kPairs = 10;
-  const GroupSpec spec = gpu_spec("graph", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, M, 5000, seed);
+  const GroupSpec spec = gpu_spec(executor == EPD_EXECUTOR_INLINE ? "graph-inline" : "graph", EPD_LAYOUT_RANK_MAJOR,
+                                  EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, M, 5000, seed, executor);
   connect_all();
   if (HasFatalFailure()) return;
   ranks_.join_all(spec);
@@ -355,7 +413,8 @@ TEST(DaemonGpuWorkerRole, Run) {
   CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   epd_client_t* c = nullptr;
   ASSERT_EQ(epd_client_connect(sock, &c), EPD_OK) << epd_client_last_error(nullptr);
-  const GroupSpec spec = kill_spec();
+  const char* ex = std::getenv(kWorkerExecutorEnv);
+  const GroupSpec spec = kill_spec(ex && std::string(ex) == "inline" ? EPD_EXECUTOR_INLINE : EPD_EXECUTOR_DAEMON);
   epd_group_spec_t cs = spec.to_c();
   cs.rank = kWorld - 1;
   epd_group_t* g = nullptr;
@@ -372,13 +431,25 @@ TEST(DaemonGpuWorkerRole, Run) {
 }
 
 TEST_F(DaemonGpuTest, KilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins) {
+  killed_rank(EPD_EXECUTOR_DAEMON);
+}
+
+// The worker process's launches and this process's meet inside the kernels:
+// without MPS they progress one time slice at a time (slow, still bounded).
+TEST_F(DaemonGpuTest, InlineKilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins) {
+  if (test_gpus() != 1) GTEST_SKIP() << "the inline executor needs every rank on one GPU (EPD_TEST_GPUS=1)";
+  killed_rank(EPD_EXECUTOR_INLINE);
+}
+
+void DaemonGpuTest::killed_rank(epd_executor_t executor) {
   const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  const GroupSpec spec = kill_spec();
+  SCOPED_TRACE("seed " + std::to_string(seed) + ", executor " + executor_tag(executor));
+  const GroupSpec spec = kill_spec(executor);
   connect_all();
   if (HasFatalFailure()) return;
   job::Child child = job::Child::spawn({"/proc/self/exe", "--gtest_filter=DaemonGpuWorkerRole.Run"},
-                                       {std::string(kWorkerEnv) + "=" + socket()});
+                                       {std::string(kWorkerEnv) + "=" + socket(),
+                                        std::string(kWorkerExecutorEnv) + "=" + executor_tag(executor)});
   ASSERT_GT(child.pid(), 0);
   watchdog_->add_pid(child.pid());
   const std::vector<int32_t> parent = {0, 1, 2, 3, 4, 5, 6};
@@ -417,7 +488,8 @@ TEST_F(DaemonGpuTest, KilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins
     EXPECT_EQ(rc, EPD_ERR_PEER_LOST) << "rank " << r << ": " << epd_group_last_error(ranks_.group(r));
     EXPECT_LT(ms, static_cast<double>(spec.timeout_ms)) << "rank " << r;
     if (r == 0)
-      std::printf("PEER_LOST seen by rank 0 %.3f ms after SIGKILL: %s\n", ms, epd_group_last_error(ranks_.group(r)));
+      std::printf("PEER_LOST seen by rank 0 %.3f ms after SIGKILL (executor %s): %s\n", ms, executor_tag(executor),
+                  epd_group_last_error(ranks_.group(r)));
   }
   ranks_.sync_all("after the abort (the combine waits must be released)");
   if (HasFatalFailure()) return;

@@ -30,6 +30,7 @@ socket_group = "wheel"
 max_sessions = 64
 allowed_uids = [1000, 1001]
 join_timeout_ms = 5000
+exit_watch_ms = 20
 
 [executor]
 host_threads = 6
@@ -94,6 +95,7 @@ TEST(Config, ParsesEveryField) {
   EXPECT_EQ(c.max_sessions, 64u);
   EXPECT_EQ(c.allowed_uids, (std::vector<uint32_t>{1000, 1001}));
   EXPECT_EQ(c.join_timeout_ms, 5000u);
+  EXPECT_EQ(c.exit_watch_ms, 20u);
   EXPECT_EQ(c.host_threads, 6u);
   EXPECT_EQ(c.log_level, "debug");
   EXPECT_EQ(c.log_target, "stderr");
@@ -185,6 +187,7 @@ TEST(Config, InvalidValuesNameFileKeyAndValue) {
       {"[server]\nallowed_uids = [1000, -2]\n", {"server.allowed_uids[1]", "-2"}},
       {"[server]\nallowed_uids = 1000\n", {"server.allowed_uids", "1000", "not an array"}},
       {"[server]\njoin_timeout_ms = 0\n", {"server.join_timeout_ms", "= 0"}},
+      {"[server]\nexit_watch_ms = 1001\n", {"server.exit_watch_ms", "1001", "outside"}},
       {"[executor]\nhost_threads = 100000\n", {"executor.host_threads", "100000"}},
       {"[cluster]\ntransport = \"udp\"\n", {"cluster.transport", "'udp'", "tcp, rdma"}},
       {"[cluster]\npeers = [\"nohost\"]\n", {"cluster.peers[0]", "'nohost'", "host:port"}},
@@ -264,7 +267,7 @@ TEST(Config, CommandLineOverridesWin) {
                                          "--log-level", "warn", "--log-target", "journal",
                                          "--host-threads", "3", "--socket-mode", "0600",
                                          "--socket-group", "epd", "--max-sessions", "7",
-                                         "--join-timeout-ms", "99", "--node-id", "2",
+                                         "--join-timeout-ms", "99", "--exit-watch-ms", "0", "--node-id", "2",
                                          "--listen-address", "[::]:7701", "--transport", "tcp"}));
   ASSERT_TRUE(r.is_ok()) << r.status().to_string();
   const DaemonConfig& c = r->config;
@@ -277,6 +280,7 @@ TEST(Config, CommandLineOverridesWin) {
   EXPECT_EQ(c.socket_group, "epd");
   EXPECT_EQ(c.max_sessions, 7u);
   EXPECT_EQ(c.join_timeout_ms, 99u);
+  EXPECT_EQ(c.exit_watch_ms, 0u);
   EXPECT_EQ(c.node_id, 2u);
   EXPECT_EQ(c.listen_address, "[::]:7701");
   EXPECT_EQ(c.transport, "tcp");
@@ -331,6 +335,7 @@ TEST(Config, PrintConfigRoundTrips) {
   EXPECT_EQ(b.max_sessions, a.max_sessions);
   EXPECT_EQ(b.allowed_uids, a.allowed_uids);
   EXPECT_EQ(b.join_timeout_ms, a.join_timeout_ms);
+  EXPECT_EQ(b.exit_watch_ms, a.exit_watch_ms);
   EXPECT_EQ(b.host_threads, a.host_threads);
   EXPECT_EQ(b.log_level, a.log_level);
   EXPECT_EQ(b.log_target, a.log_target);
@@ -383,7 +388,9 @@ TEST(Config, EveryGroupRowRoundTripsThroughPrintAndParse) {
       DaemonConfig c = *base;
       GroupSpec& g = c.groups[0];
       g.*f.member = other_value(g.*f.member);
-      g.placement.assign(static_cast<size_t>(g.world_size), epd_placement_t{0, EPD_GPU_HOST});
+      // The inline executor needs every rank on one GPU.
+      g.placement.assign(static_cast<size_t>(g.world_size),
+                         epd_placement_t{0, g.executor == EPD_EXECUTOR_INLINE ? 0 : EPD_GPU_HOST});
       g.expert_owner.resize(static_cast<size_t>(g.num_experts));
       for (int32_t e = 0; e < g.num_experts; ++e)
         g.expert_owner[e] = GroupSpec::contiguous_owner(e, g.num_experts, g.world_size);

@@ -68,6 +68,15 @@ TEST(SpecValidate, DefaultsAndAValidSpecPass) {
   const Validated v = validate(valid_spec());
   EXPECT_EQ(v.code, EPD_OK) << v.message;
   EXPECT_EQ(v.message, "");
+  EXPECT_EQ(s.executor, EPD_EXECUTOR_DAEMON);
+
+  // The inline executor with every rank on one GPU.
+  static const epd_placement_t one_gpu[4] = {{0, 1}, {0, 1}, {0, 1}, {0, 1}};
+  epd_group_spec_t in_line = valid_spec();
+  in_line.placement = one_gpu;
+  in_line.executor = EPD_EXECUTOR_INLINE;
+  const Validated vi = validate(in_line);
+  EXPECT_EQ(vi.code, EPD_OK) << vi.message;
 }
 
 struct BadField {
@@ -82,6 +91,8 @@ TEST(SpecValidate, EveryInvalidFieldHasItsStatusAndNamesTheValue) {
   static const int32_t owner_negative[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, -1, 2, 3, 3, 3, 3};
   static const epd_placement_t placement_bad_node[4] = {{0, 0}, {0, 1}, {-2, 0}, {0, 3}};
   static const epd_placement_t placement_bad_gpu[4] = {{0, 0}, {0, -3}, {0, 2}, {0, 3}};
+  static const epd_placement_t placement_two_gpus[4] = {{0, 0}, {0, 0}, {0, 1}, {0, 1}};
+  static const epd_placement_t placement_two_nodes[4] = {{0, 0}, {0, 0}, {0, 0}, {1, 0}};
   const BadField cases[] = {
       {"world_size 0", [](auto& s) { s.world_size = 0; }, EPD_ERR_INVALID_SPEC, "world_size = 0"},
       {"world_size negative", [](auto& s) { s.world_size = -4; }, EPD_ERR_INVALID_SPEC, "world_size = -4"},
@@ -116,6 +127,14 @@ TEST(SpecValidate, EveryInvalidFieldHasItsStatusAndNamesTheValue) {
       {"max_tokens 0", [](auto& s) { s.max_tokens_per_rank = 0; }, EPD_ERR_INVALID_SPEC,
        "max_tokens_per_rank = 0"},
       {"sm_budget negative", [](auto& s) { s.sm_budget = -2; }, EPD_ERR_INVALID_SPEC, "sm_budget = -2"},
+      {"bad executor", [](auto& s) { s.executor = static_cast<epd_executor_t>(7); }, EPD_ERR_INVALID_SPEC,
+       "executor = 7"},
+      {"inline on the host", [](auto& s) { s.executor = EPD_EXECUTOR_INLINE; }, EPD_ERR_INVALID_SPEC,
+       "executor = inline needs every rank on one GPU of one node; placement[0] is node 0 gpu -1"},
+      {"inline over two GPUs", [](auto& s) { s.executor = EPD_EXECUTOR_INLINE; s.placement = placement_two_gpus; },
+       EPD_ERR_INVALID_SPEC, "placement[2] is node 0 gpu 1"},
+      {"inline over two nodes", [](auto& s) { s.executor = EPD_EXECUTOR_INLINE; s.placement = placement_two_nodes; },
+       EPD_ERR_INVALID_SPEC, "placement[3] is node 1 gpu 0"},
       {"expert_owner out of range", [](auto& s) { s.expert_owner = owner_out_of_range; }, EPD_ERR_INVALID_SPEC,
        "expert_owner[2] = 4"},
       {"expert_owner negative", [](auto& s) { s.expert_owner = owner_negative; }, EPD_ERR_INVALID_SPEC,
@@ -284,6 +303,7 @@ TEST(SpecCompare, NamesFieldAndBothValues) {
       {[](auto& g) { g.slots = 3; }, "slots: group has 2, join has 3"},
       {[](auto& g) { g.timeout_ms = 5000; }, "timeout_ms: group has 30000, join has 5000"},
       {[](auto& g) { g.sm_budget = 20; }, "sm_budget: group has 0, join has 20"},
+      {[](auto& g) { g.executor = EPD_EXECUTOR_INLINE; }, "executor: group has daemon, join has inline"},
       {[](auto& g) { g.placement[2] = {1, 5}; }, "placement[2]: group has node 0 gpu -1, join has node 1 gpu 5"},
       {[](auto& g) { g.expert_owner[5] = 3; }, "expert_owner[5]: group has 1, join has 3"},
   };
@@ -321,7 +341,9 @@ T other_value(T v) {
 
 // The arrays sized for world_size / num_experts again, after one of them changed.
 void fit_arrays(epd::GroupSpec& g) {
-  g.placement.assign(static_cast<size_t>(g.world_size), epd_placement_t{0, EPD_GPU_HOST});
+  // The inline executor needs every rank on one GPU.
+  const int32_t gpu = g.executor == EPD_EXECUTOR_INLINE ? 0 : EPD_GPU_HOST;
+  g.placement.assign(static_cast<size_t>(g.world_size), epd_placement_t{0, gpu});
   g.expert_owner.resize(static_cast<size_t>(g.num_experts));
   for (int32_t e = 0; e < g.num_experts; ++e)
     g.expert_owner[e] = epd::GroupSpec::contiguous_owner(e, g.num_experts, g.world_size);
@@ -365,7 +387,7 @@ TEST(SpecFields, InitWritesEveryRowsDefault) {
       EXPECT_EQ(cpp.*f.member, f.c_default) << f.name << ": GroupSpec starts at the C default";
     }
   });
-  EXPECT_EQ(rows, 14);
+  EXPECT_EQ(rows, 15);
   EXPECT_EQ(c.timeout_ms, epd::kDefaultTimeoutMs);
 }
 
@@ -385,6 +407,43 @@ TEST(SpecFields, EveryRowRoundTripsThroughTheCStructAndTheWire) {
     ASSERT_TRUE(join.is_ok()) << join.status().message();
     expect_same_fields(g, join->spec, std::string("JOIN encode / decode of ") + field);
   });
+}
+
+// A client of protocol 1.2 sends no executor (the field came with 1.3): its
+// JOIN decodes with the default, and the rest of the spec is intact.
+TEST(SpecWire, JoinOfMinorTwoHasNoExecutorAndGetsTheDefault) {
+  auto base = epd::GroupSpec::from_c(valid_spec());
+  ASSERT_TRUE(base.is_ok());
+  epd::GroupSpec g = *base;
+  g.executor = EPD_EXECUTOR_DAEMON;
+  std::vector<uint8_t> record = epd::proto::encode(epd::proto::Join{g}, 7);
+  // The executor is the u32 before the placement count (world_size), the
+  // placement entries and the owner kind (contiguous: one byte).
+  const size_t tail = 4 + 8 * static_cast<size_t>(g.world_size) + 1;
+  ASSERT_GT(record.size(), epd::proto::kHeaderBytes + tail + 4);
+  const size_t at = record.size() - tail - 4;
+  uint32_t executor = 99, count = 0;
+  std::memcpy(&executor, record.data() + at, 4);
+  std::memcpy(&count, record.data() + at + 4, 4);
+  ASSERT_EQ(executor, 0u);
+  ASSERT_EQ(count, static_cast<uint32_t>(g.world_size));
+  record.erase(record.begin() + static_cast<std::ptrdiff_t>(at), record.begin() + static_cast<std::ptrdiff_t>(at) + 4);
+  const uint16_t minor = 2;
+  std::memcpy(record.data() + 6, &minor, 2);
+  const uint32_t length = static_cast<uint32_t>(record.size() - epd::proto::kHeaderBytes);
+  std::memcpy(record.data() + 12, &length, 4);
+  auto frame = epd::proto::decode_frame(record.data(), record.size());
+  ASSERT_TRUE(frame.is_ok()) << frame.status().message();
+  auto join = epd::proto::decode_join(*frame);
+  ASSERT_TRUE(join.is_ok()) << join.status().message();
+  EXPECT_EQ(join->spec.executor, EPD_EXECUTOR_DAEMON);
+  expect_same_fields(g, join->spec, "JOIN of minor 2");
+  // The same bytes read as minor 3 are one field short: refused, not misread.
+  const uint16_t three = 3;
+  std::memcpy(record.data() + 6, &three, 2);
+  auto frame3 = epd::proto::decode_frame(record.data(), record.size());
+  ASSERT_TRUE(frame3.is_ok());
+  EXPECT_FALSE(epd::proto::decode_join(*frame3).is_ok());
 }
 
 TEST(SpecFields, EveryComparedRowIsComparedAndNamed) {

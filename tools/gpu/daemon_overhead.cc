@@ -2,7 +2,8 @@
 // round trip through the real epd and libepd-client: dispatch_async,
 // dispatch_wait_async, combine_async, combine_wait_async of every rank on one
 // CUDA stream, then a stream sync; next to the same round trip of GpuExecutor
-// launched in this process (overhead_common.h). LL group shape (top-8 of 256
+// launched in this process (overhead_common.h); then the same group with
+// executor inline (gpu_inline.h: the ranks' own streams launch, one per rank). LL group shape (top-8 of 256
 // experts, hidden 7168, 128 tokens per rank, low_latency, rank_major), world 1
 // and world 8 on GPU 0, the 8 ranks held by this process (8 sessions).
 // Usage: epd_gpu_daemon_overhead --socket PATH [--iters N] [--label TEXT].
@@ -58,8 +59,8 @@ bool join_all(const std::string& socket, const GroupSpec& spec, std::vector<Clie
   return true;
 }
 
-// One empty round trip of every rank on `stream`; false (with a message) on an enqueue error.
-bool round_trip(std::vector<Group>& groups, int32_t slot, cudaStream_t stream) {
+// One empty round trip of every rank, rank r on streams[r]; false (with a message) on an enqueue error.
+bool round_trip(std::vector<Group>& groups, int32_t slot, const std::vector<cudaStream_t>& streams) {
   epd_gpu_dispatch_args_t a{};
   a.struct_size = sizeof a;
   a.n_tokens = 0;
@@ -67,15 +68,22 @@ bool round_trip(std::vector<Group>& groups, int32_t slot, cudaStream_t stream) {
     std::printf("%s: %s\n", call, g.last_error().c_str());
     return false;
   };
-  for (auto& g : groups)
-    if (g.dispatch_async(slot, a, stream) != EPD_OK) return failed(g, "epd_group_dispatch_async");
-  for (auto& g : groups)
-    if (g.dispatch_wait_async(slot, stream) != EPD_OK) return failed(g, "epd_group_dispatch_wait_async");
-  for (auto& g : groups)
-    if (g.combine_async(slot, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, stream) != EPD_OK)
-      return failed(g, "epd_group_combine_async");
-  for (auto& g : groups)
-    if (g.combine_wait_async(slot, stream) != EPD_OK) return failed(g, "epd_group_combine_wait_async");
+  for (size_t r = 0; r < groups.size(); ++r)
+    if (groups[r].dispatch_async(slot, a, streams[r]) != EPD_OK) return failed(groups[r], "epd_group_dispatch_async");
+  for (size_t r = 0; r < groups.size(); ++r)
+    if (groups[r].dispatch_wait_async(slot, streams[r]) != EPD_OK)
+      return failed(groups[r], "epd_group_dispatch_wait_async");
+  for (size_t r = 0; r < groups.size(); ++r)
+    if (groups[r].combine_async(slot, EPD_WEIGHTS_ALREADY_APPLIED, nullptr, 0, streams[r]) != EPD_OK)
+      return failed(groups[r], "epd_group_combine_async");
+  for (size_t r = 0; r < groups.size(); ++r)
+    if (groups[r].combine_wait_async(slot, streams[r]) != EPD_OK) return failed(groups[r], "epd_group_combine_wait_async");
+  return true;
+}
+
+bool sync_all(const std::vector<cudaStream_t>& streams, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (cudaStreamSynchronize(streams[i]) != cudaSuccess) return false;
   return true;
 }
 
@@ -114,33 +122,44 @@ int run(const std::string& socket, int iters, const std::string& label) {
       return 1;
     }
   }
-  cudaStream_t stream = nullptr;
-  if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
-    std::printf("cudaStreamCreateWithFlags failed\n");
-    return 1;
-  }
+  // The daemon's groups: every rank on one stream (as before); inline: rank r
+  // on its own stream (its launch waits for the other ranks' launches).
+  std::vector<cudaStream_t> streams(8, nullptr);
+  for (auto& st : streams)
+    if (cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking) != cudaSuccess) {
+      std::printf("cudaStreamCreateWithFlags failed\n");
+      return 1;
+    }
   int rc = 0;
   for (int32_t world : {1, 8}) {
-    const GroupSpec spec = bench::ll_spec(world, "overhead_w" + std::to_string(world));
+    GroupSpec spec = bench::ll_spec(world, "overhead_w" + std::to_string(world));
     if (!bench::print_in_process_line(label, world, spec, iters)) return 1;  // the in-process baseline
-    std::vector<Client> clients;
-    std::vector<Group> groups;
-    if (!join_all(socket, spec, clients, groups)) return 1;
-    // The first round trip with bounded waits: a daemon that never completes fails here, not in a sync.
-    if (!round_trip(groups, 0, stream) || !all_ok(groups, spec.timeout_ms)) return 1;
-    std::vector<double> us;
-    bool ok = true;
-    for (int i = 1; i < bench::kWarmup + iters && ok; ++i) {
-      const double t0 = bench::now_us();
-      ok = round_trip(groups, i % 2, stream) && cudaStreamSynchronize(stream) == cudaSuccess;
-      if (i >= bench::kWarmup) us.push_back(bench::now_us() - t0);
+    for (const epd_executor_t executor : {EPD_EXECUTOR_DAEMON, EPD_EXECUTOR_INLINE}) {
+      const bool in_line = executor == EPD_EXECUTOR_INLINE;
+      spec.executor = executor;
+      spec.name = "overhead_w" + std::to_string(world) + (in_line ? "_inline" : "");
+      std::vector<cudaStream_t> use(static_cast<size_t>(world), streams[0]);
+      if (in_line) use.assign(streams.begin(), streams.begin() + world);
+      std::vector<Client> clients;
+      std::vector<Group> groups;
+      if (!join_all(socket, spec, clients, groups)) return 1;
+      // The first round trip with bounded waits: a daemon that never completes fails here, not in a sync.
+      if (!round_trip(groups, 0, use) || !all_ok(groups, spec.timeout_ms)) return 1;
+      std::vector<double> us;
+      bool ok = true;
+      for (int i = 1; i < bench::kWarmup + iters && ok; ++i) {
+        const double t0 = bench::now_us();
+        ok = round_trip(groups, i % 2, use) && sync_all(use, use.size());
+        if (i >= bench::kWarmup) us.push_back(bench::now_us() - t0);
+      }
+      ok = ok && all_ok(groups, spec.timeout_ms);
+      bench::print_line(label, world,
+                        in_line ? "epd inline executor, libepd-client (stream per rank)" : "epd daemon, libepd-client",
+                        bench::stats(std::move(us)), iters, ok ? "" : " FAILED");
+      if (!ok) rc = 1;
     }
-    ok = ok && all_ok(groups, spec.timeout_ms);
-    bench::print_line(label, world, "epd daemon, libepd-client", bench::stats(std::move(us)), iters,
-                      ok ? "" : " FAILED");
-    if (!ok) rc = 1;
   }
-  cudaStreamDestroy(stream);
+  for (auto& st : streams) cudaStreamDestroy(st);
   return rc;
 }
 
