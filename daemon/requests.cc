@@ -117,6 +117,17 @@ void Server::on_hello(Session& s, const proto::Frame& f) {
   r.shm_bytes = shm::kTotalBytes;
   if (f.header.minor >= 2) r.join_timeout_ms = opts_.config.join_timeout_ms;
   send(s, proto::encode(r, rid), {dup(s.shm->fd()), dup(s.doorbell_fd)});
+  // After the reply's descriptors: at the file limit the HELLO still succeeds,
+  // unwatched. A client in a pid namespace epd cannot see is unwatched too.
+  // Either way its loss is noticed at EOF.
+  if (exit_watch_period_ns_ > 0) {
+    auto w = ExitWatch::open(s.pid);
+    if (w)
+      s.exit_watch = std::move(w.value());
+    else
+      log_message(LogLevel::kDebug, LogContext{"", -1, s.id, s.pid},
+                  "process exit not watched (its loss is noticed at EOF only): " + w.status().message());
+  }
 }
 
 void Server::on_status(Session& s, const proto::Frame& f) {

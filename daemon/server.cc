@@ -42,6 +42,14 @@ constexpr int kRefusalsPerBackoff = 4;
 // SIGTERM: pending joins and rendezvous fail at once; running ops get this long.
 // Below the unit's TimeoutStopSec= (30 s), so systemd never has to SIGKILL.
 constexpr int64_t kShutdownGraceNs = 10 * 1000000000LL;
+// Exit watch: /proc stat lines read per period at most (a few µs each), so its
+// cost stays bounded however many sessions there are; past this many watched
+// sessions each is read every ceil(n / kExitChecksPerTick) periods.
+constexpr int kExitChecksPerTick = 32;
+
+bool holds_membership(const Session& s) {
+  return std::any_of(s.members.begin(), s.members.end(), [](const auto& m) { return m != nullptr; });
+}
 
 Status epoll_add(int ep, int fd, uint32_t events, uint64_t data) {
   epoll_event ev{};
@@ -104,6 +112,13 @@ Status Server::init() {
   if (rendezvous_->cluster_fd() >= 0)
     EPD_RETURN_IF_ERROR(epoll_add(epfd_, rendezvous_->cluster_fd(), EPOLLIN, tag(kCluster)));
 
+  if (opts_.config.exit_watch_ms > 0) {
+    if (const Status st = proc_shows_own_pid(); st)
+      exit_watch_period_ns_ = static_cast<int64_t>(opts_.config.exit_watch_ms) * 1000000;
+    else
+      log_message(LogLevel::kInfo, "client exit watch off (a lost client is noticed at its socket's EOF only): " +
+                                       st.message());
+  }
   const auto wd = watchdog_interval();
   if (wd.count() > 0) {
     watchdog_period_ns_ = static_cast<int64_t>(wd.count()) * 1000 / 2;
@@ -217,6 +232,7 @@ int Server::next_timeout_ms(int64_t now) const {
   int64_t next = now + 1000 * 1000000LL;  // wake at least once a second
   if (watchdog_period_ns_ > 0) next = std::min(next, next_watchdog_ns_);
   if (accept_resume_ns_ != 0) next = std::min(next, accept_resume_ns_);
+  if (exit_watch_period_ns_ > 0 && rendezvous_->group_count() > 0) next = std::min(next, next_exit_watch_ns_);
   if (shutting_down_) next = std::min(next, shutdown_deadline_ns_);
   next = rendezvous_->next_deadline_ns(next);
   const int64_t ms = (next - now + 999999) / 1000000;
@@ -276,6 +292,7 @@ void Server::dispatch_event(uint64_t data, uint32_t events) {
 }
 
 void Server::after_events(int64_t now) {
+  watch_exits(now);
   rendezvous_->on_timers(now);
   if (accept_resume_ns_ != 0 && now >= accept_resume_ns_) resume_accepting();
   if (now >= next_status_ns_) {  // STATUS= for systemctl status, at most once a second
@@ -292,6 +309,32 @@ void Server::after_events(int64_t now) {
     (void)notify_watchdog();
     next_watchdog_ns_ = now + watchdog_period_ns_;
   }
+}
+
+void Server::watch_exits(int64_t now) {
+  if (exit_watch_period_ns_ == 0 || now < next_exit_watch_ns_ || rendezvous_->group_count() == 0) return;
+  next_exit_watch_ns_ = now + exit_watch_period_ns_;
+  std::vector<std::pair<uint64_t, std::string>> exiting;
+  int checks = 0;
+  auto it = sessions_.lower_bound(exit_watch_cursor_);
+  for (size_t n = 0; n < sessions_.size() && checks < kExitChecksPerTick; ++n, ++it) {
+    if (it == sessions_.end()) it = sessions_.begin();
+    Session& s = *it->second;
+    if (!s.exit_watch.watching() || !holds_membership(s)) continue;
+    ++checks;
+    std::string why;
+    switch (s.exit_watch.check(&why)) {
+      case ExitWatch::State::kAlive: break;
+      case ExitWatch::State::kExiting: exiting.emplace_back(s.id, std::move(why)); break;
+      case ExitWatch::State::kUnwatchable:
+        log_message(LogLevel::kDebug, LogContext{"", -1, s.id, s.pid},
+                    "process exit no longer watched (its loss is noticed at EOF): " + why);
+        s.exit_watch.reset();
+        break;
+    }
+  }
+  exit_watch_cursor_ = it == sessions_.end() ? 0 : it->first;
+  for (const auto& [sid, why] : exiting) close_session(sid, why.c_str());
 }
 
 // ---- sessions ----------------------------------------------------------------------------
@@ -490,8 +533,7 @@ void Server::close_session(uint64_t sid, const char* why) {
   if (it == sessions_.end()) return;
   std::unique_ptr<Session> s = std::move(it->second);
   sessions_.erase(it);
-  bool held = false;  // a session that held no group (epctl, a probe) closes at debug level
-  for (const auto& m : s->members) held = held || m != nullptr;
+  const bool held = holds_membership(*s);  // a session that held no group (epctl, a probe) closes at debug level
   log_message(held ? LogLevel::kInfo : LogLevel::kDebug, LogContext{"", -1, s->id, s->pid},
               std::string("session closed: ") + why);
   for (std::shared_ptr<Member> m : s->members)

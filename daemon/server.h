@@ -18,6 +18,12 @@
 // queued connections per back-off with an ERROR naming the limit, so their
 // clients get a refusal instead of silence. Shutdown is bounded: kShutdownGraceNs after SIGTERM the loop
 // stops even with operations still running (with a warning).
+// A client's loss is its socket's EOF, or earlier (server.exit_watch_ms): every
+// period the loop reads /proc/<pid>/stat of the sessions that hold a group
+// membership (exit_watch.h; at most kExitChecksPerTick a period, round robin)
+// and closes, exactly as on EOF, the session of a process seen exiting: a
+// killed process releases its files (its socket) only after tearing down its
+// memory and GPU contexts, hundreds of ms later.
 // Thread-safety: run() on one thread; request_stop() from any
 // thread or a signal handler context via SIGTERM (handled through a signalfd).
 #pragma once
@@ -76,6 +82,7 @@ class Server final : public SessionSink {
   void on_doorbell(uint64_t sid);
   Status watch_doorbell(Session& s);  // the session's doorbell eventfd joins the loop
   void after_events(int64_t now);
+  void watch_exits(int64_t now);  // sessions whose process is exiting close as on EOF
   int next_timeout_ms(int64_t now) const;
 
   // requests (requests.cc)
@@ -107,6 +114,9 @@ class Server final : public SessionSink {
   std::string gpu_summary_;  // GPUs and MPS, or why GPU groups are unavailable (init)
   int64_t watchdog_period_ns_ = 0, next_watchdog_ns_ = 0;
   int64_t next_status_ns_ = 0;
+  int64_t exit_watch_period_ns_ = 0;  // 0: off (server.exit_watch_ms = 0, or /proc not of our pid namespace)
+  int64_t next_exit_watch_ns_ = 0;
+  uint64_t exit_watch_cursor_ = 0;     // the session id the next period's reads start at
   std::string last_status_line_;
   uint64_t next_session_id_ = 1;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;

@@ -148,7 +148,7 @@ Result<DaemonConfig> parse_toml_document(const std::string& text, const std::str
   if (const toml::table* s = r.table(doc, "server")) {
     r.check_keys(*s, "server.",
                  {"socket_path", "socket_mode", "socket_group", "max_sessions", "allowed_uids",
-                  "join_timeout_ms", "admin_group"});
+                  "join_timeout_ms", "admin_group", "exit_watch_ms"});
     r.read_string(*s, "server.", "socket_path", &c.socket_path, why_socket_path);
     if (const toml::node* n = s->get("socket_mode"); n && r.ok()) {
       if (const auto* str = n->as_string()) {
@@ -170,6 +170,7 @@ Result<DaemonConfig> parse_toml_document(const std::string& text, const std::str
     }
     r.read_int(*s, "server.", "join_timeout_ms", &c.join_timeout_ms, 1, UINT32_MAX);
     r.read_string(*s, "server.", "admin_group", &c.admin_group);
+    r.read_int(*s, "server.", "exit_watch_ms", &c.exit_watch_ms, 0, kMaxExitWatchMs);
   }
   if (const toml::table* l = r.table(doc, "limits")) {
     r.check_keys(*l, "limits.",
@@ -239,7 +240,7 @@ Result<DaemonConfig> parse_toml_document(const std::string& text, const std::str
 
 struct CliValues {
   std::string config = kDefaultConfigFile;
-  std::string socket_path, socket_mode, socket_group, max_sessions, join_timeout_ms;
+  std::string socket_path, socket_mode, socket_group, max_sessions, join_timeout_ms, exit_watch_ms;
   std::string host_threads, log_level, log_target, node_id, listen_address, transport;
   bool print_config = false;
 };
@@ -303,6 +304,8 @@ Status apply_overrides(const CLI::App& app, const CliValues& v, DaemonConfig* c)
   EPD_RETURN_IF_ERROR(apply_uint(app, "--max-sessions", v.max_sessions, 1, UINT32_MAX, &c->max_sessions));
   EPD_RETURN_IF_ERROR(
       apply_uint(app, "--join-timeout-ms", v.join_timeout_ms, 1, UINT32_MAX, &c->join_timeout_ms));
+  EPD_RETURN_IF_ERROR(
+      apply_uint(app, "--exit-watch-ms", v.exit_watch_ms, 0, kMaxExitWatchMs, &c->exit_watch_ms));
   EPD_RETURN_IF_ERROR(apply_uint(app, "--host-threads", v.host_threads, 0, 4096, &c->host_threads));
   EPD_RETURN_IF_ERROR(apply_string(app, "--log-level", v.log_level, &c->log_level, why_log_level));
   EPD_RETURN_IF_ERROR(apply_string(app, "--log-target", v.log_target, &c->log_target, why_log_target));
@@ -337,6 +340,9 @@ Status validate_config(const DaemonConfig& c, const std::string& origin) {
       return bad("server.allowed_uids[" + std::to_string(i) + "]", std::to_string(UINT32_MAX),
                  "is not a valid uid");
   if (c.join_timeout_ms < 1) return bad("server.join_timeout_ms", "0", "is outside [1, 4294967295]");
+  if (c.exit_watch_ms > kMaxExitWatchMs)
+    return bad("server.exit_watch_ms", std::to_string(c.exit_watch_ms),
+               "is outside [0, " + std::to_string(kMaxExitWatchMs) + "]");
   if (c.host_threads > 4096)
     return bad("executor.host_threads", std::to_string(c.host_threads), "is outside [0, 4096]");
   if (!(why = why_log_level(c.log_level)).empty()) return bad("log.level", quoted(c.log_level), why);
@@ -402,6 +408,7 @@ std::string print_config(const DaemonConfig& c) {
     << toml_array(c.allowed_uids, [](uint32_t u) { return std::to_string(u); }) << "\n";
   o << "join_timeout_ms = " << c.join_timeout_ms << "\n";
   o << "admin_group = " << toml_string(c.admin_group) << "\n";
+  o << "exit_watch_ms = " << c.exit_watch_ms << "\n";
   o << "\n[limits]\nmax_sessions_per_uid = " << c.limits.max_sessions_per_uid << "\n";
   o << "max_groups_per_uid = " << c.limits.max_groups_per_uid << "\n";
   o << "max_groups = " << c.limits.max_groups << "\n";
@@ -443,6 +450,9 @@ Result<LoadedConfig> load_config(int argc, const char* const* argv) {
   app.add_option("--max-sessions", v.max_sessions, "client session limit (server.max_sessions)")
       ->type_name("N");
   app.add_option("--join-timeout-ms", v.join_timeout_ms, "default join deadline (server.join_timeout_ms)")
+      ->type_name("MS");
+  app.add_option("--exit-watch-ms", v.exit_watch_ms,
+                 "period of the client exit watch, 0 = off (server.exit_watch_ms)")
       ->type_name("MS");
   app.add_option("--host-threads", v.host_threads, "host executor threads, 0 = all cores (executor.host_threads)")
       ->type_name("N");

@@ -42,6 +42,8 @@ struct Limits {
   uint64_t max_workspace_bytes = 1ull << 40;            // 1 TiB over every uid
 };
 
+inline constexpr uint32_t kMaxExitWatchMs = 1000;  // server.exit_watch_ms is in [0, kMaxExitWatchMs]
+
 struct DaemonConfig {
   // [server]
   std::string socket_path = "/run/epd/epd.sock";  // control socket (SOCK_SEQPACKET)
@@ -51,6 +53,7 @@ struct DaemonConfig {
   std::vector<uint32_t> allowed_uids;             // empty = any peer that can open the socket
   uint32_t join_timeout_ms = kDefaultTimeoutMs;   // deadline of a join (or [[group]]) whose timeout_ms is 0
   std::string admin_group;                        // members may join, retire and see every group ("" = root only)
+  uint32_t exit_watch_ms = 5;                     // period of the client exit watch (server.h), 0 = off
   // [limits]
   Limits limits;
   // [executor]

@@ -5,8 +5,21 @@
 //   join NAME WORLD RANK GENERATION TIMEOUT_MS -> JOINED | ERR join CODE MESSAGE
 //   dispatch SLOT N | dwait SLOT | combine SLOT | cwait SLOT | step SLOT N | leave
 //                                               -> OK CMD | ERR CMD CODE MESSAGE
+//   mappings N: maps one 2 MiB memfd N times, populated, so that the
+//     process's exit must tear down N * 512 page-table entries (a slow exit,
+//     as a GPU worker's is, from 2 MiB and N * 4 KiB of page tables)
+//                                               -> OK mappings | ERR mappings CODE MESSAGE
+//   lock PATH: opens (creates) PATH and takes a POSIX write lock on it, held
+//     until the process closes its descriptors: an exit releases it before
+//     any of its files (its session socket) is released
+//                                               -> OK lock | ERR lock CODE MESSAGE
 // A wait prints "WAITING CMD" just before it blocks. The spec is the tests'
 // small host spec (fp32, hidden 32, 4 experts per rank, top_k 2, 2 slots).
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -57,6 +70,32 @@ epd_status_t join(const char* name, int world, int rank, unsigned long long gene
   return epd_group_join(client, &s, &group);
 }
 
+// Answers "mappings N" (see the top of the file).
+void map_many(int n) {
+  constexpr size_t kBytes = 2u << 20;
+  const int fd = memfd_create("fault_rank_helper", MFD_CLOEXEC);
+  int mapped = 0;
+  if (fd >= 0 && ftruncate(fd, kBytes) == 0)
+    while (mapped < n && mmap(nullptr, kBytes, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0) != MAP_FAILED) ++mapped;
+  const int err = errno;
+  if (fd >= 0) close(fd);  // the mappings keep the memory until the process exits
+  if (mapped == n) std::printf("OK mappings\n");
+  else std::printf("ERR mappings %d %d of %d mappings made: %s\n", static_cast<int>(EPD_ERR_SYSTEM), mapped, n,
+                   std::strerror(err));
+  std::fflush(stdout);
+}
+
+// Answers "lock PATH" (see the top of the file).
+void lock_file(const char* path) {
+  const int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);  // kept open until the process exits
+  flock fl{};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  if (fd >= 0 && fcntl(fd, F_SETLK, &fl) == 0) std::printf("OK lock\n");
+  else std::printf("ERR lock %d %s: %s\n", static_cast<int>(EPD_ERR_SYSTEM), path, std::strerror(errno));
+  std::fflush(stdout);
+}
+
 void run(const std::string& line) {
   char cmd[32] = {0}, name[64] = {0};
   int a = 0, b = 0, c = 0;
@@ -71,6 +110,9 @@ void run(const std::string& line) {
     std::fflush(stdout);
     return;
   }
+  if (k == "mappings" && std::sscanf(line.c_str(), "%*s %d", &a) == 1) return map_many(a);
+  char path[256] = {0};
+  if (k == "lock" && std::sscanf(line.c_str(), "%*s %255s", path) == 1) return lock_file(path);
   if (!group) return answer(cmd, EPD_ERR_NOT_JOINED);
   const int n = std::sscanf(line.c_str(), "%*s %d %d", &a, &c);
   if (k == "dispatch" && n == 2) return answer(cmd, dispatch(a, c));

@@ -49,7 +49,7 @@ void DaemonTest::SetUp() {
   watchdog_ = std::make_unique<Watchdog>(std::string(info->test_suite_name()) + "." + info->name(), deadline_s());
   dir_ = std::make_unique<job::TempDir>("epd-test");
   ASSERT_FALSE(dir_->path().empty()) << "mkdtemp failed";
-  daemon_ = std::make_unique<job::DaemonProcess>(epd_path(), dir_->path(), std::vector<std::string>{"--log-level", "info"});
+  daemon_ = std::make_unique<job::DaemonProcess>(epd_path(), dir_->path(), daemon_args());
   if (daemon_->child().pid() > 0) watchdog_->add_pid(daemon_->child().pid());
   ASSERT_TRUE(daemon_->ok()) << daemon_->error();
 }

@@ -47,6 +47,8 @@ class DaemonTest : public ::testing::Test {
   const std::string& socket() const { return daemon_->socket_path(); }
   job::DaemonProcess& daemon() { return *daemon_; }
   virtual int deadline_s() const { return 90; }
+  // The daemon's options after "--config '' --socket ..." (DaemonProcess).
+  virtual std::vector<std::string> daemon_args() const { return {"--log-level", "info"}; }
 
   std::unique_ptr<Watchdog> watchdog_;
   std::unique_ptr<job::TempDir> dir_;
