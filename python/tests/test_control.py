@@ -61,6 +61,7 @@ def test_spec_defaults_are_the_c_defaults():
     assert d["dtype"] == epd.DType.BF16 and d["layout"] == epd.Layout.RANK_MAJOR
     assert d["mode"] == epd.Mode.HIGH_THROUGHPUT and d["dispatch_quant"] == epd.Quant.NONE
     assert d["placement"] is None and d["expert_owner"] is None
+    assert d["executor"] == epd.Executor.DAEMON
 
 
 def test_join_with_keyword_arguments(daemon):
@@ -95,6 +96,8 @@ def _group_rows(doc):
     (dict(expert_owner=[0, 0]), "expert_owner"),
     (dict(num_experts=2**31), "num_experts"),
     (dict(name="x" * 64), "name"),
+    (dict(executor="inline"), "executor = inline needs every rank on one GPU"),
+    (dict(executor="sideways"), "executor"),
 ])
 def test_bad_spec_raises_with_status_and_field(daemon, over, field):
     with epd.connect(daemon.socket) as c:
