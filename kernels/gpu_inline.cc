@@ -13,8 +13,9 @@ Result<ScratchLayout> scratch_layout(const GroupSpec& spec) {
   s.chunks = (spec.max_tokens_per_rank + 31) / 32;
   const CheckedSize table = CheckedSize(static_cast<uint64_t>(spec.world_size)) * static_cast<uint64_t>(s.chunks) *
                             static_cast<uint64_t>(s.dests) * 4u;
-  const CheckedSize words_at = (CheckedSize(static_cast<uint64_t>(s.dests)) * 4u).align_up(8);
-  const CheckedSize slot = (table * 2u + words_at + 64u).align_up(256);
+  // A slot: bitmaps, offsets (one table each), totals [D], then the words.
+  const CheckedSize words_at = table * 2u + (CheckedSize(static_cast<uint64_t>(s.dests)) * 4u).align_up(8);
+  const CheckedSize slot = (words_at + 64u).align_up(256);
   const CheckedSize counters_at = slot * static_cast<uint64_t>(spec.slots);
   const CheckedSize bytes = counters_at + 256u;
   if (bytes.overflowed())

@@ -46,7 +46,7 @@ namespace epd {
 struct ScratchLayout {
   int32_t dests = 0, chunks = 0;  // D (experts, + ranks for rank_major), ceil(max_tokens / 32)
   uint64_t table_bytes = 0;       // one [W][chunks][D] uint32 table
-  uint64_t words_at = 0;          // in a slot: fault key (8 bytes), abort (4), phase[2]
+  uint64_t words_at = 0;          // in a slot, after both tables and the totals: fault key (8 bytes), abort (4), phase[2]
   uint64_t slot_bytes = 0;        // one slot, 256-aligned
   uint64_t counters_at = 0;       // [slots] barrier counters
   uint64_t bytes = 0;             // everything

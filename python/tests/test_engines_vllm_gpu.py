@@ -44,7 +44,7 @@ def _env():
 
 def _gpu_capable(daemon):
     with epd.connect(daemon.socket) as c:
-        if not c.info().capabilities & epd.Capability.GPU_EXECUTOR:
+        if not c.info.capabilities & epd.Capability.GPU_EXECUTOR:
             pytest.skip("this epd serves no GPU placements (built without CUDA, or no driver)")
 
 
