@@ -359,8 +359,13 @@ void Rendezvous::retire(std::unique_ptr<Group> g, const std::string& why) {
   for (int32_t slot = 0; slot < g->spec().slots; ++slot)
     if (!g->rendezvous(slot).in_flight) fail_pending(*g, slot, st, Phase::kIdle);
   Group* raw = g.get();
-  retired_.push_back(std::move(g));
+  // The pending members go first, while the group is in no list: the last
+  // one's maybe_destroy_group then finds nothing to free, and the group is
+  // freed (or kept for its joined members) only by the call below. Listed
+  // first, it was freed inside the loop and read afterwards (a use after free
+  // found by the whole-tree libFuzzer build of epd_fuzz_requests).
   for (auto& m : pending) remove_member(m, "group replaced");
+  retired_.push_back(std::move(g));
   maybe_destroy_group(raw);
 }
 

@@ -335,7 +335,13 @@ namespace {
 template <typename T>
 T get_spec_scalar(Reader& r, const char* field) {
   if constexpr (std::is_enum_v<T>) {
-    return static_cast<T>(r.u32(field));
+    // Only a value the enum names becomes one (any other would be undefined
+    // to hold in the enum type): an unknown one fails the message, named.
+    const uint32_t raw = r.u32(field);
+    for (const auto& e : EnumNames<T>::kNames)
+      if (static_cast<uint32_t>(e.value) == raw) return e.value;
+    r.fail("JOIN: %s = %u is not a known %s", field, raw, EnumNames<T>::kCType);
+    return EnumNames<T>::kNames[0].value;
   } else if constexpr (std::is_same_v<T, int32_t>) {
     return r.i32(field);
   } else if constexpr (std::is_same_v<T, uint32_t>) {

@@ -189,6 +189,27 @@ TEST_F(RejoinTest, NewerGenerationReplacesTheRunningOneOnlyWhenComplete) {
   for (int s : {0, 1}) ASSERT_NO_FATAL_FAILURE(step(g2, s, nullptr));
 }
 
+// A newer generation retires one that is still forming: its pending join
+// gets GROUP_CLOSED, the new group runs and the daemon stays up. (Retiring a
+// generation with pending members once read the freed group: found by the
+// whole-tree libFuzzer build of epd_fuzz_requests; visible under ASan.)
+TEST_F(RejoinTest, NewerGenerationRetiresAFormingOneWithPendingJoins) {
+  Ranks forming;
+  std::vector<epd_status_t> forming_st;
+  std::jthread t([&] { forming_st = join_all(socket(), forming, "forming", 3, {1}, 0, 20000); });
+  ASSERT_TRUE(wait_rank_state(socket(), "forming", 1, "joining"));
+  Ranks newer;
+  for (auto st : join_all(socket(), newer, "forming", 1, {0}, 2, 20000))
+    ASSERT_EQ(st, EPD_OK) << epd_client_last_error(newer.clients[0]);
+  t.join();
+  ASSERT_EQ(forming_st.size(), 1u);
+  EXPECT_EQ(forming_st[0], EPD_ERR_GROUP_CLOSED) << epd_client_last_error(forming.clients[0]);
+  for (int slot : {0, 1}) ASSERT_NO_FATAL_FAILURE(step(newer, slot, nullptr));
+  epd_client_t* probe = connect_or_die(socket());
+  ASSERT_NE(probe, nullptr);
+  epd_client_disconnect(probe);
+}
+
 // A second combine for one dispatch: SLOT_BUSY while the first is in flight
 // (the message says so), NO_DISPATCH once the slot is idle again; a negative
 // token count is INVALID_ARGUMENT naming the value.

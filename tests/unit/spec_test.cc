@@ -446,6 +446,29 @@ TEST(SpecWire, JoinOfMinorTwoHasNoExecutorAndGetsTheDefault) {
   EXPECT_FALSE(epd::proto::decode_join(*frame3).is_ok());
 }
 
+// An enum field on the wire that names no value is refused by the decoder,
+// naming field and value (it never becomes an enum value nobody named).
+TEST(SpecWire, JoinWithAnUnknownEnumValueIsRefusedNamingIt) {
+  auto base = epd::GroupSpec::from_c(valid_spec());
+  ASSERT_TRUE(base.is_ok());
+  std::vector<uint8_t> record = epd::proto::encode(epd::proto::Join{*base}, 7);
+  // name (u32 length + bytes), generation (u64), world_size, rank, num_experts, top_k, hidden (i32), dtype (u32).
+  const size_t at = epd::proto::kHeaderBytes + 4 + base->name.size() + 8 + 5 * 4;
+  ASSERT_LT(at + 4, record.size());
+  uint32_t dtype = 99;
+  std::memcpy(&dtype, record.data() + at, 4);
+  ASSERT_EQ(dtype, static_cast<uint32_t>(base->dtype)) << "the dtype is not where the test expects it";
+  const uint32_t bad = 8388608;
+  std::memcpy(record.data() + at, &bad, 4);
+  auto frame = epd::proto::decode_frame(record.data(), record.size());
+  ASSERT_TRUE(frame.is_ok()) << frame.status().message();
+  auto join = epd::proto::decode_join(*frame);
+  ASSERT_FALSE(join.is_ok());
+  EXPECT_EQ(join.status().code(), EPD_ERR_PROTOCOL);
+  EXPECT_NE(join.status().message().find("dtype = 8388608 is not a known epd_dtype_t"), std::string::npos)
+      << join.status().message();
+}
+
 TEST(SpecFields, EveryComparedRowIsComparedAndNamed) {
   auto base = epd::GroupSpec::from_c(valid_spec());
   ASSERT_TRUE(base.is_ok());
