@@ -210,6 +210,15 @@ Status GpuExecutor::Impl::alloc_scratch(const GroupSpec& spec, const std::vector
   return Status::ok();
 }
 
+Status init_control_blocks(const std::vector<uint8_t*>& bases, cudaStream_t stream) {
+  ControlBlock cb{};
+  cb.magic = kControlMagic;
+  cb.version = kControlVersion;
+  for (uint8_t* b : bases) EPD_CUDA_RETURN(cudaMemcpyAsync(b, &cb, sizeof cb, cudaMemcpyHostToDevice, stream));
+  EPD_CUDA_RETURN(cudaStreamSynchronize(stream));  // `cb` goes out of scope
+  return Status::ok();
+}
+
 Status init_scratch(uint8_t* block, const ScratchLayout& lay, int32_t slots, cudaStream_t stream) {
   EPD_CUDA_RETURN(cudaMemsetAsync(block, 0, lay.bytes, stream));
   for (int32_t s = 0; s < slots; ++s)
@@ -284,13 +293,8 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create(const GroupSpec& spec,
   EPD_RETURN_IF_ERROR(im.alloc_scratch(spec, gpus, &total, nullptr));
   if (gpus.size() > 1) EPD_RETURN_IF_ERROR(im.alloc_signals(spec, gpus, tuning.barrier, &total));
 
-  // Control blocks: zeroed, then magic and version.
-  ControlBlock cb{};
-  cb.magic = kControlMagic;
-  cb.version = kControlVersion;
-  for (int32_t r = 0; r < W; ++r)
-    EPD_CUDA_RETURN(cudaMemcpyAsync(im.bases[r], &cb, sizeof cb, cudaMemcpyHostToDevice, im.home().setup));
-  for (auto& si : im.shards) EPD_CUDA_RETURN(cudaStreamSynchronize(si->setup));  // `table`, `li`, `cb` go out of scope
+  EPD_RETURN_IF_ERROR(init_control_blocks(im.bases, im.home().setup));
+  for (auto& si : im.shards) EPD_CUDA_RETURN(cudaStreamSynchronize(si->setup));  // `table`, `li` go out of scope
 
   // The launch variant and every shard's grids: fixed at creation (graph-friendly).
   auto plan = gpu::make_launch_plan(spec, ex->layout_, ex->shards_, tuning, im.dests, im.chunks);

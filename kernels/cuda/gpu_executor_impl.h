@@ -51,6 +51,8 @@ struct ShardImpl {
               const std::vector<int32_t>& local_index_of, uint64_t* total);
 };
 
+// Every rank's control block zeroed, then magic and version; synchronises `stream`.
+Status init_control_blocks(const std::vector<uint8_t*>& bases, cudaStream_t stream);
 // Zeroes a routing scratch (scratch_layout) and re-arms its fault keys.
 Status init_scratch(uint8_t* block, const ScratchLayout& lay, int32_t slots, cudaStream_t stream);
 

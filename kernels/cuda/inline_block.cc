@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <vector>
 
 #include "control_block.h"
 #include "cuda_status.h"
@@ -44,12 +45,10 @@ Status InlineBlock::init() {
   uint8_t* base = mem_->device_ptr();
   EPD_CUDA_RETURN(cudaSetDevice(mem_->device()));
   EPD_CUDA_RETURN(cudaMemsetAsync(base, 0, layout_.bytes, st));
-  ControlBlock cb{};
-  cb.magic = kControlMagic;
-  cb.version = kControlVersion;
-  for (uint64_t at : layout_.rank_at) EPD_CUDA_RETURN(cudaMemcpyAsync(base + at, &cb, sizeof cb, cudaMemcpyHostToDevice, st));
   EPD_RETURN_IF_ERROR(init_scratch(base + layout_.scratch_at, layout_.scratch, spec_.slots, st));
-  EPD_CUDA_RETURN(cudaStreamSynchronize(st));  // `cb` goes out of scope
+  std::vector<uint8_t*> bases;
+  for (uint64_t at : layout_.rank_at) bases.push_back(base + at);
+  EPD_RETURN_IF_ERROR(init_control_blocks(bases, st));
   aborted_ = false;
   return Status::ok();
 }

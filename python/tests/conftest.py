@@ -10,6 +10,7 @@ every test was skipped and none failed, so ctest reports it as skipped.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -24,6 +25,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 10
+
+
+def require_torch_ops(engine: str = "", package: str = "", pin: str = ""):
+    """torch, for a test module that needs the epd torch ops (and `package`, the engine
+    named `engine`, when given): else a module-level skip that says what is missing."""
+    try:
+        import torch
+    except ImportError as e:  # not installed, or installed without its libraries
+        pytest.skip(f"torch is not importable ({e}); the torch-op tests need it (python/requirements-test.txt)",
+                    allow_module_level=True)
+    if package and importlib.util.find_spec(package) is None:
+        pytest.skip(f"{engine} is not installed: pip install -r python/requirements-test.txt ({pin} --no-deps "
+                    "and its listed dependencies)", allow_module_level=True)
+    import epd
+    if not epd.ops.available():
+        pytest.skip(f"the epd torch ops extension is not available: {epd.ops.load_error()}", allow_module_level=True)
+    return torch
 
 
 def build_dir() -> Path:

@@ -9,7 +9,6 @@ Skips, saying why, when torch, SGLang or the epd ops extension is missing.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import sys
@@ -17,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is not installed (python/requirements-test.txt)")
-if importlib.util.find_spec("sglang") is None:
-    pytest.skip("SGLang is not installed: pip install -r python/requirements-test.txt (sglang==0.5.23 --no-deps "
-                "and its listed dependencies)", allow_module_level=True)
-import epd  # noqa: E402
-from conftest import run_workers  # noqa: E402
+from conftest import require_torch_ops, run_workers  # noqa: E402
 
-if not epd.ops.available():
-    pytest.skip(f"the epd torch ops extension is not available: {epd.ops.load_error()}", allow_module_level=True)
+torch = require_torch_ops("SGLang", "sglang", "sglang==0.5.23")
+import epd  # noqa: E402
 
 WORLD = 2
 HERE = Path(__file__).resolve().parent

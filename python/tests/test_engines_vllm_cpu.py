@@ -12,7 +12,6 @@ Skips, saying why, when torch, vLLM or the epd ops extension is missing.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import random
@@ -21,15 +20,10 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is not installed (python/requirements-test.txt)")
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip("vLLM is not installed: pip install -r python/requirements-test.txt (vllm==0.34.0 --no-deps "
-                "and its listed dependencies)", allow_module_level=True)
-import epd  # noqa: E402
-from conftest import run_workers  # noqa: E402
+from conftest import require_torch_ops, run_workers  # noqa: E402
 
-if not epd.ops.available():
-    pytest.skip(f"the epd torch ops extension is not available: {epd.ops.load_error()}", allow_module_level=True)
+torch = require_torch_ops("vLLM", "vllm", "vllm==0.34.0")
+import epd  # noqa: E402
 
 WORLD = 3
 HERE = Path(__file__).resolve().parent

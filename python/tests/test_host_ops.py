@@ -14,16 +14,10 @@ from pathlib import Path
 
 import pytest
 
-try:
-    import torch
-except ImportError as e:  # not installed, or installed without its libraries
-    pytest.skip(f"torch is not importable ({e}); the torch-op tests need it (python/requirements-test.txt)",
-                allow_module_level=True)
-import epd  # noqa: E402
-from conftest import run_workers  # noqa: E402
+from conftest import require_torch_ops, run_workers  # noqa: E402
 
-if not epd.ops.available():
-    pytest.skip(f"the torch ops extension is not available: {epd.ops.load_error()}", allow_module_level=True)
+torch = require_torch_ops()
+import epd  # noqa: E402
 
 WORLD = 4
 HERE = Path(__file__).resolve().parent
