@@ -156,5 +156,18 @@ struct LaunchShape {
 
 constexpr int kThreads = 256;     // threads per block of every kernel
 constexpr int kWarps = kThreads / 32;
+// The dispatch's prefix phase scans a destination with one warp when its
+// column of count words (world * chunks) is at most this long, else with a block.
+constexpr int kWarpPrefixWords = 4 * 32;
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+inline bool warp_prefix_fits(int32_t world, int32_t chunks) {
+  return static_cast<int64_t>(world) * chunks <= kWarpPrefixWords;
+}
+// Prefix blocks that give every destination a scanner (a warp or a block).
+inline int64_t prefix_blocks_for(int32_t world, int32_t chunks, int64_t dests) {
+  return warp_prefix_fits(world, chunks) ? (dests + kWarps - 1) / kWarps : dests;
+}
 
 }  // namespace epd::gpu

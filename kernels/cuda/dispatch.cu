@@ -7,7 +7,8 @@
 // (rank_major rows):
 //   count:   one warp per (source rank, chunk) validates ids and sets bit t%32 of
 //            bitmap[rank][chunk][dest] for every token t that goes to dest;
-//   prefix:  one block per dest scans popcounts over (rank, chunk) in order, so
+//   prefix:  one warp per dest (one block per dest when its column is longer
+//            than kWarpPrefixWords) scans popcounts over (rank, chunk) in order, so
 //            offset[rank][chunk][dest] = rows before that chunk at dest;
 //   scatter: one warp per token: row = offset + popc(bitmap & bits below t),
 //            i.e. rows ordered by (source rank, source token), then payload
@@ -150,42 +151,84 @@ __device__ __forceinline__ bool served(const DispatchParams& p, int32_t rank) {
   return rank >= p.rank_lo && rank < p.rank_hi;
 }
 
+// One warp per destination when a destination's column (world * chunks
+// words) is at most kWarpPrefixWords (device_params.h): every word loaded at
+// once, the scan in shuffles, no block barrier. A block per destination scans
+// its destinations one after the other, each a dependent global load and three
+// __syncthreads: with 257 destinations on 33 prefix blocks that chain was the
+// largest part of an empty low_latency dispatch (docs/PERFORMANCE.md).
+__device__ bool warp_prefix(const DispatchParams& p) { return warp_prefix_fits(p.world, p.chunks); }
+
+__device__ void prefix_dest_warp(const DispatchParams& p, int d, int lane) {
+  const int len = p.world * p.chunks;
+  constexpr int kIters = kWarpPrefixWords / 32;
+  int32_t v[kIters];
+#pragma unroll
+  for (int j = 0; j < kIters; ++j) {
+    const int i = j * 32 + lane;
+    v[j] = i < len ? __popc(p.scratch.bitmaps[static_cast<int64_t>(i) * p.dests + d]) : 0;
+  }
+  int32_t carry = 0;
+#pragma unroll
+  for (int j = 0; j < kIters; ++j) {
+    int32_t incl = v[j];
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+      const int32_t y = __shfl_up_sync(kFull, incl, o);
+      if (lane >= o) incl += y;
+    }
+    const int i = j * 32 + lane;
+    if (i < len) p.scratch.offsets[static_cast<int64_t>(i) * p.dests + d] = carry + incl - v[j];
+    carry += __shfl_sync(kFull, incl, 31);
+  }
+  if (lane == 0) p.scratch.totals[d] = carry;
+}
+
+__device__ void prefix_dest_block(const DispatchParams& p, int d, int32_t* warp_sums) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int len = p.world * p.chunks;
+  int32_t carry = 0;
+  for (int base = 0; base < len; base += kThreads) {
+    const int i = base + threadIdx.x;
+    const int32_t v = i < len ? __popc(p.scratch.bitmaps[static_cast<int64_t>(i) * p.dests + d]) : 0;
+    int32_t incl = v;
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+      const int32_t y = __shfl_up_sync(kFull, incl, o);
+      if (lane >= o) incl += y;
+    }
+    if (lane == 31) warp_sums[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      int32_t ws = lane < kWarps ? warp_sums[lane] : 0;
+#pragma unroll
+      for (int o = 1; o < kWarps; o *= 2) {
+        const int32_t y = __shfl_up_sync(kFull, ws, o);
+        if (lane >= o) ws += y;
+      }
+      if (lane < kWarps) warp_sums[lane] = ws;
+    }
+    __syncthreads();
+    const int32_t before = (warp ? warp_sums[warp - 1] : 0) + incl - v;
+    if (i < len) p.scratch.offsets[static_cast<int64_t>(i) * p.dests + d] = carry + before;
+    carry += warp_sums[kWarps - 1];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) p.scratch.totals[d] = carry;
+}
+
+// offset[rank][chunk][d] = rows of destination d before that chunk, and
+// totals[d], for the destinations this launch serves.
 __device__ void prefix_phase(const DispatchParams& p, uint8_t* smem, int blk, int nblk) {
   if (p.leader && blk == 0 && threadIdx.x == 0) finalize_fault(p);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  int32_t* warp_sums = reinterpret_cast<int32_t*>(smem);
-  const int len = p.world * p.chunks;
-  for (int d = blk; d < p.dests; d += nblk) {
-    if (!served(p, dest_rank(p, d))) continue;
-    int32_t carry = 0;
-    for (int base = 0; base < len; base += kThreads) {
-      const int i = base + threadIdx.x;
-      const int32_t v = i < len ? __popc(p.scratch.bitmaps[static_cast<int64_t>(i) * p.dests + d]) : 0;
-      int32_t incl = v;
-#pragma unroll
-      for (int o = 1; o < 32; o *= 2) {
-        const int32_t y = __shfl_up_sync(kFull, incl, o);
-        if (lane >= o) incl += y;
-      }
-      if (lane == 31) warp_sums[warp] = incl;
-      __syncthreads();
-      if (warp == 0) {
-        int32_t ws = lane < kWarps ? warp_sums[lane] : 0;
-#pragma unroll
-        for (int o = 1; o < kWarps; o *= 2) {
-          const int32_t y = __shfl_up_sync(kFull, ws, o);
-          if (lane >= o) ws += y;
-        }
-        if (lane < kWarps) warp_sums[lane] = ws;
-      }
-      __syncthreads();
-      const int32_t before = (warp ? warp_sums[warp - 1] : 0) + incl - v;
-      if (i < len) p.scratch.offsets[static_cast<int64_t>(i) * p.dests + d] = carry + before;
-      carry += warp_sums[kWarps - 1];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) p.scratch.totals[d] = carry;
+  if (warp_prefix(p)) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int d = blk * kWarps + warp; d < p.dests; d += nblk * kWarps)
+      if (served(p, dest_rank(p, d))) prefix_dest_warp(p, d, lane);
+    return;
   }
+  for (int d = blk; d < p.dests; d += nblk)
+    if (served(p, dest_rank(p, d))) prefix_dest_block(p, d, reinterpret_cast<int32_t*>(smem));
 }
 
 // Copies vectors [begin, end) of one token row to every destination with

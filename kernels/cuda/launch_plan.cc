@@ -100,14 +100,17 @@ Result<LaunchPlan> make_launch_plan(const GroupSpec& spec, const GroupLayout& la
     }
     const int64_t local_units = static_cast<int64_t>(sh.rank_hi - sh.rank_lo) * chunks;
     shp.count_blocks = blocks_for(local_units, budget * 4);
-    shp.prefix_blocks = static_cast<int32_t>(std::min<int64_t>(dests, budget * 4));
+    const int64_t scanners = prefix_blocks_for(spec.world_size, chunks, dests);
+    shp.prefix_blocks = static_cast<int32_t>(std::min<int64_t>(scanners, budget * 4));
     shp.scatter_blocks = blocks_for(token_slots * plan.parts, budget * 4);
     // low_latency combines over every SM (its one-launch dispatch ignores the budget too).
     shp.combine_blocks = blocks_for(token_slots * plan.combine_parts, (low_latency ? sms : budget) * 4);
-    // The one-launch dispatch: its count blocks as above, a prefix block per
-    // four SMs at most (each scans a few destinations: fewer blocks to wait
-    // for before the scatter), scatter blocks as above.
-    shp.ordered_prefix_blocks = static_cast<int32_t>(std::min<int64_t>(dests, std::max(1, sms / 4)));
+    // The one-launch dispatch: its count blocks as above, prefix blocks enough
+    // for one scanner per destination up to one per two SMs (when each block
+    // scans whole destinations, one per four SMs: fewer blocks to wait for
+    // before the scatter), scatter blocks as above.
+    shp.ordered_prefix_blocks = static_cast<int32_t>(std::min<int64_t>(
+        scanners, std::max(1, warp_prefix_fits(spec.world_size, chunks) ? sms / 2 : sms / 4)));
     shp.ordered_blocks = shp.count_blocks + shp.ordered_prefix_blocks + blocks_for(token_slots * plan.parts, sms * 4);
 
     DispatchParams dp{};

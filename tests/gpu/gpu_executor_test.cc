@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include "../../kernels/cuda/device_params.h"
 #include "gpu_armed.h"
 #include "gpu_test_util.h"
 
@@ -331,6 +332,35 @@ TEST(GpuExecutor, Fp8Hidden7168BothLayoutsAndModes) {
 }
 
 // Faults: a bad expert id, a duplicate id and a count above capacity written
+
+// The dispatch's prefix scans a destination with one warp while its column of
+// count words (world x chunks) fits kWarpPrefixWords, else with a whole block:
+// both sides of that threshold, every layout and mode, against the host.
+TEST(GpuExecutor, PrefixScanByWarpAndByBlockMatchesHost) {
+  SKIP_WITHOUT_GPU();
+  const int32_t at_limit = gpu::kWarpPrefixWords / 8 * 32;  // world 8: chunks = kWarpPrefixWords / 8
+  int i = 0;
+  for (int32_t max_tokens : {at_limit, at_limit + 1, 4 * at_limit + 5})
+    for (int layout = 0; layout < 2; ++layout)
+      for (int mode = 0; mode < 2; ++mode, ++i) {
+        ASSERT_EQ(gpu::warp_prefix_fits(8, (max_tokens + 31) / 32), max_tokens == at_limit);
+        Case c{};
+        c.layout = static_cast<epd_layout_t>(layout);
+        c.mode = static_cast<epd_mode_t>(mode);
+        c.dtype = EPD_DTYPE_BF16;
+        c.quant = EPD_QUANT_NONE;
+        c.routing = i % 2 ? Routing::kSkewed : Routing::kUniform;
+        c.experts = 64;
+        c.top_k = 4;
+        c.hidden = 64;
+        c.max_tokens = max_tokens;
+        c.slot = i % 2;
+        c.n_pattern = i % 3 == 0 ? 1 : 3;
+        c.weights = layout == EPD_LAYOUT_RANK_MAJOR ? EPD_WEIGHTS_ALREADY_APPLIED : EPD_WEIGHTS_APPLY;
+        run_case(c, 9100 + static_cast<uint64_t>(i), 1);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+}
 // straight into device memory (the host staging would refuse them).
 TEST(GpuExecutor, BadInputFailsCleanlyAndNextCallWorks) {
   SKIP_WITHOUT_GPU();

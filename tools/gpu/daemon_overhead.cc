@@ -5,13 +5,20 @@
 // launched in this process (overhead_common.h); then the same group with
 // executor inline (gpu_inline.h: the ranks' own streams launch, one per rank). LL group shape (top-8 of 256
 // experts, hidden 7168, 128 tokens per rank, low_latency, rank_major), world 1
-// and world 8 on GPU 0, the 8 ranks held by this process (8 sessions).
+// and world 8 on GPU 0, the 8 ranks held by this process (8 sessions); then
+// world 8 as serving engines run it: 8 worker processes (this binary again,
+// --worker R), each its own CUDA context, session and stream, driving only its
+// rank; the line shows the slowest worker's figures (a step waits for it).
 // Usage: epd_gpu_daemon_overhead --socket PATH [--iters N] [--label TEXT].
 // One line per measurement (µs per round trip: median, mean, p99).
 // tools/gpu/daemon_overhead_run starts epd and runs this without and with MPS.
 #include <cuda_runtime_api.h>
+#include <poll.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -98,6 +105,110 @@ bool all_ok(std::vector<Group>& groups, uint32_t timeout_ms) {
   return true;
 }
 
+// The worker role: rank `rank` of world-8 group `name` in this process only;
+// prints "result MEDIAN MEAN P99" (µs) or "error TEXT" on stdout.
+int worker_main(const std::string& socket, const std::string& name, int32_t rank, epd_executor_t executor,
+                int iters) {
+  auto fail = [](const std::string& what) {
+    std::printf("error %s\n", what.c_str());
+    return 1;
+  };
+  if (cudaSetDevice(0) != cudaSuccess || cudaFree(nullptr) != cudaSuccess) return fail("no CUDA device 0");
+  GroupSpec spec = bench::ll_spec(8, name);
+  spec.executor = executor;
+  std::vector<Client> clients(1);
+  std::vector<Group> groups(1);
+  if (clients[0].connect(socket) != EPD_OK) return fail(std::string("connect: ") + epd_client_last_error(nullptr));
+  epd_group_spec_t c = spec.to_c();
+  c.rank = rank;
+  if (clients[0].join(c, groups[0]) != EPD_OK) return fail("join: " + clients[0].last_error());
+  std::vector<cudaStream_t> st(1, nullptr);
+  if (cudaStreamCreateWithFlags(&st[0], cudaStreamNonBlocking) != cudaSuccess) return fail("stream");
+  if (!round_trip(groups, 0, st) || !all_ok(groups, spec.timeout_ms)) return fail("first round trip");
+  std::vector<double> us;
+  bool ok = true;
+  for (int i = 1; i < bench::kWarmup + iters && ok; ++i) {
+    const double t0 = bench::now_us();
+    ok = round_trip(groups, i % 2, st) && sync_all(st, 1);
+    if (i >= bench::kWarmup) us.push_back(bench::now_us() - t0);
+  }
+  if (!ok || !all_ok(groups, spec.timeout_ms)) return fail("a round trip failed");
+  const bench::Stats r = bench::stats(std::move(us));
+  std::printf("result %.3f %.3f %.3f\n", r.median, r.mean, r.p99);
+  return 0;
+}
+
+// Runs 8 worker processes of one group, reads each one's line within
+// `deadline_s`, reaps them (SIGKILL by pid past the deadline); fills the slowest
+// worker's figures, or returns why not.
+std::string run_worker_processes(const std::string& socket, const std::string& name, epd_executor_t executor,
+                                 int iters, unsigned deadline_s, bench::Stats* slowest) {
+  constexpr int kWorkers = 8;
+  std::vector<pid_t> pids;
+  std::vector<int> fds;
+  std::string why;
+  for (int r = 0; r < kWorkers; ++r) {
+    int p[2];
+    if (::pipe(p) != 0) {
+      why = "pipe failed";
+      break;
+    }
+    const pid_t pid = ::fork();
+    if (pid == 0) {  // exec at once: nothing of this process's CUDA state is used
+      ::dup2(p[1], 1);
+      ::close(p[0]);
+      ::close(p[1]);
+      const std::string rank = std::to_string(r), n = std::to_string(iters),
+                        ex = std::to_string(static_cast<int>(executor));
+      ::execl("/proc/self/exe", "epd_gpu_daemon_overhead", "--worker", rank.c_str(), "--socket", socket.c_str(),
+              "--group", name.c_str(), "--executor", ex.c_str(), "--iters", n.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    ::close(p[1]);
+    if (pid < 0) {
+      ::close(p[0]);
+      why = "fork failed";
+      break;
+    }
+    pids.push_back(pid);
+    fds.push_back(p[0]);
+  }
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(deadline_s);
+  std::vector<std::string> out(fds.size());
+  for (size_t i = 0; i < fds.size(); ++i) {
+    char buf[512];
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+      pollfd pf{fds[i], POLLIN, 0};
+      if (left.count() <= 0 || ::poll(&pf, 1, static_cast<int>(left.count())) <= 0) {
+        if (why.empty()) why = "worker " + std::to_string(i) + " gave no result within " + std::to_string(deadline_s) + " s";
+        break;
+      }
+      const ssize_t got = ::read(fds[i], buf, sizeof buf);
+      if (got <= 0) break;
+      out[i].append(buf, static_cast<size_t>(got));
+    }
+    ::close(fds[i]);
+  }
+  for (pid_t pid : pids) {
+    if (!why.empty()) ::kill(pid, SIGKILL);
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+  }
+  *slowest = bench::Stats{0, 0, 0};
+  for (size_t i = 0; i < out.size() && why.empty(); ++i) {
+    bench::Stats s{};
+    if (std::sscanf(out[i].c_str(), "result %lf %lf %lf", &s.median, &s.mean, &s.p99) != 3) {
+      why = "worker " + std::to_string(i) + ": " + (out[i].empty() ? std::string("no output") : out[i]);
+      break;
+    }
+    if (s.median > slowest->median) *slowest = s;
+  }
+  if (why.empty() && static_cast<int>(out.size()) != kWorkers) why = "only " + std::to_string(out.size()) + " workers started";
+  while (!why.empty() && why.back() == '\n') why.pop_back();
+  return why;
+}
+
 int run(const std::string& socket, int iters, const std::string& label) {
   auto count = gpu_device_count();
   if (!count) {
@@ -160,6 +271,21 @@ int run(const std::string& socket, int iters, const std::string& label) {
     }
   }
   for (auto& st : streams) cudaStreamDestroy(st);
+  // World 8 as serving engines run it: one worker process per rank.
+  for (const epd_executor_t executor : {EPD_EXECUTOR_DAEMON, EPD_EXECUTOR_INLINE}) {
+    const bool in_line = executor == EPD_EXECUTOR_INLINE;
+    bench::Stats slowest{};
+    const std::string why = run_worker_processes(socket, in_line ? "overhead_p8_inline" : "overhead_p8", executor,
+                                                 iters, 120, &slowest);
+    const char* what = in_line ? "epd inline executor, 8 worker processes (slowest)"
+                               : "epd daemon, 8 worker processes (slowest)";
+    if (why.empty()) {
+      bench::print_line(label, 8, what, slowest, iters, "");
+    } else {
+      std::printf("overhead [%s] ranks=8 %s: FAILED: %s\n", label.c_str(), what, why.c_str());
+      rc = 1;
+    }
+  }
   return rc;
 }
 
@@ -169,16 +295,20 @@ int run(const std::string& socket, int iters, const std::string& label) {
 int main(int argc, char** argv) {
   epd::armed_prepare_environment();
   alarm(epd::kProcessDeadlineS);
-  std::string socket, label = "default";
-  int iters = 3000;
+  std::string socket, label = "default", group;
+  int iters = 3000, worker = -1, executor = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--socket") == 0) socket = argv[i + 1];
     else if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
     else if (std::strcmp(argv[i], "--label") == 0) label = argv[i + 1];
+    else if (std::strcmp(argv[i], "--worker") == 0) worker = std::atoi(argv[i + 1]);
+    else if (std::strcmp(argv[i], "--group") == 0) group = argv[i + 1];
+    else if (std::strcmp(argv[i], "--executor") == 0) executor = std::atoi(argv[i + 1]);
   }
   if (socket.empty() || iters <= 0) {
     std::fprintf(stderr, "usage: %s --socket PATH [--iters N] [--label TEXT]\n", argv[0]);
     return 2;
   }
+  if (worker >= 0) return epd::worker_main(socket, group, worker, static_cast<epd_executor_t>(executor), iters);
   return epd::run(socket, iters, label);
 }
