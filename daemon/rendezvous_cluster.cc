@@ -155,7 +155,10 @@ void Rendezvous::maybe_complete_joins(Group& g) {
       return refuse_pending_joins(g, st, LogLevel::kWarn, "join refused: " + st.message());
   }
   if (!missing_ranks(g).empty()) return;
-  auto proceed = g.backend().joins_may_complete(g.joined());
+  std::vector<int32_t> pids;
+  for (const auto& m : g.members())
+    if (m && std::find(pids.begin(), pids.end(), m->pid) == pids.end()) pids.push_back(m->pid);
+  auto proceed = g.backend().joins_may_complete(g.joined(), static_cast<int32_t>(pids.size()));
   if (!proceed) {
     // Every present member is refused, the ones still joined from before too.
     std::vector<std::shared_ptr<Member>> refused;

@@ -98,10 +98,12 @@ class GroupBackend {
     (void)ctx;
   }
   // Every rank is present and some joins are pending: true to complete them
-  // now, false to wait (`joined`: ranks still joined from before), an error
-  // to refuse them.
-  virtual Result<bool> joins_may_complete(int32_t joined) {
+  // now, false to wait (`joined`: ranks still joined from before;
+  // `processes`: how many distinct processes hold this node's ranks), an
+  // error to refuse them.
+  virtual Result<bool> joins_may_complete(int32_t joined, int32_t processes) {
     (void)joined;
+    (void)processes;
     return true;
   }
 

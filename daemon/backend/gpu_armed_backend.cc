@@ -54,7 +54,7 @@ class GpuArmedBackend final : public GroupBackend {
                    : "GPU streams did not drain after the abort: " + ab.message());
   }
 
-  Result<bool> joins_may_complete(int32_t joined) override {
+  Result<bool> joins_may_complete(int32_t joined, int32_t) override {
     if (!gpu_->aborted()) return true;
     // After a rank loss the group runs again only once every rank has left
     // and joined afresh (the survivors' streams and slot order start over);

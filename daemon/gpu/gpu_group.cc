@@ -26,6 +26,8 @@ std::string gpu_mps_description(int32_t device) {
   return detect_mps(device).description;
 }
 
+bool gpu_mps_active(int32_t device) { return gpu_probe() && detect_mps(device).active; }
+
 
 struct GpuGroup::Impl {
   GroupSpec spec;

@@ -35,6 +35,8 @@ Result<int32_t> gpu_probe();
 // One line for the log and status: MPS state of `device` (detect_mps), or
 // why it is unknown.
 std::string gpu_mps_description(int32_t device);
+// Whether MPS is active on `device` for this process (false when unknown).
+bool gpu_mps_active(int32_t device);
 
 // Whether the placement names more than one node.
 bool spans_nodes(const GroupSpec& spec);

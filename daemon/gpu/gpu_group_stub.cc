@@ -15,6 +15,7 @@ Status no_cuda() {
 void gpu_prepare_process() {}
 Result<int32_t> gpu_probe() { return no_cuda(); }
 std::string gpu_mps_description(int32_t) { return "MPS unknown: " + no_cuda().message(); }
+bool gpu_mps_active(int32_t) { return false; }
 Result<GpuPeerView> gpu_peer_view() { return no_cuda(); }
 
 struct GpuGroup::Impl {};

@@ -434,11 +434,44 @@ TEST_F(DaemonGpuTest, KilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins
   killed_rank(EPD_EXECUTOR_DAEMON);
 }
 
-// The worker process's launches and this process's meet inside the kernels:
-// without MPS they progress one time slice at a time (slow, still bounded).
+// The worker process's launches and this process's meet inside the kernels,
+// which needs MPS (without it the join is refused: the next test).
 TEST_F(DaemonGpuTest, InlineKilledRankGivesPeerLostWithinTheTimeoutAndEveryRankRejoins) {
   if (test_gpus() != 1) GTEST_SKIP() << "the inline executor needs every rank on one GPU (EPD_TEST_GPUS=1)";
+  if (!detect_mps(0).active)
+    GTEST_SKIP() << "an inline group in two processes needs MPS (InlineRanksInSeveralProcessesWithoutMpsAreRefused runs)";
   killed_rank(EPD_EXECUTOR_INLINE);
+}
+
+// Without MPS, an inline group whose ranks sit in two processes is refused at
+// the join, for every rank, with the reason and the fix; epd keeps serving.
+TEST_F(DaemonGpuTest, InlineRanksInSeveralProcessesWithoutMpsAreRefused) {
+  if (test_gpus() != 1) GTEST_SKIP() << "the inline executor needs every rank on one GPU (EPD_TEST_GPUS=1)";
+  if (detect_mps(0).active) GTEST_SKIP() << "MPS is active: such a group is allowed (InlineKilledRank... runs it)";
+  const GroupSpec spec = kill_spec(EPD_EXECUTOR_INLINE);
+  connect_all();
+  if (HasFatalFailure()) return;
+  job::Child child = job::Child::spawn({"/proc/self/exe", "--gtest_filter=DaemonGpuWorkerRole.Run"},
+                                       {std::string(kWorkerEnv) + "=" + socket(),
+                                        std::string(kWorkerExecutorEnv) + "=" + executor_tag(EPD_EXECUTOR_INLINE)});
+  ASSERT_GT(child.pid(), 0);
+  watchdog_->add_pid(child.pid());
+  std::vector<epd_status_t> rc(kWorld, EPD_OK);
+  std::vector<std::string> msg(kWorld);
+  std::vector<std::thread> threads;
+  for (int32_t r = 0; r + 1 < kWorld; ++r)
+    threads.emplace_back([&, r] {
+      rc[r] = ranks_.join_rank(spec, r);
+      msg[r] = epd_client_last_error(ranks_.client(r));
+    });
+  for (auto& t : threads) t.join();
+  for (int32_t r = 0; r + 1 < kWorld; ++r) {
+    EXPECT_EQ(rc[r], EPD_ERR_UNSUPPORTED) << "rank " << r << ": " << msg[r];
+    EXPECT_NE(msg[r].find("2 processes"), std::string::npos) << msg[r];
+    EXPECT_NE(msg[r].find("MPS is not active"), std::string::npos) << msg[r];
+  }
+  EXPECT_NE(child.wait(kDeadlineMs), -1) << "the worker's join was not answered";
+  EXPECT_EQ(query_daemon(socket()).daemon_pid, daemon().child().pid());
 }
 
 void DaemonGpuTest::killed_rank(epd_executor_t executor) {
