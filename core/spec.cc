@@ -229,9 +229,23 @@ Result<GroupSpec> GroupSpec::from_c(const epd_group_spec_t& c) {
     return make_status(EPD_ERR_INVALID_SPEC, "name is not NUL-terminated within %d bytes",
                        EPD_NAME_MAX);
   s.name.assign(c.name, len);
+  Status bad_enum = Status::ok();
   for_each_spec_field([&](const auto& f) {
-    if constexpr (!kIsSpecHand<decltype(f)>) s.*f.member = c.*f.c_member;
+    if constexpr (!kIsSpecHand<decltype(f)>) {
+      using T = std::decay_t<decltype(c.*f.c_member)>;
+      if constexpr (std::is_enum_v<T>) {
+        int64_t raw = 0;
+        if (!enum_bits_known(c.*f.c_member, &raw)) {
+          if (bad_enum.is_ok())
+            bad_enum = make_status(EPD_ERR_INVALID_SPEC, "%s = %lld is not a known %s", f.name,
+                                   static_cast<long long>(raw), EnumNames<T>::kCType);
+          return;
+        }
+      }
+      s.*f.member = c.*f.c_member;
+    }
   });
+  if (!bad_enum.is_ok()) return bad_enum;
   if (c.world_size < 1 || c.world_size > EPD_MAX_WORLD_SIZE)
     return make_status(EPD_ERR_INVALID_SPEC, "world_size = %d is outside [1, %d]", c.world_size,
                        EPD_MAX_WORLD_SIZE);

@@ -8,6 +8,7 @@
 // Thread-safety: a value type; const methods are safe from any thread.
 #pragma once
 
+#include <cstring>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -118,6 +119,20 @@ template <typename E>
 bool enum_known(E v) {
   for (const auto& e : EnumNames<E>::kNames)
     if (e.value == v) return true;
+  return false;
+}
+
+// Whether the bits of a C enum field (any int a C caller stored) name a value
+// of E: checked before they are read as E, which for other values would be
+// undefined behaviour in C++.
+template <typename E>
+bool enum_bits_known(const E& field, int64_t* raw) {
+  int32_t bits = 0;
+  static_assert(sizeof(E) == sizeof bits, "a C enum field is an int");
+  std::memcpy(&bits, &field, sizeof bits);
+  *raw = bits;
+  for (const auto& e : EnumNames<E>::kNames)
+    if (static_cast<int64_t>(e.value) == bits) return true;
   return false;
 }
 

@@ -523,6 +523,24 @@ TEST(SpecFields, EveryCheckedRowNamesItsFieldAndValue) {
   EXPECT_GE(checked, 13);
 }
 
+// A C caller may store any int in an enum field: from_c names it before the
+// bits are ever read as the C++ enum type.
+TEST(SpecFromC, EnumFieldBitsNamingNoValueAreRefusedNamingThem) {
+  epd_group_spec_t c = valid_spec();
+  const int32_t bits = 0x7fffffff;
+  std::memcpy(&c.mode, &bits, sizeof bits);
+  auto g = epd::GroupSpec::from_c(c);
+  ASSERT_FALSE(g.is_ok());
+  EXPECT_EQ(g.status().code(), EPD_ERR_INVALID_SPEC);
+  EXPECT_EQ(g.status().message(), "mode = 2147483647 is not a known epd_mode_t");
+  c = valid_spec();
+  const int32_t negative = -3;
+  std::memcpy(&c.layout, &negative, sizeof negative);
+  g = epd::GroupSpec::from_c(c);
+  ASSERT_FALSE(g.is_ok());
+  EXPECT_EQ(g.status().message(), "layout = -3 is not a known epd_layout_t");
+}
+
 TEST(SpecTimeout, ZeroIsTheDaemonsDefault) {
   auto g = epd::GroupSpec::from_c(valid_spec());
   ASSERT_TRUE(g.is_ok());
