@@ -5,6 +5,12 @@
 # vLLM engine tests on the GPU (python/tests/test_engines_vllm_gpu.py: worker processes on one GPU,
 # CUDA graph replay with changing counts, vLLM's own modular-kernel sweep with epd's prepare/finalize),
 # logs under ${OUT:-.}.
+# vLLM's compiled extensions (vllm/_C_stable_libtorch*.so, _moe_C*.so) cannot travel here (too big, built
+# for torch 2.14), and vllm/platforms/cuda.py imports vllm._C_stable_libtorch unconditionally, in every
+# process (vLLM's modular-kernel sweep spawns one per case). So where .whl/site/vllm has no
+# _C_stable_libtorch*.so, this writes vllm/_C_stable_libtorch.py, which calls
+# epd.vllm.testing.install_standins(): plain-torch ops where the compiled ones are missing,
+# _C::silu_and_mul, _moe_C::moe_align_block_size and _moe_C::moe_sum (what TritonExperts calls).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-.}
@@ -13,6 +19,15 @@ py=${EPD_PYTHON:-python3}
 mkdir -p "$out" .whl/site
 tar -xJf .whl/vllm-py.tar.xz -C .whl/site  # vLLM's Python files (gpu_engine_prep.sh)
 $py -m pip install --no-index --no-deps --target .whl/site .whl/*.whl > "$out/engines-pip.log" 2>&1
+if compgen -G ".whl/site/vllm/_C_stable_libtorch*.so" > /dev/null; then
+  rm -f .whl/site/vllm/_C_stable_libtorch.py
+else
+  cat > .whl/site/vllm/_C_stable_libtorch.py <<'EOF'
+# Written by epd's python/tests/gpu_engine_run.sh: vLLM's compiled extension is not here; plain-torch
+# stand-ins for the ops epd's tests use (epd.vllm.testing.install_standins; needs epd on PYTHONPATH).
+from epd.vllm.testing import install_standins as _i; _i()
+EOF
+fi
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DEPD_WITH_CUDA=ON -DEPD_WITH_TORCH=ON \
   -DEPD_PYTHON="$(command -v "$py")" > "$out/engines-cmake.log" 2>&1
 cmake --build "$build" -j "$(nproc)" --target epd_engines_test_deps > "$out/engines-build.log" 2>&1

@@ -8,7 +8,8 @@
   -1 ids, so epd's device-side counts change per replay), each replay checked against the reference.
 - test_vllm_modular_kernel_sweep: vLLM's own tests/kernels/moe/test_modular_kernel_combinations.py
   (single-GPU cases) from the sdist at $EPD_VLLM_SDIST, with maybe_make_prepare_finalize returning epd's
-  prepare/finalize (test_engines_vllm_mk_patch.py); skipped without $EPD_VLLM_SDIST.
+  prepare/finalize (test_engines_vllm_mk_patch.py), which must run in at least one kernel; skipped without
+  $EPD_VLLM_SDIST; EPD_MK_SWEEP_QUANT=none limits it to the unquantized cases.
 Skips, saying why, without a GPU, vLLM or an epd built with CUDA.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,4 +111,6 @@ def test_vllm_modular_kernel_sweep(daemon):
                        env=env, capture_output=True, text=True, timeout=1500)
     tail = (r.stdout + r.stderr)[-6000:]
     assert r.returncode == 0, tail
-    assert "epd prepare/finalize used in" in r.stdout + r.stderr, tail
+    used = re.search(r"epd prepare/finalize used in (\d+) kernels", r.stdout + r.stderr)
+    assert used and int(used.group(1)) > 0, tail
+    print(used.group(0))

@@ -6,12 +6,46 @@ prepare/finalize is replaced by epd's (world size 1, GPU 0, the daemon at $EPD_S
 experts take epd's formats: BatchedExperts -> expert_major, PaddedStandard -> rank_major. Experts of
 the Standard format (they cannot skip padded rows) and input quantizations epd does not dispatch keep
 vLLM's prepare/finalize; the session's last line counts both, so a sweep that never used epd shows.
+
+Cases whose experts class declares the Standard format (a static activation_format()) are deselected
+at collection: epd's prepare/finalize never runs in them. EPD_MK_SWEEP_QUANT=none also deselects the
+quantized cases (a shorter sweep, for a short GPU session). The last line counts both.
 """
 from __future__ import annotations
 
 import os
 
 _count = {"epd": 0, "vllm": 0}
+_deselected = {"standard format": 0, "quantized (EPD_MK_SWEEP_QUANT=none)": 0}
+
+
+def _static_format(experts):
+    try:
+        return experts.activation_format()
+    except TypeError:  # an instance method: decided when the kernel is built
+        return None
+
+
+def pytest_collection_modifyitems(config, items):
+    import vllm.model_executor.layers.fused_moe.modular_kernel as mk
+    served = (mk.FusedMoEActivationFormat.BatchedExperts, mk.FusedMoEActivationFormat.PaddedStandard)
+    unquantized_only = os.environ.get("EPD_MK_SWEEP_QUANT") == "none"
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        experts = params.get("fused_experts_type")
+        fmt = _static_format(experts) if experts is not None else None
+        if fmt is not None and fmt not in served:
+            _deselected["standard format"] += 1
+            drop.append(item)
+        elif unquantized_only and params.get("quant_config") is not None:
+            _deselected["quantized (EPD_MK_SWEEP_QUANT=none)"] += 1
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_configure(config):
@@ -53,4 +87,5 @@ def _with_epd(kernel, cfg, quant_config):
 def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"epd prepare/finalize used in {_count['epd']} kernels; vLLM's kept in "
                                 f"{_count['vllm']} (Standard-format experts or an input quantization epd "
-                                f"does not dispatch)")
+                                f"does not dispatch); deselected: "
+                                + ", ".join(f"{n} {why}" for why, n in _deselected.items()))
