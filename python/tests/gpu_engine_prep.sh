@@ -2,8 +2,8 @@
 # gpu_engine_prep.sh — run on a machine WITH internet (the CPU machine): puts into <repo>/.whl
 # (git-ignored) what the vLLM engine tests need on the GPU machine, which has Python 3.12,
 # torch 2.11 and no internet: vLLM 0.34.0's wheel (its pure-Python files; its compiled extension was
-# built for torch 2.14 and may not load there: epd.vllm.testing.install_standins() covers the one op
-# the tests' experts call), the cp312 wheels of the dependencies its MoE modules import, and the
+# built for torch 2.14 and does not travel: epd.vllm.testing.install_standins() stands in for the ops
+# the tests' experts call, see gpu_engine_run.sh), the cp312 wheels of the dependencies its MoE modules import, and the
 # vLLM sdist unpacked (its tests/kernels/moe/modular_kernel_tools sweep is not in the wheel).
 # Then run python/tests/gpu_engine_run.sh there.
 set -euo pipefail
