@@ -69,8 +69,12 @@ struct MpsState {
 };
 MpsState detect_mps(int32_t device);
 
+// Stream operations one slot's armed stream may hold pending (armed_depth_for).
+constexpr int32_t kArmedStreamEntries = 512;
+
 struct ArmedOptions {
-  int32_t depth = 8;        // operations armed ahead per slot (>= 2)
+  int32_t depth = 8;        // operations armed ahead per slot (>= 2); capped so that a slot's
+                            // stream holds at most kArmedStreamEntries operations (describe() shows it)
   uint32_t poll_us = 20;    // re-arm thread poll period; off the critical path while depth > 0 remain
   // Launch tuning for benchmarks and tests (GpuTuning); the default is the
   // executor's own choice, the same as in process.

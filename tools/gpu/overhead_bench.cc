@@ -165,8 +165,7 @@ int run(int iters, const std::string& label) {
       cudaMemset(w->device_ptr(), 0, w->bytes());  // n = 0 in every send header
     }
     {  // (b) armed, client in another process
-      ArmedOptions opt;
-      opt.depth = 64;
+      ArmedOptions opt;  // depth as epd's (64 with 8 ranks never started: armed_depth_for caps it now)
       opt.poll_us = 10;
       auto armed = ArmedExecutor::create(spec, bases, 0, opt);
       if (!armed || !(*armed)->start()) {
