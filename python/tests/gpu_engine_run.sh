@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-.}
 build=${EPD_BUILD_DIR:-build-engines}
+case $build in /*) ;; *) build=$PWD/$build ;; esac
 py=${EPD_PYTHON:-python3}
 mkdir -p "$out" .whl/site
 tar -xJf .whl/vllm-py.tar.xz -C .whl/site  # vLLM's Python files (gpu_engine_prep.sh)
@@ -31,9 +32,9 @@ fi
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DEPD_WITH_CUDA=ON -DEPD_WITH_TORCH=ON \
   -DEPD_PYTHON="$(command -v "$py")" > "$out/engines-cmake.log" 2>&1
 cmake --build "$build" -j "$(nproc)" --target epd_engines_test_deps > "$out/engines-build.log" 2>&1
-export EPD_BUILD_DIR=$PWD/$build EPD_DAEMON=$PWD/$build/daemon/epd EPD_VLLM_SDIST=$PWD/.whl/vllm-0.34.0
+export EPD_BUILD_DIR=$build EPD_DAEMON=$build/daemon/epd EPD_VLLM_SDIST=$PWD/.whl/vllm-0.34.0
 export PYTHONPATH=$PWD/python:$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}
 $py -c "import torch, vllm; print('torch', torch.__version__, 'vllm', vllm.__version__, torch.cuda.get_device_name(0))" \
   2>&1 | tail -1 | tee "$out/engines-versions.log"
-$py -m pytest -q -rs -p no:cacheprovider python/tests/test_engines_vllm_gpu.py 2>&1 | tee "$out/engines-gpu.log"
+$py -m pytest -v -rs -p no:cacheprovider python/tests/test_engines_vllm_gpu.py 2>&1 | tee "$out/engines-gpu.log"
 exit "${PIPESTATUS[0]}"
