@@ -78,6 +78,22 @@ Status wait_completion(epd_group_impl& g, int32_t slot, uint32_t expect, int64_t
   }
 }
 
+// A host-staged GPU rank (a group spanning nodes) also finds the daemon's
+// message for a failed op in its session block (the daemon writes it before
+// the completion word): appended when its status matches.
+Status with_daemon_message(const epd_group_impl& g, int32_t slot, const Status& st) {
+  if (st.is_ok()) return st;
+  shm::SlotWords& w = g.entry->slot[slot];
+  const std::pair<int32_t*, const char*> ops[] = {{&w.dispatch_status, w.dispatch_msg},
+                                                  {&w.combine_status, w.combine_msg}};
+  for (const auto& [code, msg] : ops) {
+    if (static_cast<epd_status_t>(shm::word(*code).load(std::memory_order_acquire)) != st.code()) continue;
+    const size_t n = strnlen(msg, shm::kMsgBytes);
+    if (n) return Status(st.code(), st.message() + ": " + std::string(msg, n));
+  }
+  return st;
+}
+
 }  // namespace
 
 // libepd-inline.so's factory: EPD_INLINE_LIBRARY, else the file beside this
@@ -230,26 +246,6 @@ EPD_API epd_status_t epd_group_combine_wait_async(epd_group_t* group, int32_t sl
     return EPD_OK;
   });
 }
-
-namespace {
-
-// A host-staged GPU rank (a group spanning nodes) also finds the daemon's
-// message for a failed op in its session block (the daemon writes it before
-// the completion word): appended when its status matches.
-Status with_daemon_message(const epd_group_impl& g, int32_t slot, const Status& st) {
-  if (st.is_ok()) return st;
-  shm::SlotWords& w = g.entry->slot[slot];
-  const std::pair<int32_t*, const char*> ops[] = {{&w.dispatch_status, w.dispatch_msg},
-                                                  {&w.combine_status, w.combine_msg}};
-  for (const auto& [code, msg] : ops) {
-    if (static_cast<epd_status_t>(shm::word(*code).load(std::memory_order_acquire)) != st.code()) continue;
-    const size_t n = strnlen(msg, shm::kMsgBytes);
-    if (n) return Status(st.code(), st.message() + ": " + std::string(msg, n));
-  }
-  return st;
-}
-
-}  // namespace
 
 EPD_API epd_status_t epd_group_gpu_status(epd_group_t* group, int32_t slot, uint32_t timeout_ms) {
   return guarded([&]() -> epd_status_t {

@@ -132,7 +132,8 @@ Status RdmaTransport::setup_qp(const RConnPtr& c) {
   c->recv_buf.resize(size_t(c->depth) * c->slot);
   c->send_buf.resize(size_t(c->depth) * c->slot);
   c->staging.resize(cfg_.rdma.staging_bytes);
-  c->recv_mr = ibv_reg_mr(pd_, c->recv_buf.data(), c->recv_buf.size(), IBV_ACCESS_LOCAL_WRITE);
+  // An int, not the enum: the ibv_reg_mr macro ANDs it with an enumerator of another enum type.
+  c->recv_mr = ibv_reg_mr(pd_, c->recv_buf.data(), c->recv_buf.size(), static_cast<int>(IBV_ACCESS_LOCAL_WRITE));
   c->send_mr = ibv_reg_mr(pd_, c->send_buf.data(), c->send_buf.size(), 0);
   c->staging_mr = ibv_reg_mr(pd_, c->staging.data(), c->staging.size(), 0);
   if (!c->recv_mr || !c->send_mr || !c->staging_mr) return rdma_err("ibv_reg_mr", errno, label(c) + " buffers");
