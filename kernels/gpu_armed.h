@@ -72,6 +72,22 @@ MpsState detect_mps(int32_t device);
 // Stream operations one slot's armed stream may hold pending (armed_depth_for).
 constexpr int32_t kArmedStreamEntries = 512;
 
+// The depth the armed executor uses for `depth` asked. A stream takes a bounded
+// number of pending operations; past it the host's enqueue blocks until the
+// GPU consumes some. start() arms operations that wait for doorbells nobody
+// rang yet, so arming more than fits blocked it for ever (seen on an H100:
+// depth 64 with 8 ranks on one GPU, 2 x 64 operations x 8 doorbell waits and
+// a launch each; depth 8, the daemon's, and depth 64 with one rank ran). The
+// depth is capped so that one slot's stream holds at most kArmedStreamEntries:
+// per operation a wait per rank of the largest shard, up to 6 launches and
+// barriers, and 12 stamp kernels when stamps are on; never below 2.
+inline int32_t armed_depth_for(int32_t depth, int32_t ranks_per_gpu, bool stamps) {
+  const int64_t per_op = static_cast<int64_t>(ranks_per_gpu < 1 ? 1 : ranks_per_gpu) + 6 + (stamps ? 12 : 0);
+  const int64_t fits = kArmedStreamEntries / (2 * per_op);
+  const int64_t d = depth < fits ? depth : fits;
+  return static_cast<int32_t>(d < 2 ? 2 : d);
+}
+
 struct ArmedOptions {
   int32_t depth = 8;        // operations armed ahead per slot (>= 2); capped so that a slot's
                             // stream holds at most kArmedStreamEntries operations (describe() shows it)

@@ -327,22 +327,12 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
   return create(spec, std::move(rank_bases), std::vector<int32_t>(std::max(spec.world_size, 0), device), options);
 }
 
-// A stream takes a bounded number of pending operations; past it the host's
-// enqueue blocks until the GPU consumes some. The armed operations wait for
-// doorbells nobody rings yet when start() arms them, so arming more than fits
-// blocked start() for ever (seen on an H100: depth 64 with 8 ranks on one GPU,
-// 2 x 64 operations x 8 doorbell waits and a launch each, never returned;
-// depth 8, the daemon's, and depth 64 with one rank ran). The depth is capped
-// so that one slot's stream holds at most kArmedStreamEntries of them:
-// per operation a wait per rank of the shard, up to 6 launches and barriers,
-// and 12 stamp kernels when stamps are on; never below 2.
 namespace {
-int32_t armed_depth_for(int32_t depth, const std::vector<GpuExecutor::Shard>& shards, bool stamps) {
+// The most ranks one GPU of the executor serves (its doorbell waits per operation).
+int32_t largest_shard(const std::vector<GpuExecutor::Shard>& shards) {
   int32_t ranks = 1;
   for (const auto& sh : shards) ranks = std::max(ranks, sh.rank_hi - sh.rank_lo);
-  const int32_t per_op = ranks + 6 + (stamps ? 12 : 0);
-  const int32_t fits = kArmedStreamEntries / (2 * per_op);
-  return std::max(2, std::min(depth, fits));
+  return ranks;
 }
 }  // namespace
 
@@ -374,7 +364,7 @@ Result<std::unique_ptr<ArmedExecutor>> ArmedExecutor::create(const GroupSpec& sp
   im.ex = std::move(ex.value());
   const int32_t W = spec.world_size, S = spec.slots;
   const int32_t n_shards = static_cast<int32_t>(im.ex->shards().size());
-  im.opt.depth = armed_depth_for(options.depth, im.ex->shards(), options.stamps != nullptr);
+  im.opt.depth = armed_depth_for(options.depth, largest_shard(im.ex->shards()), options.stamps != nullptr);
   auto first = ProgressPool::get().take(S * n_shards, im.ex->shards()[0].device);
   if (!first) return first.status();
   im.progress_first = *first;
