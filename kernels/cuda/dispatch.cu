@@ -151,14 +151,22 @@ __device__ __forceinline__ bool served(const DispatchParams& p, int32_t rank) {
   return rank >= p.rank_lo && rank < p.rank_hi;
 }
 
+// Inclusive sum of v over lanes 0..lane of the warp.
+__device__ __forceinline__ int32_t warp_inclusive_sum(int32_t v, int lane) {
+#pragma unroll
+  for (int o = 1; o < 32; o *= 2) {
+    const int32_t y = __shfl_up_sync(kFull, v, o);
+    if (lane >= o) v += y;
+  }
+  return v;
+}
+
 // One warp per destination when a destination's column (world * chunks
-// words) is at most kWarpPrefixWords (device_params.h): every word loaded at
-// once, the scan in shuffles, no block barrier. A block per destination scans
+// words) is at most kWarpPrefixWords (device_params.h, warp_prefix_fits):
+// every word loaded at once, the scan in shuffles, no block barrier. A block per destination scans
 // its destinations one after the other, each a dependent global load and three
 // __syncthreads: with 257 destinations on 33 prefix blocks that chain was the
 // largest part of an empty low_latency dispatch (docs/PERFORMANCE.md).
-__device__ bool warp_prefix(const DispatchParams& p) { return warp_prefix_fits(p.world, p.chunks); }
-
 __device__ void prefix_dest_warp(const DispatchParams& p, int d, int lane) {
   const int len = p.world * p.chunks;
   constexpr int kIters = kWarpPrefixWords / 32;
@@ -171,12 +179,7 @@ __device__ void prefix_dest_warp(const DispatchParams& p, int d, int lane) {
   int32_t carry = 0;
 #pragma unroll
   for (int j = 0; j < kIters; ++j) {
-    int32_t incl = v[j];
-#pragma unroll
-    for (int o = 1; o < 32; o *= 2) {
-      const int32_t y = __shfl_up_sync(kFull, incl, o);
-      if (lane >= o) incl += y;
-    }
+    const int32_t incl = warp_inclusive_sum(v[j], lane);
     const int i = j * 32 + lane;
     if (i < len) p.scratch.offsets[static_cast<int64_t>(i) * p.dests + d] = carry + incl - v[j];
     carry += __shfl_sync(kFull, incl, 31);
@@ -191,12 +194,7 @@ __device__ void prefix_dest_block(const DispatchParams& p, int d, int32_t* warp_
   for (int base = 0; base < len; base += kThreads) {
     const int i = base + threadIdx.x;
     const int32_t v = i < len ? __popc(p.scratch.bitmaps[static_cast<int64_t>(i) * p.dests + d]) : 0;
-    int32_t incl = v;
-#pragma unroll
-    for (int o = 1; o < 32; o *= 2) {
-      const int32_t y = __shfl_up_sync(kFull, incl, o);
-      if (lane >= o) incl += y;
-    }
+    const int32_t incl = warp_inclusive_sum(v, lane);
     if (lane == 31) warp_sums[warp] = incl;
     __syncthreads();
     if (warp == 0) {
@@ -221,7 +219,7 @@ __device__ void prefix_dest_block(const DispatchParams& p, int d, int32_t* warp_
 // totals[d], for the destinations this launch serves.
 __device__ void prefix_phase(const DispatchParams& p, uint8_t* smem, int blk, int nblk) {
   if (p.leader && blk == 0 && threadIdx.x == 0) finalize_fault(p);
-  if (warp_prefix(p)) {
+  if (warp_prefix_fits(p.world, p.chunks)) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     for (int d = blk * kWarps + warp; d < p.dests; d += nblk * kWarps)
       if (served(p, dest_rank(p, d))) prefix_dest_warp(p, d, lane);

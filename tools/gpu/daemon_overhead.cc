@@ -13,11 +13,9 @@
 // One line per measurement (µs per round trip: median, mean, p99).
 // tools/gpu/daemon_overhead_run starts epd and runs this without and with MPS.
 #include <cuda_runtime_api.h>
-#include <poll.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -29,6 +27,7 @@
 #include "epd/epd.hpp"
 #include "gpu_armed.h"
 #include "gpu_executor.h"
+#include "main_job_lib.h"
 #include "overhead_common.h"
 
 namespace epd {
@@ -139,74 +138,38 @@ int worker_main(const std::string& socket, const std::string& name, int32_t rank
   return 0;
 }
 
-// Runs 8 worker processes of one group, reads each one's line within
-// `deadline_s`, reaps them (SIGKILL by pid past the deadline); fills the slowest
-// worker's figures, or returns why not.
+// Runs 8 worker processes of one group (job::Child: pidfd and bounded
+// waits), reads each one's line within `deadline_s` and ends them by pid;
+// fills the slowest worker's figures, or returns why not.
 std::string run_worker_processes(const std::string& socket, const std::string& name, epd_executor_t executor,
                                  int iters, unsigned deadline_s, bench::Stats* slowest) {
   constexpr int kWorkers = 8;
-  std::vector<pid_t> pids;
-  std::vector<int> fds;
+  std::vector<job::Child> workers;
+  for (int r = 0; r < kWorkers; ++r)
+    workers.push_back(job::Child::spawn({"/proc/self/exe", "--worker", std::to_string(r), "--socket", socket, "--group",
+                                         name, "--executor", std::to_string(static_cast<int>(executor)), "--iters",
+                                         std::to_string(iters)}));
+  const int64_t end = job::now_ns() + int64_t{deadline_s} * 1000000000;
   std::string why;
-  for (int r = 0; r < kWorkers; ++r) {
-    int p[2];
-    if (::pipe(p) != 0) {
-      why = "pipe failed";
-      break;
-    }
-    const pid_t pid = ::fork();
-    if (pid == 0) {  // exec at once: nothing of this process's CUDA state is used
-      ::dup2(p[1], 1);
-      ::close(p[0]);
-      ::close(p[1]);
-      const std::string rank = std::to_string(r), n = std::to_string(iters),
-                        ex = std::to_string(static_cast<int>(executor));
-      ::execl("/proc/self/exe", "epd_gpu_daemon_overhead", "--worker", rank.c_str(), "--socket", socket.c_str(),
-              "--group", name.c_str(), "--executor", ex.c_str(), "--iters", n.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    ::close(p[1]);
-    if (pid < 0) {
-      ::close(p[0]);
-      why = "fork failed";
-      break;
-    }
-    pids.push_back(pid);
-    fds.push_back(p[0]);
-  }
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(deadline_s);
-  std::vector<std::string> out(fds.size());
-  for (size_t i = 0; i < fds.size(); ++i) {
-    char buf[512];
-    for (;;) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
-      pollfd pf{fds[i], POLLIN, 0};
-      if (left.count() <= 0 || ::poll(&pf, 1, static_cast<int>(left.count())) <= 0) {
-        if (why.empty()) why = "worker " + std::to_string(i) + " gave no result within " + std::to_string(deadline_s) + " s";
-        break;
-      }
-      const ssize_t got = ::read(fds[i], buf, sizeof buf);
-      if (got <= 0) break;
-      out[i].append(buf, static_cast<size_t>(got));
-    }
-    ::close(fds[i]);
-  }
-  for (pid_t pid : pids) {
-    if (!why.empty()) ::kill(pid, SIGKILL);
-    int st = 0;
-    ::waitpid(pid, &st, 0);
-  }
   *slowest = bench::Stats{0, 0, 0};
-  for (size_t i = 0; i < out.size() && why.empty(); ++i) {
+  for (int r = 0; r < kWorkers && why.empty(); ++r) {
+    std::string line;
+    const int left_ms = static_cast<int>(std::max<int64_t>(0, (end - job::now_ns()) / 1000000));
     bench::Stats s{};
-    if (std::sscanf(out[i].c_str(), "result %lf %lf %lf", &s.median, &s.mean, &s.p99) != 3) {
-      why = "worker " + std::to_string(i) + ": " + (out[i].empty() ? std::string("no output") : out[i]);
-      break;
+    if (workers[r].pid() <= 0) {
+      why = "worker " + std::to_string(r) + " did not start";
+    } else if (!workers[r].read_line(line, left_ms)) {
+      why = "worker " + std::to_string(r) + " gave no result within " + std::to_string(deadline_s) + " s";
+    } else if (std::sscanf(line.c_str(), "result %lf %lf %lf", &s.median, &s.mean, &s.p99) != 3) {
+      why = "worker " + std::to_string(r) + ": " + line;
+    } else if (s.median > slowest->median) {
+      *slowest = s;
     }
-    if (s.median > slowest->median) *slowest = s;
   }
-  if (why.empty() && static_cast<int>(out.size()) != kWorkers) why = "only " + std::to_string(out.size()) + " workers started";
-  while (!why.empty() && why.back() == '\n') why.pop_back();
+  for (auto& w : workers) {
+    if (!why.empty()) w.kill(SIGKILL);
+    if (w.pid() > 0 && w.wait(10000) < 0) w.kill(SIGKILL);  // the destructor reaps what is left
+  }
   return why;
 }
 

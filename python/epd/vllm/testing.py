@@ -207,6 +207,27 @@ def _no_op(*args, **kwargs):
     return None
 
 
+def silu_and_mul_standin(out, x):
+    """_C::silu_and_mul in plain torch: out = silu(x[..., :d]) * x[..., d:], in fp32."""
+    d = x.shape[-1] // 2
+    out.copy_((F.silu(x[..., :d].float()) * x[..., d:].float()).to(out.dtype))
+
+
+def _op_standins():
+    """Per op namespace: op name -> (vLLM's schema, the stand-in)."""
+    return {
+        "_C": {"silu_and_mul": ("silu_and_mul(Tensor(a!) result, Tensor input) -> ()", silu_and_mul_standin)},
+        "_moe_C": {
+            "moe_align_block_size": ("moe_align_block_size(Tensor topk_ids, int num_experts, int block_size, "
+                                     "Tensor! sorted_token_ids, Tensor! experts_ids, Tensor! num_tokens_post_pad, "
+                                     "Tensor? maybe_expert_map, Tensor(a!)? scatter_idx=None) -> ()",
+                                     moe_align_block_size_standin),
+            "moe_sum": ("moe_sum(Tensor input, Tensor! output, Tensor? topk_ids=None, Tensor? expert_map=None) -> ()",
+                        moe_sum_standin),
+        },
+    }
+
+
 def install_standins() -> list:
     """Installs what is missing; returns the names of the stand-ins installed by this call."""
     installed = []
@@ -226,36 +247,17 @@ def install_standins() -> list:
             setattr(vllm, "_C_stable_libtorch", module)
             installed.append(name)
 
-    if not _has_op("_C", "silu_and_mul"):
-        _load_real_extensions("_C")
-    if not _has_op("_C", "silu_and_mul"):
-        lib = _keep.setdefault("_C", torch.library.Library("_C", "FRAGMENT"))
-        lib.define("silu_and_mul(Tensor(a!) result, Tensor input) -> ()")
-
-        def silu_and_mul(out, x):
-            d = x.shape[-1] // 2
-            out.copy_((F.silu(x[..., :d].float()) * x[..., d:].float()).to(out.dtype))
-        lib.impl("silu_and_mul", silu_and_mul, "CompositeExplicitAutograd")
-        installed.append("_C::silu_and_mul")
-
-    moe_ops = {
-        "moe_align_block_size": ("moe_align_block_size(Tensor topk_ids, int num_experts, int block_size, "
-                                 "Tensor! sorted_token_ids, Tensor! experts_ids, Tensor! num_tokens_post_pad, "
-                                 "Tensor? maybe_expert_map, Tensor(a!)? scatter_idx=None) -> ()",
-                                 moe_align_block_size_standin),
-        "moe_sum": ("moe_sum(Tensor input, Tensor! output, Tensor? topk_ids=None, Tensor? expert_map=None) -> ()",
-                    moe_sum_standin),
-    }
-    if not all(_has_op("_moe_C", op) for op in moe_ops):
-        _load_real_extensions("_moe_C")
-    for op, (schema, fn) in moe_ops.items():
-        if _has_op("_moe_C", op):
-            continue
-        lib = _keep.setdefault("_moe_C", torch.library.Library("_moe_C", "FRAGMENT"))
-        lib.define(schema)
-        lib.impl(op, fn, "CompositeExplicitAutograd")
-        lib.impl(op, _no_op, "Meta")  # outputs are written in place: nothing to say about shapes
-        installed.append(f"_moe_C::{op}")
+    for ns, ops in _op_standins().items():
+        if not all(_has_op(ns, op) for op in ops):
+            _load_real_extensions(ns)
+        for op, (schema, fn) in ops.items():
+            if _has_op(ns, op):
+                continue
+            lib = _keep.setdefault(ns, torch.library.Library(ns, "FRAGMENT"))
+            lib.define(schema)
+            lib.impl(op, fn, "CompositeExplicitAutograd")
+            lib.impl(op, _no_op, "Meta")  # outputs are written in place: nothing to say about shapes
+            installed.append(f"{ns}::{op}")
 
     # Not from inside vLLM's CUDA platform import (the stand-in module): it would import vLLM's MoE layers.
     if not _being_imported(name) and not torch.cuda.is_available() and _vllm_spec("vllm") is not None:
