@@ -108,9 +108,9 @@ struct ArmedOptions {
 // Where an armed operation's stamps go within its kArmedStampWords entry.
 enum ArmedStampPoint : int32_t {
   kArmedStampWaitReleased = 0,  // first on the stream after the doorbell waits
-  kArmedStampPlan = 1,          // kMaxLaunchStamps words: before each launch of the plan, after its last
-  kArmedStampCompleted = 10,    // after the plan's last launch (which wrote the completion words)
-  kArmedStampWords = 12,
+  kArmedStampPlan = 1,          // kLaunchStampWords: before each launch of the plan, after its last, then the kernels' own
+  kArmedStampCompleted = 18,    // after the plan's last launch (which wrote the completion words)
+  kArmedStampWords = 20,
 };
 
 // Benchmarks: enqueues on `stream` (a cudaStream_t / CUstream of the current

@@ -107,6 +107,15 @@ Status enable_peer_access(const std::vector<int32_t>& devices);
 // PCI bus id of a device ("0000:1b:00.0"), for matching hwloc's topology.
 Result<std::string> gpu_pci_bus_id(int32_t device);
 
+// What an inline executor's call carries in its launch (GpuExecutor::
+// dispatch_shard / combine_shard): the token count (n_tokens >= 0, or read
+// from n_tokens_device when the kernel runs) and the weight mode.
+struct InLaunch {
+  int32_t n_tokens = -1;
+  const int32_t* n_tokens_device = nullptr;
+  epd_weight_mode_t mode = EPD_WEIGHTS_ALREADY_APPLIED;
+};
+
 class GpuExecutor {
  public:
   ~GpuExecutor();
@@ -162,20 +171,27 @@ class GpuExecutor {
   // is false). A barrier waits at most the group's timeout_ms, then records
   // EPD_ERR_TIMEOUT in the shard's ranks' fault words.
   // launch_stamps (benchmarks; nullptr: nothing extra is enqueued): a device
-  // buffer of kMaxLaunchStamps words; the sequence enqueues a one-thread
+  // buffer of kLaunchStampWords zeroed words; the sequence enqueues a one-thread
   // kernel writing %globaltimer (ns) to word i before its launch i and after
-  // its last (unused words are left as they were).
+  // its last, and the low_latency dispatch and the combine write their
+  // KernelStampPoints after those (unused words are left as they were).
   // done (the armed executor; nullptr otherwise): the operation's completion,
   // written by the last block of the sequence's last launch (kernels/cuda/
   // armed_complete.cuh). A combine with `done` reads the weight mode on the
   // device (`mode` is then only checked for being one the layout allows). On
   // several GPUs the completion's two cross-GPU barriers (before reading the
   // fault words, before clearing them) are taken here, after the operation's own.
+  // in_launch (the inline executor, whose caller knows both at enqueue time;
+  // nullptr otherwise): the shard's one rank's token count and the combine's
+  // weight mode travel in the launch's parameters and the kernels store them
+  // where the daemon's path has the worker's stream write them first, so a
+  // call enqueues its launch and nothing else.
   Status dispatch_shard(int32_t slot, int32_t shard, void* stream, bool end_barrier = true,
-                        uint64_t* launch_stamps = nullptr, const gpu::ArmedParams* done = nullptr);
+                        uint64_t* launch_stamps = nullptr, const gpu::ArmedParams* done = nullptr,
+                        const InLaunch* in_launch = nullptr);
   Status combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t mode, void* stream,
                        bool start_barrier = true, uint64_t* launch_stamps = nullptr,
-                       const gpu::ArmedParams* done = nullptr);
+                       const gpu::ArmedParams* done = nullptr, const InLaunch* in_launch = nullptr);
   Status barrier_shard(int32_t slot, int32_t shard, void* stream);
   // For a caller's own kernel that joins the barrier sequence of (slot,
   // shard): the device counter, the target it must reach, and the shard's

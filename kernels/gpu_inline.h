@@ -109,11 +109,14 @@ class InlineBlock {
 class InlineRunner {
  public:
   virtual ~InlineRunner() = default;
-  // Enqueue rank's dispatch / combine on `stream` (a CUstream). The send
-  // buffers (and for the combine, combine_in and the weight mode word) are
-  // already written in stream order; the completion word of the slot carries
-  // the outcome when the launch ends.
-  virtual Status dispatch(int32_t slot, void* stream) = 0;
+  // Enqueue rank's dispatch / combine on `stream` (a CUstream): the launch
+  // and nothing else. The send buffers (and for the combine, combine_in) are
+  // already written in stream order; the token count (n_tokens, or
+  // *n_tokens_device when the kernel runs, when that is not null) and the
+  // weight mode travel in the launch, whose kernels store them to the send
+  // header and the mode word. The completion word of the slot carries the
+  // outcome when the launch ends.
+  virtual Status dispatch(int32_t slot, int32_t n_tokens, const int32_t* n_tokens_device, void* stream) = 0;
   virtual Status combine(int32_t slot, epd_weight_mode_t mode, void* stream) = 0;
   // "variant low_latency (...), parts=..., ...": what runs.
   virtual std::string describe() const = 0;
@@ -135,7 +138,7 @@ struct InlineCreateArgs {
 using InlineCreateFn = void (*)(const InlineCreateArgs*);
 inline constexpr const char* kInlineCreateSymbol = "epd_inline_create_v1";
 // Changes whenever InlineCreateArgs, InlineRunner, GroupSpec or the block layout change.
-inline constexpr uint32_t kInlineAbi = 0x45504401u + sizeof(InlineCreateArgs) + sizeof(GroupSpec);
+inline constexpr uint32_t kInlineAbi = 0x45504402u + sizeof(InlineCreateArgs) + sizeof(GroupSpec);
 // The library's file name (looked up beside libepd-client.so, or EPD_INLINE_LIBRARY).
 inline constexpr const char* kInlineLibrary = "libepd-inline.so";
 

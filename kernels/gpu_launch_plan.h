@@ -40,6 +40,21 @@ const char* launch_variant_summary(LaunchVariant v);
 // launch sequence writes when asked (GpuExecutor::dispatch_shard's
 // launch_stamps): one before each launch and one after the last.
 constexpr int32_t kMaxLaunchStamps = 8;
+// ... followed by the stamps the low_latency dispatch and the combine write
+// from inside their kernels (KernelStampPoint), so a launch stamp buffer is
+// kLaunchStampWords long. Zero = not written.
+constexpr int32_t kKernelStamps = 8;
+constexpr int32_t kLaunchStampWords = kMaxLaunchStamps + kKernelStamps;
+enum KernelStampPoint : int32_t {
+  kKsFirstBlockStart = 0,  // the block with ticket 0 (blockIdx 0 in combine) begins
+  kKsLastBlockStart = 1,   // the latest start of any block
+  kKsCountDone = 2,        // the last count block arrives (dispatch_ordered)
+  kKsPrefixReleased = 3,   // the last prefix block's wait ends
+  kKsPrefixDone = 4,       // the last prefix block arrives
+  kKsScatterReleased = 5,  // the last scatter block's wait ends
+  kKsWorkDone = 6,         // the last block ends its work (scatter, combine)
+  kKsExitDone = 7,         // the last block out has counted the launch (and written the armed completion)
+};
 
 // Launch tuning; a zero field keeps the executor's own choice. For benchmarks
 // and tests.

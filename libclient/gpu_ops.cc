@@ -94,12 +94,8 @@ Status GpuRankOps::dispatch_here(int32_t slot, const GpuDispatchArgs& a, void* s
       EPD_CU_CALL(drv_, drv_.memset32_async(dptr(base_ + o.send_weights), 0x3f800000u /* 1.0f */, rows * K, st));
   }
   const CUdeviceptr n_word = dptr(base_ + o.send_hdr + offsetof(SendHeader, n_tokens));
-  if (inline_) {  // the count, then this rank's launch
-    if (a.n_tokens_device)
-      EPD_CU_CALL(drv_, drv_.memcpy_async(n_word, dptr(a.n_tokens_device), sizeof(int32_t), st));
-    else
-      EPD_CU_CALL(drv_, drv_.write32(st, n_word, static_cast<uint32_t>(a.n_tokens_host), cu::CU_STREAM_WRITE_VALUE_DEFAULT));
-    EPD_RETURN_IF_ERROR(inline_->dispatch(slot, stream));
+  if (inline_) {  // this rank's launch alone: it carries the count (gpu_inline.h)
+    EPD_RETURN_IF_ERROR(inline_->dispatch(slot, a.n_tokens_host, a.n_tokens_device, stream));
     phase_[slot] = Phase::kDispatched;
     return Status::ok();
   }
@@ -142,9 +138,7 @@ Status GpuRankOps::combine_here(int32_t slot, epd_weight_mode_t mode, const void
   if (expert_out && rows > 0)
     EPD_CU_CALL(drv_, drv_.memcpy_async(dptr(base_ + layout_.slot[slot].combine_in), dptr(expert_out),
                                         static_cast<size_t>(rows) * layout_.in_row_bytes, st));
-  if (inline_) {  // the mode word (the completion checks every rank's), then this rank's launch
-    EPD_CU_CALL(drv_, drv_.write32(st, word(slot, offsetof(ControlSlot, weight_mode)), static_cast<uint32_t>(mode),
-                                   cu::CU_STREAM_WRITE_VALUE_DEFAULT));
+  if (inline_) {  // this rank's launch alone: it carries the weight mode (gpu_inline.h)
     EPD_RETURN_IF_ERROR(inline_->combine(slot, mode, stream));
     phase_[slot] = Phase::kCombined;
     return Status::ok();

@@ -27,7 +27,7 @@ namespace epd {
 namespace {
 
 constexpr uint32_t kAbortRing = kRingDispatch | kRingCombine | kArmedAbortBit;
-static_assert(kArmedStampPlan + kMaxLaunchStamps <= kArmedStampCompleted, "plan stamps overlap the completion stamp");
+static_assert(kArmedStampPlan + kLaunchStampWords <= kArmedStampCompleted, "plan stamps overlap the completion stamp");
 
 // Host-mapped progress words and the device abort words come from two
 // process-wide blocks that are never freed: cudaFreeHost and cudaFree wait for

@@ -80,6 +80,13 @@ __device__ void gather_sources(const CombineParams& p, bool apply, int s, int t,
   __syncwarp();
 }
 
+// The inline executor: the call's weight mode into the served ranks' words,
+// where the completion (last block, or every rank's after the barrier) reads them.
+__device__ void store_modes(const CombineParams& p) {
+  for (int r = p.rank_lo; r < p.rank_hi; ++r)
+    *reinterpret_cast<volatile uint32_t*>(&control(p.ranks[r])->slot[p.slot].weight_mode) = p.mode;
+}
+
 template <typename Cv, typename V>
 __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
   using Raw = typename Cv::Raw;
@@ -88,12 +95,18 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
   __shared__ Sources sources[kWarps];
   __shared__ int32_t apply_mode;
   if (threadIdx.x == 0) {
+    if (p.stamps && blockIdx.x == 0) kernel_stamp(p.stamps, kKsFirstBlockStart);
+    kernel_stamp(p.stamps, kKsLastBlockStart);
     // The weight mode the armed executor could not know when it enqueued the launch.
     apply_mode = p.apply >= 0 ? p.apply
                               : load_volatile(&control(p.ranks[p.rank_lo])->slot[p.slot].weight_mode) ==
                                     static_cast<uint32_t>(EPD_WEIGHTS_APPLY);
-    if (p.before.counter) {  // multi-GPU: every GPU's expert outputs are written
-      if (atomicAdd(p.words + kCombineTicket, 1u) == 0) shard_barrier_arrive(p.before);
+    if (p.mode_in_launch && blockIdx.x == 0 && !p.before.counter) store_modes(p);
+    if (p.before.counter) {  // multi-GPU or inline ranks: every rank's expert outputs are written
+      if (atomicAdd(p.words + kCombineTicket, 1u) == 0) {
+        if (p.mode_in_launch) store_modes(p);  // before the arrival: every rank's completion reads them
+        shard_barrier_arrive(p.before);
+      }
       shard_barrier_wait(p.before);
     }
   }
@@ -149,8 +162,14 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
     }
     __syncwarp();
   }
-  if ((p.done.bases || p.before.counter) && last_block_completes(p.words + kExit, p.done) && threadIdx.x == 0)
+  if (p.stamps) {  // the same for every thread of the block
+    __syncthreads();
+    if (threadIdx.x == 0) kernel_stamp(p.stamps, kKsWorkDone);
+  }
+  if ((p.done.bases || p.before.counter) && last_block_completes(p.words + kExit, p.done) && threadIdx.x == 0) {
     *reinterpret_cast<volatile uint32_t*>(p.words + kCombineTicket) = 0u;
+    kernel_stamp(p.stamps, kKsExitDone);
+  }
 }
 
 using CombineKernel = void (*)(CombineParams);

@@ -116,7 +116,8 @@ struct DispatchParams {
   int32_t rank_lo, rank_hi, leader;
   // Benchmarks only, read by the host launch sequence, never by a kernel:
   // when set, the sequence writes %globaltimer to stamps[i] before its launch i
-  // and after its last (gpu_launch_plan.h: kMaxLaunchStamps words).
+  // and after its last (gpu_launch_plan.h: kMaxLaunchStamps words), and the
+  // one-launch kernel its KernelStampPoints to stamps[kMaxLaunchStamps + i].
   uint64_t* stamps;
   // One-launch low_latency dispatch (dispatch_ordered): GPUs taking part and
   // the phase split of its grid (count, prefix, then scatter blocks).
@@ -125,7 +126,17 @@ struct DispatchParams {
   // The armed executor: when done.bases is set, the launch's last block writes
   // the operation's completion (armed_complete.cuh) instead of a separate kernel.
   ArmedParams done;
+  // Where the count phase reads the token count of its (one) source rank:
+  // kCountFromHeader its send header; the inline executor's launches carry it
+  // instead, so the worker's stream writes nothing before them: kCountInLaunch
+  // n_in_launch, kCountFromPointer *n_pointer (the caller's device-side count)
+  // when the kernel runs. Either is stored to the send header as well.
+  int32_t count_from;
+  int32_t n_in_launch;
+  const int32_t* n_pointer;
 };
+
+enum CountSource : int32_t { kCountFromHeader = 0, kCountInLaunch = 1, kCountFromPointer = 2 };
 
 struct CombineParams {
   const DevRank* ranks;
@@ -136,13 +147,18 @@ struct CombineParams {
   int32_t parts;                   // warps per token (each a slice of the row)
   uint64_t in_row_bytes;
   int32_t rank_lo, rank_hi;        // ranks whose tokens this launch combines ([0, world) on one GPU)
-  uint64_t* stamps;                // benchmarks only, as DispatchParams::stamps
+  uint64_t* stamps;                // benchmarks only, as DispatchParams::stamps (kernel stamps included)
   uint32_t* words;                 // this GPU's SlotScratch::barrier words of the slot
   // A multi-GPU group (counter set): the cross-GPU barrier before the combine
   // (every rank's expert outputs written), inside the kernel: the block with
   // combine ticket 0 arrives, every block waits.
   ShardBarrier before;
   ArmedParams done;                // as DispatchParams::done
+  // The inline executor (mode_in_launch 1): the launch stores `mode` to its
+  // served ranks' weight-mode words (read by the completion) before the
+  // cross-rank barrier, instead of a stream write before the launch.
+  int32_t mode_in_launch;
+  uint32_t mode;
 };
 
 // Grid sizes of one GPU's launches, fixed at creation (make_launch_plan,

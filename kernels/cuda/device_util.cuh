@@ -13,6 +13,7 @@
 
 #include "control_block.h"
 #include "device_params.h"
+#include "gpu_launch_plan.h"
 
 namespace epd::gpu {
 
@@ -20,6 +21,15 @@ __device__ __forceinline__ uint64_t global_timer_ns() {
   uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
+}
+
+// Benchmarks: the latest %globaltimer at `point` (KernelStampPoint) of any
+// block of this launch, when the launch sequence was given stamps (nullptr:
+// nothing is written). Call from one thread of the block.
+__device__ __forceinline__ void kernel_stamp(uint64_t* stamps, int point) {
+  if (stamps)
+    atomicMax(reinterpret_cast<unsigned long long*>(stamps + kMaxLaunchStamps + point),
+              static_cast<unsigned long long>(global_timer_ns()));
 }
 
 __device__ __forceinline__ uint32_t load_acquire(const uint32_t* p) {

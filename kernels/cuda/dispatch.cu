@@ -64,10 +64,13 @@ __device__ void count_phase(const DispatchParams& p, uint8_t* smem, int blk, int
   for (int u = p.rank_lo * p.chunks + blk * kWarps + warp; u < units; u += nblk * kWarps) {
     const int s = u / p.chunks, c = u % p.chunks;
     const DevRank& src = p.ranks[s];
-    const uint32_t raw = load_volatile(src.send_hdr);
+    const uint32_t raw = p.count_from == kCountInLaunch     ? static_cast<uint32_t>(p.n_in_launch)
+                         : p.count_from == kCountFromPointer ? load_volatile(p.n_pointer)
+                                                             : load_volatile(src.send_hdr);
     const bool over = raw > static_cast<uint32_t>(p.max_tokens);
     const int n = over ? 0 : static_cast<int>(raw);
     if (c == 0 && lane == 0) {
+      if (p.count_from != kCountFromHeader) *reinterpret_cast<volatile uint32_t*>(const_cast<uint8_t*>(src.send_hdr)) = raw;
       ControlSlot& cs = control(src)->slot[p.slot];
       cs.n_raw = raw;
       cs.n_captured = static_cast<uint32_t>(n);
@@ -477,9 +480,13 @@ __global__ void __launch_bounds__(kThreads) dispatch_ordered(DispatchParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ uint32_t ticket, launches;
   uint32_t* words = p.scratch.barrier;
-  if (threadIdx.x == 0) {
+  uint64_t* const st = p.stamps;  // benchmarks: KernelStampPoints, thread 0 of each block
+  const bool t0 = threadIdx.x == 0;
+  if (t0) {
     ticket = atomicAdd(words + kTicket, 1u);
     launches = load_volatile(words + kLaunches);
+    if (st && ticket == 0) kernel_stamp(st, kKsFirstBlockStart);
+    kernel_stamp(st, kKsLastBlockStart);
   }
   __syncthreads();
   const uint64_t deadline = global_timer_ns() + p.timeout_ns;
@@ -489,16 +496,27 @@ __global__ void __launch_bounds__(kThreads) dispatch_ordered(DispatchParams p) {
   if (v < nc) {
     count_phase(p, smem, v, nc);
     phase_arrive(p.scratch.phase + 0, p.n_shards > 1);
+    if (t0) kernel_stamp(st, kKsCountDone);
   } else if (v < nc + np) {
-    if (phase_wait(p.scratch.phase + 0, (launches + 1) * gpus * nc, deadline, p)) prefix_phase(p, smem, v - nc, np);
+    const bool go = phase_wait(p.scratch.phase + 0, (launches + 1) * gpus * nc, deadline, p);
+    if (t0) kernel_stamp(st, kKsPrefixReleased);
+    if (go) prefix_phase(p, smem, v - nc, np);
     phase_arrive(p.scratch.phase + 1, p.n_shards > 1);
-  } else if (phase_wait(p.scratch.phase + 1, (launches + 1) * gpus * np, deadline, p)) {
-    scatter_phase(p, smem, v - nc - np, ns);
+    if (t0) kernel_stamp(st, kKsPrefixDone);
+  } else {
+    const bool go = phase_wait(p.scratch.phase + 1, (launches + 1) * gpus * np, deadline, p);
+    if (t0) kernel_stamp(st, kKsScatterReleased);
+    if (go) scatter_phase(p, smem, v - nc - np, ns);
   }
-  if (last_block_completes(words + kExit, p.done) && threadIdx.x == 0) {
+  if (st) {  // the same for every thread of the block
+    __syncthreads();
+    if (t0) kernel_stamp(st, kKsWorkDone);
+  }
+  if (last_block_completes(words + kExit, p.done) && t0) {
     words[kTicket] = 0;
     words[kLaunches] = launches + 1;
     __threadfence();
+    kernel_stamp(st, kKsExitDone);
   }
 }
 

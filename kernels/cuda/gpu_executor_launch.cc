@@ -97,7 +97,7 @@ Status GpuExecutor::combine(int32_t slot, epd_weight_mode_t mode, void* stream) 
 }
 
 Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bool end_barrier,
-                                   uint64_t* launch_stamps, const gpu::ArmedParams* done) {
+                                   uint64_t* launch_stamps, const gpu::ArmedParams* done, const InLaunch* in_launch) {
   if (slot < 0 || slot >= spec_.slots)
     return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
   if (shard < 0 || shard >= static_cast<int32_t>(shards_.size()))
@@ -132,6 +132,21 @@ Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bo
   p.leader = shard == 0;
   p.stamps = launch_stamps;
   p.n_shards = static_cast<int32_t>(shards_.size());
+  if (in_launch) {
+    if (sh.rank_hi - sh.rank_lo != 1)  // the count is one rank's
+      return make_status(EPD_ERR_INTERNAL, "dispatch_shard: a count in the launch needs one rank per shard (shard %d "
+                                           "serves %d)", shard, sh.rank_hi - sh.rank_lo);
+    if (!in_launch->n_tokens_device && (in_launch->n_tokens < 0 || in_launch->n_tokens > spec_.max_tokens_per_rank))
+      return make_status(EPD_ERR_CAPACITY_EXCEEDED, "n_tokens = %d is outside [0, max_tokens_per_rank = %d]",
+                         in_launch->n_tokens, spec_.max_tokens_per_rank);
+    if (in_launch->n_tokens_device) {
+      p.count_from = gpu::kCountFromPointer;
+      p.n_pointer = in_launch->n_tokens_device;
+    } else {
+      p.count_from = gpu::kCountInLaunch;
+      p.n_in_launch = in_launch->n_tokens;
+    }
+  }
   const gpu::LaunchPlan& plan = im.plan;
   gpu::ShardBarrier b[3] = {};
   if (plan.choice.variant == LaunchVariant::kMultiGpu) {
@@ -148,7 +163,8 @@ Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bo
 }
 
 Status GpuExecutor::combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t mode, void* stream,
-                                  bool start_barrier, uint64_t* launch_stamps, const gpu::ArmedParams* done) {
+                                  bool start_barrier, uint64_t* launch_stamps, const gpu::ArmedParams* done,
+                                  const InLaunch* in_launch) {
   if (slot < 0 || slot >= spec_.slots)
     return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
   if (shard < 0 || shard >= static_cast<int32_t>(shards_.size()))
@@ -175,7 +191,12 @@ Status GpuExecutor::combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t
   p.max_tokens = spec_.max_tokens_per_rank;
   p.rank_major = rank_major;
   p.dtype = spec_.dtype;
-  p.apply = done && !rank_major ? -1 : mode == EPD_WEIGHTS_APPLY;  // -1: read on the device
+  // -1: read on the device (the armed executor's mode word, written by the worker's stream)
+  p.apply = done && !rank_major && !in_launch ? -1 : mode == EPD_WEIGHTS_APPLY;
+  if (in_launch) {
+    p.mode_in_launch = 1;
+    p.mode = static_cast<uint32_t>(mode);
+  }
   p.slot = slot;
   p.parts = im.plan.combine_parts;
   p.in_row_bytes = layout_.ranks[0].in_row_bytes;

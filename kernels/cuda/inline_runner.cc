@@ -75,23 +75,28 @@ class Runner final : public InlineRunner {
     return std::unique_ptr<InlineRunner>(std::move(r));
   }
 
-  Status dispatch(int32_t slot, void* stream) override {
+  Status dispatch(int32_t slot, int32_t n_tokens, const int32_t* n_tokens_device, void* stream) override {
     if (slot < 0 || slot >= spec_.slots)
       return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
     EPD_RETURN_IF_ERROR(check_capture(stream, "dispatch"));
+    InLaunch in;
+    in.n_tokens = n_tokens;
+    in.n_tokens_device = n_tokens_device;
     const gpu::ArmedParams done = completion(slot, kDoneDispatch);
     DeviceScope keep;
     // No barrier after the launch: its completion meets every rank's first.
-    return ex_->dispatch_shard(slot, rank_, stream, /*end_barrier=*/false, nullptr, &done);
+    return ex_->dispatch_shard(slot, rank_, stream, /*end_barrier=*/false, nullptr, &done, &in);
   }
 
   Status combine(int32_t slot, epd_weight_mode_t mode, void* stream) override {
     if (slot < 0 || slot >= spec_.slots)
       return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
     EPD_RETURN_IF_ERROR(check_capture(stream, "combine"));
+    InLaunch in;
+    in.mode = mode;
     const gpu::ArmedParams done = completion(slot, kDoneCombine);
     DeviceScope keep;
-    return ex_->combine_shard(slot, rank_, mode, stream, /*start_barrier=*/true, nullptr, &done);
+    return ex_->combine_shard(slot, rank_, mode, stream, /*start_barrier=*/true, nullptr, &done, &in);
   }
 
   std::string describe() const override { return ex_->describe_variant() + ", " + ex_->describe_launch(false); }

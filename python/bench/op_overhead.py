@@ -4,15 +4,17 @@
 One GPU group (world_size 1, GPU 0) through a real epd. Each variant enqueues
 rounds of dispatch, dispatch_wait, combine, combine_wait on the current CUDA
 stream; rounds are timed in chunks of --chunk (the stream is drained between
-chunks, untimed, so the host never waits for a full queue); the table shows
-the median over chunks, in ns per call, and each variant's cost above the C loop:
+chunks, untimed, so the host never waits for the GPU: a chunk's operations
+stay within the armed executor's depth of 8 per slot, and within a stream's
+queue); the table shows the median over chunks, in ns per call, and each
+variant's cost above the C loop, for each --executor (both by default):
 
   C loop         raw_calls.c, the four epd_group_*_async calls (compiled here with cc)
   ctypes         the same four calls from Python through ctypes
   torch.ops      torch.ops.epd.dispatch.default / ... (the OpOverloads, as a serving engine binds them)
   epd wrappers   epd.dispatch / ... (argument checks, EpdError translation)
 
-Usage: op_overhead.py [--socket S | --daemon PATH] [--rounds N] [--chunk K]
+Usage: op_overhead.py [--socket S | --daemon PATH] [--rounds N] [--chunk K] [--executor daemon|inline]
 Without --socket it starts the daemon (PATH, $EPD_DAEMON or <build>/daemon/epd)
 in a temporary directory and ends it by pid.
 """
@@ -84,7 +86,9 @@ def main():
     ap.add_argument("--socket")
     ap.add_argument("--daemon", default=os.environ.get("EPD_DAEMON", str(REPO / "build" / "daemon" / "epd")))
     ap.add_argument("--rounds", type=int, default=20000)
-    ap.add_argument("--chunk", type=int, default=32)
+    ap.add_argument("--chunk", type=int, default=2, help="rounds per timed chunk (2: 4 armed operations)")
+    ap.add_argument("--executor", choices=("daemon", "inline"), action="append",
+                    help="the group's executor (repeatable; default both)")
     ap.add_argument("--tokens", type=int, default=8)
     args = ap.parse_args()
     if not torch.cuda.is_available() or not epd.ops.available():
@@ -145,23 +149,26 @@ def variants(g, x, ids, w, n, c_loop):
 
 def run(sock, args):
     n, hidden, top_k = args.tokens, 128, 2
-    with epd.connect(sock) as c, tempfile.TemporaryDirectory() as tmp:
-        g = c.join(name="overhead", generation=1, world_size=1, rank=0, placement=[(0, 0)], num_experts=4,
-                   top_k=top_k, hidden=hidden, dtype="bf16", max_tokens_per_rank=n, timeout_ms=30000)
-        x = torch.randn(n, hidden, device="cuda").to(torch.bfloat16)
-        ids = torch.stack([torch.arange(n) % 4, (torch.arange(n) + 1) % 4], 1).to(torch.int32).cuda()
-        w = torch.rand(n, top_k, device="cuda")
-        chunks = max(1, args.rounds // args.chunk)
-        rows = [(name, *timed_chunks(f, chunks, args.chunk)) for name, f in
-                variants(g, x, ids, w, n, build_c_loop(tmp))]
-        g.status(None, 10000)
-        g.leave()
-    base = rows[0][1]
     print(f"GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {args.rounds} rounds of 4 calls, "
           f"chunks of {args.chunk}, {n} tokens")
-    print(f"{'variant':<14} {'median ns/call':>15} {'min ns/call':>12} {'over C (median)':>16}")
-    for name, med, lo in rows:
-        print(f"{name:<14} {med:>15.0f} {lo:>12.0f} {med - base:>16.0f}")
+    with epd.connect(sock) as c, tempfile.TemporaryDirectory() as tmp:
+        c_loop = build_c_loop(tmp)
+        for executor in args.executor or ["daemon", "inline"]:
+            g = c.join(name=f"overhead-{executor}", generation=1, world_size=1, rank=0, placement=[(0, 0)], num_experts=4,
+                       top_k=top_k, hidden=hidden, dtype="bf16", max_tokens_per_rank=n, timeout_ms=30000,
+                       executor=executor)
+            x = torch.randn(n, hidden, device="cuda").to(torch.bfloat16)
+            ids = torch.stack([torch.arange(n) % 4, (torch.arange(n) + 1) % 4], 1).to(torch.int32).cuda()
+            w = torch.rand(n, top_k, device="cuda")
+            chunks = max(1, args.rounds // args.chunk)
+            rows = [(name, *timed_chunks(f, chunks, args.chunk)) for name, f in variants(g, x, ids, w, n, c_loop)]
+            g.status(None, 10000)
+            g.leave()
+            base = rows[0][1]
+            print(f"executor = {executor}")
+            print(f"{'variant':<14} {'median ns/call':>15} {'min ns/call':>12} {'over C (median)':>16}")
+            for name, med, lo in rows:
+                print(f"{name:<14} {med:>15.0f} {lo:>12.0f} {med - base:>16.0f}")
     return 0
 
 

@@ -131,10 +131,42 @@ int plan_bounds(const uint64_t* p, uint64_t* first, uint64_t* last) {
   return n;
 }
 
-// The plan's stamps as launch_<name> segments; false when none were written.
+// The stamps a one-launch kernel wrote itself (KernelStampPoint, after the
+// plan's launch stamps) as kernel_* segments, from the stamp before its launch
+// to the one after: which phase of the launch the time goes to. Only the
+// points written count (combine has no phase points; the in-process combine
+// no exit count).
+void add_kernel(Segments& seg, const uint64_t* p, int n_launch_stamps) {
+  if (n_launch_stamps != 2) return;  // one launch: before it, after it
+  const uint64_t* k = p + kMaxLaunchStamps;
+  if (!k[kKsFirstBlockStart] || !k[kKsWorkDone]) return;
+  struct Step {
+    int point;
+    const char* name;
+  };
+  static const Step kSteps[] = {{kKsFirstBlockStart, "kernel_launch_to_first_block"},
+                                {kKsCountDone, "kernel_count"},
+                                {kKsPrefixReleased, "kernel_count_to_prefix_release"},
+                                {kKsPrefixDone, "kernel_prefix"},
+                                {kKsScatterReleased, "kernel_prefix_to_scatter_release"},
+                                {kKsWorkDone, "kernel_work"},
+                                {kKsExitDone, "kernel_exit_count"}};
+  uint64_t prev = p[0];
+  for (const Step& s : kSteps) {
+    if (!k[s.point]) continue;
+    seg.add(s.name, delta_us(prev, k[s.point]));
+    prev = k[s.point];
+  }
+  seg.add("kernel_end_to_next_stamp", delta_us(prev, p[1]));
+  if (k[kKsLastBlockStart]) seg.add("kernel_block_start_spread", delta_us(k[kKsFirstBlockStart], k[kKsLastBlockStart]));
+}
+
+// The plan's stamps as launch_<name> segments, and the kernel's own; false
+// when none were written.
 bool add_plan(Segments& seg, const uint64_t* p, const std::string& variant, int op, uint64_t* first, uint64_t* last) {
   const int n = plan_bounds(p, first, last);
   for (int i = 0; i + 1 < n; ++i) seg.add("launch_" + launch_name(variant, op, i), delta_us(p[i], p[i + 1]));
+  add_kernel(seg, p, n);
   return n > 0;
 }
 
@@ -154,7 +186,7 @@ Status in_process(Run& run, int32_t world, bool high_throughput) {
   if (!ex) return ex.status();
   const std::string variant = (*ex)->variant_name();
   const int32_t n = run.warmup + run.iters;
-  const size_t per = 2 * kMaxLaunchStamps;
+  const size_t per = 2 * kLaunchStampWords;
   uint64_t* d = nullptr;
   HOP_CUDA(cudaMalloc(reinterpret_cast<void**>(&d), sizeof(uint64_t) * per * n));
   HOP_CUDA(cudaMemset(d, 0, sizeof(uint64_t) * per * n));
@@ -167,7 +199,7 @@ Status in_process(Run& run, int32_t world, bool high_throughput) {
       const double t0 = bench::now_us();
       EPD_RETURN_IF_ERROR((*ex)->dispatch_shard(i % 2, 0, st, true, rec));
       EPD_RETURN_IF_ERROR((*ex)->combine_shard(i % 2, 0, EPD_WEIGHTS_ALREADY_APPLIED, st, true,
-                                               rec ? rec + kMaxLaunchStamps : nullptr));
+                                               rec ? rec + kLaunchStampWords : nullptr));
       HOP_CUDA(cudaStreamSynchronize(st));
       if (i >= run.warmup) seg.add(pass == 0 ? "host_total_unstamped" : "host_total_stamped", bench::now_us() - t0);
     }
@@ -179,7 +211,7 @@ Status in_process(Run& run, int32_t world, bool high_throughput) {
   for (int op = 0; op < 2; ++op) {
     for (int32_t i = run.warmup; i < n; ++i) {
       uint64_t first = 0, last = 0;
-      if (!add_plan(seg, &h[per * i + kMaxLaunchStamps * op], variant, op, &first, &last)) continue;
+      if (!add_plan(seg, &h[per * i + kLaunchStampWords * op], variant, op, &first, &last)) continue;
       seg.add("op_total", delta_us(first, last));
       if (op == 1) {
         uint64_t d_first = 0, d_last = 0;
