@@ -400,6 +400,54 @@ TEST_F(DaemonGpuTest, BadExpertIdIsReportedByGpuStatusAndTheNextCallSucceeds) {
   ranks_.leave_all();
 }
 
+// Every rank's combine completion compares the ranks' weight modes: the
+// daemon's path has each worker's stream write its mode word, the inline
+// executor's kernels store it themselves before the cross-rank barrier. Rank 5
+// sums with EPD_WEIGHTS_ONES, the others with ALREADY_APPLIED (both valid for
+// rank_major): every rank's combine fails, and the next step is right again.
+TEST_F(DaemonGpuTest, WeightModesThatDifferAcrossRanksFailEveryRanksCombine) {
+  connect_all();
+  if (HasFatalFailure()) return;
+  for (const epd_executor_t executor : test_executors()) {
+    const uint64_t seed = fresh_seed();
+    SCOPED_TRACE("seed " + std::to_string(seed) + ", executor " + executor_tag(executor));
+    const GroupSpec spec = gpu_spec(executor == EPD_EXECUTOR_INLINE ? "modes-inline" : "modes", EPD_LAYOUT_RANK_MAJOR,
+                                    EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128, 16, 5000, seed, executor);
+    ranks_.join_all(spec);
+    if (HasFatalFailure()) return;
+    Group m(spec);
+    m.poison(seed + 1);
+    ASSERT_TRUE(m.stage(0, Routing::kUniform, std::vector<int32_t>(kWorld, 7), seed + 2).is_ok());
+    ranks_.upload(m, 0);
+    for (int32_t r = 0; r < kWorld; ++r) {
+      epd_gpu_dispatch_args_t a{};
+      a.struct_size = sizeof a;
+      a.n_tokens = 7;
+      ASSERT_EQ(epd_group_dispatch_async(ranks_.group(r), 0, &a, ranks_.stream(r)), EPD_OK)
+          << epd_group_last_error(ranks_.group(r));
+    }
+    for (int32_t r = 0; r < kWorld; ++r)
+      ASSERT_EQ(epd_group_dispatch_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
+    for (int32_t r = 0; r < kWorld; ++r) {
+      const epd_weight_mode_t mode = r == 5 ? EPD_WEIGHTS_ONES : EPD_WEIGHTS_ALREADY_APPLIED;
+      ASSERT_EQ(epd_group_combine_async(ranks_.group(r), 0, mode, nullptr, 0, ranks_.stream(r)), EPD_OK)
+          << epd_group_last_error(ranks_.group(r));
+    }
+    for (int32_t r = 0; r < kWorld; ++r)
+      ASSERT_EQ(epd_group_combine_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
+    for (int32_t r = 0; r < kWorld; ++r)
+      EXPECT_EQ(epd_group_gpu_status(ranks_.group(r), 0, kDeadlineMs), EPD_ERR_BAD_WEIGHT_MODE)
+          << "rank " << r << ": " << epd_group_last_error(ranks_.group(r));
+    ranks_.sync_all("after the differing modes");
+    if (HasFatalFailure()) return;
+    ranks_.alloc_buffers(m);
+    ranks_.run_step(m, Step{0, EPD_WEIGHTS_ALREADY_APPLIED}, "after the differing modes");
+    if (HasFatalFailure()) return;
+    ranks_.leave_all();
+    if (HasFatalFailure()) return;
+  }
+}
+
 // ---- d: a rank SIGKILLed mid-step ---------------------------------------------------------------
 
 // The worker role: joins rank 7 of kill_spec(), rings its dispatch, then waits to be killed.
@@ -512,18 +560,25 @@ void DaemonGpuTest::killed_rank(epd_executor_t executor) {
               EPD_OK);
   for (int32_t r : parent) ASSERT_EQ(epd_group_combine_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
 
+  // The survivors' waits end before the killed worker is reaped: a process
+  // with a CUDA context takes hundreds of ms to exit (the driver tears the
+  // context down), and epd's exit watch sees it exiting from the start.
   const int64_t t0 = job::now_ns();
   child.kill(SIGKILL);
-  ASSERT_NE(child.wait(kDeadlineMs), -1);
+  double first_ms = 0.0;
   for (int32_t r : parent) {
     const epd_status_t rc = epd_group_gpu_status(ranks_.group(r), 0, 0);  // 0: the group's timeout_ms
     const double ms = static_cast<double>(job::now_ns() - t0) / 1e6;
     EXPECT_EQ(rc, EPD_ERR_PEER_LOST) << "rank " << r << ": " << epd_group_last_error(ranks_.group(r));
     EXPECT_LT(ms, static_cast<double>(spec.timeout_ms)) << "rank " << r;
-    if (r == 0)
-      std::printf("PEER_LOST seen by rank 0 %.3f ms after SIGKILL (executor %s): %s\n", ms, executor_tag(executor),
-                  epd_group_last_error(ranks_.group(r)));
+    if (r == 0) first_ms = ms;
   }
+  const double all_ms = static_cast<double>(job::now_ns() - t0) / 1e6;
+  ASSERT_NE(child.wait(kDeadlineMs), -1);
+  const double reaped_ms = static_cast<double>(job::now_ns() - t0) / 1e6;
+  std::printf("PEER_LOST seen by rank 0 %.3f ms after SIGKILL, by all 7 survivors %.3f ms; the worker reaped "
+              "%.3f ms after SIGKILL (executor %s): %s\n",
+              first_ms, all_ms, reaped_ms, executor_tag(executor), epd_group_last_error(ranks_.group(0)));
   ranks_.sync_all("after the abort (the combine waits must be released)");
   if (HasFatalFailure()) return;
   // The group is aborted until every rank re-joins: later enqueues are refused.
