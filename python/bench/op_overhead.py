@@ -13,6 +13,10 @@ variant's cost above the C loop, for each --executor (both by default):
   ctypes         the same four calls from Python through ctypes
   torch.ops      torch.ops.epd.dispatch.default / ... (the OpOverloads, as a serving engine binds them)
   epd wrappers   epd.dispatch / ... (argument checks, EpdError translation)
+  torch floor    torch.ops.epd.call_floor.default with dispatch's arguments, four
+                 times a round: torch's own op call (argument parsing, the
+                 dispatcher, stable-ABI boxing) with no work and no C call, so
+                 "over C" of torch.ops minus this row is epd's own C++ layer
 
 Usage: op_overhead.py [--socket S | --daemon PATH] [--rounds N] [--chunk K] [--executor daemon|inline]
 Without --socket it starts the daemon (PATH, $EPD_DAEMON or <build>/daemon/epd)
@@ -144,7 +148,18 @@ def variants(g, x, ids, w, n, c_loop):
             epd.combine(g, 0, epd.WeightMode.ALREADY_APPLIED)
             epd.combine_wait(g, 0)
         return time.perf_counter_ns() - t0
-    return [("C loop", c_chunk), ("ctypes", ctypes_chunk), ("torch.ops", ops_chunk), ("epd wrappers", wrapper_chunk)]
+    fl = torch.ops.epd.call_floor.default
+
+    def floor_chunk(k):
+        t0 = time.perf_counter_ns()
+        for _ in range(k):
+            fl(token, h, 0, x, ids, w, None, n)
+            fl(token, h, 0, x, ids, w, None, n)
+            fl(token, h, 0, x, ids, w, None, n)
+            fl(token, h, 0, x, ids, w, None, n)
+        return time.perf_counter_ns() - t0
+    return [("C loop", c_chunk), ("ctypes", ctypes_chunk), ("torch.ops", ops_chunk), ("epd wrappers", wrapper_chunk),
+            ("torch floor", floor_chunk)]
 
 
 def run(sock, args):

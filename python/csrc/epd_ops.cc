@@ -263,6 +263,11 @@ void combine_wait_cpu(Tensor token, int64_t group, int64_t slot, OptTensor out, 
   if (out) std::memcpy(out->mutable_data_ptr(), res, static_cast<size_t>(out->numel()) * out->element_size());
 }
 
+// ---- call_floor: the dispatch schema with no work, for python/bench/op_overhead.py ---------
+// What torch's op call itself costs with these arguments (parsing, dispatcher,
+// stable-ABI boxing), measured next to the real ops. Touches nothing.
+void call_floor(Tensor, int64_t, int64_t, OptTensor, OptTensor, OptTensor, OptTensor, int64_t) {}
+
 // ---- device_bytes: a uint8 CUDA tensor over device memory the library mapped -------------
 
 Tensor device_bytes(int64_t address, int64_t nbytes, int64_t device) {
@@ -281,6 +286,8 @@ STABLE_TORCH_LIBRARY(epd, m) {
   m.def("combine(Tensor(a!) token, int group, int slot, int weight_mode, Tensor? expert_out=None, int rows=0) -> ()");
   m.def("combine_wait(Tensor(a!) token, int group, int slot, Tensor(b!)? out=None, int timeout_ms=0) -> ()");
   m.def("device_bytes(int address, int nbytes, int device) -> Tensor");
+  m.def("call_floor(Tensor(a!) token, int group, int slot, Tensor? x, Tensor? topk_ids, Tensor? topk_weights, "
+        "Tensor? n_tokens_device, int n_tokens) -> ()");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(epd, CUDA, m) {
@@ -297,4 +304,7 @@ STABLE_TORCH_LIBRARY_IMPL(epd, CPU, m) {
   m.impl("combine_wait", TORCH_BOX(&combine_wait_cpu));
 }
 
-STABLE_TORCH_LIBRARY_IMPL(epd, CompositeExplicitAutograd, m) { m.impl("device_bytes", TORCH_BOX(&device_bytes)); }
+STABLE_TORCH_LIBRARY_IMPL(epd, CompositeExplicitAutograd, m) {
+  m.impl("device_bytes", TORCH_BOX(&device_bytes));
+  m.impl("call_floor", TORCH_BOX(&call_floor));
+}

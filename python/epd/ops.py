@@ -11,6 +11,8 @@ libepd_torch_ops.so, built on the torch stable ABI; see python/README.md):
   combine_wait(Tensor(a!) token, int group, int slot, Tensor(b!)? out=None,
                int timeout_ms=0) -> ()
   device_bytes(int address, int nbytes, int device) -> Tensor   (a uint8 CUDA view)
+  call_floor(<dispatch's arguments>) -> ()   (does nothing: python/bench/op_overhead.py's
+                                              floor, what torch's op call itself costs)
 
 `token` is Group.token(slot): its device picks the kernel (CUDA: the
 epd_group_*_async calls on the current CUDA stream, legal under graph
