@@ -114,7 +114,7 @@ double delta_us(uint64_t from, uint64_t to) {
 // What launch i of a one-GPU variant's dispatch (op 0) or combine (op 1) is.
 std::string launch_name(const std::string& variant, int op, int i) {
   if (op == 1) return "combine";
-  if (variant == "low_latency") return "ordered";
+  if (variant.rfind("low_latency", 0) == 0) return "ordered";
   static const char* const kHt[] = {"count", "prefix", "scatter"};
   if (variant == "high_throughput" && i < 3) return kHt[i];
   return "launch" + std::to_string(i);
@@ -170,11 +170,19 @@ bool add_plan(Segments& seg, const uint64_t* p, const std::string& variant, int 
   return n > 0;
 }
 
+// What in_process runs: the group's own low_latency launches, the
+// high_throughput ones, or low_latency with one warp per token row (parts 1:
+// an eighth of the scatter and combine blocks; how much of an empty launch
+// is the size of its grid).
+enum InProcess : int { kInProcLowLatency = 0, kInProcHighThroughput = 1, kInProcOneSlice = 2 };
+
 // GpuExecutor launched here: warmup + iters round trips unstamped, then
 // stamped per launch (dispatch_shard / combine_shard launch_stamps).
-Status in_process(Run& run, int32_t world, bool high_throughput) {
+Status in_process(Run& run, int32_t world, int kind) {
   GroupSpec spec = bench::ll_spec(world, "hop_inproc");
-  if (high_throughput) spec.mode = EPD_MODE_HIGH_THROUGHPUT;
+  if (kind == kInProcHighThroughput) spec.mode = EPD_MODE_HIGH_THROUGHPUT;
+  GpuTuning tuning;
+  if (kind == kInProcOneSlice) tuning.parts = tuning.combine_parts = 1;
   auto ws = allocate_gpu_workspaces(spec, 0);
   if (!ws) return ws.status();
   std::vector<uint8_t*> bases;
@@ -182,9 +190,9 @@ Status in_process(Run& run, int32_t world, bool high_throughput) {
     bases.push_back(w->device_ptr());
     HOP_CUDA(cudaMemset(w->device_ptr(), 0, w->bytes()));  // n = 0 in every send header
   }
-  auto ex = GpuExecutor::create(spec, bases, 0);
+  auto ex = GpuExecutor::create(spec, bases, 0, tuning);
   if (!ex) return ex.status();
-  const std::string variant = (*ex)->variant_name();
+  const std::string variant = std::string((*ex)->variant_name()) + (kind == kInProcOneSlice ? ",parts=1" : "");
   const int32_t n = run.warmup + run.iters;
   const size_t per = 2 * kLaunchStampWords;
   uint64_t* d = nullptr;
@@ -306,7 +314,8 @@ Status run_worker(const Run& run, int32_t world, bool stamped,
 
 // The hop through an ArmedExecutor held here (the daemon's default options),
 // with or without its stamp hook, driven by a worker process.
-Status armed_run(Run& run, int32_t world, bool stamped) {
+Status armed_run(Run& run, int32_t world, int stamped_arg) {
+  const bool stamped = stamped_arg != 0;
   const GroupSpec spec = bench::ll_spec(world, "hop_armed");
   auto ws = allocate_gpu_workspaces(spec, 0);
   if (!ws) return ws.status();
@@ -398,13 +407,14 @@ int run_all(Run& run) {
   for (int32_t world : {1, 8}) {
     struct Part {
       const char* name;
-      Status (*fn)(Run&, int32_t, bool);
-      bool arg;
+      Status (*fn)(Run&, int32_t, int);
+      int arg;
     };
-    const Part parts[] = {{"in-process low_latency", in_process, false},
-                          {"in-process high_throughput", in_process, true},
-                          {"armed, no stamps", armed_run, false},
-                          {"armed, stamped", armed_run, true}};
+    const Part parts[] = {{"in-process low_latency", in_process, kInProcLowLatency},
+                          {"in-process low_latency, parts 1", in_process, kInProcOneSlice},
+                          {"in-process high_throughput", in_process, kInProcHighThroughput},
+                          {"armed, no stamps", armed_run, 0},
+                          {"armed, stamped", armed_run, 1}};
     for (const Part& p : parts) {
       const Status s = p.fn(run, world, p.arg);
       if (!s) {
