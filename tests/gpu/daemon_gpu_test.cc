@@ -118,6 +118,19 @@ class DaemonGpuTest : public DaemonTest {
   void connect_all() { ranks_.connect([this](int32_t) { return socket(); }); }
   void graphs_replayed(epd_executor_t executor);
   void killed_rank(epd_executor_t executor);
+  // Every rank's dispatch of the n tokens already in its send views, on
+  // `slot`, then every rank's dispatch_wait.
+  void dispatch_all_in_place(int32_t slot, int32_t n) {
+    for (int32_t r = 0; r < kWorld; ++r) {
+      epd_gpu_dispatch_args_t a{};
+      a.struct_size = sizeof a;
+      a.n_tokens = n;
+      ASSERT_EQ(epd_group_dispatch_async(ranks_.group(r), slot, &a, ranks_.stream(r)), EPD_OK)
+          << epd_group_last_error(ranks_.group(r));
+    }
+    for (int32_t r = 0; r < kWorld; ++r)
+      ASSERT_EQ(epd_group_dispatch_wait_async(ranks_.group(r), slot, ranks_.stream(r)), EPD_OK);
+  }
 
   bool gpu_ready_ = false;
   DaemonRanks ranks_{kWorld, device_of};
@@ -370,15 +383,8 @@ TEST_F(DaemonGpuTest, BadExpertIdIsReportedByGpuStatusAndTheNextCallSucceeds) {
   ranks_.on(3);
   CUDA_OK(cudaMemcpy(ranks_.base(3) + m.layout.ranks[3].slot[0].send_ids + (1 * K + 2) * sizeof(int32_t), &bad,
                      sizeof bad, cudaMemcpyHostToDevice));
-  for (int32_t r = 0; r < kWorld; ++r) {
-    epd_gpu_dispatch_args_t a{};
-    a.struct_size = sizeof a;
-    a.n_tokens = 5;
-    ASSERT_EQ(epd_group_dispatch_async(ranks_.group(r), 0, &a, ranks_.stream(r)), EPD_OK)
-        << epd_group_last_error(ranks_.group(r));
-  }
-  for (int32_t r = 0; r < kWorld; ++r)
-    ASSERT_EQ(epd_group_dispatch_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
+  dispatch_all_in_place(0, 5);
+  if (HasFatalFailure()) return;
   for (int32_t r = 0; r < kWorld; ++r) {
     EXPECT_EQ(epd_group_gpu_status(ranks_.group(r), 0, kDeadlineMs), EPD_ERR_EXPERT_ID_OUT_OF_RANGE) << "rank " << r;
     const std::string msg = epd_group_last_error(ranks_.group(r));
@@ -419,15 +425,8 @@ TEST_F(DaemonGpuTest, WeightModesThatDifferAcrossRanksFailEveryRanksCombine) {
     m.poison(seed + 1);
     ASSERT_TRUE(m.stage(0, Routing::kUniform, std::vector<int32_t>(kWorld, 7), seed + 2).is_ok());
     ranks_.upload(m, 0);
-    for (int32_t r = 0; r < kWorld; ++r) {
-      epd_gpu_dispatch_args_t a{};
-      a.struct_size = sizeof a;
-      a.n_tokens = 7;
-      ASSERT_EQ(epd_group_dispatch_async(ranks_.group(r), 0, &a, ranks_.stream(r)), EPD_OK)
-          << epd_group_last_error(ranks_.group(r));
-    }
-    for (int32_t r = 0; r < kWorld; ++r)
-      ASSERT_EQ(epd_group_dispatch_wait_async(ranks_.group(r), 0, ranks_.stream(r)), EPD_OK);
+    dispatch_all_in_place(0, 7);
+    if (HasFatalFailure()) return;
     for (int32_t r = 0; r < kWorld; ++r) {
       const epd_weight_mode_t mode = r == 5 ? EPD_WEIGHTS_ONES : EPD_WEIGHTS_ALREADY_APPLIED;
       ASSERT_EQ(epd_group_combine_async(ranks_.group(r), 0, mode, nullptr, 0, ranks_.stream(r)), EPD_OK)
