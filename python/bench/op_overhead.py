@@ -19,6 +19,8 @@ variant's cost above the C loop, for each --executor (both by default):
                  "over C" of torch.ops minus this row is epd's own C++ layer
 
 Usage: op_overhead.py [--socket S | --daemon PATH] [--rounds N] [--chunk K] [--executor daemon|inline]
+       op_overhead.py --floor-only   (no GPU, no daemon: the torch floor row on CPU tensors, and
+                                      torch.add's call on the same machine for scale)
 Without --socket it starts the daemon (PATH, $EPD_DAEMON or <build>/daemon/epd)
 in a temporary directory and ends it by pid.
 """
@@ -94,7 +96,10 @@ def main():
     ap.add_argument("--executor", choices=("daemon", "inline"), action="append",
                     help="the group's executor (repeatable; default both)")
     ap.add_argument("--tokens", type=int, default=8)
+    ap.add_argument("--floor-only", action="store_true")
     args = ap.parse_args()
+    if args.floor_only:
+        return floor_only(args)
     if not torch.cuda.is_available() or not epd.ops.available():
         print(f"skipped: needs a CUDA device and the ops extension ({epd.ops.load_error()})")
         return 0
@@ -105,6 +110,31 @@ def main():
         if proc is not None:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(10)
+
+
+def floor_only(args):
+    """torch's op call with dispatch's arguments (call_floor, CPU tensors) next to torch.add, ns per call."""
+    if not epd.ops.available():
+        print(f"skipped: needs the ops extension ({epd.ops.load_error()})")
+        return 0
+    n = args.tokens
+    tok, x = torch.empty(1), torch.empty(n, 128)
+    ids, w = torch.zeros(n, 2, dtype=torch.int32), torch.empty(n, 2)
+    fl, add = torch.ops.epd.call_floor.default, torch.add
+
+    def per_call(f, *a):
+        best = []
+        for _ in range(max(3, args.rounds // 2000)):
+            t0 = time.perf_counter_ns()
+            for _ in range(1000):
+                f(*a)
+            best.append((time.perf_counter_ns() - t0) / 1000)
+        return statistics.median(best), min(best)
+    print(f"torch {torch.__version__}, CPU tensors, ns per call (median / min over batches of 1000)")
+    for name, (med, lo) in (("torch floor (call_floor)", per_call(fl, tok, 1, 0, x, ids, w, None, n)),
+                            ("torch.add(a, b)", per_call(add, tok, tok))):
+        print(f"{name:<26} {med:>8.0f} {lo:>8.0f}")
+    return 0
 
 
 def variants(g, x, ids, w, n, c_loop):
