@@ -204,6 +204,9 @@ class GpuExecutor {
     uint32_t target = 0;
     uint64_t timeout_ns = 0;
     const void* ranks = nullptr;
+    // Device-relative targets (the inline executor): gpu::ShardBarrier::taken / step / parties.
+    const uint32_t* taken = nullptr;
+    uint32_t step = 0, parties = 0;
   };
   BarrierTicket take_barrier(int32_t slot, int32_t shard);
   // A device word (on the home GPU, or host-mapped) that ends every barrier

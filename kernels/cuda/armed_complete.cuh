@@ -91,7 +91,9 @@ __device__ inline void armed_complete_block(const ArmedParams& p) {
     store_volatile(&s->last_fault_token, f_token);
     store_volatile(&s->last_fault_k, f_k);
     store_volatile(&s->last_fault_value, f_value);
-    store_volatile(&s->calls_done, p.seq);
+    // The inline executor (no host-mapped progress) counts on the device, so
+    // graph replays count too; the armed executor's seq is the daemon's.
+    store_volatile(&s->calls_done, p.progress ? p.seq : load_vol(&s->calls_done) + 1u);
   }
   // One fence for every rank's fields before any completion word (not one per
   // rank). Device scope: the words are in this GPU's memory and the waits that
@@ -121,7 +123,13 @@ __device__ inline bool last_block_completes(uint32_t* exit, const ArmedParams& p
   if (!last) return false;
   __threadfence();
   if (p.bases) armed_complete_block(p);
-  if (threadIdx.x == 0) *reinterpret_cast<volatile uint32_t*>(exit) = 0u;
+  if (threadIdx.x == 0) {
+    *reinterpret_cast<volatile uint32_t*>(exit) = 0u;
+    if (p.barriers_taken) {  // after every barrier of the launch, the completion's included
+      *reinterpret_cast<volatile uint32_t*>(p.barriers_taken) = *p.barriers_taken + p.launch_barriers;
+      __threadfence();
+    }
+  }
   return true;
 }
 

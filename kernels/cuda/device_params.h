@@ -41,23 +41,34 @@ struct SlotScratch {
   int32_t* totals;                 // [D]
   unsigned long long* fault_key;   // min over faulting (rank, token, k, kind); ~0 = none
   uint32_t* abort;                 // 1 when the current dispatch found a fault
-  uint32_t* barrier;               // [4] on the launching GPU (one set per GPU and slot), words of
-                                   // the one-launch low_latency dispatch: ticket, exit, launches
-                                   // (OrderedWords); the last block resets the tickets and exit
+  uint32_t* barrier;               // [kOrderedWords] on the launching GPU (one set per GPU and slot):
+                                   // the one-launch low_latency dispatch's ticket, exit, launches,
+                                   // the combine's ticket, the barriers taken (OrderedWords); the
+                                   // last block resets the tickets and exit
   uint32_t* phase;                 // [2] on the home GPU, monotonic: count blocks done, prefix
                                    // blocks done (every GPU's), for the ordered phases
 };
 
-enum OrderedWords : int { kTicket = 0, kExit = 1, kLaunches = 2, kCombineTicket = 3 };
+// kBarriersTaken: the cross-rank barriers this GPU's launches of the slot took
+// (device-relative barrier targets, ShardBarrier::taken), advanced by each
+// launch's last block.
+enum OrderedWords : int { kTicket = 0, kExit = 1, kLaunches = 2, kCombineTicket = 3, kBarriersTaken = 4 };
+constexpr int kOrderedWords = 8;  // per slot, so a slot's words are 32 bytes
 
 // Cross-GPU barrier of a multi-GPU group: every GPU's launch sequence adds 1 to
 // `counter` (one word per slot, on the group's home GPU) and waits until it
 // reaches `target` (compared modulo 2^32), `abort_word` turns nonzero, or
 // `timeout_ns` passes (then kFaultTimeout goes into ranks [rank_lo, rank_hi)'s
 // control blocks). Every GPU enqueues the same sequence of barriers per slot,
-// so the n-th barrier's target is n * GPUs.
+// so the n-th barrier's target is n * GPUs: fixed by the host when `taken` is
+// null; else computed on the device as (*taken + step) * parties, *taken being
+// the barriers this GPU's launches of the slot took before this launch (its
+// last block adds the launch's, ArmedParams::launch_barriers), so a CUDA graph
+// replays the launch with the right targets (the inline executor).
 struct ShardBarrier {
   uint32_t* counter;               // the word this GPU waits on
+  const uint32_t* taken;           // device-relative targets (see above), or nullptr
+  uint32_t step, parties;          // this barrier's place in its launch (from 1), the GPUs or shards taking part
   // n_peers > 0: arrive by adding 1 to each of peers[0..n_peers) (every GPU's
   // own word, this one's included), so the wait polls local memory; 0: arrive
   // at `counter` itself (one shared word on the home GPU).
@@ -92,6 +103,11 @@ struct ArmedParams {
   // Multi-GPU (null counters on one GPU): every GPU's operation is done before
   // the fault words are read, and every GPU has read them before any is cleared.
   ShardBarrier before_read{}, before_write{};
+  // Device-relative barrier targets (ShardBarrier::taken): the launch's last
+  // block adds launch_barriers (every barrier of the launch, the operation's
+  // own and the two above) to *barriers_taken once it is done with them.
+  uint32_t* barriers_taken = nullptr;
+  uint32_t launch_barriers = 0;
 };
 
 struct DispatchParams {

@@ -85,10 +85,11 @@ __device__ inline void shard_barrier_arrive(const ShardBarrier& b) {
 // GPU arrived or the abort word is set (the stream then drains on stale data).
 __device__ inline bool shard_barrier_wait(const ShardBarrier& b) {
   const uint64_t deadline = global_timer_ns() + b.timeout_ns;
+  const uint32_t target = b.taken ? (load_volatile(b.taken) + b.step) * b.parties : b.target;
   for (uint32_t i = 0;; ++i) {
     uint32_t now;
     asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(now) : "l"(b.counter) : "memory");
-    if (static_cast<int32_t>(now - b.target) >= 0) break;
+    if (static_cast<int32_t>(now - target) >= 0) break;
     if (b.abort_word && load_volatile(b.abort_word) != 0u) break;
     if ((i & 63u) == 63u && global_timer_ns() > deadline) {
       for (int32_t r = b.rank_lo; r < b.rank_hi; ++r)

@@ -70,7 +70,8 @@ __device__ void count_phase(const DispatchParams& p, uint8_t* smem, int blk, int
     const bool over = raw > static_cast<uint32_t>(p.max_tokens);
     const int n = over ? 0 : static_cast<int>(raw);
     if (c == 0 && lane == 0) {
-      if (p.count_from != kCountFromHeader) *reinterpret_cast<volatile uint32_t*>(const_cast<uint8_t*>(src.send_hdr)) = raw;
+      if (p.count_from != kCountFromHeader)  // the count the launch carried, where the header path keeps it
+        *reinterpret_cast<volatile uint32_t*>(const_cast<uint8_t*>(src.send_hdr)) = raw;
       ControlSlot& cs = control(src)->slot[p.slot];
       cs.n_raw = raw;
       cs.n_captured = static_cast<uint32_t>(n);

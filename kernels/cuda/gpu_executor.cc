@@ -160,9 +160,9 @@ Status ShardImpl::init(const GpuExecutor::Shard& sh, const GroupSpec& spec, cons
                                   cudaMemcpyHostToDevice, setup));
   EPD_CUDA_RETURN(cudaMemcpyAsync(local_index, local_index_of.data(), static_cast<size_t>(E) * 4,
                                   cudaMemcpyHostToDevice, setup));
-  EPD_RETURN_IF_ERROR(alloc(static_cast<uint64_t>(S) * 16, &p, total));
+  EPD_RETURN_IF_ERROR(alloc(static_cast<uint64_t>(S) * gpu::kOrderedWords * 4, &p, total));
   grid_bar = static_cast<uint32_t*>(p);
-  EPD_CUDA_RETURN(cudaMemsetAsync(grid_bar, 0, static_cast<size_t>(S) * 16, setup));
+  EPD_CUDA_RETURN(cudaMemsetAsync(grid_bar, 0, static_cast<size_t>(S) * gpu::kOrderedWords * 4, setup));
   return Status::ok();
 }
 
@@ -320,6 +320,7 @@ Result<std::unique_ptr<GpuExecutor>> GpuExecutor::create_inline(const GroupSpec&
   im.dests = lay->scratch.dests;
   im.chunks = lay->scratch.chunks;
   im.barrier_mode = 1;
+  im.device_relative_barriers = true;
   uint64_t& total = ex->scratch_bytes_;
   EPD_CUDA_RETURN(cudaSetDevice(device));
   const std::vector<gpu::DevRank> table = rank_table(spec, ex->layout_, im.bases);

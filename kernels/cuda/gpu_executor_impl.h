@@ -27,9 +27,10 @@ struct ShardImpl {
   int32_t* owner = nullptr;
   int32_t* local_index = nullptr;
   std::vector<void*> allocations;
-  uint32_t* grid_bar = nullptr;          // [slots][4]: this GPU's SlotScratch::barrier words
+  uint32_t* grid_bar = nullptr;          // [slots][kOrderedWords]: this GPU's SlotScratch::barrier words
   uint32_t** peer_words = nullptr;       // [slots][shards]: every GPU's signal word of the slot
   std::vector<uint32_t> barriers_taken;  // per slot
+  uint32_t launch_barriers = 0;          // barriers taken by the call being enqueued (device-relative targets)
   void* last_stream = nullptr;
 
   ~ShardImpl() {
@@ -73,6 +74,9 @@ struct GpuExecutor::Impl {
   // slot (GpuTuning::barrier 0).
   std::vector<std::unique_ptr<GpuWorkspace>> signal;
   int32_t barrier_mode = 0;
+  // The inline executor: barrier targets computed on the device from the
+  // shard's kBarriersTaken word, so captured graphs replay right (ShardBarrier::taken).
+  bool device_relative_barriers = false;
   int32_t dests = 0, chunks = 0;
   gpu::LaunchPlan plan;  // the variant, its row split and every shard's grids
   std::vector<bool> dispatched;

@@ -13,6 +13,10 @@
 
 namespace epd {
 
+namespace {
+size_t grid_bar_bytes(int32_t slots) { return static_cast<size_t>(slots) * gpu::kOrderedWords * sizeof(uint32_t); }
+}  // namespace
+
 GpuExecutor::BarrierTicket GpuExecutor::take_barrier(int32_t slot, int32_t shard) {
   Impl& im = *impl_;
   BarrierTicket t;
@@ -28,6 +32,11 @@ GpuExecutor::BarrierTicket GpuExecutor::take_barrier(int32_t slot, int32_t shard
     t.n_peers = static_cast<int32_t>(shards_.size());
   }
   t.target = n * static_cast<uint32_t>(shards_.size());
+  if (im.device_relative_barriers) {
+    t.taken = si.grid_bar + gpu::kOrderedWords * slot + gpu::kBarriersTaken;
+    t.step = ++si.launch_barriers;
+    t.parties = static_cast<uint32_t>(shards_.size());
+  }
   t.timeout_ns = static_cast<uint64_t>(spec_.timeout_ms) * 1000000ull;
   t.ranks = si.ranks + static_cast<size_t>(slot) * spec_.world_size;
   return t;
@@ -41,6 +50,8 @@ Status GpuExecutor::barrier_shard(int32_t slot, int32_t shard, void* stream) {
   if (shard < 0 || shard >= static_cast<int32_t>(shards_.size()))
     return make_status(EPD_ERR_INVALID_ARGUMENT, "shard = %d is outside [0, %zu)", shard, shards_.size());
   if (shards_.size() == 1) return Status::ok();
+  if (impl_->device_relative_barriers)
+    return make_status(EPD_ERR_INTERNAL, "barrier_shard on an inline executor (its barriers live inside its launches)");
   const Shard& sh = shards_[static_cast<size_t>(shard)];
   EPD_CUDA_RETURN(cudaSetDevice(sh.device));
   const gpu::ShardBarrier b = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
@@ -53,7 +64,7 @@ Status GpuExecutor::reset_barriers() {
   for (auto& si : im.shards) {
     for (auto& n : si->barriers_taken) n = 0;
     EPD_CUDA_RETURN(cudaSetDevice(si->device));  // the one-launch kernels' tickets and launch counts
-    EPD_CUDA_RETURN(cudaMemsetAsync(si->grid_bar, 0, static_cast<size_t>(spec_.slots) * 16, si->setup));
+    EPD_CUDA_RETURN(cudaMemsetAsync(si->grid_bar, 0, grid_bar_bytes(spec_.slots), si->setup));
     EPD_CUDA_RETURN(cudaStreamSynchronize(si->setup));
   }
   ShardImpl& home = im.home();
@@ -75,6 +86,11 @@ gpu::ArmedParams GpuExecutor::with_completion_barriers(const gpu::ArmedParams& d
     const Shard& sh = shards_[static_cast<size_t>(shard)];
     p.before_read = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
     p.before_write = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
+  }
+  ShardImpl& si = *impl_->shards[static_cast<size_t>(shard)];
+  if (impl_->device_relative_barriers && si.launch_barriers > 0) {  // the launch's last block advances the count
+    p.barriers_taken = si.grid_bar + gpu::kOrderedWords * slot + gpu::kBarriersTaken;
+    p.launch_barriers = si.launch_barriers;
   }
   return p;
 }
@@ -105,13 +121,14 @@ Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bo
   Impl& im = *impl_;
   const Shard& sh = shards_[static_cast<size_t>(shard)];
   ShardImpl& si = *im.shards[static_cast<size_t>(shard)];
+  si.launch_barriers = 0;
   EPD_CUDA_RETURN(cudaSetDevice(sh.device));
   gpu::DispatchParams p{};
   p.ranks = si.ranks + static_cast<size_t>(slot) * spec_.world_size;
   p.owner = si.owner;
   p.local_index = si.local_index;
   p.scratch = im.scratch[slot];
-  p.scratch.barrier = si.grid_bar + 4 * slot;
+  p.scratch.barrier = si.grid_bar + gpu::kOrderedWords * slot;
   p.world = spec_.world_size;
   p.experts = spec_.num_experts;
   p.top_k = spec_.top_k;
@@ -148,6 +165,12 @@ Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bo
     }
   }
   const gpu::LaunchPlan& plan = im.plan;
+  // Device-relative barrier targets count each launch's barriers in its last
+  // block: every barrier must sit inside a launch that ends with a completion.
+  if (im.device_relative_barriers && shards_.size() > 1 &&
+      (!done || end_barrier || plan.choice.variant == LaunchVariant::kMultiGpu))
+    return make_status(EPD_ERR_INTERNAL, "dispatch_shard: an inline executor's dispatch must carry its completion and "
+                                         "no end barrier (one launch)");
   gpu::ShardBarrier b[3] = {};
   if (plan.choice.variant == LaunchVariant::kMultiGpu) {
     b[0] = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
@@ -176,8 +199,11 @@ Status GpuExecutor::combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t
     return make_status(EPD_ERR_NO_DISPATCH, "combine on slot %d without a dispatch", slot);
   const Shard& sh = shards_[static_cast<size_t>(shard)];
   ShardImpl& si = *im.shards[static_cast<size_t>(shard)];
+  si.launch_barriers = 0;
   EPD_CUDA_RETURN(cudaSetDevice(sh.device));
   const gpu::LaunchPlan& plan = im.plan;
+  if (im.device_relative_barriers && shards_.size() > 1 && !done)
+    return make_status(EPD_ERR_INTERNAL, "combine_shard: an inline executor's combine must carry its completion");
   gpu::ShardBarrier before{};
   const bool barrier_first = start_barrier && shards_.size() > 1;
   if (barrier_first) before = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
@@ -203,7 +229,7 @@ Status GpuExecutor::combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t
   p.rank_lo = sh.rank_lo;
   p.rank_hi = sh.rank_hi;
   p.stamps = launch_stamps;
-  p.words = si.grid_bar + 4 * slot;
+  p.words = si.grid_bar + gpu::kOrderedWords * slot;
   p.done = finish;
   EPD_CUDA_RETURN(static_cast<cudaError_t>(
       plan.sequence->combine(p, plan.shapes[static_cast<size_t>(shard)], barrier_first ? &before : nullptr, stream)));
@@ -274,7 +300,7 @@ Status GpuExecutor::check_fault(void* stream) {
       EPD_CUDA_RETURN(cudaMemsetAsync(sc.fault_key, 0xff, sizeof(unsigned long long), home.setup));
     for (auto& si : im.shards) {
       EPD_CUDA_RETURN(cudaSetDevice(si->device));
-      EPD_CUDA_RETURN(cudaMemsetAsync(si->grid_bar, 0, static_cast<size_t>(spec_.slots) * 16, si->setup));
+      EPD_CUDA_RETURN(cudaMemsetAsync(si->grid_bar, 0, grid_bar_bytes(spec_.slots), si->setup));
       EPD_CUDA_RETURN(cudaStreamSynchronize(si->setup));
     }
     EPD_CUDA_RETURN(cudaSetDevice(home.device));

@@ -66,7 +66,6 @@ class Runner final : public InlineRunner {
     r->device_ = a.device;
     r->ex_ = std::move(ex.value());
     r->abort_word_ = reinterpret_cast<const uint32_t*>(a.block + lay->abort_at);
-    r->seq_.assign(static_cast<size_t>(spec.slots), 0);
     std::vector<uint8_t*> bases;
     for (uint64_t at : lay->rank_at) bases.push_back(a.block + at);
     EPD_CUDA_RETURN(cudaSetDevice(a.device));
@@ -78,7 +77,6 @@ class Runner final : public InlineRunner {
   Status dispatch(int32_t slot, int32_t n_tokens, const int32_t* n_tokens_device, void* stream) override {
     if (slot < 0 || slot >= spec_.slots)
       return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
-    EPD_RETURN_IF_ERROR(check_capture(stream, "dispatch"));
     InLaunch in;
     in.n_tokens = n_tokens;
     in.n_tokens_device = n_tokens_device;
@@ -91,7 +89,6 @@ class Runner final : public InlineRunner {
   Status combine(int32_t slot, epd_weight_mode_t mode, void* stream) override {
     if (slot < 0 || slot >= spec_.slots)
       return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
-    EPD_RETURN_IF_ERROR(check_capture(stream, "combine"));
     InLaunch in;
     in.mode = mode;
     const gpu::ArmedParams done = completion(slot, kDoneCombine);
@@ -104,23 +101,7 @@ class Runner final : public InlineRunner {
  private:
   Runner() = default;
 
-  // The ranks' launches meet at cross-rank barriers whose targets are fixed
-  // when the launch is enqueued; a graph would replay them unchanged, so with
-  // more than one rank, capture is refused (one rank has no such barrier: its
-  // phase words count launches on the device).
-  Status check_capture(void* stream, const char* call) const {
-    if (spec_.world_size == 1) return Status::ok();
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    EPD_CUDA_RETURN(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &cs));
-    if (cs == cudaStreamCaptureStatusNone) return Status::ok();
-    return make_status(EPD_ERR_UNSUPPORTED,
-                       "%s of rank %d of inline group '%s' under CUDA graph capture: with world_size %d > 1 the "
-                       "inline executor's cross-rank barriers cannot be replayed yet (capture with executor daemon, "
-                       "or with one rank)",
-                       call, rank_, spec_.name.c_str(), spec_.world_size);
-  }
-
-  gpu::ArmedParams completion(int32_t slot, uint32_t op) {
+  gpu::ArmedParams completion(int32_t slot, uint32_t op) const {
     gpu::ArmedParams p{};
     p.bases = d_bases_;
     p.world = spec_.world_size;
@@ -129,7 +110,7 @@ class Runner final : public InlineRunner {
     p.expert_major = spec_.layout == EPD_LAYOUT_EXPERT_MAJOR;
     p.abort_word = abort_word_;
     p.progress = nullptr;
-    p.seq = ++seq_[static_cast<size_t>(slot)];
+    p.seq = 0;  // no host-mapped progress: the completion counts calls_done on the device (graph replays too)
     p.rank_lo = rank_;
     p.rank_hi = rank_ + 1;
     return p;
@@ -140,7 +121,6 @@ class Runner final : public InlineRunner {
   std::unique_ptr<GpuExecutor> ex_;
   const uint32_t* abort_word_ = nullptr;
   uint8_t** d_bases_ = nullptr;  // [world] rank bases in this process, on the device
-  std::vector<uint32_t> seq_;    // per slot: operations enqueued (the completion's calls_done)
 };
 
 }  // namespace

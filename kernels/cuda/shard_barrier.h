@@ -17,6 +17,9 @@ inline ShardBarrier to_barrier(const GpuExecutor::BarrierTicket& t, const uint32
   b.n_peers = t.n_peers;
   b.abort_word = abort_word;
   b.target = t.target;
+  b.taken = t.taken;
+  b.step = t.step;
+  b.parties = t.parties;
   b.timeout_ns = t.timeout_ns;
   b.ranks = static_cast<const DevRank*>(t.ranks);
   b.rank_lo = sh.rank_lo;

@@ -213,40 +213,11 @@ TEST_F(DaemonGpuTest, GraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCoun
   graphs_replayed(EPD_EXECUTOR_DAEMON);
 }
 
-// Eight inline ranks: capture is refused by name (the cross-rank barrier
-// targets are fixed at enqueue), and the group still runs eagerly after it.
-TEST_F(DaemonGpuTest, InlineCaptureOfSeveralRanksIsRefusedAndTheGroupStillRuns) {
+// Eight inline ranks, a graph per rank: the cross-rank barriers inside the
+// launches take their targets from device-side counts, so replays meet.
+TEST_F(DaemonGpuTest, InlineGraphsOfTenPairsPerRankReplayedThousandTimesWithDeviceCounts) {
   if (test_gpus() != 1) GTEST_SKIP() << "the inline executor needs every rank on one GPU (EPD_TEST_GPUS=1)";
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  const GroupSpec spec = gpu_spec("capture-inline", EPD_LAYOUT_RANK_MAJOR, EPD_MODE_LOW_LATENCY, EPD_QUANT_NONE, 128,
-                                  16, 5000, seed, EPD_EXECUTOR_INLINE);
-  connect_all();
-  if (HasFatalFailure()) return;
-  ranks_.join_all(spec);
-  if (HasFatalFailure()) return;
-  cudaStream_t st = ranks_.stream(0);
-  ranks_.on(0);
-  CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  epd_gpu_dispatch_args_t a{};
-  a.struct_size = sizeof a;
-  a.n_tokens = 0;
-  const epd_status_t rc = epd_group_dispatch_async(ranks_.group(0), 0, &a, st);
-  const std::string msg = epd_group_last_error(ranks_.group(0));
-  cudaGraph_t g = nullptr;
-  cudaStreamEndCapture(st, &g);
-  if (g) cudaGraphDestroy(g);
-  cudaGetLastError();
-  EXPECT_EQ(rc, EPD_ERR_UNSUPPORTED) << msg;
-  EXPECT_NE(msg.find("under CUDA graph capture"), std::string::npos) << msg;
-  Group m(spec);
-  m.poison(seed + 1);
-  ranks_.alloc_buffers(m);
-  std::mt19937_64 rng(seed + 2);
-  ASSERT_TRUE(m.stage(0, Routing::kUniform, random_n(rng, kWorld, 16), seed + 3).is_ok());
-  ranks_.run_step(m, Step{0, EPD_WEIGHTS_ALREADY_APPLIED}, "eager after the refused capture");
-  if (HasFatalFailure()) return;
-  ranks_.leave_all();
+  graphs_replayed(EPD_EXECUTOR_INLINE);
 }
 
 void DaemonGpuTest::graphs_replayed(epd_executor_t executor) {
