@@ -103,9 +103,10 @@ struct ArmedParams {
   // Multi-GPU (null counters on one GPU): every GPU's operation is done before
   // the fault words are read, and every GPU has read them before any is cleared.
   ShardBarrier before_read{}, before_write{};
-  // Device-relative barrier targets (ShardBarrier::taken): the launch's last
-  // block adds launch_barriers (every barrier of the launch, the operation's
-  // own and the two above) to *barriers_taken once it is done with them.
+  // Device-relative barrier targets (ShardBarrier::taken): the last block of
+  // the operation's last launch adds launch_barriers (every barrier of the
+  // operation, in its launches before this one, inside it, and the two above)
+  // to *barriers_taken once it is done with them.
   uint32_t* barriers_taken = nullptr;
   uint32_t launch_barriers = 0;
 };

@@ -165,12 +165,13 @@ Status GpuExecutor::dispatch_shard(int32_t slot, int32_t shard, void* stream, bo
     }
   }
   const gpu::LaunchPlan& plan = im.plan;
-  // Device-relative barrier targets count each launch's barriers in its last
-  // block: every barrier must sit inside a launch that ends with a completion.
-  if (im.device_relative_barriers && shards_.size() > 1 &&
-      (!done || end_barrier || plan.choice.variant == LaunchVariant::kMultiGpu))
+  // Device-relative barrier targets: the call's last launch (the one with the
+  // completion) adds every barrier the call took once its own are passed, so
+  // no barrier may come after it (high_throughput's separate barrier launches
+  // before it read the count it has not yet advanced, as they should).
+  if (im.device_relative_barriers && shards_.size() > 1 && (!done || end_barrier))
     return make_status(EPD_ERR_INTERNAL, "dispatch_shard: an inline executor's dispatch must carry its completion and "
-                                         "no end barrier (one launch)");
+                                         "no end barrier");
   gpu::ShardBarrier b[3] = {};
   if (plan.choice.variant == LaunchVariant::kMultiGpu) {
     b[0] = to_barrier(take_barrier(slot, shard), abort_word_, sh, slot);
