@@ -62,9 +62,10 @@ constexpr int kOrderedWords = 8;  // per slot, so a slot's words are 32 bytes
 // control blocks). Every GPU enqueues the same sequence of barriers per slot,
 // so the n-th barrier's target is n * GPUs: fixed by the host when `taken` is
 // null; else computed on the device as (*taken + step) * parties, *taken being
-// the barriers this GPU's launches of the slot took before this launch (its
-// last block adds the launch's, ArmedParams::launch_barriers), so a CUDA graph
-// replays the launch with the right targets (the inline executor).
+// the barriers this GPU's operations on the slot took before this one (the
+// last block of its last launch adds the operation's, ArmedParams::
+// launch_barriers), so a CUDA graph replays the launches with the right
+// targets (the inline executor).
 struct ShardBarrier {
   uint32_t* counter;               // the word this GPU waits on
   const uint32_t* taken;           // device-relative targets (see above), or nullptr
