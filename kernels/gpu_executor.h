@@ -108,12 +108,12 @@ Status enable_peer_access(const std::vector<int32_t>& devices);
 Result<std::string> gpu_pci_bus_id(int32_t device);
 
 // What an inline executor's call carries in its launch (GpuExecutor::
-// dispatch_shard / combine_shard): the token count (n_tokens >= 0, or read
-// from n_tokens_device when the kernel runs) and the weight mode.
+// dispatch_shard / combine_shard): a dispatch its token count (n_tokens >= 0,
+// or read from n_tokens_device when the kernel runs); a combine its `mode`
+// argument (the fields are unused).
 struct InLaunch {
   int32_t n_tokens = -1;
   const int32_t* n_tokens_device = nullptr;
-  epd_weight_mode_t mode = EPD_WEIGHTS_ALREADY_APPLIED;
 };
 
 class GpuExecutor {

@@ -126,7 +126,7 @@ __device__ inline bool last_block_completes(uint32_t* exit, const ArmedParams& p
   if (threadIdx.x == 0) {
     *reinterpret_cast<volatile uint32_t*>(exit) = 0u;
     if (p.barriers_taken) {  // after every barrier of the launch, the completion's included
-      *reinterpret_cast<volatile uint32_t*>(p.barriers_taken) = *p.barriers_taken + p.launch_barriers;
+      store_volatile(p.barriers_taken, load_vol(p.barriers_taken) + p.launch_barriers);
       __threadfence();
     }
   }

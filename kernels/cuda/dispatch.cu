@@ -155,14 +155,11 @@ __device__ __forceinline__ bool served(const DispatchParams& p, int32_t rank) {
   return rank >= p.rank_lo && rank < p.rank_hi;
 }
 
-// Whether this launch serves every rank (one GPU): then no destination needs
-// the owner lookup that `served` would cost (a dependent global load on the
-// prefix's and the counts' critical path).
-__device__ __forceinline__ bool serves_all(const DispatchParams& p) { return p.rank_lo == 0 && p.rank_hi == p.world; }
-
-// served(p, the rank that receives destination d's rows), without the lookup when serves_all.
+// served(p, the rank that receives destination d's rows). A launch that
+// serves every rank (one GPU) skips the owner lookup: a dependent global load
+// on the prefix's and the counts' critical path.
 __device__ __forceinline__ bool serves_dest(const DispatchParams& p, int d) {
-  return serves_all(p) || served(p, dest_rank(p, d));
+  return (p.rank_lo == 0 && p.rank_hi == p.world) || served(p, dest_rank(p, d));
 }
 
 // Inclusive sum of v over lanes 0..lane of the warp.
@@ -342,7 +339,7 @@ __device__ __forceinline__ void write_padding_and_counts(const DispatchParams& p
   for (int64_t u = tid; u < groups * WM; u += nthreads) {
     const int g = static_cast<int>(u / WM);
     const int64_t i = u % WM;
-    if (!serves_all(p) && !served(p, p.rank_major ? g : p.owner[g])) continue;
+    if (!serves_dest(p, p.rank_major ? p.experts + g : g)) continue;
     if (i < p.scratch.totals[p.rank_major ? p.experts + g : g]) continue;
     const DevRank& dst = p.ranks[p.rank_major ? g : p.owner[g]];
     const int64_t row = p.rank_major ? i : p.local_index[g] * WM + i;
@@ -354,7 +351,7 @@ __device__ __forceinline__ void write_padding_and_counts(const DispatchParams& p
     dst.recv_src[row * 2 + 1] = -1;
   }
   for (int64_t e = tid; e < p.experts; e += nthreads)
-    if (serves_all(p) || served(p, p.owner[e])) p.ranks[p.owner[e]].recv_counts[p.local_index[e]] = p.scratch.totals[e];
+    if (serves_dest(p, static_cast<int>(e))) p.ranks[p.owner[e]].recv_counts[p.local_index[e]] = p.scratch.totals[e];
   for (int64_t r = p.rank_lo + tid; r < p.rank_hi; r += nthreads) {
     int32_t total = 0;
     if (p.rank_major) {

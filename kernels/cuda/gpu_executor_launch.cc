@@ -15,6 +15,10 @@ namespace epd {
 
 namespace {
 size_t grid_bar_bytes(int32_t slots) { return static_cast<size_t>(slots) * gpu::kOrderedWords * sizeof(uint32_t); }
+// The shard's count of barriers taken on `slot` (device-relative barrier targets).
+uint32_t* barriers_taken_word(const ShardImpl& si, int32_t slot) {
+  return si.grid_bar + gpu::kOrderedWords * slot + gpu::kBarriersTaken;
+}
 }  // namespace
 
 GpuExecutor::BarrierTicket GpuExecutor::take_barrier(int32_t slot, int32_t shard) {
@@ -33,7 +37,7 @@ GpuExecutor::BarrierTicket GpuExecutor::take_barrier(int32_t slot, int32_t shard
   }
   t.target = n * static_cast<uint32_t>(shards_.size());
   if (im.device_relative_barriers) {
-    t.taken = si.grid_bar + gpu::kOrderedWords * slot + gpu::kBarriersTaken;
+    t.taken = barriers_taken_word(si, slot);
     t.step = ++si.launch_barriers;
     t.parties = static_cast<uint32_t>(shards_.size());
   }
@@ -89,7 +93,7 @@ gpu::ArmedParams GpuExecutor::with_completion_barriers(const gpu::ArmedParams& d
   }
   ShardImpl& si = *impl_->shards[static_cast<size_t>(shard)];
   if (impl_->device_relative_barriers && si.launch_barriers > 0) {  // the launch's last block advances the count
-    p.barriers_taken = si.grid_bar + gpu::kOrderedWords * slot + gpu::kBarriersTaken;
+    p.barriers_taken = barriers_taken_word(si, slot);
     p.launch_barriers = si.launch_barriers;
   }
   return p;
@@ -220,7 +224,7 @@ Status GpuExecutor::combine_shard(int32_t slot, int32_t shard, epd_weight_mode_t
   p.dtype = spec_.dtype;
   // -1: read on the device (the armed executor's mode word, written by the worker's stream)
   p.apply = done && !rank_major && !in_launch ? -1 : mode == EPD_WEIGHTS_APPLY;
-  if (in_launch) {
+  if (in_launch) {  // `mode` travels in the launch (InLaunch)
     p.mode_in_launch = 1;
     p.mode = static_cast<uint32_t>(mode);
   }

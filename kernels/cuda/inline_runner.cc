@@ -89,8 +89,7 @@ class Runner final : public InlineRunner {
   Status combine(int32_t slot, epd_weight_mode_t mode, void* stream) override {
     if (slot < 0 || slot >= spec_.slots)
       return make_status(EPD_ERR_BAD_SLOT, "slot = %d is outside [0, %d)", slot, spec_.slots);
-    InLaunch in;
-    in.mode = mode;
+    const InLaunch in;  // the mode travels in the launch
     const gpu::ArmedParams done = completion(slot, kDoneCombine);
     DeviceScope keep;
     return ex_->combine_shard(slot, rank_, mode, stream, /*start_barrier=*/true, nullptr, &done, &in);
